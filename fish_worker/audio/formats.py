@@ -1,0 +1,392 @@
+"""Output encoding of generated speech (mono float32, 44.1 kHz) into the API's `audio_format`s.
+
+Formats and what the `audio` field carries:
+
+    float  list of floats in [-1, 1] (the seed API's default)
+    pcm16  base64 of raw little-endian int16 samples, no header
+    wav    base64 of a WAV file (16-bit PCM)
+    flac   base64 of a FLAC file (16-bit)
+    mp3    base64 of an MP3 file (128 kbit/s CBR)
+    opus   base64 of an Ogg Opus file, at 48 kHz (Opus has no 44.1 kHz mode; we resample with soxr)
+
+`encode_audio` encodes a whole clip at once. `StreamEncoder` encodes a clip that arrives in pieces:
+each `feed()`/`close()` payload, base64-decoded, is the next stretch of bytes of ONE stream, so a
+client appending them gets one valid file; headers are written once, never per chunk. Since a stream's
+length is unknown when its header goes out, streamed files carry "length unknown" headers:
+
+    wav   RIFF and data sizes are 0xFFFFFFFF, the usual convention for WAV written to a pipe
+          (ffmpeg, libsndfile, browsers and Python's `wave` read to the end of the data).
+    flac  STREAMINFO has total samples 0 ("unknown") and no MD5, as FLAC written to a pipe has.
+          ffmpeg/libFLAC/browsers decode it; libsndfile (hence `soundfile.read`) refuses
+          unknown-length FLAC, so read such a stream with ffmpeg/PyAV or buffer it and use one-shot.
+    mp3   the first frame is the encoder's (blank) Info-tag placeholder, never filled in, so a decoder
+          sees ~26 ms of extra leading silence plus the usual encoder delay/padding. CBR is used so
+          decoders that estimate duration from the first frame's bitrate get it right.
+    opus  nothing special: Ogg pages are written strictly in order.
+
+RunPod limits what a job may return; `split_payload` and `check_result_size` keep within them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union, get_args
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+AudioFormat = Literal["float", "pcm16", "wav", "flac", "mp3", "opus"]
+AUDIO_FORMATS: tuple[str, ...] = get_args(AudioFormat)
+DEFAULT_AUDIO_FORMAT: AudioFormat = "float"
+
+# Fish Speech's codec (DAC) decodes at 44.1 kHz.
+MODEL_SAMPLE_RATE = 44_100
+OPUS_SAMPLE_RATE = 48_000
+
+# Media types for serving the raw bytes over HTTP (e.g. an OpenAI-style speech endpoint).
+MEDIA_TYPES: dict[str, str] = {
+    "float": "application/json",
+    "pcm16": "audio/L16",
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+}
+
+# libsndfile maps compression_level linearly onto 320..32 kbit/s for MP3; 2/3 gives 128 kbit/s,
+# plenty for mono speech.
+_MP3_128K_COMPRESSION_LEVEL = (320 - 128) / (320 - 32)
+
+# RunPod's documented limits, in bytes of JSON (MB taken as 10^6, the conservative reading).
+STREAM_CHUNK_LIMIT_BYTES = 1_000_000
+RESULT_LIMIT_BYTES: dict[str, int] = {"run": 10_000_000, "runsync": 20_000_000}
+# Room left in a streamed chunk for the fields around `audio` (audio_format, sample_rate, index...).
+STREAM_ENVELOPE_ALLOWANCE_BYTES = 4_096
+# Longest JSON text of one float32 sample as a Python float, e.g. "-0.00012345678901234567" (23)
+# or "-1.2345678901234567e-05" (23), plus the ", " separator json.dumps puts between items.
+_MAX_JSON_BYTES_PER_FLOAT = 25
+
+Payload = Union[str, list[float]]
+
+
+@dataclass(frozen=True)
+class _Container:
+    """How soundfile writes one binary format."""
+
+    format: str
+    subtype: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+_CONTAINERS: dict[str, _Container] = {
+    # RAW is header-less; fixing the endianness makes pcm16 little-endian on any host.
+    "pcm16": _Container("RAW", "PCM_16", {"endian": "LITTLE"}),
+    "wav": _Container("WAV", "PCM_16"),
+    "flac": _Container("FLAC", "PCM_16"),
+    "mp3": _Container(
+        "MP3",
+        "MPEG_LAYER_III",
+        {"bitrate_mode": "CONSTANT", "compression_level": _MP3_128K_COMPRESSION_LEVEL},
+    ),
+    "opus": _Container("OGG", "OPUS"),
+}
+
+
+def validate_audio_format(fmt: str) -> AudioFormat:
+    if fmt not in AUDIO_FORMATS:
+        raise ValueError(f"audio_format must be one of {', '.join(AUDIO_FORMATS)}; got {fmt!r}")
+    return fmt  # type: ignore[return-value]
+
+
+def encoded_sample_rate(fmt: str, sample_rate: int = MODEL_SAMPLE_RATE) -> int:
+    """Sample rate of the encoded audio (what the output's `sample_rate` field reports)."""
+    return OPUS_SAMPLE_RATE if validate_audio_format(fmt) == "opus" else sample_rate
+
+
+def clean_samples(samples: Any) -> np.ndarray:
+    """Mono float32 in [-1, 1]: NaN becomes silence, anything louder is clipped, not wrapped."""
+    audio = np.asarray(samples, dtype=np.float32)
+    if audio.ndim == 2 and 1 in audio.shape:
+        audio = audio.reshape(-1)
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono audio (1-D samples); got shape {audio.shape}")
+    audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(audio, -1.0, 1.0)
+
+
+def encode_audio_bytes(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_RATE) -> bytes:
+    """Whole clip as the bytes of one file in `fmt` (any format but "float")."""
+    fmt = validate_audio_format(fmt)
+    if fmt == "float":
+        raise ValueError('audio_format "float" has no byte encoding; use encode_audio')
+    audio = clean_samples(samples)
+    if fmt == "opus":
+        audio = _resample_for_opus(soxr.resample(audio, sample_rate, OPUS_SAMPLE_RATE))
+    container = _CONTAINERS[fmt]
+    buffer = io.BytesIO()
+    sf.write(
+        buffer,
+        audio,
+        encoded_sample_rate(fmt, sample_rate),
+        format=container.format,
+        subtype=container.subtype,
+        **container.options,
+    )
+    return buffer.getvalue()
+
+
+def encode_audio(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_RATE) -> Payload:
+    """Whole clip as the `audio` field: a list of floats for "float", else base64 of the file."""
+    if validate_audio_format(fmt) == "float":
+        return clean_samples(samples).tolist()
+    return _b64(encode_audio_bytes(samples, fmt, sample_rate))
+
+
+def audio_result(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_RATE) -> dict[str, Any]:
+    """The audio part of a job's output: `audio`, `audio_format`, `sample_rate`."""
+    return {
+        "audio": encode_audio(samples, fmt, sample_rate),
+        "audio_format": fmt,
+        "sample_rate": encoded_sample_rate(fmt, sample_rate),
+    }
+
+
+class StreamEncoder:
+    """Encodes a clip that arrives in pieces into one continuous stream.
+
+    `feed()` returns the payload for the samples given so far (it may be empty while an encoder
+    buffers a frame: skip empty payloads), `close()` the rest. Payloads are lists of floats for
+    "float" and base64 strings otherwise; decoding each and concatenating gives one valid file.
+    """
+
+    def __init__(self, fmt: str, sample_rate: int = MODEL_SAMPLE_RATE) -> None:
+        self.audio_format: AudioFormat = validate_audio_format(fmt)
+        self.sample_rate = encoded_sample_rate(fmt, sample_rate)
+        self._closed = False
+        self._wav_header_sent = False
+        self._resampler = None
+        self._sink = None
+        self._file = None
+        if fmt == "opus":
+            self._resampler = soxr.ResampleStream(sample_rate, OPUS_SAMPLE_RATE, 1, dtype="float32")
+        if fmt in ("flac", "mp3", "opus"):
+            container = _CONTAINERS[fmt]
+            self._sink = _ForwardOnlySink()
+            self._file = sf.SoundFile(
+                self._sink,
+                "w",
+                samplerate=self.sample_rate,
+                channels=1,
+                format=container.format,
+                subtype=container.subtype,
+                **container.options,
+            )
+
+    def feed(self, samples: Any) -> Payload:
+        if self.audio_format == "float":
+            self._check_open()
+            return clean_samples(samples).tolist()
+        return _b64(self.feed_bytes(samples))
+
+    def close(self) -> Payload:
+        if self.audio_format == "float":
+            self._closed = True
+            return []
+        return _b64(self.close_bytes())
+
+    def feed_bytes(self, samples: Any) -> bytes:
+        self._check_open()
+        self._check_binary()
+        audio = clean_samples(samples)
+        if self.audio_format in ("pcm16", "wav"):
+            # Header-less PCM is stateless, so each piece is encoded on its own.
+            return self._wav_header() + encode_audio_bytes(audio, "pcm16")
+        if self._resampler is not None:
+            audio = _resample_for_opus(self._resampler.resample_chunk(audio))
+        self._file.write(audio)
+        return self._sink.take()
+
+    def close_bytes(self) -> bytes:
+        self._check_binary()
+        if self._closed:
+            return b""
+        self._closed = True
+        if self.audio_format in ("pcm16", "wav"):
+            return self._wav_header()  # a stream with no samples is still a valid (empty) WAV
+        if self._resampler is not None:
+            tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            self._file.write(_resample_for_opus(tail))
+        self._file.close()  # flushes the encoder's last frame and the end of the stream
+        return self._sink.take()
+
+    def _wav_header(self) -> bytes:
+        if self.audio_format != "wav" or self._wav_header_sent:
+            return b""
+        self._wav_header_sent = True
+        return streaming_wav_header(self.sample_rate)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("StreamEncoder is closed")
+
+    def _check_binary(self) -> None:
+        if self.audio_format == "float":
+            raise ValueError('audio_format "float" has no byte encoding; use feed()/close()')
+
+
+def streaming_wav_header(sample_rate: int = MODEL_SAMPLE_RATE) -> bytes:
+    """44-byte header of a mono 16-bit PCM WAV whose length is not known yet.
+
+    RIFF and data chunk sizes are 0xFFFFFFFF (the maximum), as ffmpeg writes to a pipe; readers
+    then take samples up to the end of the data.
+    """
+    unknown = 0xFFFFFFFF
+    channels, bits = 1, 16
+    block_align = channels * bits // 8
+    fmt_chunk = struct.pack(
+        "<4sIHHIIHH", b"fmt ", 16, 1, channels, sample_rate, sample_rate * block_align, block_align, bits
+    )
+    return (
+        struct.pack("<4sI4s", b"RIFF", unknown, b"WAVE")
+        + fmt_chunk
+        + struct.pack("<4sI", b"data", unknown)
+    )
+
+
+class _ForwardOnlySink:
+    """File-like object soundfile writes an encoded stream into; `take()` hands out the new bytes.
+
+    Bytes already taken are gone (sent to the client). libsndfile seeks back when it closes a
+    FLAC or MP3 file to fill in the length/MD5/Info tag at the start; those rewrites land in bytes
+    already sent, so they are dropped and the stream keeps its "length unknown" header.
+    """
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self._taken = 0  # stream offset where _pending starts
+        self._position = 0
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        written = len(data)
+        start = self._position - self._taken
+        if start < 0:
+            data = data[-start:]
+            start = 0
+        if start > len(self._pending):
+            self._pending.extend(bytes(start - len(self._pending)))
+        self._pending[start : start + len(data)] = data
+        self._position += written
+        return written
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self._position = offset
+        elif whence == io.SEEK_CUR:
+            self._position += offset
+        else:
+            self._position = self._taken + len(self._pending) + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        return b""  # libsndfile never reads back an encoded stream it is writing
+
+    def take(self) -> bytes:
+        out = bytes(self._pending)
+        self._taken += len(out)
+        self._pending.clear()
+        return out
+
+
+def _resample_for_opus(audio: np.ndarray) -> np.ndarray:
+    # Resampling can overshoot full scale by a hair; keep the encoder's input in range.
+    return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# ---- RunPod size limits -------------------------------------------------------------------------
+
+
+class ResultTooLargeError(ValueError):
+    """A job result is over what RunPod accepts for the route."""
+
+    def __init__(self, size: int, limit: int, route: str) -> None:
+        self.size, self.limit, self.route = size, limit, route
+        super().__init__(
+            f"result is {size / 1e6:.1f} MB, over RunPod's ~{limit / 1e6:.0f} MB limit for /{route}; "
+            "ask for a compressed audio_format (mp3, opus, flac), use streaming, "
+            "or configure an S3 bucket for large results"
+        )
+
+
+def json_size(obj: Any) -> int:
+    """Bytes of `obj` as JSON, with json.dumps' default (roomier) separators."""
+    return len(json.dumps(obj).encode("utf-8"))
+
+
+def result_limit_bytes(route: Literal["run", "runsync"]) -> int:
+    try:
+        return RESULT_LIMIT_BYTES[route]
+    except KeyError:
+        raise ValueError(f"route must be one of {', '.join(RESULT_LIMIT_BYTES)}; got {route!r}") from None
+
+
+def fits_result_limit(output: Any, route: Literal["run", "runsync"] = "run") -> bool:
+    return json_size(output) <= result_limit_bytes(route)
+
+
+def check_result_size(output: Any, route: Literal["run", "runsync"] = "run") -> None:
+    """Raise ResultTooLargeError when `output` would be over the route's result limit."""
+    size, limit = json_size(output), result_limit_bytes(route)
+    if size > limit:
+        raise ResultTooLargeError(size, limit, route)
+
+
+def split_payload(
+    payload: Payload,
+    max_json_bytes: int = STREAM_CHUNK_LIMIT_BYTES - STREAM_ENVELOPE_ALLOWANCE_BYTES,
+) -> list[Payload]:
+    """Split one payload into pieces whose JSON is at most `max_json_bytes` each.
+
+    Pieces keep the stream semantics: concatenating the float lists, or the base64-decoded bytes
+    of the strings (cut on 4-character boundaries, so each piece decodes on its own), gives back
+    the original. An empty payload gives no pieces.
+    """
+    if isinstance(payload, str):
+        per_piece = (max_json_bytes - 2) // 4 * 4  # 2 for the JSON quotes; base64 needs no escapes
+    else:
+        per_piece = (max_json_bytes - 2) // _MAX_JSON_BYTES_PER_FLOAT  # 2 for the brackets
+    if per_piece <= 0:
+        raise ValueError(f"max_json_bytes={max_json_bytes} is too small for any audio")
+    return [payload[i : i + per_piece] for i in range(0, len(payload), per_piece)]
+
+
+def max_samples_per_chunk(
+    fmt: str,
+    max_json_bytes: int = STREAM_CHUNK_LIMIT_BYTES - STREAM_ENVELOPE_ALLOWANCE_BYTES,
+) -> int:
+    """How many input samples one streamed chunk may hold and stay under `max_json_bytes`.
+
+    Worst case per format: 25 JSON bytes per float; 2 bytes of PCM per sample (WAV adds its
+    44-byte header once) for pcm16/wav/flac (FLAC never stores more than verbatim PCM plus
+    frame headers); MP3 at 128 kbit/s and Opus are far below that, so PCM's bound covers them.
+    Base64 costs 4/3.
+    """
+    fmt = validate_audio_format(fmt)
+    if fmt == "float":
+        return max(1, (max_json_bytes - 2) // _MAX_JSON_BYTES_PER_FLOAT)
+    # Keep 10% for FLAC/MP3/Ogg framing and headers.
+    raw_bytes = (max_json_bytes - 2) * 3 // 4 * 9 // 10
+    return max(1, math.floor(raw_bytes / 2))

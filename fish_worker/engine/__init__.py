@@ -1,0 +1,1 @@
+"""Model-facing code: checkpoint loading, token generation and the audio codec."""

@@ -1,0 +1,144 @@
+"""Finding, checking and loading a Fish Speech checkpoint directory.
+
+A checkpoint directory is what Fish Audio publishes as `openaudio-s1-mini`:
+
+    config.json          text2semantic (dual-AR) model arguments
+    model.pth            text2semantic weights
+    tokenizer.tiktoken   tiktoken ranks, one "base64 rank" line each
+    special_tokens.json  special tokens (ids follow their order)
+    codec.pth            DAC codec weights
+
+The codec architecture is not stored in the directory: fish-speech composes it by name
+(`modded_dac_vq`) from its package configs. A directory may add `codec_config.yaml` with
+overrides of that config; the tiny test checkpoint uses it, released weights do not need it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CODEC_CONFIG_NAME = "modded_dac_vq"
+CODEC_OVERRIDES_FILE = "codec_config.yaml"
+HOW_TO_GET = (
+    "download the released weights with `huggingface-cli download fishaudio/openaudio-s1-mini "
+    "--local-dir <dir>` (gated: accept the licence and set HF_TOKEN), or write a tiny test "
+    "checkpoint with `python -m fish_worker.tiny_checkpoint <dir>`"
+)
+REQUIRED_FILES = {
+    "config.json": "text2semantic model config",
+    "model.pth": "text2semantic weights",
+    "tokenizer.tiktoken": "tokenizer ranks",
+    "special_tokens.json": "tokenizer special tokens",
+    "codec.pth": "DAC codec weights",
+}
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoint directory is missing, incomplete or unreadable."""
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    text2semantic: torch.nn.Module  # fish_speech DualARTransformer, caches set up
+    codec: torch.nn.Module  # fish_speech DAC
+    device: torch.device
+    precision: torch.dtype
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """Fail early, naming the first missing file and how to get it."""
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {path} ({HOW_TO_GET})")
+    for name, what in REQUIRED_FILES.items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size == 0:
+            raise CheckpointError(f"checkpoint file missing or empty: {file} ({what}); {HOW_TO_GET}")
+
+
+def _load_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated/corrupt files
+        raise CheckpointError(f"cannot read {file}: {exc}. The file is damaged; {HOW_TO_GET}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file} does not hold a state dict; {HOW_TO_GET}")
+    return state.get("state_dict", state)
+
+
+def _require_matching_weights(model: torch.nn.Module, weights: dict, file: Path, prefix: str = "") -> None:
+    """fish-speech loads with strict=False and only warns; a worker must not serve noise."""
+    for name, param in model.named_parameters():
+        key = prefix + name
+        if key not in weights:
+            raise CheckpointError(f"{file} lacks weight {key!r}: wrong or damaged file; {HOW_TO_GET}")
+        if tuple(weights[key].shape) != tuple(param.shape):
+            raise CheckpointError(
+                f"{file}: weight {key!r} has shape {tuple(weights[key].shape)}, the config expects "
+                f"{tuple(param.shape)}; config.json and the weights do not belong together"
+            )
+
+
+def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype, max_batch_size: int = 1):
+    from fish_speech.models.text2semantic.llama import DualARTransformer
+
+    try:
+        model = DualARTransformer.from_pretrained(str(path), load_weights=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot load the text2semantic model from {path}: {exc}; {HOW_TO_GET}") from exc
+    weights = _load_state_dict(path / "model.pth")
+    if next(iter(weights)).startswith("model."):
+        weights = {k.removeprefix("model."): v for k, v in weights.items()}
+    _require_matching_weights(model, weights, path / "model.pth")
+    model = model.to(device=device, dtype=precision).eval()
+    with torch.device(device):
+        model.setup_caches(max_batch_size=max_batch_size, max_seq_len=model.config.max_seq_len, dtype=precision)
+    return model
+
+
+def compose_codec_config(path: Path):
+    """The package's `modded_dac_vq` config, with the directory's optional overrides merged in."""
+    import fish_speech.models.dac.modded_dac  # noqa: F401  (registers the config targets' module)
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    configs_dir = Path(fish_speech.models.dac.modded_dac.__file__).resolve().parents[2] / "configs"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir)):
+        cfg = compose(config_name=CODEC_CONFIG_NAME)
+    overrides = path / CODEC_OVERRIDES_FILE
+    if overrides.is_file():
+        OmegaConf.set_struct(cfg, False)  # overrides may set ModelArgs fields the yaml leaves at their defaults
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(overrides))
+    return cfg
+
+
+def load_codec(path: Path, device: torch.device):
+    from hydra.utils import instantiate
+
+    file = path / "codec.pth"
+    codec = instantiate(compose_codec_config(path))
+    weights = _load_state_dict(file)
+    if any(k.startswith("generator.") for k in weights):  # a training checkpoint: keep the generator
+        weights = {k.removeprefix("generator."): v for k, v in weights.items() if k.startswith("generator.")}
+    _require_matching_weights(codec, weights, file)
+    codec.load_state_dict(weights, strict=False, assign=True)
+    # Weights stay float32, as fish-speech keeps them; GPU decoding runs under bf16 autocast.
+    return codec.to(device=device).eval()
+
+
+def load_models(path: Path, device: torch.device, precision: torch.dtype, max_batch_size: int = 1) -> LoadedModels:
+    check_checkpoint_dir(path)
+    log.info("loading text2semantic model from %s on %s (%s)", path, device, precision)
+    text2semantic = load_text2semantic(path, device, precision, max_batch_size)
+    log.info("loading codec from %s", path / "codec.pth")
+    codec = load_codec(path, device)
+    return LoadedModels(text2semantic=text2semantic, codec=codec, device=device, precision=precision)

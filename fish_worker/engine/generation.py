@@ -1,0 +1,127 @@
+"""Text → codec tokens with fish-speech's dual-AR transformer, one frame at a time.
+
+The prompt format and the per-step computation are fish-speech 0.1.0's (`ContentSequence`,
+`decode_one_token_ar`, `decode_n_tokens`), run through the package's own model modules. What
+this loop adds: frames are yielded as they are produced (so audio can start early), a
+per-request random generator, and a stop flag checked between steps (cancellation).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from fish_worker.engine.sampling import SamplingParams, sample_token
+
+REPETITION_WINDOW = 16  # fish-speech's windowed repetition penalty
+
+
+@dataclass(frozen=True)
+class VoicePrompt:
+    """A voice to imitate: a transcript and its codec tokens ([num_codebooks, frames], int)."""
+
+    text: str
+    codes: torch.Tensor
+
+
+class PromptTooLongError(ValueError):
+    pass
+
+
+class SemanticGenerator:
+    """Owns the text2semantic model and its KV caches; one sequence at a time."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.model = model
+        self.device = device
+        self.config = model.config
+        self.tokenizer = model.tokenizer
+        self.im_end_id = self.tokenizer.get_token_id("<|im_end|>")
+        self._lock = threading.Lock()  # the KV caches are shared state
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.config.num_codebooks
+
+    def encode_prompt(self, text: str, voices: list[VoicePrompt]) -> tuple[torch.Tensor, object, object]:
+        from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
+
+        seq = ContentSequence(modality="interleave")
+        for voice in voices:
+            seq.append([TextPart(text=voice.text), VQPart(codes=voice.codes.cpu())], add_end=True, speaker=0)
+        seq.append([TextPart(text=text)], add_end=False, speaker=0)
+        return seq.encode_for_inference(self.tokenizer, num_codebooks=self.num_codebooks)
+
+    def prompt_length(self, text: str, voices: list[VoicePrompt]) -> int:
+        return int(self.encode_prompt(text, voices)[0].shape[1])
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        text: str,
+        voices: list[VoicePrompt],
+        params: SamplingParams,
+        generator: torch.Generator,
+        stop: threading.Event | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield codec frames ([num_codebooks] int tensors) until <|im_end|>, the token budget or `stop`."""
+        prompt, audio_masks, audio_parts = self.encode_prompt(text, voices)
+        prompt_len = prompt.shape[1]
+        max_len = self.config.max_seq_len
+        if prompt_len >= max_len:
+            raise PromptTooLongError(f"prompt is {prompt_len} tokens, the model's context is {max_len}")
+        budget = min(params.max_new_tokens, max_len - prompt_len)
+        temperature, top_p, repetition_penalty = params.as_tensors(self.device)
+        rows = self.num_codebooks + 1
+        history = torch.zeros((rows, budget), dtype=torch.int, device=self.device)
+
+        with self._lock:
+            x = prompt.to(self.device).view(1, rows, prompt_len)
+            input_pos = torch.arange(0, prompt_len, device=self.device)
+            token = self._decode_one(x, input_pos, temperature, top_p, repetition_penalty, generator,
+                                     audio_masks, audio_parts, window=None)
+            input_pos = torch.tensor([prompt_len], device=self.device, dtype=torch.int)
+            for step in range(budget):
+                if int(token[0, 0]) == self.im_end_id:
+                    return
+                yield token[1:, 0].clone()
+                if step == budget - 1 or (stop is not None and stop.is_set()):
+                    return
+                # fish-speech's window: the first 16 slots (zeros included) until 16 tokens exist
+                window = history[:, :REPETITION_WINDOW] if step < REPETITION_WINDOW else history[:, step - REPETITION_WINDOW : step]
+                with sdpa_kernel(SDPBackend.MATH):
+                    token = self._decode_one(token.view(1, rows, 1), input_pos, temperature, top_p,
+                                             repetition_penalty, generator, audio_masks, audio_parts, window)
+                input_pos += 1
+                history[:, step : step + 1] = token
+
+    def _decode_one(self, x, input_pos, temperature, top_p, repetition_penalty, generator,
+                    audio_masks, audio_parts, window) -> torch.Tensor:
+        """One frame: the slow transformer picks the semantic token, the fast one the residual codes."""
+        model = self.model
+        out = model.forward_generate(x, input_pos, audio_masks=audio_masks, audio_parts=audio_parts)
+        # fish-speech penalises the window's first column (all rows) for the semantic token.
+        semantic = sample_token(out.logits[0, -1], temperature, top_p, repetition_penalty, generator,
+                                window[:, 0] if window is not None else None)
+        codebooks = [semantic]
+
+        for layer in model.fast_layers:  # the fast transformer starts afresh for every frame
+            layer.attention.kv_cache.k_cache.fill_(0)
+            layer.attention.kv_cache.v_cache.fill_(0)
+        hidden = out.hidden_states
+        model.forward_generate_fast(hidden, torch.tensor([0], device=hidden.device, dtype=torch.long))
+        code = semantic - self.tokenizer.semantic_begin_id
+        code[code < 0] = 0
+        hidden = model.fast_embeddings(code)
+        codebooks.append(code)
+        for idx in range(1, self.num_codebooks):
+            logits = model.forward_generate_fast(hidden, torch.tensor([idx], device=hidden.device, dtype=torch.long))
+            code = sample_token(logits[0, -1, :1024], temperature, top_p, repetition_penalty, generator,
+                                window[idx + 1] if window is not None else None)
+            hidden = model.fast_embeddings(code)
+            codebooks.append(code)
+        return torch.stack(codebooks, dim=1).T  # [rows, 1]

@@ -1,0 +1,66 @@
+"""Token sampling, numerically the same as fish-speech 0.1.0's `logits_to_probs` / `sample`.
+
+Differences on purpose: randomness comes from a per-request `torch.Generator` (so a seed gives the
+same tokens whatever else the process is doing), and nothing here touches the global RNG. With a
+generator seeded like `torch.manual_seed(seed)`, draws are identical to fish-speech's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.8
+    repetition_penalty: float = 1.1
+    max_new_tokens: int = 1000
+
+    def as_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # fish-speech passes these to the model as bf16 0-d tensors; matching the rounding keeps
+        # a seeded run token-for-token equal to its output.
+        def t(v: float) -> torch.Tensor:
+            return torch.tensor(float(v), device=device, dtype=torch.bfloat16)
+
+        return t(self.temperature), t(self.top_p), t(self.repetition_penalty)
+
+
+def logits_to_probs(
+    logits: torch.Tensor,  # [vocab]
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    repetition_penalty: torch.Tensor,
+    previous_tokens: torch.Tensor | None = None,  # [window]
+) -> torch.Tensor:
+    logits = logits.clone()
+    if previous_tokens is not None:
+        previous_tokens = previous_tokens.long()
+        score = torch.gather(logits, dim=-1, index=previous_tokens)
+        score = torch.where(score < 0, score * repetition_penalty, score / repetition_penalty)
+        logits.scatter_(dim=-1, index=previous_tokens, src=score)
+
+    sorted_logits, sorted_indices = torch.sort(logits, descending=True)
+    cum_probs = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
+    to_remove = cum_probs > top_p
+    to_remove[0] = False  # keep at least one token
+    to_remove = to_remove.scatter(dim=-1, index=sorted_indices, src=to_remove)
+    logits = logits.masked_fill(to_remove, -float("inf"))
+    logits = logits / torch.clip(temperature, min=1e-5)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample_token(
+    logits: torch.Tensor,  # [vocab]
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    repetition_penalty: torch.Tensor,
+    generator: torch.Generator,
+    previous_tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One token id as a [1] int tensor (exponential race = multinomial without a device sync)."""
+    probs = logits_to_probs(logits, temperature, top_p, repetition_penalty, previous_tokens)
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.argmax(probs / q, dim=-1, keepdim=True).to(dtype=torch.int)

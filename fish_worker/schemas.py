@@ -1,0 +1,66 @@
+"""The job `input` contract (see ../shared/seed-api.md plus the fields README documents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from fish_worker.errors import JobInputError
+from fish_worker.settings import Settings, get_settings
+
+
+class JobInput(BaseModel):
+    # strict: "0.7" is not a float and 1 is not a bool; forbid: a typo'd field is an error, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    message: str = Field(description="Text to speak.")
+    conversation_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    temperature: float = Field(0.7, ge=0.1, le=1.0)
+    max_tokens: int = Field(1000, ge=1, description="Most codec frames generated per sentence (~21.5/s of audio).")
+    reference_audio: str | None = Field(None, description="Base64 WAV of the voice to clone.")
+    reference_text: str | None = Field(None, max_length=1000, description="Transcript of reference_audio.")
+    stream: bool = False
+    top_p: float = Field(0.8, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, gt=0.0, lt=2.0)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+
+    @field_validator("message")
+    @classmethod
+    def _message_has_text(cls, value: str, info: ValidationInfo) -> str:
+        settings: Settings = (info.context or {}).get("settings") or get_settings()
+        if not value.strip():
+            raise ValueError("must contain text")
+        if len(value) > settings.max_text_chars:
+            raise ValueError(f"is {len(value)} characters, the limit is {settings.max_text_chars}")
+        return value
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens_capped(cls, value: int, info: ValidationInfo) -> int:
+        settings: Settings = (info.context or {}).get("settings") or get_settings()
+        if value > settings.max_tokens_limit:
+            raise ValueError(f"must be at most {settings.max_tokens_limit}")
+        return value
+
+    @field_validator("reference_audio")
+    @classmethod
+    def _reference_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty")
+        return value
+
+
+def parse_job_input(raw: Any, settings: Settings | None = None) -> JobInput:
+    """Validate a job's `input`, raising JobInputError("<field>: <what is wrong>")."""
+    if not isinstance(raw, dict):
+        raise JobInputError("input", f"must be a JSON object, got {type(raw).__name__}")
+    try:
+        return JobInput.model_validate(raw, context={"settings": settings or get_settings()})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "input"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        raise JobInputError(field, message) from None

@@ -1,0 +1,121 @@
+"""Speech synthesis for one validated request: sentences → codec tokens → audio chunks."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fish_worker.audio.reference import decode_reference_audio
+from fish_worker.engine.checkpoint import load_models
+from fish_worker.engine.codec import Codec
+from fish_worker.engine.generation import PromptTooLongError, SemanticGenerator, VoicePrompt
+from fish_worker.engine.sampling import SamplingParams
+from fish_worker.errors import JobInputError
+from fish_worker.schemas import JobInput
+from fish_worker.settings import Settings
+from fish_worker.text.sentences import split_sentences
+from fish_worker.voice_cache import VoiceCodesCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpeechChunk:
+    index: int  # sentence number within the request
+    text: str  # the text this audio speaks
+    audio: np.ndarray  # mono float32 at sample_rate
+    sample_rate: int
+    seed: int  # the request's seed (given or drawn), to reproduce it
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+class TTSService:
+    def __init__(self, settings: Settings, generator: SemanticGenerator, codec: Codec):
+        self.settings = settings
+        self.generator = generator
+        self.codec = codec
+        self.voice_cache = VoiceCodesCache(settings.reference_cache_size)
+
+    @classmethod
+    def load(cls, settings: Settings) -> "TTSService":
+        started = time.perf_counter()
+        device = resolve_device(settings.device)
+        precision = resolve_precision(settings.precision, device)
+        models = load_models(settings.checkpoint_dir, device, precision)
+        generator = SemanticGenerator(models.text2semantic, device)
+        service = cls(settings, generator, Codec(models.codec, device, precision))
+        log.info("models loaded from %s on %s/%s in %.1f s", settings.checkpoint_dir, device, precision,
+                 time.perf_counter() - started)
+        return service
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    def warmup(self) -> None:
+        started = time.perf_counter()
+        for _ in self.synthesize(JobInput(message="Warm up.", max_tokens=8, seed=0)):
+            pass
+        log.info("warm-up synthesis took %.2f s", time.perf_counter() - started)
+
+    def reference_voice(self, request: JobInput) -> VoicePrompt | None:
+        if request.reference_audio is None:
+            return None
+        key = VoiceCodesCache.key(request.reference_audio)
+        codes = self.voice_cache.get(key)
+        if codes is None:
+            audio = decode_reference_audio(
+                request.reference_audio, self.sample_rate,
+                self.settings.reference_max_seconds, self.settings.reference_max_bytes,
+            )
+            codes = self.codec.encode(audio)
+            self.voice_cache.put(key, codes)
+            log.info("encoded reference voice: %.1f s → %d frames", len(audio) / self.sample_rate, codes.shape[1])
+        return VoicePrompt(text=request.reference_text or "", codes=codes)
+
+    def synthesize(self, request: JobInput, stop: threading.Event | None = None) -> Iterator[SpeechChunk]:
+        """Yield one chunk per sentence, in order; stops early when `stop` is set."""
+        sentences = split_sentences(request.message, self.settings.sentence_max_chars)
+        reference = self.reference_voice(request)
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        rng = torch.Generator(device=self.generator.device).manual_seed(seed)
+        params = SamplingParams(request.temperature, request.top_p, request.repetition_penalty, request.max_tokens)
+
+        previous: VoicePrompt | None = None
+        for index, sentence in enumerate(sentences):
+            if stop is not None and stop.is_set():
+                return
+            # Condition on the reference and on the previous sentence, so every sentence keeps one voice.
+            voices = [v for v in (reference, previous) if v is not None]
+            started = time.perf_counter()
+            try:
+                frames = list(self.generator.generate(sentence, voices, params, rng, stop))
+            except PromptTooLongError as exc:
+                raise JobInputError("reference_audio" if reference else "message", str(exc)) from None
+            if not frames:
+                log.warning("sentence %d produced no audio frames", index)
+                continue
+            codes = torch.stack(frames, dim=1)
+            audio = self.codec.decode(codes)
+            log.info("sentence %d/%d: %d frames, %.2f s audio in %.2f s", index + 1, len(sentences),
+                     codes.shape[1], len(audio) / self.sample_rate, time.perf_counter() - started)
+            previous = VoicePrompt(text=sentence, codes=codes.cpu())
+            yield SpeechChunk(index=index, text=sentence, audio=audio, sample_rate=self.sample_rate, seed=seed)

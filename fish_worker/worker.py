@@ -1,0 +1,80 @@
+"""Process start-up: load the models once, then hand jobs to runpod's worker loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fish_worker.engine.checkpoint import CheckpointError
+from fish_worker.jobs import JobRunner
+from fish_worker.service import TTSService
+from fish_worker.settings import Settings, get_settings
+
+log = logging.getLogger("fish_worker")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def build_runner(settings: Settings) -> JobRunner:
+    service = TTSService.load(settings)
+    if settings.warmup:
+        service.warmup()
+    return JobRunner(service)
+
+
+def _local_test_job(argv: list[str]) -> dict[str, Any] | None:
+    """The job runpod would run locally: --test_input JSON, else ./test_input.json (None: not local)."""
+    if "--rp_serve_api" in argv or os.environ.get("RUNPOD_WEBHOOK_GET_JOB"):
+        return None
+    if "--test_input" in argv:
+        index = argv.index("--test_input")
+        return json.loads(argv[index + 1])
+    path = Path("test_input.json")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+async def run_local_job(runner: JobRunner, job: dict[str, Any]) -> dict[str, Any]:
+    """What the platform would store for this job, computed with runpod's own generator runner.
+
+    runpod's `--test_input` mode does not iterate generator handlers (it prints the generator
+    object), so the worker runs the job itself through the SDK's `run_job_generator`.
+    """
+    from runpod.serverless.modules.rp_job import run_job_generator
+
+    job.setdefault("id", "local_test")
+    outputs = []
+    async for partial in run_job_generator(runner.run, job):
+        output = partial.get("output")
+        error = partial.get("error") or (output.get("error") if isinstance(output, dict) else None)
+        if error:
+            return {"error": str(error)}
+        outputs.append(output)
+    return {"output": outputs[0] if len(outputs) == 1 and not job["input"].get("stream") else outputs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    local_job = _local_test_job(argv)
+    try:
+        runner = build_runner(settings)
+    except CheckpointError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(2)
+
+    if local_job is not None:
+        result = asyncio.run(run_local_job(runner, local_job))
+        print(json.dumps(result))
+        sys.exit(1 if "error" in result else 0)
+
+    import runpod
+
+    runpod.serverless.start({"handler": runner.run, "return_aggregate_stream": True})
