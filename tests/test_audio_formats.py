@@ -49,7 +49,7 @@ def rms(x):
 
 
 def pcm16_of(x):
-    """What 16-bit formats store: the samples as int16 (libsndfile's float->int16 conversion)."""
+    """What 16-bit formats store: the samples as int16."""
     return np.frombuffer(encode_audio_bytes(x, "pcm16"), dtype="<i2")
 
 

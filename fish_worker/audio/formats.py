@@ -84,9 +84,8 @@ class _Container:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+# Containers soundfile writes (pcm16 is plain numpy; see to_pcm16).
 _CONTAINERS: dict[str, _Container] = {
-    # RAW is header-less; fixing the endianness makes pcm16 little-endian on any host.
-    "pcm16": _Container("RAW", "PCM_16", {"endian": "LITTLE"}),
     "wav": _Container("WAV", "PCM_16"),
     "flac": _Container("FLAC", "PCM_16"),
     "mp3": _Container(
@@ -120,12 +119,25 @@ def clean_samples(samples: Any) -> np.ndarray:
     return np.clip(audio, -1.0, 1.0)
 
 
+def to_pcm16(samples: Any) -> np.ndarray:
+    """16-bit samples as every 16-bit format stores them: round(x * 32768), clipped at 32767.
+
+    Done here once rather than by libsndfile, whose float->int16 conversion differs between
+    containers (raw/WAV and FLAC round differently): pcm16, wav and flac then hold the very
+    same integers, each within 1/32768 of the input read back the usual way (int / 32768).
+    """
+    scaled = np.round(clean_samples(samples).astype(np.float64) * 32768)
+    return np.clip(scaled, -32768, 32767).astype("<i2")
+
+
 def encode_audio_bytes(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_RATE) -> bytes:
     """Whole clip as the bytes of one file in `fmt` (any format but "float")."""
     fmt = validate_audio_format(fmt)
     if fmt == "float":
         raise ValueError('audio_format "float" has no byte encoding; use encode_audio')
-    audio = clean_samples(samples)
+    if fmt == "pcm16":
+        return to_pcm16(samples).tobytes()
+    audio = _codec_input(fmt, clean_samples(samples))
     if fmt == "opus":
         audio = _resample_for_opus(soxr.resample(audio, sample_rate, OPUS_SAMPLE_RATE))
     container = _CONTAINERS[fmt]
@@ -203,10 +215,10 @@ class StreamEncoder:
     def feed_bytes(self, samples: Any) -> bytes:
         self._check_open()
         self._check_binary()
-        audio = clean_samples(samples)
         if self.audio_format in ("pcm16", "wav"):
             # Header-less PCM is stateless, so each piece is encoded on its own.
-            return self._wav_header() + encode_audio_bytes(audio, "pcm16")
+            return self._wav_header() + to_pcm16(samples).tobytes()
+        audio = _codec_input(self.audio_format, clean_samples(samples))
         if self._resampler is not None:
             audio = _resample_for_opus(self._resampler.resample_chunk(audio))
         self._file.write(audio)
@@ -305,6 +317,11 @@ class _ForwardOnlySink:
         self._taken += len(out)
         self._pending.clear()
         return out
+
+
+def _codec_input(fmt: str, audio: np.ndarray) -> np.ndarray:
+    # Lossless 16-bit containers get our integers; MP3/Opus encoders take float natively.
+    return to_pcm16(audio) if fmt in ("wav", "flac") else audio
 
 
 def _resample_for_opus(audio: np.ndarray) -> np.ndarray:
