@@ -1,0 +1,156 @@
+"""Saved voices: a speaker's codec tokens and transcript, stored once and reused by `voice_id`.
+
+Each voice is one `<voice_id>.npz` file in the store's directory (which may be on a network
+volume shared by several workers). A file is written under a temporary name and renamed into
+place, so readers see either the old voice or the new one, never half of one, even after a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Starts with a letter or digit (so never ".", "..", a hidden or temporary file), then letters,
+# digits, "_", "." or "-"; no "/" or "\" can appear, so an id can only name a file in the store.
+VOICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SUFFIX = ".npz"
+_TEMP_PREFIX = ".tmp-"  # can't be a voice_id, so half-written files never show up as voices
+_FORMAT_VERSION = 1
+
+
+class VoiceNotFoundError(KeyError):
+    def __init__(self, voice_id: str) -> None:
+        super().__init__(voice_id)
+        self.voice_id = voice_id
+
+    def __str__(self) -> str:
+        return f"no saved voice with voice_id {self.voice_id!r}"
+
+
+def validate_voice_id(voice_id: Any) -> str:
+    """Return `voice_id` if it is a safe voice id, else raise ValueError saying why."""
+    if not isinstance(voice_id, str):
+        raise ValueError(f"voice_id must be a string; got {type(voice_id).__name__}")
+    if not VOICE_ID_PATTERN.fullmatch(voice_id) or ".." in voice_id:
+        raise ValueError(
+            f"invalid voice_id {voice_id!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit, without '..'"
+        )
+    return voice_id
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    voice_id: str
+    text: str
+    created_at: float  # Unix time, seconds
+    num_codebooks: int
+    num_frames: int
+
+
+@dataclass(frozen=True)
+class SavedVoice:
+    voice_id: str
+    tokens: np.ndarray  # integer codec tokens, shape [num_codebooks, num_frames]
+    text: str  # transcript of the reference audio the tokens came from
+    created_at: float
+
+    @property
+    def info(self) -> VoiceInfo:
+        return VoiceInfo(self.voice_id, self.text, self.created_at, *self.tokens.shape)
+
+
+class VoiceStore:
+    """Save, load, list and delete voices in one directory (created if missing)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def save(self, voice_id: str, tokens: Any, text: str, *, overwrite: bool = True) -> VoiceInfo:
+        voice_id = validate_voice_id(voice_id)
+        tokens = _checked_tokens(tokens)
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a string; got {type(text).__name__}")
+        path = self._path(voice_id)
+        if not overwrite and path.exists():
+            raise FileExistsError(f"a voice with voice_id {voice_id!r} already exists")
+        voice = SavedVoice(voice_id, tokens, text, created_at=time.time())
+        self.root.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, voice)
+        return voice.info
+
+    def load(self, voice_id: str) -> SavedVoice:
+        voice_id = validate_voice_id(voice_id)
+        try:
+            with np.load(self._path(voice_id), allow_pickle=False) as data:
+                return SavedVoice(
+                    voice_id=voice_id,
+                    tokens=data["tokens"],
+                    text=str(data["text"]),
+                    created_at=float(data["created_at"]),
+                )
+        except FileNotFoundError:
+            raise VoiceNotFoundError(voice_id) from None
+
+    def exists(self, voice_id: str) -> bool:
+        return self._path(validate_voice_id(voice_id)).is_file()
+
+    def list(self) -> list[VoiceInfo]:
+        """All saved voices, sorted by voice_id."""
+        voices = []
+        for path in sorted(self.root.glob(f"*{_SUFFIX}")):
+            voice_id = path.name[: -len(_SUFFIX)]
+            if not VOICE_ID_PATTERN.fullmatch(voice_id) or ".." in voice_id:
+                continue  # not ours (e.g. a temporary file)
+            try:
+                voices.append(self.load(voice_id).info)
+            except VoiceNotFoundError:
+                continue  # deleted by another worker while we listed
+        return voices
+
+    def delete(self, voice_id: str) -> None:
+        try:
+            self._path(validate_voice_id(voice_id)).unlink()
+        except FileNotFoundError:
+            raise VoiceNotFoundError(voice_id) from None
+
+    def _path(self, voice_id: str) -> Path:
+        return self.root / f"{voice_id}{_SUFFIX}"
+
+
+def _checked_tokens(tokens: Any) -> np.ndarray:
+    array = np.asarray(tokens)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"tokens must be integers; got dtype {array.dtype}")
+    if array.ndim != 2 or 0 in array.shape:
+        raise ValueError(f"tokens must have shape [num_codebooks, num_frames]; got {array.shape}")
+    return array
+
+
+def _write_atomically(path: Path, voice: SavedVoice) -> None:
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            np.savez(
+                file,
+                format_version=np.int64(_FORMAT_VERSION),
+                tokens=voice.tokens,
+                text=np.str_(voice.text),
+                created_at=np.float64(voice.created_at),
+            )
+            file.flush()
+            os.fsync(file.fileno())  # the data must be on disk before the name points at it
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise

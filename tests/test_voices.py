@@ -1,0 +1,122 @@
+"""Saved voices: save/load/list/delete, strict ids, atomic writes."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from fish_worker import voices
+from fish_worker.voices import VoiceNotFoundError, VoiceStore, validate_voice_id
+
+
+def tokens(num_frames=50, seed=0):
+    return np.random.default_rng(seed).integers(0, 4096, size=(10, num_frames), dtype=np.int64)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return VoiceStore(tmp_path / "voices")  # created on first save
+
+
+def test_save_then_load_gives_back_tokens_text_and_time(store):
+    before = time.time()
+    info = store.save("alice", tokens(), "Hello there, I'm Alice.")
+    assert (info.voice_id, info.text, info.num_codebooks, info.num_frames) == (
+        "alice", "Hello there, I'm Alice.", 10, 50,
+    )
+    loaded = store.load("alice")
+    np.testing.assert_array_equal(loaded.tokens, tokens())
+    assert loaded.tokens.dtype == np.int64
+    assert loaded.text == "Hello there, I'm Alice."
+    assert before <= loaded.created_at <= time.time()
+    assert loaded.info == info
+
+
+def test_unicode_transcript_survives(store):
+    store.save("yuki", tokens(), "こんにちは、世界 — ça va?")
+    assert store.load("yuki").text == "こんにちは、世界 — ça va?"
+
+
+def test_list_is_sorted_and_delete_removes(store):
+    assert store.list() == []
+    for name in ("bob", "alice", "carol-2.v1"):
+        store.save(name, tokens(), f"I am {name}")
+    assert [v.voice_id for v in store.list()] == ["alice", "bob", "carol-2.v1"]
+    store.delete("bob")
+    assert [v.voice_id for v in store.list()] == ["alice", "carol-2.v1"]
+    assert not store.exists("bob") and store.exists("alice")
+    with pytest.raises(VoiceNotFoundError, match="bob"):
+        store.load("bob")
+    with pytest.raises(VoiceNotFoundError):
+        store.delete("bob")
+
+
+def test_save_replaces_unless_told_not_to(store):
+    store.save("alice", tokens(seed=1), "first")
+    store.save("alice", tokens(seed=2), "second")
+    assert store.load("alice").text == "second"
+    with pytest.raises(FileExistsError):
+        store.save("alice", tokens(), "third", overwrite=False)
+    assert store.load("alice").text == "second"
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["../x", "/etc", "/etc/passwd", "", "a" * 65, "..", ".", ".hidden", "a..b", "a/b", "a\\b",
+     "-dash", "_under", "sp ace", "tab\t", "new\nline", "nul\x00", "é", "a:b", None, 5],
+)
+def test_bad_ids_are_rejected_with_a_clear_error(store, bad_id):
+    with pytest.raises(ValueError, match="voice_id"):
+        validate_voice_id(bad_id)
+    for call in (
+        lambda: store.save(bad_id, tokens(), "x"),
+        lambda: store.load(bad_id),
+        lambda: store.delete(bad_id),
+        lambda: store.exists(bad_id),
+    ):
+        with pytest.raises(ValueError, match="voice_id"):
+            call()
+
+
+def test_longest_and_shortest_good_ids(store):
+    for good in ("a", "7", "a" * 64, "A.b-c_d"):
+        assert validate_voice_id(good) == good
+        store.save(good, tokens(), "ok")
+    assert len(store.list()) == 4
+
+
+@pytest.mark.parametrize(
+    "bad_tokens, message",
+    [
+        (np.zeros((10, 5), dtype=np.float32), "integers"),
+        (np.zeros(5, dtype=np.int64), "shape"),
+        (np.zeros((10, 0), dtype=np.int64), "shape"),
+    ],
+)
+def test_bad_tokens_are_rejected(store, bad_tokens, message):
+    with pytest.raises(ValueError, match=message):
+        store.save("alice", bad_tokens, "x")
+    assert store.list() == []
+
+
+def test_a_crash_while_writing_leaves_the_old_voice_and_no_debris(store, monkeypatch):
+    store.save("alice", tokens(seed=1), "original")
+
+    def crash(*args, **kwargs):
+        raise OSError("disk yanked mid-write")
+
+    monkeypatch.setattr(voices.np, "savez", crash)
+    with pytest.raises(OSError, match="yanked"):
+        store.save("alice", tokens(seed=2), "replacement")
+    monkeypatch.undo()
+
+    assert store.load("alice").text == "original"
+    assert os.listdir(store.root) == ["alice.npz"]
+
+
+def test_stray_files_in_the_directory_are_not_voices(store):
+    store.save("alice", tokens(), "hi")
+    (store.root / ".tmp-abc.npz").write_bytes(b"half a voice")
+    (store.root / "notes.txt").write_text("not a voice")
+    assert [v.voice_id for v in store.list()] == ["alice"]
