@@ -113,12 +113,16 @@ class Conversation(BaseModel):
             Message(role="user", content=user_text),
             Message(role="assistant", content=assistant_text),
         )
-        return self.model_copy(
-            update={
-                "messages": messages[-max_messages:],
-                "voice": voice if voice is not None else self.voice,
-                "turns": self.turns + 1,
-            }
+        return Conversation(
+            conversation_id=self.conversation_id,
+            messages=messages[-max_messages:],
+            voice=voice if voice is not None else self.voice,
+            turns=self.turns + 1,
+        )
+
+    def with_voice(self, voice: ConversationVoice) -> Conversation:
+        return Conversation(
+            conversation_id=self.conversation_id, messages=self.messages, voice=voice, turns=self.turns
         )
 
 
