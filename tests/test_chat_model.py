@@ -129,6 +129,11 @@ def test_max_new_tokens_bounds_the_reply(chat):
     assert stream.stats.completion_tokens == 12 and stream.stats.finish_reason == "length"
 
 
+def test_tiny_model_writes_printable_text(chat):
+    reply = chat.reply(HELLO, temperature=1.0, max_new_tokens=200, seed=2)
+    assert reply and all(ch.isprintable() or ch in " \n" for ch in reply)
+
+
 def test_system_prompt_changes_the_prompt(chat):
     plain = chat.stream_reply(HELLO, temperature=0, max_new_tokens=1)
     with_system = chat.stream_reply(HELLO, temperature=0, max_new_tokens=1, system_prompt="Answer in French.")

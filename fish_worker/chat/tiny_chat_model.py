@@ -7,6 +7,8 @@ tokenizer_config.json (with a ChatML chat template), so `ChatModel.load` exercis
 path a real model takes. Nothing is downloaded: the byte-level BPE tokenizer is trained here on a
 few sentences, which keeps it small while any text still round-trips (every byte is in the vocabulary).
 Its replies are gibberish; only their mechanics (streaming, seeding, token limits) are meaningful.
+generation_config.json suppresses the tokens that decode to control characters or to part of a
+multi-byte character, so what it writes is at least printable text a TTS demo can speak.
 """
 
 from __future__ import annotations
@@ -70,7 +72,20 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_model(vocab_size: int, seed: int, pad_token_id: int, eos_token_ids: list[int]) -> Qwen2ForCausalLM:
+def unprintable_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """Tokens that decode to a control character or to an incomplete UTF-8 sequence (U+FFFD)."""
+    special = set(tokenizer.all_special_ids)
+    unprintable = []
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id])
+        if token_id not in special and any(ch == "\ufffd" or (not ch.isprintable() and ch not in " \n") for ch in text):
+            unprintable.append(token_id)
+    return unprintable
+
+
+def build_model(
+    vocab_size: int, seed: int, pad_token_id: int, eos_token_ids: list[int], suppress_token_ids: list[int]
+) -> Qwen2ForCausalLM:
     config = Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -92,6 +107,7 @@ def build_model(vocab_size: int, seed: int, pad_token_id: int, eos_token_ids: li
         pad_token_id=pad_token_id,
         do_sample=True,
         temperature=0.7,
+        suppress_tokens=suppress_token_ids,
     )
     return model.eval()
 
@@ -102,7 +118,11 @@ def write_tiny_chat_model(directory: str | Path, seed: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     eos_ids = tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
-    model = build_model(len(tokenizer), seed, pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos_ids)
+    # <|im_start|> too: a reply never opens a new message.
+    suppress = unprintable_token_ids(tokenizer) + [tokenizer.convert_tokens_to_ids(IM_START)]
+    model = build_model(
+        len(tokenizer), seed, pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos_ids, suppress_token_ids=suppress
+    )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     _make_tokenizer_config_portable(directory / "tokenizer_config.json")
