@@ -21,16 +21,22 @@ async def iterate_in_thread(make_iterator: Callable[[threading.Event], Iterator[
     queue: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
 
+    def hand_over(item: object) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop has closed: nobody is listening any more
+            stop.set()
+
     def produce() -> None:
         try:
             for item in make_iterator(stop):
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+                hand_over(item)
                 if stop.is_set():
                     break
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
+            hand_over(exc)
         finally:
-            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            hand_over(_DONE)
 
     thread = threading.Thread(target=produce, name="synthesis", daemon=True)
     thread.start()

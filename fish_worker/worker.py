@@ -15,6 +15,9 @@ from fish_worker.jobs import JobRunner
 from fish_worker.service import TTSService
 from fish_worker.settings import Settings, get_settings
 
+# runpod logs every output chunk (audio included) at its default DEBUG level.
+os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
+
 log = logging.getLogger("fish_worker")
 
 

@@ -1,0 +1,51 @@
+"""Shared fixtures: one tiny checkpoint and one loaded service per test session (CPU)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    from fish_worker.tiny_checkpoint import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def settings(tiny_checkpoint):
+    from fish_worker.settings import Settings
+
+    return Settings(checkpoint_dir=tiny_checkpoint, device="cpu", warmup=False, reference_max_seconds=5.0)
+
+
+@pytest.fixture(scope="session")
+def service(settings):
+    from fish_worker.service import TTSService
+
+    return TTSService.load(settings)
+
+
+@pytest.fixture(scope="session")
+def runner(service):
+    from fish_worker.jobs import JobRunner
+
+    return JobRunner(service)
+
+
+def wav_b64(seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1, amplitude: float = 0.3,
+            subtype: str = "PCM_16", fmt: str = "WAV") -> str:
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    tone = amplitude * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) / 1.5
+    data = np.stack([tone] * channels, axis=1) if channels > 1 else tone
+    buf = io.BytesIO()
+    sf.write(buf, data, sample_rate, format=fmt, subtype=subtype)
+    return base64.b64encode(buf.getvalue()).decode()
