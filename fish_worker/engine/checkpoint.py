@@ -85,18 +85,24 @@ def _require_matching_weights(model: torch.nn.Module, weights: dict, file: Path,
 
 
 def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype, max_batch_size: int = 1):
-    from fish_speech.models.text2semantic.llama import DualARTransformer
+    from fish_speech.models.text2semantic.llama import BaseModelArgs, DualARTransformer
+    from fish_speech.tokenizer import FishTokenizer
 
     try:
-        model = DualARTransformer.from_pretrained(str(path), load_weights=True)
-    except CheckpointError:
-        raise
+        config = BaseModelArgs.from_pretrained(str(path))
+        tokenizer = FishTokenizer.from_pretrained(str(path))
     except Exception as exc:
-        raise CheckpointError(f"cannot load the text2semantic model from {path}: {exc}; {HOW_TO_GET}") from exc
+        raise CheckpointError(f"cannot read config.json / tokenizer files in {path}: {exc}; {HOW_TO_GET}") from exc
+    # Check names and shapes on a weightless (meta) model first: fish-speech's loader only warns.
+    with torch.device("meta"):
+        skeleton = DualARTransformer(config, tokenizer=tokenizer)
     weights = _load_state_dict(path / "model.pth")
     if next(iter(weights)).startswith("model."):
         weights = {k.removeprefix("model."): v for k, v in weights.items()}
-    _require_matching_weights(model, weights, path / "model.pth")
+    _require_matching_weights(skeleton, weights, path / "model.pth")
+    del skeleton, weights
+
+    model = DualARTransformer.from_pretrained(str(path), load_weights=True)
     model = model.to(device=device, dtype=precision).eval()
     with torch.device(device):
         model.setup_caches(max_batch_size=max_batch_size, max_seq_len=model.config.max_seq_len, dtype=precision)

@@ -1,0 +1,97 @@
+"""Checkpoint layout and start-up failures that name the file and how to get it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fish_worker.engine.checkpoint import REQUIRED_FILES, CheckpointError, load_models
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def broken_copy(tiny_checkpoint, tmp_path):
+    target = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, target)
+    return target
+
+
+def test_tiny_checkpoint_has_the_released_layout(tiny_checkpoint):
+    names = {p.name for p in tiny_checkpoint.iterdir()}
+    assert set(REQUIRED_FILES) <= names
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert config["model_type"] == "dual_ar"
+    for key in ("dim", "n_layer", "num_codebooks", "codebook_size", "max_seq_len", "n_fast_layer", "vocab_size"):
+        assert key in config
+    first_line = (tiny_checkpoint / "tokenizer.tiktoken").read_text().splitlines()[0]
+    token, rank = first_line.split()
+    assert rank == "0" and token == "AA=="  # base64 of byte 0
+    specials = json.loads((tiny_checkpoint / "special_tokens.json").read_text())
+    assert specials["<|im_end|>"] == 256 + 4 and "<|semantic:63|>" in specials
+
+
+def test_tiny_checkpoint_is_reproducible(tmp_path):
+    from fish_worker.tiny_checkpoint import write_tiny_checkpoint
+
+    a = torch.load(write_tiny_checkpoint(tmp_path / "a", seed=3) / "model.pth")
+    b = torch.load(write_tiny_checkpoint(tmp_path / "b", seed=3) / "model.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED_FILES))
+def test_missing_file_is_named(broken_copy, name):
+    (broken_copy / name).unlink()
+    with pytest.raises(CheckpointError, match=f"{name}.*huggingface-cli download fishaudio/openaudio-s1-mini"):
+        load_models(broken_copy, CPU, torch.float32)
+
+
+def test_truncated_weights_are_reported(broken_copy):
+    data = (broken_copy / "codec.pth").read_bytes()
+    (broken_copy / "codec.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read .*codec\.pth"):
+        load_models(broken_copy, CPU, torch.float32)
+
+
+def test_weights_that_do_not_match_the_config_are_reported(broken_copy):
+    config = json.loads((broken_copy / "config.json").read_text())
+    config["dim"] = 128
+    (broken_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="config.json and the weights do not belong together"):
+        load_models(broken_copy, CPU, torch.float32)
+
+
+def test_missing_weight_is_reported(broken_copy):
+    weights = torch.load(broken_copy / "model.pth")
+    del weights["norm.weight"]
+    torch.save(weights, broken_copy / "model.pth")
+    with pytest.raises(CheckpointError, match="lacks weight 'norm.weight'"):
+        load_models(broken_copy, CPU, torch.float32)
+
+
+def test_worker_refuses_to_start_without_checkpoint(tmp_path):
+    env = {**os.environ, "FISH_CHECKPOINT_DIR": str(tmp_path / "nowhere"), "FISH_WARMUP": "false"}
+    result = subprocess.run([sys.executable, "handler.py", "--test_input", '{"input": {"message": "hi"}}'],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "checkpoint directory not found" in result.stderr and "nowhere" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_handler_test_input_runs_the_job_for_real(tiny_checkpoint):
+    env = {**os.environ, "FISH_CHECKPOINT_DIR": str(tiny_checkpoint), "FISH_WARMUP": "false", "FISH_DEVICE": "cpu"}
+    job = '{"input": {"message": "One. Two sentences here.", "stream": true, "max_tokens": 3, "seed": 1}}'
+    result = subprocess.run([sys.executable, "handler.py", "--test_input", job],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [c["text"] for c in printed["output"]] == ["One. Two sentences here."]
+    assert len(printed["output"][0]["audio"]) == 3 * 2048
