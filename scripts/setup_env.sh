@@ -6,11 +6,13 @@
 #                   you point pip at the CPU index: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu)
 #   TORCHAUDIO_SPEC torchaudio to install without deps (default torchaudio==2.11.0, the last on PyPI)
 #   VENV            where to create the venv (default .venv)
+#   WITH_DEV        1 (default) also installs the test tools of requirements-dev.txt; 0 for images
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 TORCHAUDIO_SPEC=${TORCHAUDIO_SPEC:-torchaudio==2.11.0}
+WITH_DEV=${WITH_DEV:-1}
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
@@ -27,6 +29,7 @@ if ! "$PY" -c "import torchaudio" 2>/dev/null; then
   rm -rf "$lib"
   "$PY" -c "import torchaudio"
 fi
-$PIP install -r requirements.txt -r requirements-dev.txt
+$PIP install -r requirements.txt
+[ "$WITH_DEV" = 0 ] || $PIP install -r requirements-dev.txt
 $PIP install --no-deps -r requirements-nodeps.txt
 "$PY" -c "import fish_speech.models.text2semantic.llama, fish_speech.models.dac.modded_dac; print('fish-speech inference imports OK')"
