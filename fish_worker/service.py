@@ -6,7 +6,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +33,9 @@ class SpeechChunk:
     audio: np.ndarray  # mono float32 at sample_rate
     sample_rate: int
     seed: int  # the request's seed (given or drawn), to reproduce it
+    # The sentence's codec tokens [num_codebooks, frames] on the CPU: a conversation keeps its first
+    # reply's as its voice.
+    codes: torch.Tensor | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,10 +94,22 @@ class TTSService:
             log.info("encoded reference voice: %.1f s → %d frames", len(audio) / self.sample_rate, codes.shape[1])
         return VoicePrompt(text=request.reference_text or "", codes=codes)
 
-    def synthesize(self, request: JobInput, stop: threading.Event | None = None) -> Iterator[SpeechChunk]:
-        """Yield one chunk per sentence, in order; stops early when `stop` is set."""
-        sentences = split_sentences(request.message, self.settings.sentence_max_chars)
-        reference = self.reference_voice(request)
+    def synthesize(
+        self,
+        request: JobInput,
+        stop: threading.Event | None = None,
+        *,
+        voice: VoicePrompt | None = None,
+        sentences: Iterable[str] | None = None,
+    ) -> Iterator[SpeechChunk]:
+        """Yield one chunk per sentence, in order; stops early when `stop` is set.
+
+        `voice` (a conversation's) replaces the request's reference. `sentences` replaces the split
+        `request.message`; it may be lazy (a chat reply still being written): each is pulled when due.
+        """
+        if sentences is None:
+            sentences = split_sentences(request.message, self.settings.sentence_max_chars)
+        reference = voice if voice is not None else self.reference_voice(request)
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         rng = torch.Generator(device=self.generator.device).manual_seed(seed)
         params = SamplingParams(request.temperature, request.top_p, request.repetition_penalty, request.max_tokens)
@@ -115,7 +130,8 @@ class TTSService:
                 continue
             codes = torch.stack(frames, dim=1)
             audio = self.codec.decode(codes)
-            log.info("sentence %d/%d: %d frames, %.2f s audio in %.2f s", index + 1, len(sentences),
+            log.info("sentence %d: %d frames, %.2f s audio in %.2f s", index + 1,
                      codes.shape[1], len(audio) / self.sample_rate, time.perf_counter() - started)
             previous = VoicePrompt(text=sentence, codes=codes.cpu())
-            yield SpeechChunk(index=index, text=sentence, audio=audio, sample_rate=self.sample_rate, seed=seed)
+            yield SpeechChunk(index=index, text=sentence, audio=audio, sample_rate=self.sample_rate, seed=seed,
+                              codes=previous.codes)
