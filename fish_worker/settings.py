@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +29,18 @@ class Settings(BaseSettings):
 
     # Worker
     log_level: str = "INFO"
+
+    # Chat mode and conversations (fish_worker/conversation_service.py)
+    chat_model_dir: Path | None = None  # a local Hugging Face chat model; set: loaded at start, chat mode on
+    chat_system_prompt: str = (
+        "You are a friendly voice assistant. Your replies are spoken aloud: answer briefly, "
+        "in plain sentences, without lists, markup or emoji."
+    )
+    chat_frames_per_sentence: int = Field(1000, ge=1)  # codec frames budget per spoken reply sentence
+    # REDIS_URL as well: the name every Redis client and hosting template uses.
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("FISH_REDIS_URL", "REDIS_URL"))
+    conversation_ttl_s: int = Field(3600, ge=1)  # a conversation expires this long after its last turn
+    max_conversations: int = Field(1000, ge=1)  # in-process store only; Redis is bounded by its own policy
 
 
 @lru_cache(maxsize=1)
