@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
-
-from fish_worker.audio.output import to_float_list
+from fish_worker.audio.formats import ResultTooLargeError
 from fish_worker.errors import JobInputError
+from fish_worker.job_output import StreamedOutput, whole_output, within_result_limit
 from fish_worker.schemas import parse_job_input
 from fish_worker.service import SpeechChunk, TTSService
 from fish_worker.threaded import iterate_in_thread
+from fish_worker.voice_actions import is_voice_action, run_voice_action
 
 log = logging.getLogger(__name__)
 
 
-def chunk_output(chunks: list[SpeechChunk]) -> dict[str, Any]:
-    audio = np.concatenate([c.audio for c in chunks]) if chunks else np.zeros(0, dtype=np.float32)
-    sample_rate = chunks[0].sample_rate if chunks else 44100
-    out = {
-        "text": " ".join(c.text for c in chunks),
-        "audio": to_float_list(audio),
-        "sample_rate": sample_rate,
-        "duration_s": round(len(audio) / sample_rate, 3),
-    }
-    if chunks:
-        out["seed"] = chunks[0].seed
-    return out
+# Which RunPod result limit a whole result must fit ("run", "runsync"); None: none (self-hosted).
+RESULT_ROUTE_KEY = "result_route"
+
+
+def chunk_output(chunks: list[SpeechChunk], audio_format: str = "float") -> dict[str, Any]:
+    return whole_output(chunks, audio_format)
 
 
 class JobRunner:
@@ -41,18 +36,27 @@ class JobRunner:
         job_id = job.get("id", "?")
         started = time.perf_counter()
         try:
+            if is_voice_action(job.get("input")):
+                yield await run_voice_action(job["input"], self.service)
+                return
             request = parse_job_input(job.get("input"))
             if request.stream:
+                streamed = StreamedOutput(request.audio_format)
                 async for chunk in iterate_in_thread(lambda stop: self.service.synthesize(request, stop)):
-                    yield {**chunk_output([chunk]), "index": chunk.index}
+                    for piece in streamed.chunks(chunk):
+                        yield piece
+                for piece in streamed.finish():
+                    yield piece
             else:
                 chunks = [c async for c in iterate_in_thread(lambda stop: self.service.synthesize(request, stop))]
                 if not chunks:
                     yield {"error": "message: no audio was generated for this text"}
                     return
-                yield chunk_output(chunks)
+                output = chunk_output(chunks, request.audio_format)
+                yield await asyncio.to_thread(
+                    within_result_limit, output, self.service.settings, job.get(RESULT_ROUTE_KEY, "run"))
             log.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
-        except JobInputError as exc:
+        except (JobInputError, ResultTooLargeError) as exc:
             log.info("job %s rejected: %s", job_id, exc)
             yield {"error": str(exc)}
         except Exception as exc:  # a fault of ours: log the traceback, tell the caller briefly

@@ -6,8 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from fish_worker.audio.formats import AudioFormat
 from fish_worker.errors import JobInputError
 from fish_worker.settings import Settings, get_settings
+from fish_worker.voices import validate_voice_id
 
 
 class JobInput(BaseModel):
@@ -24,6 +26,8 @@ class JobInput(BaseModel):
     top_p: float = Field(0.8, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, gt=0.0, lt=2.0)
     seed: int | None = Field(None, ge=0, lt=2**63)
+    audio_format: AudioFormat = Field("float", description="float (the seed's list), pcm16, wav, flac, mp3, opus.")
+    voice_id: str | None = Field(None, description="A saved voice (action save_voice), instead of reference_audio.")
 
     @field_validator("message")
     @classmethod
@@ -50,6 +54,16 @@ class JobInput(BaseModel):
             raise ValueError("is empty")
         return value
 
+    @field_validator("voice_id")
+    @classmethod
+    def _voice_id_alone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Declared after reference_audio/reference_text, so both are already in info.data.
+        if value is None:
+            return value
+        if info.data.get("reference_audio") is not None or info.data.get("reference_text") is not None:
+            raise ValueError("give either voice_id or reference_audio/reference_text, not both")
+        return validate_voice_id(value)
+
 
 def parse_job_input(raw: Any, settings: Settings | None = None) -> JobInput:
     """Validate a job's `input`, raising JobInputError("<field>: <what is wrong>")."""
@@ -58,9 +72,14 @@ def parse_job_input(raw: Any, settings: Settings | None = None) -> JobInput:
     try:
         return JobInput.model_validate(raw, context={"settings": settings or get_settings()})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "input"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown field"
-        raise JobInputError(field, message) from None
+        raise input_error(exc) from None
+
+
+def input_error(exc: ValidationError) -> JobInputError:
+    """The first problem pydantic found, as JobInputError("<field>: <what is wrong>")."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "input"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    return JobInputError(field, message)

@@ -22,6 +22,7 @@ from fish_worker.schemas import JobInput
 from fish_worker.settings import Settings
 from fish_worker.text.sentences import split_sentences
 from fish_worker.voice_cache import VoiceCodesCache
+from fish_worker.voices import VoiceNotFoundError, VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class TTSService:
         self.generator = generator
         self.codec = codec
         self.voice_cache = VoiceCodesCache(settings.reference_cache_size)
+        self.voices = VoiceStore(settings.voices_dir)
 
     @classmethod
     def load(cls, settings: Settings) -> "TTSService":
@@ -80,6 +82,8 @@ class TTSService:
         log.info("warm-up synthesis took %.2f s", time.perf_counter() - started)
 
     def reference_voice(self, request: JobInput) -> VoicePrompt | None:
+        if request.voice_id is not None:
+            return self.saved_voice(request.voice_id)
         if request.reference_audio is None:
             return None
         key = VoiceCodesCache.key(request.reference_audio)
@@ -93,6 +97,15 @@ class TTSService:
             self.voice_cache.put(key, codes)
             log.info("encoded reference voice: %.1f s → %d frames", len(audio) / self.sample_rate, codes.shape[1])
         return VoicePrompt(text=request.reference_text or "", codes=codes)
+
+    def saved_voice(self, voice_id: str) -> VoicePrompt:
+        try:
+            voice = self.voices.load(voice_id)
+        except VoiceNotFoundError:
+            raise JobInputError("voice_id", f"no saved voice named {voice_id!r}") from None
+        if voice.tokens.shape[0] != self.generator.num_codebooks:  # saved with another model
+            raise JobInputError("voice_id", f"{voice_id!r} was saved with a different model; save it again")
+        return VoicePrompt(text=voice.text, codes=torch.from_numpy(voice.tokens).to(torch.int))
 
     def synthesize(
         self,

@@ -42,6 +42,19 @@ class Settings(BaseSettings):
     conversation_ttl_s: int = Field(3600, ge=1)  # a conversation expires this long after its last turn
     max_conversations: int = Field(1000, ge=1)  # in-process store only; Redis is bounded by its own policy
 
+    # Saved voices (fish_worker/voices.py): a directory on the network volume, shared by workers.
+    voices_dir: Path = Path("/runpod-volume/voices")
+
+    # Results over RunPod's size limits go to this S3-compatible bucket when set (storage/s3.py);
+    # credentials left empty come from boto3's usual chain (AWS_* variables).
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_region: str | None = None
+    s3_key_prefix: str = "fish-speech"
+    s3_url_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -21,10 +21,11 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def settings(tiny_checkpoint):
+def settings(tiny_checkpoint, tmp_path_factory):
     from fish_worker.settings import Settings
 
-    return Settings(checkpoint_dir=tiny_checkpoint, device="cpu", warmup=False, reference_max_seconds=5.0)
+    return Settings(checkpoint_dir=tiny_checkpoint, device="cpu", warmup=False, reference_max_seconds=5.0,
+                    voices_dir=tmp_path_factory.mktemp("voices"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,89 @@
+"""Saved-voice management through the job API: `{"action": "save_voice" | "list_voices" | "delete_voice"}`.
+
+Jobs with one of these actions do not synthesise; they return one output dict. Encoding a voice
+goes through the service's own reference path (same decoding, limits and cache as jobs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fish_worker.errors import JobInputError
+from fish_worker.schemas import JobInput, input_error
+from fish_worker.service import TTSService
+from fish_worker.voices import VoiceInfo, VoiceNotFoundError, validate_voice_id
+
+VOICE_ACTIONS = ("save_voice", "list_voices", "delete_voice")
+
+
+class _Action(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _WithVoiceId(_Action):
+    voice_id: str
+
+    @field_validator("voice_id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        return validate_voice_id(value)
+
+
+class SaveVoice(_WithVoiceId):
+    action: Literal["save_voice"]
+    reference_audio: str = Field(min_length=1, description="Base64 WAV of the voice.")
+    reference_text: str = Field("", max_length=1000, description="Transcript of reference_audio.")
+    overwrite: bool = True
+
+
+class ListVoices(_Action):
+    action: Literal["list_voices"]
+
+
+class DeleteVoice(_WithVoiceId):
+    action: Literal["delete_voice"]
+
+
+_MODELS: dict[str, type[_Action]] = {"save_voice": SaveVoice, "list_voices": ListVoices, "delete_voice": DeleteVoice}
+
+
+def is_voice_action(raw: Any) -> bool:
+    return isinstance(raw, dict) and raw.get("action") in VOICE_ACTIONS
+
+
+async def run_voice_action(raw: dict[str, Any], service: TTSService) -> dict[str, Any]:
+    """The action's output; raises JobInputError for bad input or an unknown voice."""
+    try:
+        action = _MODELS[raw["action"]].model_validate(raw)
+    except ValidationError as exc:
+        raise input_error(exc) from None
+    if isinstance(action, SaveVoice):
+        return {"voice": _describe(await asyncio.to_thread(_save, action, service))}
+    if isinstance(action, ListVoices):
+        return {"voices": [_describe(v) for v in await asyncio.to_thread(service.voices.list)]}
+    try:
+        await asyncio.to_thread(service.voices.delete, action.voice_id)
+    except VoiceNotFoundError:
+        raise JobInputError("voice_id", f"no saved voice named {action.voice_id!r}") from None
+    return {"deleted": action.voice_id}
+
+
+def _save(action: SaveVoice, service: TTSService) -> VoiceInfo:
+    if not action.overwrite and service.voices.exists(action.voice_id):
+        raise JobInputError("voice_id", f"a voice named {action.voice_id!r} exists and overwrite is false")
+    # An unvalidated JobInput just carries the reference fields into the service's encoder.
+    request = JobInput.model_construct(reference_audio=action.reference_audio, reference_text=action.reference_text)
+    prompt = service.reference_voice(request)  # JobInputError("reference_audio: ...") if unusable
+    return service.voices.save(action.voice_id, prompt.codes.numpy(), prompt.text)
+
+
+def _describe(info: VoiceInfo) -> dict[str, Any]:
+    return {
+        "voice_id": info.voice_id,
+        "reference_text": info.text,
+        "created_at": info.created_at,
+        "num_frames": info.num_frames,
+    }

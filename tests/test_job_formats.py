@@ -1,0 +1,81 @@
+"""Output formats through the job path: whole and streamed results, chunk limits, large results."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from fish_worker.audio import formats
+from test_audio_formats import decode_ffmpeg, decode_soundfile, pcm16_of, rms
+from test_handler import run_job
+
+JOB = {"message": "One sentence here. And another one.", "max_tokens": 6, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def float_audio(runner):
+    [out] = run_job(runner, JOB)
+    assert out["audio_format"] == "float"
+    return np.asarray(out["audio"], dtype=np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["pcm16", "wav", "flac"])
+def test_lossless_whole_result_holds_the_same_16_bit_samples(runner, float_audio, fmt):
+    [out] = run_job(runner, {**JOB, "audio_format": fmt})
+    data = base64.b64decode(out["audio"])
+    if fmt == "pcm16":
+        samples = np.frombuffer(data, dtype="<i2")
+    else:
+        samples, rate = decode_soundfile(data, dtype="int16")
+        assert rate == 44100
+    assert np.array_equal(samples, pcm16_of(float_audio))
+    assert out["audio_format"] == fmt and out["sample_rate"] == 44100 and out["seed"] == 7
+
+
+@pytest.mark.parametrize("fmt, rate", [("mp3", 44100), ("opus", 48000)])
+def test_lossy_whole_result_keeps_length_and_level(runner, float_audio, fmt, rate):
+    [out] = run_job(runner, {**JOB, "audio_format": fmt})
+    samples, decoded_rate = decode_ffmpeg(base64.b64decode(out["audio"]))
+    assert decoded_rate == rate == out["sample_rate"]
+    expected = len(float_audio) * rate / 44100
+    assert abs(len(samples) - expected) < 0.1 * rate  # encoder delay/padding only
+    # Rough level only: the tiny model's audio is broadband noise, which Opus mostly low-passes away.
+    assert 0.1 * rms(float_audio) < rms(samples) < 2 * rms(float_audio)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])
+def test_streamed_chunks_join_into_one_file(runner, float_audio, fmt):
+    chunks = run_job(runner, {**JOB, "audio_format": fmt, "stream": True})
+    data = b"".join(base64.b64decode(c["audio"]) for c in chunks)
+    assert data.count(b"RIFF") <= 1 and data.count(b"fLaC") <= 1  # one header, not one per chunk
+    assert [c["text"] for c in chunks if c["text"]] == ["One sentence here.", "And another one."]
+    samples, rate = decode_ffmpeg(data)
+    if fmt in ("wav", "flac"):
+        assert np.array_equal(samples, pcm16_of(float_audio))  # ffmpeg gives the int16 samples
+    else:
+        assert abs(len(samples) - len(float_audio) * rate / 44100) < 0.1 * rate
+
+
+def test_float_stream_splits_sentences_over_the_chunk_limit(runner):
+    job = {"message": "A long sentence.", "max_tokens": 30, "seed": 2}
+    [whole] = run_job(runner, job)
+    chunks = run_job(runner, {**job, "stream": True})
+    assert len(chunks) >= 2 and [c.get("part") for c in chunks] == list(range(len(chunks)))
+    assert all(len(json.dumps(c)) <= formats.STREAM_CHUNK_LIMIT_BYTES for c in chunks)
+    assert sum((c["audio"] for c in chunks), []) == whole["audio"]
+    assert chunks[0]["text"] == "A long sentence." and all(c["text"] == "" for c in chunks[1:])
+
+
+def test_result_over_the_run_limit_without_a_bucket_is_a_clear_error(runner, monkeypatch):
+    monkeypatch.setitem(formats.RESULT_LIMIT_BYTES, "run", 10_000)
+    [out] = run_job(runner, JOB)
+    assert out.keys() == {"error"}
+    assert "limit for /run" in out["error"] and "compressed audio_format" in out["error"]
+
+
+def test_unknown_format_is_rejected(runner):
+    [out] = run_job(runner, {**JOB, "audio_format": "aac"})
+    assert out["error"].startswith("audio_format: Input should be 'float'")

@@ -1,0 +1,31 @@
+"""Results over RunPod's /run limit go to an S3-compatible bucket (moto's server) as a URL."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+
+from fish_worker.audio import formats
+from test_audio_formats import decode_soundfile, pcm16_of
+from test_handler import run_job
+from test_s3_upload import BUCKET, CREDENTIALS, endpoint, no_ambient_aws_config  # noqa: F401 (fixtures)
+
+JOB = {"message": "A result too large for RunPod.", "max_tokens": 6, "seed": 3}
+
+
+def test_large_float_result_is_uploaded_as_wav(runner, settings, endpoint, monkeypatch):  # noqa: F811
+    [small] = run_job(runner, JOB)
+    monkeypatch.setitem(formats.RESULT_LIMIT_BYTES, "run", 10_000)
+    monkeypatch.setattr(settings, "s3_bucket", BUCKET)
+    monkeypatch.setattr(settings, "s3_endpoint_url", endpoint)
+    monkeypatch.setattr(settings, "s3_access_key_id", CREDENTIALS["access_key_id"])
+    monkeypatch.setattr(settings, "s3_secret_access_key", CREDENTIALS["secret_access_key"])
+
+    [out] = run_job(runner, JOB)
+
+    assert "audio" not in out and out["audio_format"] == "wav" and out["text"] == small["text"]
+    response = httpx.get(out["audio_url"])
+    assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
+    assert len(response.content) == out["audio_bytes"]
+    samples, rate = decode_soundfile(response.content, dtype="int16")
+    assert rate == 44100 and np.array_equal(samples, pcm16_of(np.asarray(small["audio"])))
