@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fish_worker.audio.formats import ResultTooLargeError
+from fish_worker.conversation_service import ConversationService, is_conversation_action
+from fish_worker.conversations import ConversationStoreError, make_conversation_store
 from fish_worker.errors import JobInputError
 from fish_worker.job_output import StreamedOutput, whole_output, within_result_limit
 from fish_worker.schemas import parse_job_input
 from fish_worker.service import SpeechChunk, TTSService
+from fish_worker.spoken_reply import TextDelta
 from fish_worker.threaded import iterate_in_thread
 from fish_worker.voice_actions import is_voice_action, run_voice_action
 
@@ -28,8 +31,11 @@ def chunk_output(chunks: list[SpeechChunk], audio_format: str = "float") -> dict
 
 
 class JobRunner:
-    def __init__(self, service: TTSService):
+    def __init__(self, service: TTSService, conversations: ConversationService | None = None):
         self.service = service
+        # Default: no chat model, conversations kept in this process (what a worker without settings gets).
+        self.conversations = conversations or ConversationService(service, make_conversation_store(
+            None, service.settings.conversation_ttl_s, service.settings.max_conversations))
 
     async def run(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield output chunks; a yielded {"error": "..."} marks the job FAILED (the worker goes on)."""
@@ -39,25 +45,42 @@ class JobRunner:
             if is_voice_action(job.get("input")):
                 yield await run_voice_action(job["input"], self.service)
                 return
+            if is_conversation_action(job.get("input")):
+                yield await asyncio.to_thread(self.conversations.end, job["input"])
+                return
             request = parse_job_input(job.get("input"))
+            mode = self.conversations.mode(request)
+            if mode == "chat" or request.conversation_id:
+                speech = lambda stop: self.conversations.turn(request, mode, stop)  # noqa: E731
+            else:
+                speech = lambda stop: self.service.synthesize(request, stop)  # noqa: E731
             if request.stream:
                 streamed = StreamedOutput(request.audio_format)
-                async for chunk in iterate_in_thread(lambda stop: self.service.synthesize(request, stop)):
+                async for chunk in iterate_in_thread(speech):
+                    if isinstance(chunk, TextDelta):  # chat mode: the reply as it is written
+                        yield {"text_delta": chunk.text}
+                        continue
                     for piece in streamed.chunks(chunk):
                         yield piece
                 for piece in streamed.finish():
                     yield piece
             else:
-                chunks = [c async for c in iterate_in_thread(lambda stop: self.service.synthesize(request, stop))]
-                if not chunks:
+                events = [e async for e in iterate_in_thread(speech)]
+                chunks = [e for e in events if isinstance(e, SpeechChunk)]
+                if not chunks and mode == "tts":
                     yield {"error": "message: no audio was generated for this text"}
                     return
                 output = chunk_output(chunks, request.audio_format)
+                if mode == "chat":  # the whole reply, as written (sentence texts lose its line breaks)
+                    output["text"] = "".join(e.text for e in events if isinstance(e, TextDelta))
                 yield await asyncio.to_thread(
                     within_result_limit, output, self.service.settings, job.get(RESULT_ROUTE_KEY, "run"))
             log.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
         except (JobInputError, ResultTooLargeError) as exc:
             log.info("job %s rejected: %s", job_id, exc)
+            yield {"error": str(exc)}
+        except ConversationStoreError as exc:  # "conversation store unavailable: ...": fail, never forget
+            log.error("job %s failed: %s", job_id, exc)
             yield {"error": str(exc)}
         except Exception as exc:  # a fault of ours: log the traceback, tell the caller briefly
             log.exception("job %s failed", job_id)

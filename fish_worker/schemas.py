@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -11,21 +11,30 @@ from fish_worker.errors import JobInputError
 from fish_worker.settings import Settings, get_settings
 from fish_worker.voices import validate_voice_id
 
+# conversation_id: letters, digits and '_', '.', ':', '-' (safe in a Redis key).
+CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+
 
 class JobInput(BaseModel):
     # strict: "0.7" is not a float and 1 is not a bool; forbid: a typo'd field is an error, not ignored.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     message: str = Field(description="Text to speak.")
-    conversation_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    conversation_id: str | None = Field(None, min_length=1, max_length=128, pattern=CONVERSATION_ID_PATTERN)
     temperature: float = Field(0.7, ge=0.1, le=1.0)
-    max_tokens: int = Field(1000, ge=1, description="Most codec frames generated per sentence (~21.5/s of audio).")
+    max_tokens: int = Field(
+        1000, ge=1,
+        description="chat mode: most LLM tokens in the reply; tts mode: most codec frames per sentence (~21.5/s).",
+    )
     reference_audio: str | None = Field(None, description="Base64 WAV of the voice to clone.")
     reference_text: str | None = Field(None, max_length=1000, description="Transcript of reference_audio.")
     stream: bool = False
     top_p: float = Field(0.8, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, gt=0.0, lt=2.0)
     seed: int | None = Field(None, ge=0, lt=2**63)
+    # None: chat when the worker has a chat model (FISH_CHAT_MODEL_DIR), else tts. See conversation_service.py.
+    mode: Literal["chat", "tts"] | None = Field(None, description="chat: reply to message; tts: speak it as is.")
+    system_prompt: str | None = Field(None, min_length=1, max_length=4000, description="Chat mode: the LLM's instructions.")
     audio_format: AudioFormat = Field("float", description="float (the seed's list), pcm16, wav, flac, mp3, opus.")
     voice_id: str | None = Field(None, description="A saved voice (action save_voice), instead of reference_audio.")
 

@@ -7,12 +7,16 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from fish_worker.chat.llm import ChatModel, ChatModelError
+from fish_worker.conversation_service import ConversationService
+from fish_worker.conversations import ConversationStoreError, make_conversation_store
 from fish_worker.engine.checkpoint import CheckpointError
 from fish_worker.jobs import JobRunner
-from fish_worker.service import TTSService
+from fish_worker.service import TTSService, resolve_device
 from fish_worker.settings import Settings, get_settings
 
 # runpod logs every output chunk (audio included) at its default DEBUG level.
@@ -29,7 +33,27 @@ def build_runner(settings: Settings) -> JobRunner:
     service = TTSService.load(settings)
     if settings.warmup:
         service.warmup()
-    return JobRunner(service)
+    return JobRunner(service, build_conversations(service, settings))
+
+
+def build_conversations(service: TTSService, settings: Settings) -> ConversationService:
+    """The chat model (when FISH_CHAT_MODEL_DIR is set, loaded once here) and the conversation store."""
+    chat = None
+    if settings.chat_model_dir is not None:
+        started = time.perf_counter()
+        chat = ChatModel.load(settings.chat_model_dir, device=resolve_device(settings.device))
+        log.info("chat model loaded from %s on %s in %.1f s", chat.source, chat.device, time.perf_counter() - started)
+        if settings.warmup:
+            chat.reply([{"role": "user", "content": "Hello."}], max_new_tokens=4, seed=0)
+    store = make_conversation_store(settings.redis_url, settings.conversation_ttl_s, settings.max_conversations)
+    try:
+        store.ping()
+    except ConversationStoreError as exc:
+        # Not fatal: jobs without a conversation_id still work, and those with one fail clearly.
+        log.error("%s; jobs with a conversation_id fail until it is reachable", exc)
+    log.info("conversations: %s store, chat mode %s", "Redis" if settings.redis_url else "in-process",
+             "on" if chat else "off (no FISH_CHAT_MODEL_DIR)")
+    return ConversationService(service, store, chat=chat, settings=settings)
 
 
 def _local_test_job(argv: list[str]) -> dict[str, Any] | None:
@@ -69,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     local_job = _local_test_job(argv)
     try:
         runner = build_runner(settings)
-    except CheckpointError as exc:
+    except (CheckpointError, ChatModelError, ConversationStoreError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(2)
 

@@ -42,6 +42,13 @@ def runner(service):
     return JobRunner(service)
 
 
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory):
+    from fish_worker.chat.tiny_chat_model import write_tiny_chat_model
+
+    return write_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"), seed=0)
+
+
 def wav_b64(seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1, amplitude: float = 0.3,
             subtype: str = "PCM_16", fmt: str = "WAV") -> str:
     t = np.arange(int(seconds * sample_rate)) / sample_rate

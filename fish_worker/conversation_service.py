@@ -1,0 +1,139 @@
+"""One conversation turn: look the conversation up, write the reply, speak it, store the turn.
+
+    service = ConversationService(tts, store, chat=ChatModel.load(path), settings=settings)
+    for event in service.turn(request, service.mode(request), stop):   # TextDelta | SpeechChunk
+        ...
+
+Chat mode: the chat model answers `message` given the conversation's history, and the reply is
+spoken sentence by sentence while it is being written (spoken_reply.py). TTS mode: `message` is
+spoken as is. Either way a conversation keeps one voice: the reference given once (audio or a saved
+voice_id), else the first sentence its first reply was spoken in; later turns are conditioned on it,
+so they need no reference. Store failures raise ConversationStoreError; nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fish_worker.chat.llm import ChatModel
+from fish_worker.chat.prompt import PromptTooLongError
+from fish_worker.conversations import Conversation, ConversationStore, ConversationVoice
+from fish_worker.engine.generation import VoicePrompt
+from fish_worker.errors import JobInputError
+from fish_worker.schemas import CONVERSATION_ID_PATTERN, JobInput, input_error
+from fish_worker.service import SpeechChunk, TTSService
+from fish_worker.settings import Settings
+from fish_worker.spoken_reply import TextDelta, speak_while_writing
+
+Mode = Literal["chat", "tts"]
+CONVERSATION_ACTIONS = ("end_conversation",)
+
+
+class EndConversation(BaseModel):
+    """`{"action": "end_conversation", "conversation_id": ...}`: forget its history and voice."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    action: Literal["end_conversation"]
+    conversation_id: str = Field(min_length=1, max_length=128, pattern=CONVERSATION_ID_PATTERN)
+
+
+def is_conversation_action(raw: Any) -> bool:
+    return isinstance(raw, dict) and raw.get("action") in CONVERSATION_ACTIONS
+
+
+class ConversationService:
+    def __init__(self, tts: TTSService, store: ConversationStore, *, chat: ChatModel | None = None,
+                 settings: Settings | None = None):
+        self.tts = tts
+        self.store = store
+        self.chat = chat
+        self.settings = settings or tts.settings
+
+    def mode(self, request: JobInput) -> Mode:
+        """The request's mode: as asked, else chat when a chat model is loaded."""
+        mode = request.mode or ("chat" if self.chat is not None else "tts")
+        if mode == "chat" and self.chat is None:
+            raise JobInputError("mode", "chat needs a chat model; set FISH_CHAT_MODEL_DIR")
+        if mode == "tts" and request.system_prompt is not None:
+            raise JobInputError("system_prompt", "is only used in chat mode")
+        return mode
+
+    def end(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Run an end_conversation action; its output says whether there was a conversation to end."""
+        try:
+            action = EndConversation.model_validate(raw)
+        except ValidationError as exc:
+            raise input_error(exc) from None
+        return {"conversation_id": action.conversation_id, "ended": self.store.delete(action.conversation_id)}
+
+    def turn(self, request: JobInput, mode: Mode, stop: threading.Event) -> Iterator[TextDelta | SpeechChunk]:
+        """Yield the reply's text deltas (chat mode) and one SpeechChunk per sentence; then store the turn."""
+        conversation_id = request.conversation_id
+        conversation = self.store.get(conversation_id) if conversation_id else None
+        voice, new_voice = self._voice(request, conversation)
+        # One seed for the whole turn, so a given seed reproduces both the reply and its audio.
+        request = request.model_copy(update={"seed": request.seed if request.seed is not None else secrets.randbits(63)})
+        if mode == "chat":
+            events = self._chat_reply(request, conversation, voice, stop)
+        else:
+            events = self.tts.synthesize(request, stop, voice=voice)
+
+        reply: list[str] = []
+        for event in events:
+            if isinstance(event, TextDelta):
+                reply.append(event.text)
+            elif conversation_id and voice is None and new_voice is None and event.codes is not None:
+                new_voice = first_reply_voice(event)
+            yield event
+        if stop.is_set() or not conversation_id:
+            return  # an abandoned turn is not stored: the user never got its reply
+        if mode == "chat":
+            # History and (new) voice land in one atomic write.
+            self.store.append_turn(conversation_id, request.message, "".join(reply), voice=new_voice)
+        elif new_voice is not None:
+            self.store.set_voice(conversation_id, new_voice)
+
+    def _voice(self, request: JobInput, conversation: Conversation | None) -> tuple[VoicePrompt | None, ConversationVoice | None]:
+        """The voice to speak in, and the voice to store with this turn (None: keep the stored one)."""
+        reference = self.tts.reference_voice(request)  # reference_audio or a saved voice_id, else None
+        if reference is not None:
+            stored = ConversationVoice(codes=reference.codes.numpy(), text=reference.text, source="reference")
+            return reference, stored if request.conversation_id else None
+        if conversation is not None and conversation.voice is not None:
+            kept = conversation.voice
+            return VoicePrompt(text=kept.text, codes=torch.from_numpy(np.array(kept.codes)).to(torch.int)), None
+        return None, None
+
+    def _chat_reply(self, request: JobInput, conversation: Conversation | None, voice: VoicePrompt | None,
+                    stop: threading.Event) -> Iterator[TextDelta | SpeechChunk]:
+        history = conversation.history() if conversation is not None else []
+        try:
+            deltas = self.chat.stream_reply(
+                history + [{"role": "user", "content": request.message}],
+                temperature=request.temperature,
+                max_new_tokens=request.max_tokens,  # chat mode: max_tokens bounds the reply's LLM tokens
+                system_prompt=request.system_prompt or self.settings.chat_system_prompt or None,
+                seed=request.seed,
+            )
+        except PromptTooLongError as exc:
+            raise JobInputError("message", str(exc)) from None
+        # ... and each spoken sentence gets the configured codec-frame budget instead.
+        speech = request.model_copy(update={"max_tokens": self.settings.chat_frames_per_sentence})
+
+        def speak(sentences, halt):
+            return self.tts.synthesize(speech, halt, voice=voice, sentences=sentences)
+
+        return speak_while_writing(deltas, speak, max_sentence_chars=self.settings.sentence_max_chars, stop=stop)
+
+
+def first_reply_voice(chunk: SpeechChunk) -> ConversationVoice:
+    """A conversation without a reference keeps the voice its first spoken sentence happened to have."""
+    return ConversationVoice(codes=chunk.codes.numpy(), text=chunk.text, source="first_reply")

@@ -1,0 +1,106 @@
+"""Speak a chat reply while the chat model is still writing it.
+
+Two helper threads feed one ordered event stream. The writer pulls text deltas from the chat model
+and cuts them into sentences; the speaker synthesises each sentence as soon as the writer hands it
+over. The caller gets every delta as it is written and each sentence's audio as soon as it is
+spoken, so the first sentence can play while the rest of the reply is still being generated.
+A sentence's text always comes before its audio (it is queued only after its deltas).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from fish_worker.service import SpeechChunk
+from fish_worker.text.sentence_stream import SentenceStream
+
+# How often the merger looks at the caller's stop flag while no event arrives.
+STOP_POLL_S = 0.1
+
+_NO_MORE = object()  # end of the sentence queue
+_DONE = object()  # one helper thread has finished
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the reply as the chat model wrote it; the pieces concatenated are the reply."""
+
+    text: str
+
+
+# speak(sentences, halt) -> one SpeechChunk per sentence, pulling sentences lazily, ending early once halt is set.
+Speaker = Callable[[Iterable[str], threading.Event], Iterator[SpeechChunk]]
+
+
+def speak_while_writing(
+    deltas: Iterator[str], speak: Speaker, *, max_sentence_chars: int, stop: threading.Event
+) -> Iterator[TextDelta | SpeechChunk]:
+    """Yield the reply's deltas and its sentences' audio, in the order they become ready.
+
+    `stop` set by the caller (job cancelled) ends both helpers; so does an error in either one,
+    which is re-raised here. `deltas.close()`, if it has one, is called when the writer ends.
+    """
+    events: queue.Queue = queue.Queue()
+    sentences: queue.Queue = queue.Queue()
+    halt = threading.Event()  # set when the caller stops, or this reply is over (done or failed)
+
+    def write() -> None:
+        cutter = SentenceStream(max_sentence_chars)
+        try:
+            for delta in deltas:
+                events.put(TextDelta(delta))
+                for sentence in cutter.push(delta):
+                    sentences.put(sentence)
+                if halt.is_set():
+                    return
+            for sentence in cutter.finish():
+                sentences.put(sentence)
+        finally:
+            if hasattr(deltas, "close"):
+                deltas.close()  # stops the model's generation if the reply was abandoned
+            sentences.put(_NO_MORE)
+
+    def say() -> None:
+        for chunk in speak(iter(sentences.get, _NO_MORE), halt):
+            events.put(chunk)
+
+    helpers = [threading.Thread(target=_reporting(job, events), name=f"reply-{job.__name__}", daemon=True)
+               for job in (write, say)]
+    for helper in helpers:
+        helper.start()
+    running = len(helpers)
+    try:
+        while running:
+            try:
+                event = events.get(timeout=STOP_POLL_S)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
+            if event is _DONE:
+                running -= 1
+            elif isinstance(event, BaseException):
+                raise event
+            else:
+                yield event
+    finally:
+        halt.set()
+        for helper in helpers:
+            helper.join()
+
+
+def _reporting(job: Callable[[], None], events: queue.Queue) -> Callable[[], None]:
+    """`job`, handing any exception and then its end to the merger through `events`."""
+
+    def run() -> None:
+        try:
+            job()
+        except BaseException as exc:
+            events.put(exc)
+        finally:
+            events.put(_DONE)
+
+    return run
