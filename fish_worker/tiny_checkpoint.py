@@ -1,12 +1,14 @@
 """Write a tiny, randomly initialised Fish Speech checkpoint in the released on-disk layout.
 
-    python -m fish_worker.tiny_checkpoint DIR [--seed 0]
+    python -m fish_worker.tiny_checkpoint DIR [--seed 0] [--size tiny|bench]
 
 Same file names, config keys, tokenizer format and codec state-dict format as `openaudio-s1-mini`,
 written with fish-speech's own classes (`DualARTransformer.save_pretrained`, the DAC built from the
 package's `modded_dac_vq` config), so the worker's one loading path serves both. The only extra
 file is `codec_config.yaml`, which shrinks the codec (the released codec needs no overrides).
-Seeded: the same seed writes the same weights.
+Seeded: the same seed writes the same weights. `size="bench"` writes a mid-size model (same layout,
+wider and deeper, more codebooks) for `bench/run.py`: big enough that the matrix work is real, small
+enough to run a benchmark on two CPU cores in minutes.
 """
 
 from __future__ import annotations
@@ -74,19 +76,57 @@ CODEC_OVERRIDES = {
 }
 
 
-def _write_tokenizer(out: Path) -> None:
+BENCH_NUM_CODEBOOKS = 8
+BENCH_CODEBOOK_SIZE = 512
+BENCH_TEXT2SEMANTIC_CONFIG = {
+    **TEXT2SEMANTIC_CONFIG,
+    "vocab_size": 256 + 15 + BENCH_CODEBOOK_SIZE,
+    "n_layer": 8,
+    "n_head": 8,
+    "n_local_heads": 2,
+    "head_dim": 48,
+    "dim": 384,
+    "intermediate_size": 1024,
+    "max_seq_len": 4096,  # fish-speech's generate_long keeps 2048 positions free for generation
+    "codebook_size": BENCH_CODEBOOK_SIZE,
+    "num_codebooks": BENCH_NUM_CODEBOOKS,
+    "n_fast_layer": 2,
+    "fast_dim": 256,
+    "fast_n_head": 4,
+    "fast_n_local_heads": 2,
+    "fast_head_dim": 64,
+    "fast_intermediate_size": 512,
+    "initializer_range": 0.05,
+}
+BENCH_CODEC_OVERRIDES = {
+    **CODEC_OVERRIDES,
+    "decoder_dim": 128,
+    "quantizer": {
+        **CODEC_OVERRIDES["quantizer"],
+        "n_codebooks": BENCH_NUM_CODEBOOKS - 1,
+        "codebook_size": BENCH_CODEBOOK_SIZE,
+        "semantic_codebook_size": BENCH_CODEBOOK_SIZE,
+    },
+}
+SIZES = {  # name → (text2semantic config, codec overrides, semantic codebook size)
+    "tiny": (TEXT2SEMANTIC_CONFIG, CODEC_OVERRIDES, CODEBOOK_SIZE),
+    "bench": (BENCH_TEXT2SEMANTIC_CONFIG, BENCH_CODEC_OVERRIDES, BENCH_CODEBOOK_SIZE),
+}
+
+
+def _write_tokenizer(out: Path, codebook_size: int = CODEBOOK_SIZE) -> None:
     """Byte-level tiktoken ranks (every string encodes) and the special tokens, semantic ones last."""
     from fish_speech.tokenizer import ALL_SPECIAL_TOKENS, SEMANTIC_TOKEN_TEMPLATE
 
     ranks = [f"{base64.b64encode(bytes([b])).decode()} {b}" for b in range(256)]
     (out / "tokenizer.tiktoken").write_text("\n".join(ranks) + "\n")
     specials = [t for t in ALL_SPECIAL_TOKENS if not t.startswith("<|semantic:")]
-    specials += [SEMANTIC_TOKEN_TEMPLATE.format(i=i) for i in range(CODEBOOK_SIZE)]
+    specials += [SEMANTIC_TOKEN_TEMPLATE.format(i=i) for i in range(codebook_size)]
     ids = {token: 256 + i for i, token in enumerate(specials)}
     (out / "special_tokens.json").write_text(json.dumps(ids, indent=2))
 
 
-def write_tiny_checkpoint(out: Path | str, seed: int = 0) -> Path:
+def write_tiny_checkpoint(out: Path | str, seed: int = 0, size: str = "tiny") -> Path:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -94,17 +134,18 @@ def write_tiny_checkpoint(out: Path | str, seed: int = 0) -> Path:
     from fish_speech.tokenizer import FishTokenizer
 
     out = Path(out)
+    config, codec_overrides, codebook_size = SIZES[size]
     out.mkdir(parents=True, exist_ok=True)
-    _write_tokenizer(out)
+    _write_tokenizer(out, codebook_size)
     tokenizer = FishTokenizer.from_pretrained(str(out))
-    assert 256 + tokenizer.num_special_tokens == TEXT2SEMANTIC_CONFIG["vocab_size"]
+    assert 256 + tokenizer.num_special_tokens == config["vocab_size"]
 
     torch.manual_seed(seed)
-    model = DualARTransformer(DualARModelArgs(**TEXT2SEMANTIC_CONFIG), tokenizer=tokenizer)
+    model = DualARTransformer(DualARModelArgs(**config), tokenizer=tokenizer)
     model.config.save(out / "config.json")
     torch.save(model.state_dict(), out / "model.pth")
 
-    OmegaConf.save(OmegaConf.create(CODEC_OVERRIDES), out / CODEC_OVERRIDES_FILE)
+    OmegaConf.save(OmegaConf.create(codec_overrides), out / CODEC_OVERRIDES_FILE)
     torch.manual_seed(seed + 1)
     codec = instantiate(compose_codec_config(out))
     # Only parameters and the buffers a released codec.pth carries; skip large derived masks.
@@ -116,8 +157,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     args = parser.parse_args()
-    out = write_tiny_checkpoint(args.directory, args.seed)
+    out = write_tiny_checkpoint(args.directory, args.seed, args.size)
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(f"wrote tiny Fish Speech checkpoint to {out} ({size:.1f} MB)")
 
