@@ -1,0 +1,113 @@
+"""OpenAI-compatible speech: POST /v1/audio/speech (for Open WebUI and the `openai` client).
+
+The audio streams out as sentences are synthesised: the body is one continuous file in
+`response_format` (or, with `stream_format: "sse"`, OpenAI's speech.audio.delta events).
+`voice` is a saved voice id; OpenAI's own voice names (alloy, ...) mean the model's default voice.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from fish_worker.audio.formats import MEDIA_TYPES
+from fish_worker.jobs import RESULT_ROUTE_KEY
+from fish_worker.schemas import JobInput
+from fish_worker.server.auth import require_api_key
+from fish_worker.server.errors import ApiError, job_error_status
+from fish_worker.server.gate import GatedRunner, new_job_id
+from fish_worker.voices import validate_voice_id
+
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[Depends(require_api_key)])
+
+OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
+                           "shimmer", "verse", "marin", "cedar", "default"})
+# OpenAI's names → ours. Our pcm is 16-bit little-endian like OpenAI's, but at 44.1 kHz, not 24 kHz.
+_FORMATS = {"mp3": "mp3", "opus": "opus", "flac": "flac", "wav": "wav", "pcm": "pcm16"}
+
+
+class SpeechRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send fields we have no use for
+
+    model: str = Field("fish-speech", description="Accepted and ignored: this server has one model.")
+    input: str = Field(description="The text to speak.")
+    voice: str = Field("default", description="A saved voice id, or an OpenAI voice name for the default voice.")
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float = Field(1.0, description="Only 1.0 is supported.")
+    stream_format: Literal["audio", "sse"] = "audio"
+    instructions: str | None = Field(None, description="Accepted and ignored.")
+    # Fish Speech extras (the openai client sends them with extra_body=...).
+    seed: int | None = Field(None, description="Fish Speech: sampling seed, for repeatable audio.")
+    max_tokens: int | None = Field(None, description="Fish Speech: most codec frames per sentence.")
+
+
+@router.post("/audio/speech", summary="Speak `input` (OpenAI audio.speech)",
+             response_class=StreamingResponse, responses={200: {"content": {"audio/mpeg": {}}}})
+async def speech(body: SpeechRequest, request: Request):
+    runner: GatedRunner = request.app.state.runner
+    audio_format = _FORMATS.get(body.response_format)
+    if audio_format is None:
+        raise ApiError(400, f"response_format {body.response_format!r} is not supported; use one of "
+                            f"{', '.join(_FORMATS)}", param="response_format")
+    if body.speed != 1.0:
+        raise ApiError(400, "only speed 1.0 is supported", param="speed")
+    job_input: dict[str, Any] = {"message": body.input, "stream": True, "audio_format": audio_format}
+    if "mode" in JobInput.model_fields:
+        job_input["mode"] = "tts"  # speak the text as given, even when the worker has a chat model
+    job_input.update({k: v for k, v in {"seed": body.seed, "max_tokens": body.max_tokens}.items() if v is not None})
+    voice_id = _saved_voice(body.voice, runner)
+    if voice_id is not None:
+        job_input["voice_id"] = voice_id
+
+    chunks = runner.run({"id": new_job_id(), "input": job_input, RESULT_ROUTE_KEY: None})
+    first = await anext(chunks, None)
+    if first is not None and "error" in first:
+        await chunks.aclose()
+        message = str(first["error"])
+        field = message.split(":", 1)[0]
+        raise ApiError(job_error_status(message), message.replace("message:", "input:", 1),
+                       param="input" if field == "message" else field)
+    if body.stream_format == "sse":
+        return StreamingResponse(_sse(first, chunks), media_type="text/event-stream")
+    return StreamingResponse(_payloads(first, chunks), media_type=MEDIA_TYPES[audio_format])
+
+
+def _saved_voice(voice: str, runner: GatedRunner) -> str | None:
+    try:
+        if runner.service.voices.exists(validate_voice_id(voice)):
+            return voice
+    except ValueError:
+        pass
+    if voice.lower() in OPENAI_VOICES:
+        return None
+    raise ApiError(400, f"voice: no saved voice named {voice!r} (save one with the save_voice action)",
+                   param="voice")
+
+
+async def _payloads(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    if first is not None:
+        async for chunk in _with_first(first, chunks):
+            if "error" in chunk:
+                # Headers went out with 200; ending the body early is all HTTP leaves us.
+                raise RuntimeError(f"speech generation failed: {chunk['error']}")
+            if chunk.get("audio"):
+                yield base64.b64decode(chunk["audio"])
+
+
+async def _with_first(first, chunks):
+    yield first
+    async for chunk in chunks:
+        yield chunk
+
+
+async def _sse(first, chunks) -> AsyncIterator[bytes]:
+    async for data in _payloads(first, chunks):
+        event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+        yield f"data: {json.dumps(event)}\n\n".encode()
+    yield f"data: {json.dumps({'type': 'speech.audio.done'})}\n\n".encode()

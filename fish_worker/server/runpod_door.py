@@ -1,0 +1,100 @@
+"""RunPod's hosted API under /v2/{endpoint_id}/, so `runpod.Endpoint` works with its base URL here.
+
+The endpoint id in the path is accepted whatever it is: this server is one endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from fish_worker.server.auth import require_api_key
+from fish_worker.server.errors import ApiError
+from fish_worker.server.registry import FINAL, JobRecord, JobRegistry
+
+router = APIRouter(prefix="/v2/{endpoint_id}", tags=["RunPod API"], dependencies=[Depends(require_api_key)])
+
+
+class RunPodRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # webhook, policy, s3Config: accepted, not acted on
+
+    input: Any = Field(description="The job input, as the worker takes it.")
+
+
+def _registry(request: Request) -> JobRegistry:
+    return request.app.state.registry
+
+
+def _record(request: Request, job_id: str) -> JobRecord:
+    record = _registry(request).get(job_id)
+    if record is None:
+        raise ApiError(404, f"no job with id {job_id!r} (results are kept for FISH_JOB_TTL_S seconds)")
+    return record
+
+
+@router.post("/run", summary="Queue a job")
+async def run(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[str, Any]:
+    record = _registry(request).submit(body.input, route="run")
+    return {"id": record.id, "status": record.status}
+
+
+@router.post("/runsync", summary="Run a job and wait for it (IN_PROGRESS after FISH_RUNSYNC_WAIT_S)")
+async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[str, Any]:
+    record = _registry(request).submit(body.input, route="runsync")
+    try:
+        await asyncio.wait_for(asyncio.shield(record.done.wait()), request.app.state.server_settings.runsync_wait_s)
+    except asyncio.TimeoutError:
+        pass
+    return record.status_json()
+
+
+@router.get("/status/{job_id}", summary="A job's status, and its output once done")
+async def status(endpoint_id: str, job_id: str, request: Request) -> dict[str, Any]:
+    return _record(request, job_id).status_json()
+
+
+@router.get("/stream/{job_id}", summary="Chunks produced since the last poll")
+async def stream(endpoint_id: str, job_id: str, request: Request) -> dict[str, Any]:
+    record = _record(request, job_id)
+    if record.status not in FINAL and record.streamed == len(record.chunks):
+        # Hold the poll briefly for the next chunk rather than answering empty at once.
+        try:
+            await asyncio.wait_for(_next_chunk(record), timeout=2.0)
+        except asyncio.TimeoutError:
+            pass
+    return record.stream_json()
+
+
+async def _next_chunk(record: JobRecord) -> None:
+    while record.streamed == len(record.chunks) and record.status not in FINAL:
+        await asyncio.sleep(0.05)
+
+
+@router.post("/cancel/{job_id}", summary="Cancel a job; a running generation stops")
+async def cancel(endpoint_id: str, job_id: str, request: Request) -> dict[str, Any]:
+    record = _record(request, job_id)
+    _registry(request).cancel(record)
+    return {"id": record.id, "status": record.status}
+
+
+@router.post("/purge-queue", summary="Cancel every job still waiting")
+async def purge_queue(endpoint_id: str, request: Request) -> dict[str, Any]:
+    registry = _registry(request)
+    queued = [r for r in registry.jobs.values() if r.status == "IN_QUEUE"]
+    for record in queued:
+        registry.cancel(record)
+    return {"removed": len(queued), "status": "completed"}
+
+
+@router.get("/health", summary="Job and worker counts")
+async def health(endpoint_id: str, request: Request) -> dict[str, Any]:
+    runner = request.app.state.runner
+    running = runner.running
+    return {
+        "jobs": _registry(request).counts(),
+        "workers": {"idle": max(0, runner.max_concurrent_jobs - running), "running": running,
+                    "initializing": 0, "ready": runner.max_concurrent_jobs, "throttled": 0, "unhealthy": 0},
+    }

@@ -1,0 +1,67 @@
+"""The seed API's contract (../shared/seed-api.md): POST /run, answered in place.
+
+Plain: `{"id", "status": "success", "output": {...}}`. With `input.stream: true`: a streamed body
+of such objects, one JSON object per line (NDJSON), each parseable on its own. Errors:
+`{"id", "status": "error", "error"}` with 400 (bad input), 401 (bad key), 500 (our fault).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from fish_worker.jobs import RESULT_ROUTE_KEY
+from fish_worker.server.auth import require_api_key
+from fish_worker.server.errors import job_error_status
+from fish_worker.server.gate import GatedRunner, new_job_id
+
+router = APIRouter(tags=["seed API"], dependencies=[Depends(require_api_key)])
+
+
+class RunRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # RunPod-style extras (webhook, policy) are accepted and ignored
+
+    input: dict[str, Any] = Field(description="The job input: message, stream, audio_format, voice_id, ...")
+
+
+def error_response(job_id: str | None, status: int, message: str) -> JSONResponse:
+    return JSONResponse({"id": job_id, "status": "error", "error": message}, status_code=status)
+
+
+@router.post("/run", summary="Run a job and answer with its output (or stream its chunks)")
+async def run(body: RunRequest, request: Request):
+    runner: GatedRunner = request.app.state.runner
+    job_id = new_job_id()
+    # No RunPod result limit here: this server answers directly, whatever the size.
+    chunks = runner.run({"id": job_id, "input": body.input, RESULT_ROUTE_KEY: None})
+    first = await anext(chunks, None)
+    if first is None:
+        return error_response(job_id, 500, "internal error: the job produced no output")
+    if "error" in first:
+        await chunks.aclose()
+        return error_response(job_id, job_error_status(str(first["error"])), str(first["error"]))
+    if body.input.get("stream") is True:
+        return StreamingResponse(_ndjson(job_id, first, chunks), media_type="application/x-ndjson")
+    rest = [chunk async for chunk in chunks]  # a plain job has one chunk; drain to let the runner finish
+    errors = [c for c in rest if "error" in c]
+    if errors:
+        return error_response(job_id, job_error_status(str(errors[0]["error"])), str(errors[0]["error"]))
+    return {"id": job_id, "status": "success", "output": first}
+
+
+async def _ndjson(job_id: str, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    yield _line({"id": job_id, "status": "success", "output": first})
+    async for chunk in chunks:
+        if "error" in chunk:  # the status line has gone out already: the error is the last object
+            yield _line({"id": job_id, "status": "error", "error": str(chunk["error"])})
+            return
+        yield _line({"id": job_id, "status": "success", "output": chunk})
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()

@@ -1,0 +1,92 @@
+"""Real clients against a real uvicorn on 127.0.0.1: RunPod's `runpod.Endpoint` and OpenAI's `openai`."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+
+import numpy as np
+import openai
+import pytest
+import runpod
+import uvicorn
+
+from fish_worker.server import ServerSettings, create_app
+from test_audio_formats import decode_ffmpeg
+
+KEY = "client-test-key"
+JOB = {"message": "Hello there. How are you?", "max_tokens": 6, "seed": 4}
+
+
+@pytest.fixture(scope="module")
+def base_url(runner):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(runner, ServerSettings(api_keys=KEY))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def endpoint(base_url, monkeypatch):
+    monkeypatch.setattr(runpod, "endpoint_url_base", f"{base_url}/v2")
+    return runpod.Endpoint("local-endpoint", api_key=KEY)
+
+
+def test_runpod_client_run_sync(endpoint):
+    [output] = endpoint.run_sync({"input": JOB}, timeout=60)
+    assert output["text"] == JOB["message"] and output["seed"] == 4 and len(output["audio"]) > 0
+
+
+def test_runpod_client_run_status_output_and_stream(endpoint):
+    job = endpoint.run({**JOB, "stream": True, "audio_format": "wav"})
+    streamed = list(job.stream())
+    assert [c["text"] for c in streamed] == ["Hello there.", "How are you?"]
+    assert job.status() == "COMPLETED" and job.output(timeout=30) == streamed
+    samples, rate = decode_ffmpeg(b"".join(__import__("base64").b64decode(c["audio"]) for c in streamed))
+    assert rate == 44100 and len(samples) > 0
+    assert endpoint.health()["workers"]["ready"] == 1
+
+
+def test_runpod_client_cancel(endpoint):
+    job = endpoint.run({"message": " ".join(f"Sentence {i}." for i in range(40)), "max_tokens": 200})
+    assert job.cancel()["status"] == "CANCELLED"
+    assert job.status() == "CANCELLED"
+
+
+def test_runpod_client_wrong_key_is_unauthorized(base_url, monkeypatch):
+    monkeypatch.setattr(runpod, "endpoint_url_base", f"{base_url}/v2")
+    with pytest.raises(RuntimeError, match="401 Unauthorized"):
+        runpod.Endpoint("local-endpoint", api_key="wrong").run_sync({"input": JOB})
+
+
+def test_openai_client_speech(base_url):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY)
+    response = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format="flac",
+                                             extra_body={"max_tokens": 6})
+    samples, rate = decode_ffmpeg(response.content)
+    assert rate == 44100 and len(samples) > 0
+
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input="One. Two.", response_format="mp3", extra_body={"max_tokens": 6},
+    ) as streamed:
+        data = b"".join(streamed.iter_bytes(4096))
+    assert len(decode_ffmpeg(data)[0]) > 0
+
+
+def test_openai_client_errors(base_url):
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0).audio.speech.create(
+            model="tts-1", voice="alloy", input="Hi.")
+    with pytest.raises(openai.BadRequestError, match="no saved voice named 'ghost'"):
+        openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0).audio.speech.create(
+            model="tts-1", voice="ghost", input="Hi.")
