@@ -81,13 +81,14 @@ _SUFFIXES = {"pcm16": "pcm", "opus": "ogg"}
 def uploader_from_settings(settings: Settings) -> S3Uploader | None:
     if not settings.s3_bucket:
         return None
+    # `or None`: an empty variable (as hub forms leave them) means "not set", boto3's defaults.
     return S3Uploader(
         settings.s3_bucket,
-        endpoint_url=settings.s3_endpoint_url,
+        endpoint_url=settings.s3_endpoint_url or None,
         key_prefix=settings.s3_key_prefix,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key,
-        region_name=settings.s3_region,
+        access_key_id=settings.s3_access_key_id or None,
+        secret_access_key=settings.s3_secret_access_key or None,
+        region_name=settings.s3_region or None,
         url_expiry_s=settings.s3_url_expiry_s,
     )
 
