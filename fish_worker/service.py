@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fish_worker.audio.reference import decode_reference_audio
+from fish_worker.engine.batching import BatchScheduler
 from fish_worker.engine.checkpoint import load_models
 from fish_worker.engine.codec import Codec
 from fish_worker.engine.generation import PromptTooLongError, SemanticGenerator, VoicePrompt
@@ -52,7 +53,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 
 class TTSService:
-    def __init__(self, settings: Settings, generator: SemanticGenerator, codec: Codec):
+    def __init__(self, settings: Settings, generator: BatchScheduler | SemanticGenerator, codec: Codec):
         self.settings = settings
         self.generator = generator
         self.codec = codec
@@ -65,7 +66,8 @@ class TTSService:
         device = resolve_device(settings.device)
         precision = resolve_precision(settings.precision, device)
         models = load_models(settings.checkpoint_dir, device, precision)
-        generator = SemanticGenerator(models.text2semantic, device)
+        # Concurrent requests share decoding steps (one engine thread) instead of queueing on a lock.
+        generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), settings.max_concurrency)
         service = cls(settings, generator, Codec(models.codec, device, precision))
         log.info("models loaded from %s on %s/%s in %.1f s", settings.checkpoint_dir, device, precision,
                  time.perf_counter() - started)

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
 
     # Worker
     log_level: str = "INFO"
+    # Jobs one worker runs at once (runpod's concurrency_modifier); their decoding steps are batched,
+    # each job holding one KV-cache slot (GPU memory per slot: about the model's full-context cache).
+    max_concurrency: int = Field(4, ge=1, le=64)
 
     # Chat mode and conversations (fish_worker/conversation_service.py)
     chat_model_dir: Path | None = None  # a local Hugging Face chat model; set: loaded at start, chat mode on

@@ -4,6 +4,7 @@ polls and posts to, recording what the platform would receive."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,7 +64,12 @@ class FakeJobQueue:
                 self.wfile.write(data)
 
             def do_GET(self):
-                if not urlparse(self.path).path.startswith("/job-take/"):
+                path = urlparse(self.path).path
+                if path.startswith("/job-take-batch/"):  # a worker taking several jobs at once
+                    size = int(re.search(r"batch_size=(\d+)", self.path).group(1))
+                    jobs = [queue.pending.popleft() for _ in range(min(size, len(queue.pending)))]
+                    return self._reply(200, jobs) if jobs else self._reply(204)
+                if not path.startswith("/job-take/"):
                     return self._reply(404)
                 job = queue.pending.popleft() if queue.pending else None
                 return self._reply(200, job) if job else self._reply(204)
