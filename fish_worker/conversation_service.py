@@ -136,4 +136,4 @@ class ConversationService:
 
 def first_reply_voice(chunk: SpeechChunk) -> ConversationVoice:
     """A conversation without a reference keeps the voice its first spoken sentence happened to have."""
-    return ConversationVoice(codes=chunk.codes.numpy(), text=chunk.text, source="first_reply")
+    return ConversationVoice(codes=chunk.codes.numpy(), text=chunk.sentence or chunk.text, source="first_reply")

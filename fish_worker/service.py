@@ -16,6 +16,7 @@ from fish_worker.audio.reference import decode_reference_audio
 from fish_worker.engine.batching import BatchScheduler
 from fish_worker.engine.checkpoint import load_models
 from fish_worker.engine.codec import Codec
+from fish_worker.engine.incremental_decode import IncrementalDecoder
 from fish_worker.engine.generation import PromptTooLongError, SemanticGenerator, VoicePrompt
 from fish_worker.engine.sampling import SamplingParams
 from fish_worker.errors import JobInputError
@@ -36,8 +37,9 @@ class SpeechChunk:
     sample_rate: int
     seed: int  # the request's seed (given or drawn), to reproduce it
     # The sentence's codec tokens [num_codebooks, frames] on the CPU: a conversation keeps its first
-    # reply's as its voice.
+    # reply's as its voice. Streamed sentences come in several chunks: only the last one has codes.
     codes: torch.Tensor | None = None
+    sentence: str | None = None  # the whole sentence, on the chunk that carries `codes`
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,17 +138,30 @@ class TTSService:
             # Condition on the reference and on the previous sentence, so every sentence keeps one voice.
             voices = [v for v in (reference, previous) if v is not None]
             started = time.perf_counter()
+            # Streamed: audio leaves in windows while the sentence is still being generated; the
+            # sentence's text rides on its first chunk, continuation chunks carry "".
+            decoder = IncrementalDecoder(self.codec, self.settings.stream_first_frames,
+                                         self.settings.stream_context_frames) if request.stream else None
+            frames: list[torch.Tensor] = []
+            parts = 0
             try:
-                frames = list(self.generator.generate(sentence, voices, params, rng, stop))
+                for frame in self.generator.generate(sentence, voices, params, rng, stop):
+                    frames.append(frame)
+                    if decoder is not None and (audio := decoder.push(frame)) is not None:
+                        yield SpeechChunk(index=index, text=sentence if parts == 0 else "", audio=audio,
+                                          sample_rate=self.sample_rate, seed=seed)
+                        parts += 1
             except PromptTooLongError as exc:
                 raise JobInputError("reference_audio" if reference else "message", str(exc)) from None
             if not frames:
                 log.warning("sentence %d produced no audio frames", index)
                 continue
             codes = torch.stack(frames, dim=1)
-            audio = self.codec.decode(codes)
-            log.info("sentence %d: %d frames, %.2f s audio in %.2f s", index + 1,
-                     codes.shape[1], len(audio) / self.sample_rate, time.perf_counter() - started)
+            audio = decoder.flush() if decoder is not None else self.codec.decode(codes)
+            log.info("sentence %d: %d frames in %d chunk(s), %.2f s audio in %.2f s", index + 1, codes.shape[1],
+                     parts + 1, codes.shape[1] * self.codec.samples_per_frame / self.sample_rate,
+                     time.perf_counter() - started)
             previous = VoicePrompt(text=sentence, codes=codes.cpu())
-            yield SpeechChunk(index=index, text=sentence, audio=audio, sample_rate=self.sample_rate, seed=seed,
-                              codes=previous.codes)
+            # The sentence's last chunk carries its codes (and the whole sentence, for conversations).
+            yield SpeechChunk(index=index, text=sentence if parts == 0 else "", audio=audio,
+                              sample_rate=self.sample_rate, seed=seed, codes=previous.codes, sentence=sentence)

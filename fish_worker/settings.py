@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # Jobs one worker runs at once (runpod's concurrency_modifier); their decoding steps are batched,
     # each job holding one KV-cache slot (GPU memory per slot: about the model's full-context cache).
     max_concurrency: int = Field(4, ge=1, le=64)
+    # Streamed jobs: first audio after this many codec frames (~46 ms each), later chunks 2×, 4× ... up to
+    # 64 frames; each window is decoded with this many frames of left context so the joins are seamless.
+    stream_first_frames: int = Field(8, ge=1)
+    stream_context_frames: int = Field(16, ge=0)
 
     # Chat mode and conversations (fish_worker/conversation_service.py)
     chat_model_dir: Path | None = None  # a local Hugging Face chat model; set: loaded at start, chat mode on
