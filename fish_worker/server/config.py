@@ -13,8 +13,9 @@ class ServerSettings(BaseSettings):
     auth_disabled: bool = False  # the only way to serve without keys: it has to be said explicitly
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
-    # Jobs generating at once, across all doors (more only helps with a batching engine).
-    max_concurrent_jobs: int = Field(1, ge=1)
+    # Jobs generating at once, across all doors; unset: the worker's FISH_MAX_CONCURRENCY, so the
+    # server batches concurrent jobs exactly like a RunPod worker does.
+    max_concurrent_jobs: int | None = Field(None, ge=1)
     job_ttl_s: float = Field(1800, gt=0)  # /v2 results are kept this long, as RunPod keeps /run results 30 min
     runsync_wait_s: float = Field(90, gt=0)  # /v2 runsync answers IN_PROGRESS after this, as RunPod does
 
