@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     checkpoint_dir: Path = Path("/runpod-volume/checkpoints/openaudio-s1-mini")
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    download_missing: bool = True  # with HF_TOKEN set, fetch a missing checkpoint at start (empty volume)
     warmup: bool = True  # run one short synthesis at start so the first job is not the slow one
 
     # Request limits

@@ -14,7 +14,7 @@ from typing import Any
 from fish_worker.chat.llm import ChatModel, ChatModelError
 from fish_worker.conversation_service import ConversationService
 from fish_worker.conversations import ConversationStoreError, make_conversation_store
-from fish_worker.engine.checkpoint import CheckpointError
+from fish_worker.engine.checkpoint import REQUIRED_FILES, CheckpointError, check_checkpoint_dir
 from fish_worker.jobs import JobRunner
 from fish_worker.service import TTSService, resolve_device
 from fish_worker.settings import Settings, get_settings
@@ -29,7 +29,25 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def ensure_checkpoint(settings: Settings) -> None:
+    """On a first start with an empty network volume, fetch the weights (needs HF_TOKEN: the repo is gated)."""
+    try:
+        check_checkpoint_dir(settings.checkpoint_dir)
+        return
+    except CheckpointError:
+        if not (settings.download_missing and os.environ.get("HF_TOKEN")):
+            raise
+    from fish_worker.download import TTS_REPO, DownloadError, download
+
+    log.info("checkpoint incomplete at %s: downloading %s", settings.checkpoint_dir, TTS_REPO)
+    try:
+        download(TTS_REPO, settings.checkpoint_dir, sorted(REQUIRED_FILES), timeout_s=30)
+    except DownloadError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def build_runner(settings: Settings) -> JobRunner:
+    ensure_checkpoint(settings)
     service = TTSService.load(settings)
     if settings.warmup:
         service.warmup()

@@ -95,3 +95,15 @@ def test_handler_test_input_runs_the_job_for_real(tiny_checkpoint):
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert [c["text"] for c in printed["output"]] == ["One. Two sentences here."]
     assert len(printed["output"][0]["audio"]) == 3 * 2048
+
+
+def test_worker_tries_to_download_a_missing_checkpoint_when_given_a_token(tmp_path):
+    """HF_TOKEN set + empty volume → the worker fetches the weights; offline it stops, saying what to copy."""
+    env = {**os.environ, "FISH_CHECKPOINT_DIR": str(tmp_path / "volume"), "FISH_WARMUP": "false",
+           "HF_TOKEN": "hf_test", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    result = subprocess.run([sys.executable, "handler.py", "--test_input", '{"input": {"message": "hi"}}'],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "downloading fishaudio/openaudio-s1-mini" in result.stderr
+    assert "could not download fishaudio/openaudio-s1-mini" in result.stderr and "model.pth" in result.stderr
+    assert "Traceback" not in result.stderr
