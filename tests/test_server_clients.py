@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
 import time
 
-import numpy as np
 import openai
 import pytest
 import runpod

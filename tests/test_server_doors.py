@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import threading
 import time
 
 import httpx
-import numpy as np
 import pytest
 
 from fish_worker.server import ServerSettings, create_app

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fish_worker.engine.batched_forward import BatchedStep, SlotCaches
-from fish_worker.engine.generation import REPETITION_WINDOW, PromptTooLongError, SemanticGenerator, VoicePrompt
+from fish_worker.engine.generation import REPETITION_WINDOW, SemanticGenerator, VoicePrompt
 from fish_worker.engine.sampling import RowSampling, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,7 @@ class BatchScheduler:
         stop: threading.Event | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield codec frames ([num_codebooks] int tensors) until <|im_end|>, the token budget or `stop`."""
-        prompt, audio_masks, audio_parts = self.single.encode_prompt(text, voices)
-        max_len = self.model.config.max_seq_len
-        if prompt.shape[1] >= max_len:
-            raise PromptTooLongError(f"prompt is {prompt.shape[1]} tokens, the model's context is {max_len}")
-        budget = min(params.max_new_tokens, max_len - prompt.shape[1])
+        prompt, audio_masks, audio_parts, budget = self.single.prepare(text, voices, params)
         seq = _Sequence(prompt.to(self.device), audio_masks, audio_parts, params, generator, budget, stop)
         self._submit(seq)
         try:

@@ -59,6 +59,14 @@ class SemanticGenerator:
     def prompt_length(self, text: str, voices: list[VoicePrompt]) -> int:
         return int(self.encode_prompt(text, voices)[0].shape[1])
 
+    def prepare(self, text: str, voices: list[VoicePrompt], params: SamplingParams):
+        """(prompt, audio_masks, audio_parts, token budget); PromptTooLongError when nothing fits."""
+        prompt, audio_masks, audio_parts = self.encode_prompt(text, voices)
+        max_len = self.config.max_seq_len
+        if prompt.shape[1] >= max_len:
+            raise PromptTooLongError(f"prompt is {prompt.shape[1]} tokens, the model's context is {max_len}")
+        return prompt, audio_masks, audio_parts, min(params.max_new_tokens, max_len - prompt.shape[1])
+
     @torch.inference_mode()
     def generate(
         self,
@@ -69,12 +77,8 @@ class SemanticGenerator:
         stop: threading.Event | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield codec frames ([num_codebooks] int tensors) until <|im_end|>, the token budget or `stop`."""
-        prompt, audio_masks, audio_parts = self.encode_prompt(text, voices)
+        prompt, audio_masks, audio_parts, budget = self.prepare(text, voices, params)
         prompt_len = prompt.shape[1]
-        max_len = self.config.max_seq_len
-        if prompt_len >= max_len:
-            raise PromptTooLongError(f"prompt is {prompt_len} tokens, the model's context is {max_len}")
-        budget = min(params.max_new_tokens, max_len - prompt_len)
         temperature, top_p, repetition_penalty = params.as_tensors(self.device)
         rows = self.num_codebooks + 1
         history = torch.zeros((rows, budget), dtype=torch.int, device=self.device)
