@@ -69,7 +69,8 @@ class TTSService:
         precision = resolve_precision(settings.precision, device)
         models = load_models(settings.checkpoint_dir, device, precision)
         # Concurrent requests share decoding steps (one engine thread) instead of queueing on a lock.
-        generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), settings.max_concurrency)
+        generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), settings.max_concurrency,
+                                   compile=settings.compile)
         service = cls(settings, generator, Codec(models.codec, device, precision))
         log.info("models loaded from %s on %s/%s in %.1f s", settings.checkpoint_dir, device, precision,
                  time.perf_counter() - started)

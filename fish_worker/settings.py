@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # 64 frames; each window is decoded with this many frames of left context so the joins are seamless.
     stream_first_frames: int = Field(8, ge=1)
     stream_context_frames: int = Field(16, ge=0)
+    # torch.compile the batched decode step (kill switch, off by default: compiling costs start-up time
+    # and has not been measured on a GPU here; the warm-up job triggers the first compilation).
+    compile: bool = False
 
     # Chat mode and conversations (fish_worker/conversation_service.py)
     chat_model_dir: Path | None = None  # a local Hugging Face chat model; set: loaded at start, chat mode on

@@ -97,3 +97,13 @@ def test_finishing_leaves_the_callers_stop_event_alone(engines):
     stop = threading.Event()  # a job's: shared by all its sentences
     list(scheduler.generate(TEXTS[0], [], SamplingParams(max_new_tokens=5), torch.Generator().manual_seed(0), stop))
     assert not stop.is_set()
+
+
+def test_compiled_step_gives_the_same_tokens(engines):
+    """FISH_COMPILE wiring: on CPU the step is traced with "aot_eager", which must not change a bit."""
+    single, _ = engines
+    compiled = BatchScheduler(single, max_batch=2, compile=True)
+    jobs = [(TEXTS[0], 5, 10), (TEXTS[1], 6, 8)]
+    expected = [frames(single.generate, *job) for job in jobs]
+    for got, want in zip(run_together(compiled, jobs), expected):
+        assert torch.equal(got, want)

@@ -87,11 +87,17 @@ class SlotCaches:
 class BatchedStep:
     """`decode_one_token_ar` for B sequences: tokens [B, rows], positions [B], slots [B] → frames [B, rows]."""
 
-    def __init__(self, model, caches: SlotCaches):
+    def __init__(self, model, caches: SlotCaches, compile: bool = False):
         self.model = model
         self.caches = caches
         self.semantic_begin = model.tokenizer.semantic_begin_id
         self.semantic_end = model.tokenizer.semantic_end_id
+        if compile:
+            # Inductor on GPU, as fish-speech compiles its decode step; on CPU only "aot_eager", which
+            # traces the same graphs without generating code (fish-speech's CPU choice: inductor is slower).
+            backend = "inductor" if next(model.parameters()).is_cuda else "aot_eager"
+            self.slow = torch.compile(self.slow, backend=backend, dynamic=True)
+            self.fast_step = torch.compile(self.fast_step, backend=backend, dynamic=True)
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """forward_generate's input embedding: text token + (for semantic tokens) the codebook sum."""
@@ -105,15 +111,17 @@ class BatchedStep:
             x = torch.where(vq_mask[:, None], x / (cfg.num_codebooks + 1) ** 0.5, x)
         return x[:, None]  # [B, 1, dim]
 
-    def slow(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor):
-        """The slow transformer at each row's own position; returns (logits [B, vocab], hidden [B, 1, fast_dim])."""
+    def slow(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, length: int, contiguous: bool):
+        """The slow transformer at each row's own position; returns (logits [B, vocab], hidden [B, 1, fast_dim]).
+
+        `length`: cached keys to attend over; `contiguous`: the rows are slots 0..B-1 (plain Python
+        values, decided by the caller, so a compiled version of this method has no data-dependent branch).
+        """
         model = self.model
         x = self._embed(tokens)
         freqs = model.freqs_cis[positions][:, None]  # [B, 1, D/2, 2]
-        length = attended_length(int(positions.max()), model.max_seq_len)
         keys = torch.arange(length, device=positions.device)
         mask = (keys[None, :] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, L]
-        contiguous = bool((slots == torch.arange(len(slots), device=slots.device)).all())
         for layer, k_cache, v_cache in zip(model.layers, self.caches.k, self.caches.v):
             attention = layer.attention
             q, k, v = _project_qkv(attention, layer.attention_norm(x), freqs)
@@ -149,7 +157,9 @@ class BatchedStep:
         """windows [B, rows, 16]: each row's repetition-penalty window (fish-speech's `previous_tokens`)."""
         model, cfg = self.model, self.model.config
         with sdpa_kernel(SDPBackend.MATH):
-            logits, hidden = self.slow(tokens, positions, slots)
+            length = attended_length(int(positions.max()), model.max_seq_len)
+            contiguous = bool((slots == torch.arange(len(slots), device=slots.device)).all())
+            logits, hidden = self.slow(tokens, positions, slots, length, contiguous)
         # fish-speech penalises the window's first column (one token per codebook row) for the semantic token.
         semantic = sample_rows(logits, sampling, windows[:, :, 0])
         codes = [semantic]

@@ -59,14 +59,14 @@ class _Sequence:
 class BatchScheduler:
     """Drop-in for `SemanticGenerator.generate`, decoding up to `max_batch` requests together."""
 
-    def __init__(self, generator: SemanticGenerator, max_batch: int):
+    def __init__(self, generator: SemanticGenerator, max_batch: int, compile: bool = False):
         self.single = generator  # prompt encoding and the batch-1 prefill
         self.model = generator.model
         self.device = generator.device
         self.max_batch = max_batch
         dtype = next(self.model.parameters()).dtype
         self.caches = SlotCaches(self.model, max_batch, dtype, self.device)
-        self.step_fn = BatchedStep(self.model, self.caches)
+        self.step_fn = BatchedStep(self.model, self.caches, compile=compile)
         self._waiting: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []
         self._free_slots = list(range(max_batch))
