@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fish_worker.audio.formats import ResultTooLargeError
-from fish_worker.conversation_service import ConversationService, is_conversation_action
+from fish_worker.conversation_service import CONVERSATION_ACTIONS, ConversationService, is_conversation_action
 from fish_worker.conversations import ConversationStoreError, make_conversation_store
 from fish_worker.errors import JobInputError
 from fish_worker.job_output import StreamedOutput, whole_output, within_result_limit
@@ -17,7 +17,7 @@ from fish_worker.schemas import parse_job_input
 from fish_worker.service import SpeechChunk, TTSService
 from fish_worker.spoken_reply import TextDelta
 from fish_worker.threaded import iterate_in_thread
-from fish_worker.voice_actions import is_voice_action, run_voice_action
+from fish_worker.voice_actions import VOICE_ACTIONS, is_voice_action, run_voice_action
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class JobRunner:
             if is_conversation_action(job.get("input")):
                 yield await asyncio.to_thread(self.conversations.end, job["input"])
                 return
+            if isinstance(job.get("input"), dict) and "action" in job["input"]:
+                raise JobInputError("action", f"unknown action {job['input']['action']!r}; one of: "
+                                    + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS))
             request = parse_job_input(job.get("input"))
             mode = self.conversations.mode(request)
             if mode == "chat" or request.conversation_id:

@@ -46,6 +46,8 @@ BAD_INPUTS = [
     ({"message": "hi", "seed": -1}, "seed: Input should be greater than or equal to 0"),
     ({"message": "hi", "conversation_id": "../etc"}, "conversation_id: String should match pattern"),
     ({"message": "hi", "voice": "alice"}, "voice: unknown field"),
+    ({"action": "bogus"}, "action: unknown action 'bogus'; one of: save_voice, list_voices, delete_voice, end_conversation"),
+    ({"message": "hi", "action": None}, "action: unknown action None"),
     ({"message": "hi", "reference_audio": "not base64!!"}, "reference_audio: is not valid base64"),
     ({"message": "hi", "reference_audio": ""}, "reference_audio: is empty"),
     ({"message": "hi", "reference_audio": base64.b64encode(b"RIFFjunkjunk").decode()},
