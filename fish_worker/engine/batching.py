@@ -24,6 +24,12 @@ from fish_worker.engine.sampling import RowSampling, SamplingParams
 
 log = logging.getLogger(__name__)
 _END = object()
+# How often a waiting consumer checks that the engine thread is still alive.
+_LIVENESS_POLL_S = 0.5
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine thread died; every sequence it held ends with this (a new one starts on the next job)."""
 
 
 @dataclass(eq=False)
@@ -35,7 +41,8 @@ class _Sequence:
     generator: torch.Generator
     budget: int
     caller_stop: threading.Event | None  # the job's: set when its consumer goes away
-    left: bool = False  # set when this generate() call returns or is closed
+    left: bool = False  # set by the consumer when its generate() call returns or is closed
+    done: bool = False  # set by the engine, once, when the sequence's last item is queued
     frames: queue.Queue = field(default_factory=queue.Queue)  # frames, then an exception or _END
     slot: int = -1
     step: int = 0
@@ -57,7 +64,12 @@ class _Sequence:
 
 
 class BatchScheduler:
-    """Drop-in for `SemanticGenerator.generate`, decoding up to `max_batch` requests together."""
+    """Drop-in for `SemanticGenerator.generate`, decoding up to `max_batch` requests together.
+
+    Ownership: consumers only append to `_waiting` (under `_wake`) and set `seq.left`; everything
+    else (slots, the active list, ending a sequence) belongs to the engine thread. The active list is
+    rebuilt, never mutated while iterated, and a sequence ends exactly once (`_end`).
+    """
 
     def __init__(self, generator: SemanticGenerator, max_batch: int, compile: bool = False):
         self.single = generator  # prompt encoding and the batch-1 prefill
@@ -74,10 +86,15 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self.steps = 0  # batched steps run, and rows decoded in them (for logs and the benchmark)
         self.rows_decoded = 0
+        self.step_failures = 0  # batched steps that raised (each then retried in halves)
 
     @property
     def num_codebooks(self) -> int:
         return self.single.num_codebooks
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free_slots)
 
     def prompt_length(self, text: str, voices: list[VoicePrompt]) -> int:
         return self.single.prompt_length(text, voices)
@@ -93,68 +110,110 @@ class BatchScheduler:
         """Yield codec frames ([num_codebooks] int tensors) until <|im_end|>, the token budget or `stop`."""
         prompt, audio_masks, audio_parts, budget = self.single.prepare(text, voices, params)
         seq = _Sequence(prompt.to(self.device), audio_masks, audio_parts, params, generator, budget, stop)
-        self._submit(seq)
+        thread = self._submit(seq)
         try:
-            while (item := seq.frames.get()) is not _END:
+            while (item := self._next_item(seq, thread)) is not _END:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
             seq.left = True  # the consumer left (or finished): the engine drops the sequence
 
-    def _submit(self, seq: _Sequence) -> None:
+    def _next_item(self, seq: _Sequence, thread: threading.Thread) -> object:
+        """The sequence's next item; an error, never a wait forever, if its engine thread has died."""
+        while True:
+            try:
+                return seq.frames.get(timeout=_LIVENESS_POLL_S)
+            except queue.Empty:
+                if not thread.is_alive() and seq.frames.empty():
+                    return EngineStoppedError("the decode engine stopped")
+
+    def _submit(self, seq: _Sequence) -> threading.Thread:
         with self._wake:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="decode-engine", daemon=True)
                 self._thread.start()
             self._waiting.append(seq)
             self._wake.notify()
+            return self._thread
 
     # ---- engine thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._wake:
-                    while not self._waiting and not self._active:
-                        self._wake.wait()
-                    joining = []
-                    while self._waiting and self._free_slots:
-                        seq = self._waiting.popleft()
-                        seq.slot = self._free_slots.pop(0)
-                        joining.append(seq)
-                for seq in joining:
-                    self._guarded([seq], self._join, seq)
-                self._active = [s for s in self._active if not self._done_if_stopped(s)]
-                if self._active:
-                    self._guarded(list(self._active), self._decode_step)
-
-    def _guarded(self, seqs: list[_Sequence], fn, *args) -> None:
-        """A failing step fails the sequences in it, never the engine."""
         try:
-            fn(*args)
-        except Exception as exc:
-            log.exception("decoding step failed for %d sequence(s)", len(seqs))
-            for seq in seqs:
-                self._leave(seq)
-                seq.frames.put(exc)
+            with torch.inference_mode():
+                while True:
+                    self._cycle()
+        except BaseException as exc:  # a bug of ours: end every sequence rather than strand its consumer
+            log.exception("decode engine died")
+            self._abandon_all(EngineStoppedError(f"the decode engine stopped: {type(exc).__name__}: {exc}"))
+
+    def _cycle(self) -> None:
+        """Admit waiting sequences into free slots, drop stopped ones, run one step for the rest."""
+        with self._wake:
+            while not self._waiting and not self._active:
+                self._wake.wait()
+            joining = []
+            while self._waiting and self._free_slots:
+                seq = self._waiting.popleft()
+                seq.slot = self._free_slots.pop(0)
+                joining.append(seq)
+        for seq in joining:
+            self._join(seq)
+        for seq in self._active:
+            if seq.stopped:
+                self._end(seq, _END)
+        self._active = sorted((s for s in self._active + joining if not s.done), key=lambda s: s.slot)
+        if self._active:
+            self._step_rows(self._active)
+            self._active = [s for s in self._active if not s.done]
 
     def _join(self, seq: _Sequence) -> None:
+        """Prefill one sequence alone; a failure ends only it."""
         if seq.stopped:
-            return self._finish(seq)
-        self._active.append(seq)
-        self._active.sort(key=lambda s: s.slot)  # rows in slot order keep the cache reads copy-free
-        rows, prompt_len = seq.prompt.shape
-        temperature, top_p, penalty = seq.params.as_tensors(self.device)
-        input_pos = torch.arange(0, prompt_len, device=self.device)
-        token = self.single._decode_one(seq.prompt.view(1, rows, prompt_len), input_pos, temperature, top_p,
-                                        penalty, seq.generator, seq.audio_masks, seq.audio_parts, window=None)
-        self.caches.load_prefill(self.model, seq.slot, prompt_len)
+            return self._end(seq, _END)
+        try:
+            rows, prompt_len = seq.prompt.shape
+            temperature, top_p, penalty = seq.params.as_tensors(self.device)
+            input_pos = torch.arange(0, prompt_len, device=self.device)
+            token = self.single._decode_one(seq.prompt.view(1, rows, prompt_len), input_pos, temperature, top_p,
+                                            penalty, seq.generator, seq.audio_masks, seq.audio_parts, window=None)
+            self.caches.load_prefill(self.model, seq.slot, prompt_len)
+        except Exception as exc:
+            log.exception("prefill failed for one sequence")
+            _release_memory(exc)
+            return self._end(seq, exc)
         seq.history = torch.zeros((rows, max(seq.budget, REPETITION_WINDOW)), dtype=torch.int, device=self.device)
         self._emit(seq, token[:, 0])
 
-    def _decode_step(self) -> None:
-        seqs = self._active
+    def _step_rows(self, seqs: list[_Sequence]) -> None:
+        """One decoding step for `seqs`; if it raises, retry each half, so only a row that fails alone ends.
+
+        Each row's generator is rewound before a retry, so surviving rows draw exactly what they would
+        have drawn: their tokens stay those of a solo run. KV writes of the failed try are overwritten.
+        """
+        states = [s.generator.get_state() for s in seqs]
+        try:
+            frames = self._decode_step(seqs)
+        except Exception as exc:
+            self.step_failures += 1
+            _release_memory(exc)
+            for seq, state in zip(seqs, states):
+                seq.generator.set_state(state)
+            if len(seqs) == 1:
+                log.error("decoding step failed for one sequence: %s: %s", type(exc).__name__, exc)
+                return self._end(seqs[0], exc)
+            log.warning("decoding step failed for %d sequences (%s); retrying in halves", len(seqs), exc)
+            half = len(seqs) // 2
+            self._step_rows(seqs[:half])
+            self._step_rows(seqs[half:])
+            return
+        for seq, frame in zip(seqs, frames):
+            seq.history[:, seq.step] = frame
+            seq.step += 1
+            self._emit(seq, frame)
+
+    def _decode_step(self, seqs: list[_Sequence]) -> torch.Tensor:
         tokens = torch.stack([s.token for s in seqs])
         positions = torch.tensor([s.position for s in seqs], device=self.device)
         slots = torch.tensor([s.slot for s in seqs], device=self.device)
@@ -163,34 +222,43 @@ class BatchScheduler:
         frames = self.step_fn(tokens, positions, slots, sampling, windows)
         self.steps += 1
         self.rows_decoded += len(seqs)
-        for seq, frame in zip(list(seqs), frames):
-            seq.history[:, seq.step] = frame
-            seq.step += 1
-            self._emit(seq, frame)
+        return frames
 
     def _emit(self, seq: _Sequence, token: torch.Tensor) -> None:
         """Hand out a new frame, or end the sequence (the checks of fish-speech's loop, in its order)."""
         if int(token[0]) == self.single.im_end_id:
-            return self._finish(seq)
+            return self._end(seq, _END)
         seq.frames.put(token[1:].clone())
         if seq.step == seq.budget - 1 or seq.stopped:
-            return self._finish(seq)
+            return self._end(seq, _END)
         seq.token = token
 
-    def _done_if_stopped(self, seq: _Sequence) -> bool:
-        if seq.stopped and seq.slot >= 0:
-            self._finish(seq)
-            return True
-        return seq.slot < 0
-
-    def _finish(self, seq: _Sequence) -> None:
-        self._leave(seq)  # first, so a consumer that sees the end finds the slot free
-        seq.frames.put(_END)
-
-    def _leave(self, seq: _Sequence) -> None:
+    def _end(self, seq: _Sequence, last: object) -> None:
+        """The one way a sequence ends: its slot is freed first (a consumer seeing the end finds it
+        free), then its last item (_END or an exception) is queued. Idempotent."""
+        if seq.done:
+            return
+        seq.done = True
         if seq.slot >= 0:
             self._free_slots.append(seq.slot)
             self._free_slots.sort()
             seq.slot = -1
-        if seq in self._active:
-            self._active.remove(seq)
+        seq.frames.put(last)
+
+    def _abandon_all(self, exc: BaseException) -> None:
+        with self._wake:
+            pending = list(self._waiting) + self._active
+            self._waiting.clear()
+            self._active = []
+            for seq in pending:
+                self._end(seq, exc)
+            # Slots of sequences half-way through joining are not in either list: start afresh, and
+            # let the next job start a new engine thread.
+            self._free_slots = list(range(self.max_batch))
+            self._thread = None
+
+
+def _release_memory(exc: BaseException) -> None:
+    """After an out-of-memory error, hand cached blocks back so the retry (or the next job) can fit."""
+    if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
