@@ -107,3 +107,69 @@ def test_compiled_step_gives_the_same_tokens(engines):
     expected = [frames(single.generate, *job) for job in jobs]
     for got, want in zip(run_together(compiled, jobs), expected):
         assert torch.equal(got, want)
+
+
+class _EngineBug(BaseException):
+    """Not an Exception: escapes the step's fault isolation, as a bug in the engine loop would."""
+
+
+def test_a_dying_engine_ends_every_consumer_and_the_next_job_starts_a_new_one(engines):
+    from fish_worker.engine.batching import EngineStoppedError
+
+    single, _ = engines
+    scheduler = BatchScheduler(single, max_batch=2)
+    real_step = scheduler.step_fn
+
+    def broken_step(*args):
+        raise _EngineBug("boom")
+
+    scheduler.step_fn = broken_step
+    jobs = [scheduler.generate(text, [], SamplingParams(max_new_tokens=20), torch.Generator().manual_seed(i))
+            for i, text in enumerate(TEXTS[:3])]  # 3 jobs, 2 slots: one is still waiting when it dies
+    for job in jobs:
+        with pytest.raises(EngineStoppedError):
+            list(job)
+    scheduler.step_fn = real_step
+    assert torch.equal(frames(scheduler.generate, TEXTS[0], 3, 10), frames(single.generate, TEXTS[0], 3, 10))
+
+
+def test_out_of_memory_in_a_shared_step_fails_no_one(engines):
+    single, _ = engines
+    scheduler = BatchScheduler(single, max_batch=4)
+    real_step = scheduler.step_fn
+    calls = []
+
+    def oom_once(*args):
+        calls.append(len(args[0]))
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_step(*args)
+
+    scheduler.step_fn = oom_once
+    jobs = [(TEXTS[i], 20 + i, 15) for i in range(4)]
+    expected = [frames(single.generate, *job) for job in jobs]
+    for got, want in zip(run_together(scheduler, jobs), expected):
+        assert torch.equal(got, want)
+    assert scheduler.step_failures == 1 and scheduler.free_slots == 4
+
+
+def test_a_row_that_keeps_failing_fails_alone(engines):
+    single, _ = engines
+    scheduler = BatchScheduler(single, max_batch=4)
+    real_step = scheduler.step_fn
+    poisoned = torch.Generator().manual_seed(99)
+
+    def poison(tokens, positions, slots, sampling, windows):
+        if any(g is poisoned for g in sampling.generators):
+            raise RuntimeError("this row cannot proceed")
+        return real_step(tokens, positions, slots, sampling, windows)
+
+    scheduler.step_fn = poison
+    bad = scheduler.generate(TEXTS[1], [], SamplingParams(max_new_tokens=30), poisoned)
+    next(bad)  # joined: its prefill frame
+    good = run_together(scheduler, [(TEXTS[0], 7, 12), (TEXTS[2], 8, 12)])
+    with pytest.raises(RuntimeError, match="cannot proceed"):
+        list(bad)
+    assert torch.equal(good[0], frames(single.generate, TEXTS[0], 7, 12))
+    assert torch.equal(good[1], frames(single.generate, TEXTS[2], 8, 12))
+    assert scheduler.free_slots == 4

@@ -186,8 +186,9 @@ class BatchScheduler:
         seq.history = torch.zeros((rows, max(seq.budget, REPETITION_WINDOW)), dtype=torch.int, device=self.device)
         self._emit(seq, token[:, 0])
 
-    def _step_rows(self, seqs: list[_Sequence]) -> None:
-        """One decoding step for `seqs`; if it raises, retry each half, so only a row that fails alone ends.
+    def _step_rows(self, seqs: list[_Sequence], retried: bool = False) -> None:
+        """One decoding step for `seqs`. If it raises, each half is retried, and a lone row once more,
+        so a transient fault fails no one and a row that keeps failing ends alone.
 
         Each row's generator is rewound before a retry, so surviving rows draw exactly what they would
         have drawn: their tokens stay those of a solo run. KV writes of the failed try are overwritten.
@@ -200,10 +201,13 @@ class BatchScheduler:
             _release_memory(exc)
             for seq, state in zip(seqs, states):
                 seq.generator.set_state(state)
-            if len(seqs) == 1:
-                log.error("decoding step failed for one sequence: %s: %s", type(exc).__name__, exc)
+            if len(seqs) == 1 and retried:
+                log.error("decoding step failed twice for one sequence: %s: %s", type(exc).__name__, exc)
                 return self._end(seqs[0], exc)
-            log.warning("decoding step failed for %d sequences (%s); retrying in halves", len(seqs), exc)
+            log.warning("decoding step failed for %d sequence(s) (%s: %s); retrying", len(seqs),
+                        type(exc).__name__, exc)
+            if len(seqs) == 1:
+                return self._step_rows(seqs, retried=True)
             half = len(seqs) // 2
             self._step_rows(seqs[:half])
             self._step_rows(seqs[half:])

@@ -1,0 +1,1 @@
+"""Tools for development, tests and benchmarks; nothing here runs in a serving worker."""
