@@ -228,3 +228,20 @@ def test_json_body_is_accepted(base_url):
             "references": [{"audio": wav_b64(seconds=0.5), "text": "Hi."}]}
     response = httpx.post(f"{base_url}/v1/tts", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     assert response.status_code == 200 and len(response.content) > 0 and len(response.content) % 2 == 0
+
+
+def test_legacy_sdk_session_and_websocket(base_url):
+    """The older package (fish_audio_sdk) sends every field, None included, and parses models."""
+    from fish_audio_sdk import Session, TTSRequest, WebSocketSession
+
+    request = TTSRequest(text="Hello there.", format="wav")
+    request_dict = request.model_dump()
+    assert request_dict["prosody"] is None and request_dict["sample_rate"] is None
+    session = Session(KEY, base_url=base_url)
+    short = TTSRequest.model_validate({**request_dict, "temperature": 0.5})
+    audio = b"".join(session.tts(short))
+    assert len(read_wav(audio)[0]) > 0
+    assert session.list_models(page_size=5).total >= 0
+    with WebSocketSession(KEY, base_url=base_url) as ws:
+        live = b"".join(ws.tts(TTSRequest(text="", format="pcm"), iter(["Hi", " there."])))
+    assert len(live) > 0 and len(live) % 2 == 0
