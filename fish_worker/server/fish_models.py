@@ -62,8 +62,8 @@ class FishTTSRequest(BaseModel):
     chunk_length: Annotated[int, Field(ge=100, le=300)] = 200  # honoured: most characters per sentence
     format: Literal["wav", "pcm", "mp3", "opus"] = "mp3"
     sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
-    mp3_bitrate: Literal[64, 128, 192] = 128  # ignored: MP3 is always 128 kbit/s CBR
-    opus_bitrate: Literal[-1000, 24, 32, 48, 64] = 32  # ignored: libopus' own bitrate choice
+    mp3_bitrate: Literal[64, 128, 192] = 128  # CBR; at 8-24 kHz capped at what MPEG-2/2.5 allow
+    opus_bitrate: Literal[-1000, 24, 32, 48, 64] = 32  # -1000: libopus chooses
     references: list[ReferenceAudio] = Field(default_factory=list)
     reference_id: str | None = None
     normalize: bool = True  # ignored: the text is spoken as given
@@ -86,6 +86,14 @@ class FishTTSRequest(BaseModel):
     @property
     def audio_format(self) -> str:
         return FISH_FORMATS[self.format]
+
+    @property
+    def bitrate_kbps(self) -> int | None:
+        if self.format == "mp3":
+            return self.mp3_bitrate
+        if self.format == "opus" and self.opus_bitrate > 0:
+            return self.opus_bitrate
+        return None
 
     def adjustments(self) -> AudioAdjustments:
         """Speed, volume and sample rate, checked against what the format can carry."""

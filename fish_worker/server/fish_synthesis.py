@@ -44,7 +44,7 @@ class FishSpeechPlan:
         return service.synthesize(self.params, stop, voice=self.voice, sentences=sentences)
 
     def encoder(self, model_rate: int) -> "FishAudioEncoder":
-        return FishAudioEncoder(self.request.audio_format, self.adjustments, model_rate)
+        return FishAudioEncoder(self.request.audio_format, self.adjustments, model_rate, self.request.bitrate_kbps)
 
 
 def plan_speech(request: FishTTSRequest, service: TTSService) -> FishSpeechPlan:
@@ -120,9 +120,10 @@ def as_wav(audio: bytes, field: str) -> bytes:
 class FishAudioEncoder:
     """Model audio in, bytes of one continuous file in the request's format out."""
 
-    def __init__(self, audio_format: str, adjustments: AudioAdjustments, model_rate: int) -> None:
+    def __init__(self, audio_format: str, adjustments: AudioAdjustments, model_rate: int,
+                 bitrate_kbps: int | None = None) -> None:
         self.post = AudioPostProcessor(adjustments, model_rate)
-        self.stream = StreamEncoder(audio_format, self.post.output_rate)
+        self.stream = StreamEncoder(audio_format, self.post.output_rate, bitrate_kbps)
 
     @property
     def sample_rate(self) -> int:
