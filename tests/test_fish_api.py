@@ -245,3 +245,49 @@ def test_legacy_sdk_session_and_websocket(base_url):
     with WebSocketSession(KEY, base_url=base_url) as ws:
         live = b"".join(ws.tts(TTSRequest(text="", format="pcm"), iter(["Hi", " there."])))
     assert len(live) > 0 and len(live) % 2 == 0
+
+
+@pytest.mark.timeout(180)
+def test_live_sessions_under_random_schedules_all_end(base_url, service):
+    """Concurrent sessions with random pieces, flushes, pauses and early closes: every one ends, and
+    the engine gets all its slots back (no generation left running for a closed socket)."""
+    import random
+
+    from httpx_ws import aconnect_ws
+
+    words = "one two three. four five, six seven! eight nine ten? eleven twelve.".split(" ")
+
+    async def session(seed: int) -> str:
+        rng = random.Random(seed)
+        abort = rng.random() < 0.4
+        async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+            async with aconnect_ws("/v1/tts/live", client=http) as ws:
+                request = {"text": "", "format": "pcm", "max_new_tokens": rng.choice([3, 6, 40])}
+                await ws.send_bytes(ormsgpack.packb({"event": "start", "request": request}))
+                for word in words[: rng.randint(1, len(words))]:
+                    await ws.send_bytes(ormsgpack.packb({"event": "text", "text": word + " "}))
+                    if rng.random() < 0.2:
+                        await ws.send_bytes(ormsgpack.packb({"event": "flush"}))
+                    await asyncio.sleep(rng.random() * 0.03)
+                if abort:
+                    await asyncio.sleep(rng.random() * 0.5)
+                    return "aborted"  # leaving the block closes the socket mid-session
+                await ws.send_bytes(ormsgpack.packb({"event": "stop"}))
+                audio = b""
+                while (event := ormsgpack.unpackb(await ws.receive_bytes(timeout=120)))["event"] == "audio":
+                    audio += event["audio"]
+                assert event["reason"] == "stop" and len(audio) % 2 == 0
+                return "finished"
+
+    async def go():
+        return await asyncio.gather(*(session(seed) for seed in range(10)))
+
+    outcomes = asyncio.run(go())
+    assert set(outcomes) <= {"finished", "aborted"} and "finished" in outcomes
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (
+            service.generator.free_slots < service.settings.max_concurrency
+            or any(t.name == "synthesis" for t in threading.enumerate())):
+        time.sleep(0.05)
+    assert service.generator.free_slots == service.settings.max_concurrency
+    assert not any(t.name == "synthesis" for t in threading.enumerate())

@@ -1,4 +1,4 @@
-"""The self-hosted server: one JobRunner behind three doors (seed /run, RunPod /v2, OpenAI /v1)."""
+"""The self-hosted server: one JobRunner behind four doors (seed /run, RunPod /v2, OpenAI /v1, Fish Audio)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> Fas
     settings = settings or ServerSettings()
     app = FastAPI(
         title="Fish Speech TTS",
-        description="Self-hosted Fish Speech: the seed /run API, RunPod's /v2 API and OpenAI's /v1/audio/speech.",
+        description="Self-hosted Fish Speech: the seed /run API, RunPod's /v2 API, OpenAI's /v1/audio/speech "
+                    "and Fish Audio's /v1/tts, /v1/tts/live and /model.",
         version="1.0",
     )
     app.state.server_settings = settings
