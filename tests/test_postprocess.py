@@ -68,3 +68,14 @@ def test_all_at_once_in_pieces():
 def test_out_of_range_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         AudioAdjustments(**kwargs)
+
+
+def test_fish_encoder_hands_out_a_sentence_whole_at_its_end():
+    """With speed and resampling on, nothing of a finished sentence waits for the next one."""
+    from fish_worker.server.fish_synthesis import FishAudioEncoder
+
+    encoder = FishAudioEncoder("pcm16", AudioAdjustments(sample_rate=16000, speed=1.5), RATE)
+    sentence = tone(1.0)
+    data = encoder.feed(sentence[:20000]) + encoder.feed(sentence[20000:], end_of_sentence=True)
+    assert len(data) // 2 == pytest.approx(16000 / 1.5, rel=0.02)
+    assert encoder.close() == b""

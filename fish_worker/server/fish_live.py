@@ -176,7 +176,7 @@ class LiveSession:
         synthesis = iterate_in_thread(lambda stop: plan.synthesize(self.service, self._pull(stop), stop))
         async with aclosing(synthesis) as chunks:  # closing sets the thread's stop event
             async for chunk in chunks:
-                audio = await asyncio.to_thread(encoder.feed, chunk.audio)
+                audio = await asyncio.to_thread(encoder.feed_chunk, chunk)
                 event: dict[str, Any] = {"event": "audio", "audio": audio, "index": chunk.index,
                                          "time": round(time.perf_counter() - self.started, 3)}
                 if chunk.text:

@@ -102,7 +102,7 @@ async def _encoded(first, chunks, encoder) -> AsyncIterator[bytes]:
     async with aclosing(chunks):  # the client going away closes this, which stops the generation
         chunk = first
         while chunk is not None:
-            if data := await asyncio.to_thread(encoder.feed, chunk.audio):
+            if data := await asyncio.to_thread(encoder.feed_chunk, chunk):
                 yield data
             try:
                 chunk = await anext(chunks, None)
