@@ -74,8 +74,8 @@ def plan_speech(request: FishTTSRequest, service: TTSService) -> FishSpeechPlan:
     if request.reference_id is not None:
         try:
             voice_id = validate_voice_id(request.reference_id)
-        except ValueError as exc:
-            raise JobInputError("reference_id", str(exc)) from None
+        except ValueError:  # not echoed: it may be long
+            raise JobInputError("reference_id", "is not a voice id (1-64 letters, digits, '_', '.' or '-')") from None
         try:
             voice = service.saved_voice(voice_id)
         except JobInputError as exc:
