@@ -167,14 +167,14 @@ async def create_voice(
     texts: list[str] = Form([], description="Transcript of each clip, in order."),
     description: str = Form(""),  # accepted, not stored
     visibility: str = Form("private"),  # accepted, ignored: voices are private to this server
-    type: str = Form("tts"),
+    voice_type: str = Form("tts", alias="type"),
     train_mode: str = Form("fast"),  # accepted, ignored: a voice is its clips' codec tokens, no training
     tags: list[str] = Form([]),  # accepted, not stored
     enhance_audio_quality: bool = Form(True),  # accepted, ignored
     cover_image: UploadFile | None = File(None),  # accepted, not stored
 ) -> dict[str, Any]:
     service: TTSService = request.app.state.runner.service
-    if type != "tts":
+    if voice_type != "tts":
         raise ApiError(400, "type: only 'tts' voices can be created", param="type")
     if len(texts) > len(voices):
         raise ApiError(400, "texts: more transcripts than voices", param="texts")
