@@ -53,6 +53,7 @@ class VoiceInfo:
     created_at: float  # Unix time, seconds
     num_codebooks: int
     num_frames: int
+    title: str = ""  # a display name (the Fish API's voice title); "" for voices saved without one
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,11 @@ class SavedVoice:
     tokens: np.ndarray  # integer codec tokens, shape [num_codebooks, num_frames]
     text: str  # transcript of the reference audio the tokens came from
     created_at: float
+    title: str = ""
 
     @property
     def info(self) -> VoiceInfo:
-        return VoiceInfo(self.voice_id, self.text, self.created_at, *self.tokens.shape)
+        return VoiceInfo(self.voice_id, self.text, self.created_at, *self.tokens.shape, title=self.title)
 
 
 class VoiceStore:
@@ -73,7 +75,7 @@ class VoiceStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def save(self, voice_id: str, tokens: Any, text: str, *, overwrite: bool = True) -> VoiceInfo:
+    def save(self, voice_id: str, tokens: Any, text: str, *, overwrite: bool = True, title: str = "") -> VoiceInfo:
         voice_id = validate_voice_id(voice_id)
         tokens = _checked_tokens(tokens)
         if not isinstance(text, str):
@@ -81,7 +83,7 @@ class VoiceStore:
         path = self._path(voice_id)
         if not overwrite and path.exists():
             raise FileExistsError(f"a voice with voice_id {voice_id!r} already exists")
-        voice = SavedVoice(voice_id, tokens, text, created_at=time.time())
+        voice = SavedVoice(voice_id, tokens, text, created_at=time.time(), title=title)
         self.root.mkdir(parents=True, exist_ok=True)
         _write_atomically(path, voice)
         return voice.info
@@ -95,6 +97,7 @@ class VoiceStore:
                     tokens=data["tokens"],
                     text=str(data["text"]),
                     created_at=float(data["created_at"]),
+                    title=str(data["title"]) if "title" in data.files else "",  # older files have none
                 )
         except FileNotFoundError:
             raise VoiceNotFoundError(voice_id) from None
@@ -144,6 +147,7 @@ def _write_atomically(path: Path, voice: SavedVoice) -> None:
                 tokens=voice.tokens,
                 text=np.str_(voice.text),
                 created_at=np.float64(voice.created_at),
+                title=np.str_(voice.title),
             )
             file.flush()
             os.fsync(file.fileno())  # the data must be on disk before the name points at it

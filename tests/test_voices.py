@@ -33,6 +33,16 @@ def test_save_then_load_gives_back_tokens_text_and_time(store):
     assert loaded.info == info
 
 
+def test_title_is_kept_and_older_files_have_none(store):
+    assert store.save("bob", tokens(), "Hi.", title="Bob — narrator").title == "Bob — narrator"
+    assert store.load("bob").title == "Bob — narrator"
+    assert [v.title for v in store.list()] == ["Bob — narrator"]
+    # A file written before titles existed (no "title" array) still loads, untitled.
+    np.savez(store.root / "old.npz", format_version=np.int64(1), tokens=tokens(), text=np.str_("Old."),
+             created_at=np.float64(1.0))
+    assert store.load("old").title == "" and store.load("old").text == "Old."
+
+
 def test_unicode_transcript_survives(store):
     store.save("yuki", tokens(), "こんにちは、世界 — ça va?")
     assert store.load("yuki").text == "こんにちは、世界 — ça va?"

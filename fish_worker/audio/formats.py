@@ -59,9 +59,26 @@ MEDIA_TYPES: dict[str, str] = {
     "opus": "audio/ogg",
 }
 
-# libsndfile maps compression_level linearly onto 320..32 kbit/s for MP3; 2/3 gives 128 kbit/s,
-# plenty for mono speech.
-_MP3_128K_COMPRESSION_LEVEL = (320 - 128) / (320 - 32)
+# libsndfile maps compression_level linearly onto the MPEG version's bitrate range for MP3 (0: the
+# highest), and onto 256..6 kbit/s for Opus. 128 kbit/s MP3 is plenty for mono speech.
+DEFAULT_MP3_KBPS = 128
+# Bitrate ranges (kbit/s) of MP3 by sample rate: MPEG-1 (32-48 kHz), MPEG-2 (16-24), MPEG-2.5 (8-12).
+_MP3_KBPS_RANGE = {32000: (320, 32), 44100: (320, 32), 48000: (320, 32), 16000: (160, 8), 22050: (160, 8),
+                   24000: (160, 8), 8000: (64, 8), 11025: (64, 8), 12000: (64, 8)}
+_OPUS_KBPS_RANGE = (256, 6)
+
+
+def mp3_compression_level(kbps: int, sample_rate: int) -> float:
+    """libsndfile's compression_level for a CBR MP3 of `kbps` (capped at what the rate allows)."""
+    if sample_rate not in _MP3_KBPS_RANGE:
+        raise ValueError(f"mp3 cannot carry {sample_rate} Hz; use one of {', '.join(map(str, sorted(_MP3_KBPS_RANGE)))}")
+    high, low = _MP3_KBPS_RANGE[sample_rate]
+    return min(max((high - kbps) / (high - low), 0.0), 0.99)  # 1.0 is refused at some rates
+
+
+def opus_compression_level(kbps: int) -> float:
+    high, low = _OPUS_KBPS_RANGE
+    return min(max((high - kbps) / (high - low), 0.0), 1.0)
 
 # RunPod's documented limits, in bytes of JSON (MB taken as 10^6, the conservative reading).
 STREAM_CHUNK_LIMIT_BYTES = 1_000_000
@@ -91,7 +108,7 @@ _CONTAINERS: dict[str, _Container] = {
     "mp3": _Container(
         "MP3",
         "MPEG_LAYER_III",
-        {"bitrate_mode": "CONSTANT", "compression_level": _MP3_128K_COMPRESSION_LEVEL},
+        {"bitrate_mode": "CONSTANT", "compression_level": mp3_compression_level(DEFAULT_MP3_KBPS, MODEL_SAMPLE_RATE)},
     ),
     "opus": _Container("OGG", "OPUS"),
 }
@@ -130,6 +147,16 @@ def to_pcm16(samples: Any) -> np.ndarray:
     return np.clip(scaled, -32768, 32767).astype("<i2")
 
 
+def _writer_options(fmt: str, sample_rate: int, bitrate_kbps: int | None) -> dict[str, Any]:
+    """soundfile options of `fmt` at the encoded `sample_rate`; `bitrate_kbps` for mp3/opus (None: default)."""
+    options = dict(_CONTAINERS[fmt].options)
+    if fmt == "mp3":
+        options["compression_level"] = mp3_compression_level(bitrate_kbps or DEFAULT_MP3_KBPS, sample_rate)
+    elif fmt == "opus" and bitrate_kbps is not None:
+        options["compression_level"] = opus_compression_level(bitrate_kbps)
+    return options
+
+
 def encode_audio_bytes(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_RATE) -> bytes:
     """Whole clip as the bytes of one file in `fmt` (any format but "float")."""
     fmt = validate_audio_format(fmt)
@@ -148,7 +175,7 @@ def encode_audio_bytes(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_R
         encoded_sample_rate(fmt, sample_rate),
         format=container.format,
         subtype=container.subtype,
-        **container.options,
+        **_writer_options(fmt, encoded_sample_rate(fmt, sample_rate), None),
     )
     return buffer.getvalue()
 
@@ -177,7 +204,7 @@ class StreamEncoder:
     "float" and base64 strings otherwise; decoding each and concatenating gives one valid file.
     """
 
-    def __init__(self, fmt: str, sample_rate: int = MODEL_SAMPLE_RATE) -> None:
+    def __init__(self, fmt: str, sample_rate: int = MODEL_SAMPLE_RATE, bitrate_kbps: int | None = None) -> None:
         self.audio_format: AudioFormat = validate_audio_format(fmt)
         self.sample_rate = encoded_sample_rate(fmt, sample_rate)
         self._closed = False
@@ -197,7 +224,7 @@ class StreamEncoder:
                 channels=1,
                 format=container.format,
                 subtype=container.subtype,
-                **container.options,
+                **_writer_options(fmt, self.sample_rate, bitrate_kbps),
             )
 
     def feed(self, samples: Any) -> Payload:

@@ -1,4 +1,4 @@
-"""The self-hosted server: one JobRunner behind three doors (seed /run, RunPod /v2, OpenAI /v1)."""
+"""The self-hosted server: one JobRunner behind four doors (seed /run, RunPod /v2, OpenAI /v1, Fish Audio)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fish_worker.jobs import JobRunner
-from fish_worker.server import openai_door, runpod_door, seed_door
+from fish_worker.server import fish_live, fish_routes, openai_door, runpod_door, seed_door
 from fish_worker.server.config import ServerSettings
 from fish_worker.server.errors import ApiError
 from fish_worker.server.gate import GatedRunner
@@ -18,7 +18,8 @@ def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> Fas
     settings = settings or ServerSettings()
     app = FastAPI(
         title="Fish Speech TTS",
-        description="Self-hosted Fish Speech: the seed /run API, RunPod's /v2 API and OpenAI's /v1/audio/speech.",
+        description="Self-hosted Fish Speech: the seed /run API, RunPod's /v2 API, OpenAI's /v1/audio/speech "
+                    "and Fish Audio's /v1/tts, /v1/tts/live and /model.",
         version="1.0",
     )
     app.state.server_settings = settings
@@ -27,6 +28,8 @@ def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> Fas
     app.include_router(seed_door.router)
     app.include_router(runpod_door.router)
     app.include_router(openai_door.router)
+    app.include_router(fish_routes.router)
+    app.include_router(fish_live.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app

@@ -1,0 +1,106 @@
+"""Fish Audio's TTSRequest, as the official SDK (`fish-audio-sdk`) sends it, and how we read it.
+
+The SDK posts it as msgpack (`Content-Type: application/msgpack`, bytes as msgpack bin) and puts it
+in the live WebSocket's `start` event; JSON works too, with reference audio as base64 text. Every
+SDK field is accepted (unknown ones are ignored, so newer SDKs keep working); docs/fish-api.md says
+which ones this model honours.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fish_worker.audio.postprocess import (
+    MAX_SAMPLE_RATE,
+    MAX_SPEED,
+    MAX_VOLUME_DB,
+    MIN_SAMPLE_RATE,
+    MIN_SPEED,
+    MIN_VOLUME_DB,
+    AudioAdjustments,
+)
+
+# Fish's format names → our encoders. Fish's pcm is raw 16-bit little-endian mono, like our pcm16.
+FISH_FORMATS: dict[str, str] = {"wav": "wav", "pcm": "pcm16", "mp3": "mp3", "opus": "opus"}
+# Rates an MP3 (MPEG-1/2/2.5 layer III) can carry; other formats take any rate in range.
+MP3_SAMPLE_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000})
+
+
+class ReferenceAudio(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    audio: bytes = Field(description="An audio file (WAV, FLAC, MP3 or Ogg); base64 text in JSON.")
+    text: str = Field("", max_length=1000, description="What is said in `audio`.")
+
+    @field_validator("audio", mode="before")
+    @classmethod
+    def _base64_text(cls, value: Any) -> Any:
+        # msgpack carries bytes as bytes; JSON can only carry them as base64 text.
+        if isinstance(value, str):
+            try:
+                return base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("must be audio bytes (base64 text in JSON)") from None
+        return value
+
+
+class Prosody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description="Speed factor; pitch is kept.")
+    volume: float = Field(0.0, ge=MIN_VOLUME_DB, le=MAX_VOLUME_DB, description="Gain in dB.")
+
+
+class FishTTSRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: str = ""
+    chunk_length: Annotated[int, Field(ge=100, le=300)] = 200  # honoured: most characters per sentence
+    format: Literal["wav", "pcm", "mp3", "opus"] = "mp3"
+    sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
+    mp3_bitrate: Literal[64, 128, 192] = 128  # CBR; at 8-24 kHz capped at what MPEG-2/2.5 allow
+    opus_bitrate: Literal[-1000, 24, 32, 48, 64] = 32  # -1000: libopus chooses
+    references: list[ReferenceAudio] = Field(default_factory=list)
+    reference_id: str | None = None
+    normalize: bool = True  # ignored: the text is spoken as given
+    latency: Literal["normal", "balanced"] = "balanced"  # ignored: audio always streams as early as it can
+    prosody: Prosody | None = None
+    top_p: float = Field(0.7, ge=0.0, le=1.0)
+    temperature: float = Field(0.7, ge=0.0, le=1.0)
+    max_new_tokens: int = Field(1024, ge=0)  # per sentence; 0 or over FISH_MAX_TOKENS_LIMIT: that limit
+    repetition_penalty: float = Field(1.2, gt=0.0, lt=2.0)
+    # Accepted and ignored (no counterpart in this model's generation loop).
+    min_chunk_length: int = 50
+    condition_on_previous_chunks: bool = True  # we always condition on the previous sentence
+    early_stop_threshold: float = 1.0
+
+    @field_validator("references", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @property
+    def audio_format(self) -> str:
+        return FISH_FORMATS[self.format]
+
+    @property
+    def bitrate_kbps(self) -> int | None:
+        if self.format == "mp3":
+            return self.mp3_bitrate
+        if self.format == "opus" and self.opus_bitrate > 0:
+            return self.opus_bitrate
+        return None
+
+    def adjustments(self) -> AudioAdjustments:
+        """Speed, volume and sample rate, checked against what the format can carry."""
+        if self.format == "mp3" and self.sample_rate is not None and self.sample_rate not in MP3_SAMPLE_RATES:
+            raise ValueError(f"sample_rate: mp3 supports {', '.join(map(str, sorted(MP3_SAMPLE_RATES)))}; "
+                             f"got {self.sample_rate}")
+        prosody = self.prosody or Prosody()
+        # Opus is always encoded at 48 kHz (its decoders output 48 kHz whatever the source was).
+        rate = None if self.format == "opus" else self.sample_rate
+        return AudioAdjustments(sample_rate=rate, speed=prosody.speed, volume_db=prosody.volume)

@@ -1,0 +1,221 @@
+"""Fish Audio's HTTP API: POST /v1/tts and the voice models at /model (for `fish-audio-sdk`).
+
+/v1/tts streams one audio file in the request's format as sentences are synthesised (chunked
+transfer). Voices are the saved-voices store (fish_worker/voices.py) in Fish's "model" shape; a
+voice's `_id` is its voice_id, usable as `reference_id` here and as `voice_id` on the other doors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import ormsgpack
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from fish_worker.errors import JobInputError
+from fish_worker.server.auth import require_api_key
+from fish_worker.server.errors import ApiError
+from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
+from fish_worker.server.fish_synthesis import MEDIA_TYPE, FishSpeechPlan, encode_references, plan_speech
+from fish_worker.service import TTSService
+from fish_worker.text.sentences import split_sentences
+from fish_worker.threaded import iterate_in_thread
+from fish_worker.voices import VoiceInfo, VoiceNotFoundError, validate_voice_id
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["Fish Audio-compatible"], dependencies=[Depends(require_api_key)])
+
+# A request carries its reference clips inline; more than this is refused before it is all read.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+@router.post("/v1/tts", summary="Speak `text` (Fish Audio TTSRequest, msgpack or JSON)",
+             response_class=StreamingResponse, responses={200: {"content": {"audio/mpeg": {}}}})
+async def tts(request: Request):
+    service: TTSService = request.app.state.runner.service
+    fish_request = parse_tts_request(await _read_body(request), request.headers.get("content-type", ""))
+    plan = await _plan(fish_request, service)
+    sentences = split_sentences(fish_request.text, fish_request.chunk_length)
+    if not sentences:
+        raise ApiError(400, "text: must contain text", param="text")
+
+    chunks = iterate_in_thread(lambda stop: plan.synthesize(service, sentences, stop))
+    encoder = plan.encoder(service.sample_rate)
+    # The first chunk is awaited before answering, so a bad voice or text is a 400, not a cut stream.
+    try:
+        first = await anext(chunks, None)
+    except JobInputError as exc:
+        await chunks.aclose()
+        raise _bad_request(exc) from None
+    if first is None:
+        raise ApiError(400, "text: no audio was generated for this text", param="text")
+    return StreamingResponse(_encoded(first, chunks, encoder), media_type=MEDIA_TYPE[fish_request.format])
+
+
+def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
+    try:
+        data = ormsgpack.unpackb(body) if "msgpack" in content_type else json.loads(body)
+    except (ormsgpack.MsgpackDecodeError, ValueError):
+        kind = "msgpack" if "msgpack" in content_type else "JSON"
+        raise ApiError(400, f"body: is not valid {kind}", param="body") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "body: must be a TTSRequest object", param="body")
+    try:
+        fish_request = FishTTSRequest.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    if not fish_request.text.strip():
+        raise ApiError(400, "text: must contain text", param="text")
+    return fish_request
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "body"
+    return ApiError(400, f"{field}: {first['msg'].removeprefix('Value error, ')}", param=field)
+
+
+async def _plan(fish_request: FishTTSRequest, service: TTSService) -> FishSpeechPlan:
+    try:
+        return await asyncio.to_thread(plan_speech, fish_request, service)
+    except JobInputError as exc:
+        raise _bad_request(exc) from None
+
+
+def _bad_request(exc: JobInputError) -> ApiError:
+    # The service names its own fields; say them in the TTSRequest's words.
+    field = {"reference_audio": "references", "message": "text", "voice_id": "reference_id"}.get(exc.field, exc.field)
+    return ApiError(400, f"{field}: {exc.problem}", param=field)
+
+
+async def _encoded(first, chunks, encoder) -> AsyncIterator[bytes]:
+    async with aclosing(chunks):  # the client going away closes this, which stops the generation
+        chunk = first
+        while chunk is not None:
+            if data := await asyncio.to_thread(encoder.feed_chunk, chunk):
+                yield data
+            try:
+                chunk = await anext(chunks, None)
+            except Exception as exc:
+                # Headers went out with 200; ending the body early is all HTTP leaves us.
+                log.error("Fish /v1/tts generation failed: %s", exc)
+                raise
+        if data := await asyncio.to_thread(encoder.close):
+            yield data
+
+
+async def _read_body(request: Request) -> bytes:
+    body = bytearray()
+    async for part in request.stream():
+        body.extend(part)
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"body: is over {MAX_BODY_BYTES // (1024 * 1024)} MB", param="body")
+    return bytes(body)
+
+
+# ---- voices ("models" in Fish's API) ------------------------------------------------------------
+
+
+@router.get("/model", summary="List saved voices (Fish Audio voices.list)")
+async def list_voices(request: Request, page_size: int = Query(10, ge=1, le=100),
+                      page_number: int = Query(1, ge=1), title: str | None = None,
+                      sort_by: str = "task_count") -> dict[str, Any]:
+    service: TTSService = request.app.state.runner.service
+    voices = await asyncio.to_thread(service.voices.list)
+    if title:
+        voices = [v for v in voices if title.lower() in _title(v).lower()]
+    if sort_by == "created_at":
+        voices.sort(key=lambda v: v.created_at, reverse=True)
+    start = (page_number - 1) * page_size
+    return {"total": len(voices), "items": [fish_voice(v) for v in voices[start:start + page_size]]}
+
+
+@router.get("/model/{voice_id}", summary="Get a saved voice (Fish Audio voices.get)")
+async def get_voice(voice_id: str, request: Request) -> dict[str, Any]:
+    service: TTSService = request.app.state.runner.service
+    try:
+        return fish_voice((await asyncio.to_thread(service.voices.load, _voice_id(voice_id))).info)
+    except VoiceNotFoundError:
+        raise _no_voice(voice_id) from None
+
+
+@router.delete("/model/{voice_id}", summary="Delete a saved voice (Fish Audio voices.delete)")
+async def delete_voice(voice_id: str, request: Request) -> Response:
+    service: TTSService = request.app.state.runner.service
+    try:
+        await asyncio.to_thread(service.voices.delete, _voice_id(voice_id))
+    except VoiceNotFoundError:
+        raise _no_voice(voice_id) from None
+    return Response(status_code=200)
+
+
+@router.post("/model", summary="Create a voice from audio + transcripts (Fish Audio voices.create)")
+async def create_voice(
+    request: Request,
+    title: str = Form(..., min_length=1, max_length=200),
+    voices: list[UploadFile] = File(..., description="One or more clips of the voice."),
+    texts: list[str] = Form([], description="Transcript of each clip, in order."),
+    description: str = Form(""),  # accepted, not stored
+    visibility: str = Form("private"),  # accepted, ignored: voices are private to this server
+    voice_type: str = Form("tts", alias="type"),
+    train_mode: str = Form("fast"),  # accepted, ignored: a voice is its clips' codec tokens, no training
+    tags: list[str] = Form([]),  # accepted, not stored
+    enhance_audio_quality: bool = Form(True),  # accepted, ignored
+    cover_image: UploadFile | None = File(None),  # accepted, not stored
+) -> dict[str, Any]:
+    service: TTSService = request.app.state.runner.service
+    if voice_type != "tts":
+        raise ApiError(400, "type: only 'tts' voices can be created", param="type")
+    if len(texts) > len(voices):
+        raise ApiError(400, "texts: more transcripts than voices", param="texts")
+    clips = [ReferenceAudio(audio=await f.read(), text=texts[i] if i < len(texts) else "")
+             for i, f in enumerate(voices)]
+    voice_id = uuid.uuid4().hex  # Fish's ids are 32 hex digits too
+
+    def save() -> VoiceInfo:
+        prompt = encode_references(clips, service, field="voices")
+        return service.voices.save(voice_id, prompt.codes.numpy(), prompt.text, overwrite=False, title=title)
+
+    try:
+        info = await asyncio.to_thread(save)
+    except JobInputError as exc:
+        raise ApiError(400, str(exc), param=exc.field) from None
+    return fish_voice(info)
+
+
+def fish_voice(info: VoiceInfo) -> dict[str, Any]:
+    """A saved voice in Fish's model shape; fields with no counterpart here get neutral values."""
+    created = datetime.datetime.fromtimestamp(info.created_at, datetime.timezone.utc).isoformat()
+    return {
+        "_id": info.voice_id, "type": "tts", "title": _title(info), "description": "", "cover_image": "",
+        "train_mode": "fast", "state": "trained", "tags": [],
+        "samples": [{"title": _title(info), "text": info.text, "task_id": info.voice_id, "audio": ""}],
+        "created_at": created, "updated_at": created, "languages": [], "visibility": "private",
+        "lock_visibility": False, "like_count": 0, "mark_count": 0, "shared_count": 0, "task_count": 0,
+        "liked": False, "marked": False, "author": {"_id": "self", "nickname": "self-hosted", "avatar": ""},
+    }
+
+
+def _title(info: VoiceInfo) -> str:
+    return info.title or info.voice_id  # voices saved through save_voice have no title
+
+
+def _voice_id(voice_id: str) -> str:
+    try:
+        return validate_voice_id(voice_id)
+    except ValueError:
+        raise _no_voice(voice_id) from None
+
+
+def _no_voice(voice_id: str) -> ApiError:
+    return ApiError(404, f"no voice with id {voice_id[:100]!r}", param="voice_id")

@@ -1,0 +1,149 @@
+"""What the Fish Audio routes share: a TTSRequest resolved against the service, and its audio encoder.
+
+Calls the service directly (no RunPod job shape): the voice is resolved once per request (or live
+session), sentences go to `TTSService.synthesize`, and each chunk is adjusted (speed, volume,
+sample rate) and encoded into one continuous stream in the requested format.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from fish_worker.audio.formats import MEDIA_TYPES, StreamEncoder
+from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
+from fish_worker.engine.generation import VoicePrompt
+from fish_worker.errors import JobInputError
+from fish_worker.schemas import JobInput
+from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
+from fish_worker.service import SpeechChunk, TTSService
+from fish_worker.voices import validate_voice_id
+
+MEDIA_TYPE = {"wav": MEDIA_TYPES["wav"], "pcm": MEDIA_TYPES["pcm16"], "mp3": MEDIA_TYPES["mp3"],
+              "opus": MEDIA_TYPES["opus"]}
+
+
+@dataclass(frozen=True)
+class FishSpeechPlan:
+    """A validated request, ready to speak: sampling parameters, voice, output adjustments."""
+
+    request: FishTTSRequest
+    params: JobInput  # carries the sampling parameters into TTSService.synthesize
+    voice: VoicePrompt | None
+    adjustments: AudioAdjustments
+
+    def synthesize(self, service: TTSService, sentences: Iterable[str],
+                   stop: threading.Event) -> Iterator[SpeechChunk]:
+        return service.synthesize(self.params, stop, voice=self.voice, sentences=sentences)
+
+    def encoder(self, model_rate: int) -> "FishAudioEncoder":
+        return FishAudioEncoder(self.request.audio_format, self.adjustments, model_rate, self.request.bitrate_kbps)
+
+
+def plan_speech(request: FishTTSRequest, service: TTSService) -> FishSpeechPlan:
+    """Check the request and resolve its voice (blocking: encodes reference audio).
+
+    Raises JobInputError("<field>: ...") for anything the caller must fix.
+    """
+    settings = service.settings
+    if len(request.text) > settings.max_text_chars:
+        raise JobInputError("text", f"is {len(request.text)} characters, the limit is {settings.max_text_chars}")
+    try:
+        adjustments = request.adjustments()
+    except ValueError as exc:
+        field, _, problem = str(exc).partition(": ")
+        raise JobInputError(field if problem else "prosody", problem or str(exc)) from None
+    if request.reference_id is not None and request.references:
+        raise JobInputError("reference_id", "give either reference_id or references, not both")
+    max_tokens = request.max_new_tokens
+    if max_tokens == 0 or max_tokens > settings.max_tokens_limit:
+        max_tokens = settings.max_tokens_limit
+    # Built without validation: the Fish ranges (checked by FishTTSRequest) are what applies here,
+    # and the sampler takes temperature/top_p 0 (near-greedy) as fish-speech does.
+    params = JobInput.model_construct(
+        message=request.text or " ", temperature=request.temperature, top_p=request.top_p,
+        repetition_penalty=request.repetition_penalty, max_tokens=max_tokens, seed=None, stream=True,
+    )
+    if request.reference_id is not None:
+        try:
+            voice_id = validate_voice_id(request.reference_id)
+        except ValueError:  # not echoed: it may be long
+            raise JobInputError("reference_id", "is not a voice id (1-64 letters, digits, '_', '.' or '-')") from None
+        try:
+            voice = service.saved_voice(voice_id)
+        except JobInputError as exc:
+            raise JobInputError("reference_id", exc.problem) from None
+    else:
+        voice = encode_references(request.references, service)
+    return FishSpeechPlan(request, params, voice, adjustments)
+
+
+def encode_references(references: list[ReferenceAudio], service: TTSService,
+                      field: str = "references") -> VoicePrompt | None:
+    """One voice prompt from one or more clips: their codes and transcripts, in order."""
+    prompts = []
+    for i, ref in enumerate(references):
+        wav = as_wav(ref.audio, f"{field}[{i}].audio")
+        probe = JobInput.model_construct(reference_audio=base64.b64encode(wav).decode(), reference_text=ref.text)
+        try:
+            prompts.append(service.reference_voice(probe))
+        except JobInputError as exc:
+            raise JobInputError(f"{field}[{i}].audio", exc.problem) from None
+    if not prompts:
+        return None
+    return VoicePrompt(text=" ".join(p.text for p in prompts if p.text),
+                       codes=torch.cat([p.codes for p in prompts], dim=1))
+
+
+def as_wav(audio: bytes, field: str) -> bytes:
+    """The clip as WAV bytes (the service's reference reader takes WAV); other readable files are converted."""
+    if audio[:4] == b"RIFF":
+        return audio
+    try:
+        with sf.SoundFile(io.BytesIO(audio)) as clip:
+            samples = clip.read(dtype="float32", always_2d=True)
+            rate = clip.samplerate
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        raise JobInputError(field, "is not a readable audio file (WAV, FLAC, MP3 or Ogg)") from None
+    out = io.BytesIO()
+    sf.write(out, samples, rate, format="WAV", subtype="FLOAT")
+    return out.getvalue()
+
+
+class FishAudioEncoder:
+    """Model audio in, bytes of one continuous file in the request's format out.
+
+    The adjustments restart at each sentence's end: time-stretch and resampler hold back ~20-65 ms,
+    which would otherwise wait for the next sentence (in a live session: for the next text).
+    Sentences are separate generations, so restarting between them leaves no audible seam.
+    """
+
+    def __init__(self, audio_format: str, adjustments: AudioAdjustments, model_rate: int,
+                 bitrate_kbps: int | None = None) -> None:
+        self._adjustments, self._model_rate = adjustments, model_rate
+        self.post = AudioPostProcessor(adjustments, model_rate)
+        self.stream = StreamEncoder(audio_format, self.post.output_rate, bitrate_kbps)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.stream.sample_rate
+
+    def feed(self, audio: np.ndarray, end_of_sentence: bool = False) -> bytes:
+        adjusted = self.post.process(audio)
+        if end_of_sentence and not self._adjustments.is_identity:
+            adjusted = np.concatenate([adjusted, self.post.flush()])
+            self.post = AudioPostProcessor(self._adjustments, self._model_rate)
+        return self.stream.feed_bytes(adjusted)
+
+    def feed_chunk(self, chunk: SpeechChunk) -> bytes:
+        return self.feed(chunk.audio, end_of_sentence=chunk.codes is not None)  # the last chunk carries codes
+
+    def close(self) -> bytes:
+        return self.stream.feed_bytes(self.post.flush()) + self.stream.close_bytes()

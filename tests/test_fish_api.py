@@ -1,0 +1,293 @@
+"""The official Fish Audio client (`fish-audio-sdk`, unmodified) against a real uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import threading
+import time
+import wave
+
+import httpx
+import numpy as np
+import ormsgpack
+import pytest
+import uvicorn
+from fishaudio import AsyncFishAudio, FishAudio
+from fishaudio.exceptions import APIError, AuthenticationError, NotFoundError, WebSocketError
+from fishaudio.types import FlushEvent, Prosody, ReferenceAudio, TTSConfig
+from httpx_ws import WebSocketUpgradeError, connect_ws
+
+from conftest import wav_b64
+from fish_worker.server import ServerSettings, create_app
+from test_audio_formats import decode_ffmpeg
+
+KEY = "fish-test-key"
+MAX_FRAMES = 6  # codec frames per sentence: keeps each synthesis short on the tiny checkpoint
+CONFIG = TTSConfig(max_new_tokens=MAX_FRAMES, format="wav")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def base_url(runner):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(runner, ServerSettings(api_keys=KEY))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    with FishAudio(api_key=KEY, base_url=base_url) as fish:
+        yield fish
+
+
+@pytest.fixture(scope="module")
+def samples_per_frame(service):
+    return service.codec.samples_per_frame
+
+
+def read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    # A streamed WAV's sizes say "unknown" (0xFFFFFFFF); Python's wave reads to the end of the data.
+    with wave.open(io.BytesIO(data)) as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2"), w.getframerate()
+
+
+def test_convert_wav_has_the_frames_of_each_sentence(client, samples_per_frame):
+    audio = client.tts.convert(text="Hello there. How are you?", config=CONFIG)
+    samples, rate = read_wav(audio)
+    assert rate == 44100
+    frames, rest = divmod(len(samples), samples_per_frame)
+    assert rest == 0 and 2 <= frames <= 2 * MAX_FRAMES  # two sentences, at most MAX_FRAMES frames each
+
+
+@pytest.mark.parametrize("fmt, rate, expected_rate", [
+    ("pcm", 16000, 16000), ("wav", 8000, 8000), ("mp3", 24000, 24000), ("opus", None, 48000),
+])
+def test_stream_formats_and_sample_rates(client, samples_per_frame, fmt, rate, expected_rate):
+    config = TTSConfig(max_new_tokens=MAX_FRAMES, format=fmt, sample_rate=rate)
+    chunks = list(client.tts.stream(text="Hello there.", config=config))
+    data = b"".join(chunks)
+    if fmt == "pcm":
+        assert len(data) % 2 == 0
+        samples = np.frombuffer(data, "<i2")
+    elif fmt == "wav":
+        samples, got_rate = read_wav(data)
+        assert got_rate == expected_rate
+    else:
+        samples, got_rate = decode_ffmpeg(data)
+        assert got_rate == expected_rate
+    # Duration in whole codec frames (44.1 kHz), give or take resampler and encoder padding.
+    seconds = len(samples) / expected_rate
+    frame_s = samples_per_frame / 44100
+    assert 1 * frame_s - 0.01 <= seconds <= MAX_FRAMES * frame_s + 0.1, (fmt, seconds)
+
+
+def test_prosody_speed_shortens_and_volume_scales(client, samples_per_frame):
+    base = TTSConfig(max_new_tokens=MAX_FRAMES, format="pcm")
+    # Same voice and text, but sampling differs between requests: compare against the expected ratio
+    # only loosely; the sample counts are exact multiples of the frames generated.
+    fast = np.frombuffer(client.tts.convert(text="Hello there.", config=base, speed=2.0), "<i2")
+    quiet = np.frombuffer(client.tts.convert(
+        text="Hello there.", config=base.model_copy(update={"prosody": Prosody(volume=-20)})), "<i2")
+    normal = np.frombuffer(client.tts.convert(text="Hello there.", config=base), "<i2")
+    frame = samples_per_frame / 44100
+    assert len(fast) / 44100 <= MAX_FRAMES * frame / 2 + 0.05
+    assert len(normal) > 0 and len(quiet) > 0
+    assert np.abs(quiet).max() <= 0.2 * 32768  # -20 dB of audio that cannot exceed full scale
+
+
+def test_async_convert_and_stream(base_url):
+    async def go():
+        async with AsyncFishAudio(api_key=KEY, base_url=base_url) as fish:
+            whole = await fish.tts.convert(text="Good morning.", config=CONFIG)
+            stream = await fish.tts.stream(text="Good morning.", config=CONFIG)
+            streamed = await stream.collect()
+            return whole, streamed
+
+    whole, streamed = asyncio.run(go())
+    for data in (whole, streamed):
+        samples, rate = read_wav(data)
+        assert rate == 44100 and len(samples) > 0
+
+
+def test_references_clone_a_voice_inline(client):
+    clip = base64.b64decode(wav_b64(seconds=1.0))
+    audio = client.tts.convert(text="Hello.", config=CONFIG,
+                               references=[ReferenceAudio(audio=clip, text="A reference.")])
+    assert len(read_wav(audio)[0]) > 0
+
+
+def test_voices_create_list_get_use_delete(client):
+    clip = base64.b64decode(wav_b64(seconds=1.0))
+    voice = client.voices.create(title="Test voice", voices=[clip], texts=["A reference."])
+    assert voice.title == "Test voice" and voice.state == "trained"
+    assert voice.id in [v.id for v in client.voices.list(page_size=100).items]
+    assert client.voices.get(voice.id).samples[0].text == "A reference."
+    audio = client.tts.convert(text="Hello.", config=CONFIG, reference_id=voice.id)
+    assert len(read_wav(audio)[0]) > 0
+    client.voices.delete(voice.id)
+    with pytest.raises(NotFoundError):
+        client.voices.get(voice.id)
+    with pytest.raises(APIError) as err:
+        client.tts.convert(text="Hello.", config=CONFIG, reference_id=voice.id)
+    assert err.value.status == 400 and "reference_id" in str(err.value)
+
+
+def test_websocket_text_generator_sync(client, samples_per_frame):
+    def words():
+        for piece in ["Hello", " there", ". How", " are", " you", "?"]:
+            yield piece
+
+    chunks = list(client.tts.stream_websocket(words(), config=CONFIG))
+    samples, rate = read_wav(b"".join(chunks))
+    assert rate == 44100 and len(samples) % samples_per_frame == 0
+    assert 2 * samples_per_frame <= len(samples) <= 2 * MAX_FRAMES * samples_per_frame
+
+
+def test_websocket_async_with_flush_and_mp3(base_url):
+    async def text():
+        yield "Hello"
+        yield FlushEvent()  # spoken now, though the sentence has not ended
+        yield " again, my friend"
+
+    async def go():
+        async with AsyncFishAudio(api_key=KEY, base_url=base_url) as fish:
+            config = TTSConfig(max_new_tokens=MAX_FRAMES, format="mp3", sample_rate=16000)
+            return [c async for c in fish.tts.stream_websocket(text(), config=config)]
+
+    samples, rate = decode_ffmpeg(b"".join(asyncio.run(go())))
+    assert rate == 16000 and len(samples) > 0
+
+
+def test_websocket_sentence_is_spoken_before_the_text_ends(base_url):
+    """Raw protocol: audio for the first sentence arrives while the client is still 'typing'."""
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        with connect_ws("/v1/tts/live", client=http) as ws:
+            request = {"text": "", "format": "pcm", "max_new_tokens": MAX_FRAMES}
+            ws.send_bytes(ormsgpack.packb({"event": "start", "request": request}))
+            ws.send_bytes(ormsgpack.packb({"event": "text", "text": "First sentence. Sec"}))
+            event = ormsgpack.unpackb(ws.receive_bytes(timeout=60))
+            assert event["event"] == "audio" and event["text"] == "First sentence." and event["index"] == 0
+            ws.send_bytes(ormsgpack.packb({"event": "text", "text": "ond one."}))
+            ws.send_bytes(ormsgpack.packb({"event": "stop"}))
+            texts = []
+            while (event := ormsgpack.unpackb(ws.receive_bytes(timeout=60)))["event"] == "audio":
+                texts.append(event.get("text"))
+            assert event == {"event": "finish", "reason": "stop"} and "Second one." in texts
+
+
+def test_websocket_close_stops_generation(base_url, runner, monkeypatch):
+    """Closing the socket mid-sentence ends the synthesis thread promptly."""
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        with connect_ws("/v1/tts/live", client=http) as ws:
+            request = {"text": "A long sentence that keeps the engine busy for a while.", "format": "pcm",
+                       "max_new_tokens": 2000}
+            ws.send_bytes(ormsgpack.packb({"event": "start", "request": request}))
+            ws.send_bytes(ormsgpack.packb({"event": "flush"}))
+            assert ormsgpack.unpackb(ws.receive_bytes(timeout=60))["event"] == "audio"
+    deadline = time.monotonic() + 10
+    while any(t.name == "synthesis" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "synthesis" for t in threading.enumerate())
+
+
+def test_bad_input_and_keys(base_url, client):
+    with pytest.raises(AuthenticationError):
+        FishAudio(api_key="wrong", base_url=base_url).tts.convert(text="Hello.")
+    with pytest.raises(APIError) as err:
+        client.tts.convert(text="   ", config=CONFIG)
+    assert err.value.status == 400 and "text" in str(err.value)
+    with pytest.raises(APIError) as err:
+        client.tts.convert(text="Hi.", config=CONFIG, references=[ReferenceAudio(audio=b"not audio", text="")])
+    assert err.value.status == 400 and "references[0].audio" in str(err.value)
+    with pytest.raises(APIError) as err:
+        client.tts.convert(text="Hi.", config=TTSConfig(format="mp3", sample_rate=10000))
+    assert err.value.status == 400 and "sample_rate" in str(err.value)
+    with pytest.raises(WebSocketUpgradeError) as refused:  # refused before the handshake
+        list(FishAudio(api_key="wrong", base_url=base_url).tts.stream_websocket(iter(["Hi."])))
+    assert refused.value.response.status_code == 401
+    with pytest.raises(WebSocketError):  # an error finish event
+        list(client.tts.stream_websocket(iter(["Hi."]), reference_id="no-such-voice", config=CONFIG))
+
+
+def test_json_body_is_accepted(base_url):
+    body = {"text": "Hello.", "format": "pcm", "max_new_tokens": MAX_FRAMES, "sample_rate": 8000,
+            "references": [{"audio": wav_b64(seconds=0.5), "text": "Hi."}]}
+    response = httpx.post(f"{base_url}/v1/tts", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert response.status_code == 200 and len(response.content) > 0 and len(response.content) % 2 == 0
+
+
+def test_legacy_sdk_session_and_websocket(base_url):
+    """The older package (fish_audio_sdk) sends every field, None included, and parses models."""
+    from fish_audio_sdk import Session, TTSRequest, WebSocketSession
+
+    request = TTSRequest(text="Hello there.", format="wav")
+    request_dict = request.model_dump()
+    assert request_dict["prosody"] is None and request_dict["sample_rate"] is None
+    session = Session(KEY, base_url=base_url)
+    short = TTSRequest.model_validate({**request_dict, "temperature": 0.5})
+    audio = b"".join(session.tts(short))
+    assert len(read_wav(audio)[0]) > 0
+    assert session.list_models(page_size=5).total >= 0
+    with WebSocketSession(KEY, base_url=base_url) as ws:
+        live = b"".join(ws.tts(TTSRequest(text="", format="pcm"), iter(["Hi", " there."])))
+    assert len(live) > 0 and len(live) % 2 == 0
+
+
+@pytest.mark.timeout(180)
+def test_live_sessions_under_random_schedules_all_end(base_url, service):
+    """Concurrent sessions with random pieces, flushes, pauses and early closes: every one ends, and
+    the engine gets all its slots back (no generation left running for a closed socket)."""
+    import random
+
+    from httpx_ws import aconnect_ws
+
+    words = "one two three. four five, six seven! eight nine ten? eleven twelve.".split(" ")
+
+    async def session(seed: int) -> str:
+        rng = random.Random(seed)
+        abort = rng.random() < 0.4
+        async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+            async with aconnect_ws("/v1/tts/live", client=http) as ws:
+                request = {"text": "", "format": "pcm", "max_new_tokens": rng.choice([3, 6, 40])}
+                await ws.send_bytes(ormsgpack.packb({"event": "start", "request": request}))
+                for word in words[: rng.randint(1, len(words))]:
+                    await ws.send_bytes(ormsgpack.packb({"event": "text", "text": word + " "}))
+                    if rng.random() < 0.2:
+                        await ws.send_bytes(ormsgpack.packb({"event": "flush"}))
+                    await asyncio.sleep(rng.random() * 0.03)
+                if abort:
+                    await asyncio.sleep(rng.random() * 0.5)
+                    return "aborted"  # leaving the block closes the socket mid-session
+                await ws.send_bytes(ormsgpack.packb({"event": "stop"}))
+                audio = b""
+                while (event := ormsgpack.unpackb(await ws.receive_bytes(timeout=120)))["event"] == "audio":
+                    audio += event["audio"]
+                assert event["reason"] == "stop" and len(audio) % 2 == 0
+                return "finished"
+
+    async def go():
+        return await asyncio.gather(*(session(seed) for seed in range(10)))
+
+    outcomes = asyncio.run(go())
+    assert set(outcomes) <= {"finished", "aborted"} and "finished" in outcomes
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (
+            service.generator.free_slots < service.settings.max_concurrency
+            or any(t.name == "synthesis" for t in threading.enumerate())):
+        time.sleep(0.05)
+    assert service.generator.free_slots == service.settings.max_concurrency
+    assert not any(t.name == "synthesis" for t in threading.enumerate())
