@@ -488,3 +488,51 @@ def test_stored_results_are_capped_oldest_first(runner):
         return [(await client.get(f"/v2/ep/status/{i}", headers=AUTH)).status_code for i in ids]
 
     assert scenario(by_bytes, more) == [404, 200, 200]  # two results' bytes fit, the third pushes out the first
+
+
+@pytest.mark.timeout(240)
+def test_stress_random_schedules_every_job_ends_and_every_place_is_given_back(runner):
+    import random
+    stressed = create_app(runner, ServerSettings(api_keys="alice:key-of-alice,bob:key-of-bob,carol:key-of-carol",
+                                                 max_queued_jobs=6, max_queued_jobs_per_tenant=3,
+                                                 max_stored_jobs=10))
+    who = [ALICE, BOB, {"Authorization": "Bearer key-of-carol"}]
+    statuses = []
+
+    async def one(client, rng):
+        await asyncio.sleep(rng.random() * 0.5)
+        headers = rng.choice(who)
+        job = {"message": "Hi there. Bye.", "max_tokens": rng.randint(2, 6), "seed": rng.randint(0, 9)}
+        kind = rng.choice(["run", "stream", "v2", "v2-cancel", "v1"])
+        if kind in ("run", "stream"):
+            response = await client.post("/run", json={"input": {**job, "stream": kind == "stream"}}, headers=headers)
+        elif kind == "v1":
+            response = await client.post("/v1/audio/speech", headers=headers, json={
+                "model": "tts-1", "input": job["message"], "voice": "alloy", "max_tokens": 4})
+        else:
+            response = await client.post("/v2/ep/run", json={"input": job}, headers=headers)
+            if response.status_code == 200:
+                job_id = response.json()["id"]
+                if kind == "v2-cancel":
+                    await asyncio.sleep(rng.random() * 0.3)
+                    await client.post(f"/v2/ep/cancel/{job_id}", headers=headers)
+                for _ in range(600):
+                    polled = await client.get(f"/v2/ep/status/{job_id}", headers=headers)
+                    if polled.status_code == 404 or polled.json()["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    pytest.fail(f"job {job_id} never ended")
+        statuses.append(response.status_code)
+
+    async def steps(client):
+        rng = random.Random(11)
+        await asyncio.gather(*(one(client, random.Random(rng.random())) for _ in range(40)))
+        await asyncio.sleep(0.1)
+
+    scenario(stressed, steps)
+    gate, registry = stressed.state.runner, stressed.state.registry
+    assert set(statuses) <= {200, 429} and statuses.count(200) > 0
+    assert gate.admitted == 0 and not gate._per_tenant and gate.running == 0  # every place given back
+    assert all(r.status in ("COMPLETED", "FAILED", "CANCELLED") for r in registry.jobs.values())
+    assert len(registry.jobs) <= 10
