@@ -274,6 +274,8 @@ def test_malformed_json_is_a_readable_400(app, url):
     assert response.json() == {"id": None, "status": "error",
                                "error": "body: invalid JSON at character 27: Expecting property name enclosed "
                                         "in double quotes"}
+    without_key = call(app, "POST", url, content=b"not json", headers={"Content-Type": "application/json"})
+    assert without_key.status_code == 401  # the key is checked first: the body is never parsed
 
 
 def test_oversized_bodies_are_413_by_length_or_while_streaming(runner):

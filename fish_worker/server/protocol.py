@@ -64,5 +64,5 @@ def uvicorn_options(settings) -> dict[str, Any]:
     return {
         "http": protocol_with_header_timeout(settings.header_timeout_s),
         "timeout_keep_alive": settings.keep_alive_timeout_s,
-        "h11_max_incomplete_event_size": 64 * 1024,  # request line + headers
+        "h11_max_incomplete_event_size": 16 * 1024,  # request line + headers (h11's default, said outright)
     }
