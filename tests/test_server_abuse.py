@@ -148,7 +148,7 @@ def test_slow_headers_and_idle_connections_are_dropped(address):
         pytest.fail("the slow client was never dropped")
     except OSError:
         pass
-    assert time.monotonic() - started < 4  # header_timeout_s is 1 s
+    assert time.monotonic() - started < 6  # header_timeout_s is 1 s (slack for a loaded machine)
     assert closed_by_server(idle)
     idle.close()
     slow.close()
@@ -162,7 +162,7 @@ def test_a_slow_body_is_answered_408_and_dropped(address):
         sock.sendall(b"{")
         time.sleep(0.5)
         sock.sendall(b'"')
-        assert read_status(sock) == 408 and time.monotonic() - started < 3
+        assert read_status(sock) == 408 and time.monotonic() - started < 5  # body_timeout_s is 1 s
         assert closed_by_server(sock)
 
 
@@ -175,10 +175,16 @@ def test_half_sent_requests_do_not_hold_descriptors(address):
     clients = [connect(address) for _ in range(200)]
     for sock in clients:
         sock.sendall(b"POST /run HTTP/1.1\r\nHost: te")
-    time.sleep(0.3)
-    assert open_fds() >= before + 400  # both ends of each connection are in this process
-    time.sleep(2.0)  # past header_timeout_s: the server has closed its ends
-    assert open_fds() <= before + 200 + 5
+    held = 0
+    for _ in range(5):
+        time.sleep(0.1)
+        held = max(held, open_fds())
+    assert held >= before + 350  # both ends of (almost) every connection are in this process
+    deadline = time.monotonic() + 15  # header_timeout_s is 1 s; generous for a loaded machine
+    while open_fds() > before + 200 + 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert open_fds() <= before + 200 + 5  # the server closed its ends; only the clients' remain
+    assert all(closed_by_server(sock) for sock in clients)
     for sock in clients:
         sock.close()
 
