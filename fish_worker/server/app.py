@@ -44,8 +44,8 @@ def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> Fas
     app.add_api_route("/health", _health, methods=["GET"], tags=["health"], summary="Liveness (no key needed)")
     install_error_handlers(app)
     # Added last = outermost: authentication runs before anything reads the body.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.body_limit(runner.service.settings.reference_max_bytes),
-                       body_timeout_s=settings.body_timeout_s)
+    max_body_bytes = settings.body_limit(runner.service.settings.reference_max_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=settings.body_timeout_s)
     app.add_middleware(AuthMiddleware, settings=settings)
     return app
 

@@ -92,4 +92,5 @@ class GatedRunner:
             del self._per_tenant[tenant]
 
     def _busy(self, message: str) -> ApiError:
-        return ApiError(429, f"{message}; retry in {self.retry_after_s} s", headers={"Retry-After": str(self.retry_after_s)})
+        return ApiError(429, f"{message}; retry in {self.retry_after_s} s",
+                        headers={"Retry-After": str(self.retry_after_s)})

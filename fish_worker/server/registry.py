@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fish_worker.jobs import RESULT_ROUTE_KEY
-from fish_worker.server.gate import GatedRunner, new_job_id
+from fish_worker.server.gate import Admission, GatedRunner, new_job_id
 from fish_worker.tenancy import TENANT_KEY
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -104,7 +104,7 @@ class JobRegistry:
             "retried": 0,
         }
 
-    async def _run(self, record: JobRecord, job: dict[str, Any], admission) -> None:
+    async def _run(self, record: JobRecord, job: dict[str, Any], admission: Admission) -> None:
         chunks = self.runner.run(job, admission, on_start=lambda: self._start(record))
         try:
             async for chunk in chunks:
