@@ -31,6 +31,7 @@ from fish_worker.schemas import CONVERSATION_ID_PATTERN, JobInput, input_error
 from fish_worker.service import SpeechChunk, TTSService
 from fish_worker.settings import Settings
 from fish_worker.spoken_reply import TextDelta, speak_while_writing
+from fish_worker.voices import VoiceStore
 
 Mode = Literal["chat", "tts"]
 CONVERSATION_ACTIONS = ("end_conversation",)
@@ -51,11 +52,19 @@ def is_conversation_action(raw: Any) -> bool:
 
 class ConversationService:
     def __init__(self, tts: TTSService, store: ConversationStore, *, chat: ChatModel | None = None,
-                 settings: Settings | None = None):
+                 settings: Settings | None = None, voices: VoiceStore | None = None):
         self.tts = tts
         self.store = store
         self.chat = chat
         self.settings = settings or tts.settings
+        self.voices = voices or tts.voices  # where a request's saved voice_id is looked up
+
+    def for_tenant(self, tenant: str | None) -> "ConversationService":
+        """This service over `tenant`'s conversations and saved voices (None: the default namespace)."""
+        if tenant is None:
+            return self
+        return ConversationService(self.tts, self.store.for_tenant(tenant), chat=self.chat, settings=self.settings,
+                                   voices=self.tts.voices.for_tenant(tenant))
 
     def mode(self, request: JobInput) -> Mode:
         """The request's mode: as asked, else chat when a chat model is loaded."""
@@ -84,7 +93,7 @@ class ConversationService:
         if mode == "chat":
             events = self._chat_reply(request, conversation, voice, stop)
         else:
-            events = self.tts.synthesize(request, stop, voice=voice)
+            events = self.tts.synthesize(request, stop, voice=voice, voices=self.voices)
 
         reply: list[str] = []
         for event in events:
@@ -103,7 +112,7 @@ class ConversationService:
 
     def _voice(self, request: JobInput, conversation: Conversation | None) -> tuple[VoicePrompt | None, ConversationVoice | None]:
         """The voice to speak in, and the voice to store with this turn (None: keep the stored one)."""
-        reference = self.tts.reference_voice(request)  # reference_audio or a saved voice_id, else None
+        reference = self.tts.reference_voice(request, self.voices)  # reference_audio or a saved voice_id, else None
         if reference is not None:
             stored = ConversationVoice(codes=reference.codes.numpy(), text=reference.text, source="reference")
             return reference, stored if request.conversation_id else None
@@ -129,7 +138,7 @@ class ConversationService:
         speech = request.model_copy(update={"max_tokens": self.settings.chat_frames_per_sentence})
 
         def speak(sentences, halt):
-            return self.tts.synthesize(speech, halt, voice=voice, sentences=sentences)
+            return self.tts.synthesize(speech, halt, voice=voice, sentences=sentences, voices=self.voices)
 
         return speak_while_writing(deltas, speak, max_sentence_chars=self.settings.sentence_max_chars, stop=stop)
 

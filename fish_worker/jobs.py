@@ -16,6 +16,7 @@ from fish_worker.job_output import StreamedOutput, whole_output, within_result_l
 from fish_worker.schemas import parse_job_input
 from fish_worker.service import SpeechChunk, TTSService
 from fish_worker.spoken_reply import TextDelta
+from fish_worker.tenancy import TENANT_KEY, validate_tenant
 from fish_worker.threaded import iterate_in_thread
 from fish_worker.voice_actions import VOICE_ACTIONS, is_voice_action, run_voice_action
 
@@ -42,21 +43,23 @@ class JobRunner:
         job_id = job.get("id", "?")
         started = time.perf_counter()
         try:
+            # Whose voices and conversations these are (set by the self-hosted server; None on RunPod).
+            conversations = self.conversations.for_tenant(validate_tenant(job.get(TENANT_KEY)))
             if is_voice_action(job.get("input")):
-                yield await run_voice_action(job["input"], self.service)
+                yield await run_voice_action(job["input"], self.service, conversations.voices)
                 return
             if is_conversation_action(job.get("input")):
-                yield await asyncio.to_thread(self.conversations.end, job["input"])
+                yield await asyncio.to_thread(conversations.end, job["input"])
                 return
             if isinstance(job.get("input"), dict) and "action" in job["input"]:
                 raise JobInputError("action", f"unknown action {job['input']['action']!r}; one of: "
                                     + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS))
             request = parse_job_input(job.get("input"))
-            mode = self.conversations.mode(request)
+            mode = conversations.mode(request)
             if mode == "chat" or request.conversation_id:
-                speech = lambda stop: self.conversations.turn(request, mode, stop)  # noqa: E731
+                speech = lambda stop: conversations.turn(request, mode, stop)  # noqa: E731
             else:
-                speech = lambda stop: self.service.synthesize(request, stop)  # noqa: E731
+                speech = lambda stop: self.service.synthesize(request, stop, voices=conversations.voices)  # noqa: E731
             if request.stream:
                 streamed = StreamedOutput(request.audio_format)
                 async for chunk in iterate_in_thread(speech):

@@ -86,9 +86,11 @@ class TTSService:
             pass
         log.info("warm-up synthesis took %.2f s", time.perf_counter() - started)
 
-    def reference_voice(self, request: JobInput) -> VoicePrompt | None:
+    def reference_voice(self, request: JobInput, voices: VoiceStore | None = None) -> VoicePrompt | None:
+        """The request's voice: its saved `voice_id` (looked up in `voices`, default this service's
+        store) or its `reference_audio`; None when it has neither."""
         if request.voice_id is not None:
-            return self.saved_voice(request.voice_id)
+            return self.saved_voice(request.voice_id, voices)
         if request.reference_audio is None:
             return None
         key = VoiceCodesCache.key(request.reference_audio)
@@ -103,9 +105,9 @@ class TTSService:
             log.info("encoded reference voice: %.1f s → %d frames", len(audio) / self.sample_rate, codes.shape[1])
         return VoicePrompt(text=request.reference_text or "", codes=codes)
 
-    def saved_voice(self, voice_id: str) -> VoicePrompt:
+    def saved_voice(self, voice_id: str, voices: VoiceStore | None = None) -> VoicePrompt:
         try:
-            voice = self.voices.load(voice_id)
+            voice = (voices or self.voices).load(voice_id)
         except VoiceNotFoundError:
             raise JobInputError("voice_id", f"no saved voice named {voice_id!r}") from None
         if voice.tokens.shape[0] != self.generator.num_codebooks:  # saved with another model
@@ -119,15 +121,17 @@ class TTSService:
         *,
         voice: VoicePrompt | None = None,
         sentences: Iterable[str] | None = None,
+        voices: VoiceStore | None = None,
     ) -> Iterator[SpeechChunk]:
         """Yield one chunk per sentence, in order; stops early when `stop` is set.
 
         `voice` (a conversation's) replaces the request's reference. `sentences` replaces the split
         `request.message`; it may be lazy (a chat reply still being written): each is pulled when due.
+        `voices`: where the request's `voice_id` is looked up (a tenant's store); default this service's.
         """
         if sentences is None:
             sentences = split_sentences(request.message, self.settings.sentence_max_chars)
-        reference = voice if voice is not None else self.reference_voice(request)
+        reference = voice if voice is not None else self.reference_voice(request, voices)
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         rng = torch.Generator(device=self.generator.device).manual_seed(seed)
         params = SamplingParams(request.temperature, request.top_p, request.repetition_penalty, request.max_tokens)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fish_worker.errors import JobInputError
 from fish_worker.schemas import JobInput, input_error
 from fish_worker.service import TTSService
-from fish_worker.voices import VoiceInfo, VoiceNotFoundError, validate_voice_id
+from fish_worker.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, validate_voice_id
 
 VOICE_ACTIONS = ("save_voice", "list_voices", "delete_voice")
 
@@ -54,30 +54,33 @@ def is_voice_action(raw: Any) -> bool:
     return isinstance(raw, dict) and raw.get("action") in VOICE_ACTIONS
 
 
-async def run_voice_action(raw: dict[str, Any], service: TTSService) -> dict[str, Any]:
-    """The action's output; raises JobInputError for bad input or an unknown voice."""
+async def run_voice_action(raw: dict[str, Any], service: TTSService, voices: VoiceStore | None = None,
+                           ) -> dict[str, Any]:
+    """The action's output, on `voices` (a tenant's store; default the service's); raises
+    JobInputError for bad input or an unknown voice."""
+    voices = voices or service.voices
     try:
         action = _MODELS[raw["action"]].model_validate(raw)
     except ValidationError as exc:
         raise input_error(exc) from None
     if isinstance(action, SaveVoice):
-        return {"voice": _describe(await asyncio.to_thread(_save, action, service))}
+        return {"voice": _describe(await asyncio.to_thread(_save, action, service, voices))}
     if isinstance(action, ListVoices):
-        return {"voices": [_describe(v) for v in await asyncio.to_thread(service.voices.list)]}
+        return {"voices": [_describe(v) for v in await asyncio.to_thread(voices.list)]}
     try:
-        await asyncio.to_thread(service.voices.delete, action.voice_id)
+        await asyncio.to_thread(voices.delete, action.voice_id)
     except VoiceNotFoundError:
         raise JobInputError("voice_id", f"no saved voice named {action.voice_id!r}") from None
     return {"deleted": action.voice_id}
 
 
-def _save(action: SaveVoice, service: TTSService) -> VoiceInfo:
-    if not action.overwrite and service.voices.exists(action.voice_id):
+def _save(action: SaveVoice, service: TTSService, voices: VoiceStore) -> VoiceInfo:
+    if not action.overwrite and voices.exists(action.voice_id):
         raise JobInputError("voice_id", f"a voice named {action.voice_id!r} exists and overwrite is false")
     # An unvalidated JobInput just carries the reference fields into the service's encoder.
     request = JobInput.model_construct(reference_audio=action.reference_audio, reference_text=action.reference_text)
     prompt = service.reference_voice(request)  # JobInputError("reference_audio: ...") if unusable
-    return service.voices.save(action.voice_id, prompt.codes.numpy(), prompt.text)
+    return voices.save(action.voice_id, prompt.codes.numpy(), prompt.text)
 
 
 def _describe(info: VoiceInfo) -> dict[str, Any]:

@@ -17,12 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from fish_worker.tenancy import validate_tenant
+
 # Starts with a letter or digit (so never ".", "..", a hidden or temporary file), then letters,
 # digits, "_", "." or "-"; no "/" or "\" can appear, so an id can only name a file in the store.
 VOICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SUFFIX = ".npz"
 _TEMP_PREFIX = ".tmp-"  # can't be a voice_id, so half-written files never show up as voices
 _FORMAT_VERSION = 1
+_TENANTS_DIR = "tenants"  # <root>/tenants/<tenant>/: not a voice id's shape, so never listed as one
 
 
 class VoiceNotFoundError(KeyError):
@@ -74,6 +77,11 @@ class VoiceStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    def for_tenant(self, tenant: str | None) -> "VoiceStore":
+        """The tenant's own voices (`<root>/tenants/<tenant>/`); None: this store, the default namespace."""
+        tenant = validate_tenant(tenant)
+        return self if tenant is None else VoiceStore(self.root / _TENANTS_DIR / tenant)
 
     def save(self, voice_id: str, tokens: Any, text: str, *, overwrite: bool = True, title: str = "") -> VoiceInfo:
         voice_id = validate_voice_id(voice_id)

@@ -160,6 +160,35 @@ def test_returned_records_cannot_change_the_store(store):
 # --- in-process store -------------------------------------------------------------------------------------
 
 
+def test_tenants_never_see_each_others_conversations(store):
+    alice, bob = store.for_tenant("alice"), store.for_tenant("bob")
+    assert store.for_tenant(None) is store  # the default namespace is the store itself
+    alice.append_turn("c1", "hi", "hello", voice=voice(1))
+    assert bob.get("c1") is None and store.get("c1") is None
+    assert bob.delete("c1") is False and store.delete("c1") is False
+    bob.append_turn("c1", "yo", "hey")
+    assert alice.get("c1").messages[0].content == "hi" and bob.get("c1").messages[0].content == "yo"
+    assert store.for_tenant("alice").get("c1").voice == voice(1)  # a new view sees the same data
+    assert alice.delete("c1") is True and bob.get("c1") is not None
+    with pytest.raises(ValueError, match="invalid tenant"):
+        store.for_tenant("../etc")
+
+
+def test_redis_tenant_keys_cannot_collide_with_the_default_namespace(redis_url):
+    store = RedisConversationStore(redis_url, ttl_s=60)
+    assert store.for_tenant("alice").key("c1") == "fish-worker:conversation:tenant/alice/c1"
+    assert store.key("c1") == "fish-worker:conversation:c1"  # unchanged layout for RunPod queue jobs
+
+
+def test_memory_tenants_are_bounded_each_on_their_own():
+    store = MemoryConversationStore(ttl_s=60, max_conversations=2)
+    alice, bob = store.for_tenant("alice"), store.for_tenant("bob")
+    for i in range(3):
+        bob.append_turn(f"b{i}", "u", "a")
+    alice.append_turn("a0", "u", "a")
+    assert alice.get("a0") is not None and len(bob) == 2  # Bob's many never evict Alice's
+
+
 def test_memory_conversations_expire_ttl_after_their_last_write():
     clock = FakeClock()
     store = MemoryConversationStore(ttl_s=60, max_conversations=10, clock=clock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 import time
@@ -9,6 +10,7 @@ import time
 import openai
 import pytest
 import runpod
+import soundfile
 import uvicorn
 
 from fish_worker.server import ServerSettings, create_app
@@ -73,6 +75,8 @@ def test_openai_client_speech(base_url):
                                              extra_body={"max_tokens": 6})
     samples, rate = decode_ffmpeg(response.content)
     assert rate == 44100 and len(samples) > 0
+    # A whole file: its header has the true length, so libsndfile reads it too.
+    assert soundfile.info(io.BytesIO(response.content)).frames == len(samples)
 
     with client.audio.speech.with_streaming_response.create(
         model="tts-1", voice="alloy", input="One. Two.", response_format="mp3", extra_body={"max_tokens": 6},

@@ -130,3 +130,20 @@ def test_stray_files_in_the_directory_are_not_voices(store):
     (store.root / ".tmp-abc.npz").write_bytes(b"half a voice")
     (store.root / "notes.txt").write_text("not a voice")
     assert [v.voice_id for v in store.list()] == ["alice"]
+
+
+def test_each_tenant_has_its_own_voices_and_the_default_layout_is_unchanged(store):
+    tokens = np.ones((2, 3), dtype=np.int64)
+    store.save("shared-name", tokens, "default's")
+    alice = store.for_tenant("alice")
+    assert store.for_tenant(None) is store
+    assert alice.list() == [] and not alice.exists("shared-name")
+    alice.save("shared-name", tokens * 2, "alice's")
+    assert alice.load("shared-name").text == "alice's" and store.load("shared-name").text == "default's"
+    assert [v.voice_id for v in store.list()] == ["shared-name"]  # the tenants' directory is not a voice
+    assert (store.root / "shared-name.npz").is_file()
+    assert (store.root / "tenants" / "alice" / "shared-name.npz").is_file()
+    with pytest.raises(VoiceNotFoundError):
+        store.for_tenant("bob").delete("shared-name")
+    with pytest.raises(ValueError, match="invalid tenant"):
+        store.for_tenant("a/b")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from fish_worker.conversations.model import Conversation, ConversationVoice, new_conversation, validate_conversation_id
 from fish_worker.conversations.store import DEFAULT_MAX_MESSAGES, check_limits
+from fish_worker.tenancy import validate_tenant
 
 
 class MemoryConversationStore:
@@ -31,6 +32,7 @@ class MemoryConversationStore:
         self._lock = threading.Lock()
         # conversation_id -> (record, expiry time); order = least recently used first.
         self._entries: OrderedDict[str, tuple[Conversation, float]] = OrderedDict()
+        self._tenants: dict[str, MemoryConversationStore] = {}
 
     def __len__(self) -> int:
         with self._lock:
@@ -63,6 +65,19 @@ class MemoryConversationStore:
 
     def ping(self) -> None:
         pass
+
+    def for_tenant(self, tenant: str | None) -> "MemoryConversationStore":
+        """The tenant's own store, with the same limits (so one tenant never evicts another's); None: this one."""
+        tenant = validate_tenant(tenant)
+        if tenant is None:
+            return self
+        with self._lock:
+            store = self._tenants.get(tenant)
+            if store is None:
+                store = self._tenants[tenant] = MemoryConversationStore(
+                    ttl_s=self.ttl_s, max_conversations=self.max_conversations,
+                    max_messages=self.max_messages, clock=self._clock)
+            return store
 
     def _update(self, conversation_id: str, change: Callable[[Conversation], Conversation]) -> Conversation:
         validate_conversation_id(conversation_id)

@@ -9,6 +9,7 @@ each other.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 
 from fish_worker.conversations.model import Conversation, ConversationVoice, new_conversation, validate_conversation_id
 from fish_worker.conversations.store import DEFAULT_MAX_MESSAGES, ConversationStoreError, check_limits
+from fish_worker.tenancy import validate_tenant
 
 KEY_PREFIX = "fish-worker:conversation:"
 # Contention is two workers on one conversation at once, rare and short: a few retries suffice.
@@ -71,6 +73,18 @@ class RedisConversationStore:
     def ping(self) -> None:
         with _store_errors():
             self._client.ping()
+
+    def for_tenant(self, tenant: str | None) -> "RedisConversationStore":
+        """The tenant's view: same connection, keys under `<prefix>tenant/<tenant>/`; None: this store.
+
+        Conversation ids never contain "/", so no tenant's key can equal the default namespace's.
+        """
+        tenant = validate_tenant(tenant)
+        if tenant is None:
+            return self
+        view = copy.copy(self)
+        view.key_prefix = f"{self.key_prefix}tenant/{tenant}/"
+        return view
 
     def close(self) -> None:
         self._client.close()

@@ -45,6 +45,9 @@ class ConversationStore(Protocol):
     def ping(self) -> None:
         """Raise ConversationStoreError unless the store is usable (for a start-up check)."""
 
+    def for_tenant(self, tenant: str | None) -> "ConversationStore":
+        """The store of `tenant`'s conversations, apart from every other tenant's; None: the default one."""
+
 
 def make_conversation_store(
     redis_url: str | None,

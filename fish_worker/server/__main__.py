@@ -10,6 +10,7 @@ import uvicorn
 from fish_worker.engine.checkpoint import CheckpointError
 from fish_worker.server.app import create_app
 from fish_worker.server.config import ServerSettings
+from fish_worker.server.protocol import uvicorn_options
 from fish_worker.settings import get_settings
 from fish_worker.worker import build_runner, configure_logging
 
@@ -28,7 +29,8 @@ def main() -> None:
         log.error("cannot start: %s", exc)
         sys.exit(2)
     app = create_app(runner, server_settings)
-    uvicorn.run(app, host=server_settings.host, port=server_settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(app, host=server_settings.host, port=server_settings.port, log_level=settings.log_level.lower(),
+                **uvicorn_options(server_settings))
 
 
 if __name__ == "__main__":

@@ -1,59 +1,58 @@
-"""The self-hosted server: one JobRunner behind four doors (seed /run, RunPod /v2, OpenAI /v1, Fish Audio)."""
+"""The self-hosted server: one JobRunner behind four doors (seed /run, RunPod /v2, OpenAI /v1, Fish Audio).
+
+Outermost first, a request meets: AuthMiddleware (401 from the headers, body unread), then
+BodyLimitMiddleware (413 / 408 while the body streams in), then the doors. Every error, wherever it
+is raised, is answered in its door's shape (errors.py).
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from typing import Any
+
+from fastapi import FastAPI
 
 from fish_worker.jobs import JobRunner
 from fish_worker.server import fish_live, fish_routes, openai_door, runpod_door, seed_door
+from fish_worker.server.auth import AuthMiddleware
+from fish_worker.server.body_limits import BodyLimitMiddleware
 from fish_worker.server.config import ServerSettings
-from fish_worker.server.errors import ApiError
+from fish_worker.server.errors import install_error_handlers
 from fish_worker.server.gate import GatedRunner
 from fish_worker.server.registry import JobRegistry
 
 
 def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
+    docs = settings.enable_docs
     app = FastAPI(
         title="Fish Speech TTS",
         description="Self-hosted Fish Speech: the seed /run API, RunPod's /v2 API, OpenAI's /v1/audio/speech "
                     "and Fish Audio's /v1/tts, /v1/tts/live and /model.",
         version="1.0",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.server_settings = settings
-    app.state.runner = GatedRunner(runner, settings.max_concurrent_jobs or runner.service.settings.max_concurrency)
-    app.state.registry = JobRegistry(app.state.runner, settings.job_ttl_s)
+    app.state.runner = GatedRunner(
+        runner, settings.max_concurrent_jobs or runner.service.settings.max_concurrency,
+        settings.max_queued_jobs, settings.max_queued_jobs_per_tenant, settings.retry_after_s)
+    app.state.registry = JobRegistry(app.state.runner, settings.job_ttl_s, settings.max_stored_jobs,
+                                     settings.max_stored_result_bytes)
     app.include_router(seed_door.router)
     app.include_router(runpod_door.router)
     app.include_router(openai_door.router)
     app.include_router(fish_routes.router)
     app.include_router(fish_live.router)
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_api_route("/health", _health, methods=["GET"], tags=["health"], summary="Liveness (no key needed)")
+    install_error_handlers(app)
+    # Added last = outermost: authentication runs before anything reads the body.
+    max_body_bytes = settings.body_limit(runner.service.settings.reference_max_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=settings.body_timeout_s)
+    app.add_middleware(AuthMiddleware, settings=settings)
     return app
 
 
-def _error_json(request: Request, status: int, message: str, param: str | None = None) -> JSONResponse:
-    """The error in the shape of the door the request came through."""
-    path = request.url.path
-    if path.startswith("/v1/"):
-        kind = "authentication_error" if status == 401 else "invalid_request_error" if status < 500 else "server_error"
-        body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    elif path.startswith("/v2/"):
-        body = {"error": message}
-    else:
-        body = {"id": None, "status": "error", "error": message}
-    return JSONResponse(body, status_code=status)
-
-
-async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return _error_json(request, exc.status, exc.message, exc.param)
-
-
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI answers 422; the seed contract says bad input is 400.
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-    return _error_json(request, 400, f"{where}: {first['msg']}", param=where)
+async def _health() -> dict[str, Any]:
+    # Open to anyone: says the server is up, nothing about keys, tenants or jobs.
+    return {"status": "ok"}

@@ -1,4 +1,9 @@
-"""Bearer-key check shared by all doors; each door renders the 401 in its own error shape."""
+"""Who is calling: the bearer key is checked before anything reads the request's body.
+
+`AuthMiddleware` (pure ASGI, outside FastAPI's routing) answers 401 from the headers alone, so an
+unauthenticated upload is never read, parsed or buffered. A valid key names the caller's tenant,
+which the doors put on every job (`tenant_of(request)`).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,69 @@ import hmac
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fish_worker.server.errors import ApiError
+from fish_worker.server.config import ServerSettings
+from fish_worker.server.errors import ApiError, error_response
 
-# auto_error=False: a missing header is our 401 (in the door's shape), not FastAPI's 403.
+# Open to all, no key: liveness probes (they say nothing private).
+OPEN_PATHS = frozenset({"/health", "/ping"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+_TENANT_STATE = "fish_tenant"
+_NOT_CHECKED = object()
+
+# Declares the scheme in the OpenAPI schema; the check itself is the middleware's.
 _bearer = HTTPBearer(auto_error=False, description="One of the keys in FISH_API_KEYS.")
 
 
-def require_api_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    settings = request.app.state.server_settings
-    if settings.auth_disabled:
-        return
-    if credentials is None:
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
+        self.app = app
+        self.disabled = settings.auth_disabled
+        self.keys = [(key.encode(), tenant) for key, tenant in settings.tenant_keys.items()]
+        self.open_paths = OPEN_PATHS | (DOCS_PATHS if settings.enable_docs else frozenset())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        tenant: str | None = None
+        if not self.disabled:
+            try:
+                tenant = self._tenant(scope)
+            except ApiError as exc:
+                # "Connection: close": the unread body must not be taken for the next request.
+                response = error_response(scope["path"], 401, exc.message,
+                                          headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
+                await response(scope, receive, send)
+                return
+        scope.setdefault("state", {})[_TENANT_STATE] = tenant
+        await self.app(scope, receive, send)
+
+    def _tenant(self, scope: Scope) -> str:
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        scheme, _, key = (header or b"").partition(b" ")
+        if header is None or scheme.lower() != b"bearer" or not key.strip():
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'")
+        key = key.strip()
+        # Compare against every key in constant time, so timing reveals neither a key's prefix nor which matched.
+        tenant = None
+        for known, name in self.keys:
+            if hmac.compare_digest(key, known):
+                tenant = name
+        if tenant is None:
+            raise ApiError(401, "invalid API key")
+        return tenant
+
+
+def tenant_of(request: Request) -> str | None:
+    """The caller's tenant (None: the one tenant of a server without keys)."""
+    tenant = request.scope.get("state", {}).get(_TENANT_STATE, _NOT_CHECKED)
+    if tenant is _NOT_CHECKED:  # a route reached without the middleware: refuse rather than guess
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'")
-    # Compare against every key in constant time, so timing does not reveal a key's prefix.
-    if not any(hmac.compare_digest(credentials.credentials.encode(), k.encode()) for k in settings.key_set):
-        raise ApiError(401, "invalid API key")
+    return tenant
+
+
+def require_api_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    """Router dependency: documents the bearer scheme, and refuses a request the middleware did not check."""
+    tenant_of(request)

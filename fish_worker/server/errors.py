@@ -1,21 +1,104 @@
-"""Errors of the HTTP doors, and how a job's error text maps to an HTTP status."""
+"""Errors of the HTTP doors: one shape per door, whatever raised them, and job error → HTTP status.
+
+Seed (/run) and RunPod (/v2) doors: `{"id": ..., "status": "error", "error": "..."}`.
+OpenAI door (/v1): `{"error": {"message", "type", "param", "code"}}`, as the `openai` client expects.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
 # Job errors that are our fault rather than the caller's (see fish_worker/jobs.py).
 _SERVER_FAULT_PREFIXES = ("internal error", "conversation store unavailable")
+# ... and those naming something that does not exist for this caller (another tenant's is the same).
+_NOT_FOUND_PREFIXES = ("voice_id: no saved voice",)
+_MAX_ECHO = 100  # characters of a caller's input an error may repeat
 
 
 class ApiError(Exception):
-    """An error answer; each door's handler renders it in that door's shape."""
+    """An error answer; rendered in the shape of the door the request came through."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, *, job_id: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self.job_id = job_id
+        self.headers = headers
 
 
 def job_error_status(message: str) -> int:
-    """400 for a bad request (the runner's "<field>: <problem>"), 500 for a fault of ours."""
-    return 500 if message.startswith(_SERVER_FAULT_PREFIXES) else 400
+    """400 for a bad request (the runner's "<field>: <problem>"), 404 for an unknown saved voice,
+    500 for a fault of ours."""
+    if message.startswith(_SERVER_FAULT_PREFIXES):
+        return 500
+    return 404 if message.startswith(_NOT_FOUND_PREFIXES) else 400
+
+
+def error_body(path: str, status: int, message: str, param: str | None = None,
+               job_id: str | None = None) -> dict[str, Any]:
+    if path.startswith("/v1/"):
+        kind = ("authentication_error" if status == 401 else "rate_limit_error" if status == 429
+                else "invalid_request_error" if status < 500 else "server_error")
+        return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return {"id": job_id, "status": "error", "error": message}
+
+
+def error_response(path: str, status: int, message: str, *, param: str | None = None, job_id: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(path, status, message, param, job_id), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(request.url.path, exc.status, exc.message, param=exc.param, job_id=exc.job_id,
+                          headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 404 and exc.detail == "Not Found":  # the router's: no such path
+        message = f"no such path: {request.method} {request.url.path[:_MAX_ECHO]}"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"method {request.method} is not allowed on {request.url.path[:_MAX_ECHO]}" + (
+            f"; use {allowed}" if allowed else "")
+    else:
+        message = str(exc.detail)
+    return error_response(request.url.path, exc.status_code, message, headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI answers 422; the seed contract says bad input is 400.
+    message, param = _validation_message(exc.errors()[0])
+    return error_response(request.url.path, 400, message, param=param)
+
+
+def _validation_message(first: dict[str, Any]) -> tuple[str, str]:
+    """("<field>: <problem>", field) for the first problem of a request."""
+    if first.get("type") == "json_invalid":
+        where = next((p for p in first["loc"] if isinstance(p, int)), None)
+        reason = (first.get("ctx") or {}).get("error", "not valid JSON")
+        at = f" at character {where}" if where is not None else ""
+        return f"body: invalid JSON{at}: {reason}", "body"
+    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    return f"{where}: {first['msg']}", where
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(request.url.path, 500, f"internal error: {type(exc).__name__}")

@@ -1,39 +1,96 @@
-"""All doors run jobs through the one JobRunner, at most N at a time."""
+"""All doors run jobs through the one JobRunner: at most N generating, at most M admitted.
+
+A job is admitted (generating or waiting for a slot) only while the server has fewer than
+`max_queued_jobs` and its tenant fewer than `max_queued_per_tenant`; otherwise the caller gets 429
+with Retry-After at once, instead of a queue that grows without bound.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fish_worker.jobs import JobRunner
+from fish_worker.server.errors import ApiError
+from fish_worker.tenancy import TENANT_KEY
 
 
 def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+class Admission:
+    """One admitted job's place; `release()` (idempotent) frees it."""
+
+    def __init__(self, gate: GatedRunner, tenant: str | None) -> None:
+        self._gate = gate
+        self.tenant = tenant
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._gate._release(self.tenant)
+
+
 class GatedRunner:
-    def __init__(self, runner: JobRunner, max_concurrent_jobs: int) -> None:
+    def __init__(self, runner: JobRunner, max_concurrent_jobs: int, max_queued_jobs: int | None = None,
+                 max_queued_per_tenant: int | None = None, retry_after_s: int = 5) -> None:
         self.runner = runner
         self.max_concurrent_jobs = max_concurrent_jobs
+        self.max_queued_jobs = max_queued_jobs or 1_000_000
+        self.max_queued_per_tenant = max_queued_per_tenant or self.max_queued_jobs
+        self.retry_after_s = retry_after_s
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
         self.running = 0
+        self.admitted = 0
+        self._per_tenant: Counter[str | None] = Counter()
 
-    async def run(self, job: dict[str, Any], on_start: Callable[[], None] | None = None,
-                  ) -> AsyncIterator[dict[str, Any]]:
-        """The runner's chunks for `job`, once a slot is free (then `on_start()`). Closing this stops the job."""
-        async with self._slots:
-            self.running += 1
-            if on_start is not None:
-                on_start()
-            try:
-                async for chunk in self.runner.run(job):
-                    yield chunk
-            finally:
-                self.running -= 1
+    def admit(self, tenant: str | None) -> Admission:
+        """A place for one more job of `tenant`, or ApiError 429 when the server or the tenant is full."""
+        if self.admitted >= self.max_queued_jobs:
+            raise self._busy(f"server busy: {self.admitted} jobs running or queued (FISH_MAX_QUEUED_JOBS)")
+        if self._per_tenant[tenant] >= self.max_queued_per_tenant:
+            raise self._busy(f"too many jobs of yours running or queued: {self._per_tenant[tenant]} "
+                             "(FISH_MAX_QUEUED_JOBS_PER_TENANT)")
+        self.admitted += 1
+        self._per_tenant[tenant] += 1
+        return Admission(self, tenant)
+
+    async def run(self, job: dict[str, Any], admission: Admission | None = None,
+                  on_start: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The runner's chunks for `job`, once a slot is free (then `on_start()`). Closing this stops the job.
+
+        Without `admission`, the job is admitted when iteration starts (ApiError 429 from the first chunk).
+        The admission is released when the job ends.
+        """
+        admission = admission or self.admit(job.get(TENANT_KEY))
+        try:
+            async with self._slots:
+                self.running += 1
+                if on_start is not None:
+                    on_start()
+                try:
+                    async for chunk in self.runner.run(job):
+                        yield chunk
+                finally:
+                    self.running -= 1
+        finally:
+            admission.release()
 
     @property
     def service(self):
         return self.runner.service
+
+    def _release(self, tenant: str | None) -> None:
+        self.admitted -= 1
+        self._per_tenant[tenant] -= 1
+        if self._per_tenant[tenant] <= 0:
+            del self._per_tenant[tenant]
+
+    def _busy(self, message: str) -> ApiError:
+        return ApiError(429, f"{message}; retry in {self.retry_after_s} s",
+                        headers={"Retry-After": str(self.retry_after_s)})

@@ -1,7 +1,10 @@
 """OpenAI-compatible speech: POST /v1/audio/speech (for Open WebUI and the `openai` client).
 
-The audio streams out as sentences are synthesised: the body is one continuous file in
-`response_format` (or, with `stream_format: "sse"`, OpenAI's speech.audio.delta events).
+The body is one complete file in `response_format`, with its true length in its header (soundfile,
+PyAV and browsers read it as any file). To get audio while later sentences are still being
+synthesised, ask for `stream: true` (the openai client: `extra_body={"stream": True}`): the body is
+then one continuous file whose header says "length unknown" (see fish_worker/audio/formats.py), or,
+with `stream_format: "sse"`, OpenAI's speech.audio.delta events.
 `voice` is a saved voice id; OpenAI's own voice names (alloy, ...) mean the model's default voice.
 """
 
@@ -13,16 +16,17 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fish_worker.audio.formats import MEDIA_TYPES
 from fish_worker.jobs import RESULT_ROUTE_KEY
 from fish_worker.schemas import JobInput
-from fish_worker.server.auth import require_api_key
+from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.errors import ApiError, job_error_status
 from fish_worker.server.gate import GatedRunner, new_job_id
-from fish_worker.voices import validate_voice_id
+from fish_worker.tenancy import TENANT_KEY
+from fish_worker.voices import VoiceStore, validate_voice_id
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[Depends(require_api_key)])
 
@@ -45,6 +49,8 @@ class SpeechRequest(BaseModel):
     # Fish Speech extras (the openai client sends them with extra_body=...).
     seed: int | None = Field(None, description="Fish Speech: sampling seed, for repeatable audio.")
     max_tokens: int | None = Field(None, description="Fish Speech: most codec frames per sentence.")
+    stream: bool = Field(False, description="Fish Speech: send audio as it is made (a length-unknown header); "
+                                            "stream_format 'sse' always streams.")
 
 
 @router.post("/audio/speech", summary="Speak `input` (OpenAI audio.speech)",
@@ -57,17 +63,23 @@ async def speech(body: SpeechRequest, request: Request):
                             f"{', '.join(_FORMATS)}", param="response_format")
     if body.speed != 1.0:
         raise ApiError(400, "only speed 1.0 is supported", param="speed")
-    job_input: dict[str, Any] = {"message": body.input, "stream": True, "audio_format": audio_format}
+    streamed = body.stream or body.stream_format == "sse"
+    job_input: dict[str, Any] = {"message": body.input, "stream": streamed, "audio_format": audio_format}
     if "mode" in JobInput.model_fields:
         job_input["mode"] = "tts"  # speak the text as given, even when the worker has a chat model
     job_input.update({k: v for k, v in {"seed": body.seed, "max_tokens": body.max_tokens}.items() if v is not None})
-    voice_id = _saved_voice(body.voice, runner)
+    tenant = tenant_of(request)
+    voice_id = _saved_voice(body.voice, runner.service.voices.for_tenant(tenant))
     if voice_id is not None:
         job_input["voice_id"] = voice_id
 
-    chunks = runner.run({"id": new_job_id(), "input": job_input, RESULT_ROUTE_KEY: None})
+    admission = runner.admit(tenant)  # 429 when the server or this tenant has too many jobs
+    chunks = runner.run({"id": new_job_id(), TENANT_KEY: tenant, "input": job_input, RESULT_ROUTE_KEY: None},
+                        admission)
     first = await anext(chunks, None)
-    if first is not None and "error" in first:
+    if first is None:
+        raise ApiError(500, "internal error: the job produced no output")
+    if "error" in first:
         await chunks.aclose()
         message = str(first["error"])
         field = message.split(":", 1)[0]
@@ -75,12 +87,16 @@ async def speech(body: SpeechRequest, request: Request):
                        param="input" if field == "message" else field)
     if body.stream_format == "sse":
         return StreamingResponse(_sse(first, chunks), media_type="text/event-stream")
-    return StreamingResponse(_payloads(first, chunks), media_type=MEDIA_TYPES[audio_format])
+    if streamed:
+        return StreamingResponse(_payloads(first, chunks), media_type=MEDIA_TYPES[audio_format])
+    async for _ in chunks:  # a whole result is one chunk; let the runner finish
+        pass
+    return Response(base64.b64decode(first["audio"]), media_type=MEDIA_TYPES[audio_format])
 
 
-def _saved_voice(voice: str, runner: GatedRunner) -> str | None:
+def _saved_voice(voice: str, voices: VoiceStore) -> str | None:
     try:
-        if runner.service.voices.exists(validate_voice_id(voice)):
+        if voices.exists(validate_voice_id(voice)):
             return voice
     except ValueError:
         pass
@@ -90,14 +106,13 @@ def _saved_voice(voice: str, runner: GatedRunner) -> str | None:
                    param="voice")
 
 
-async def _payloads(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    if first is not None:
-        async for chunk in _with_first(first, chunks):
-            if "error" in chunk:
-                # Headers went out with 200; ending the body early is all HTTP leaves us.
-                raise RuntimeError(f"speech generation failed: {chunk['error']}")
-            if chunk.get("audio"):
-                yield base64.b64decode(chunk["audio"])
+async def _payloads(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async for chunk in _with_first(first, chunks):
+        if "error" in chunk:
+            # Headers went out with 200; ending the body early is all HTTP leaves us.
+            raise RuntimeError(f"speech generation failed: {chunk['error']}")
+        if chunk.get("audio"):
+            yield base64.b64decode(chunk["audio"])
 
 
 async def _with_first(first, chunks):

@@ -2,6 +2,10 @@
 
 Like a generator worker deployed with return_aggregate_stream, a finished job's `output` is the
 list of all its chunks, and `stream` hands out each chunk once.
+
+Each job belongs to the tenant that submitted it: to any other tenant it does not exist (lookups
+answer None, so the door answers 404 and ids never leak). Finished jobs are kept for `ttl_s`, and
+at most `max_jobs` of them holding at most `max_bytes` of results: past that the oldest go first.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fish_worker.jobs import RESULT_ROUTE_KEY
-from fish_worker.server.gate import GatedRunner, new_job_id
+from fish_worker.server.gate import Admission, GatedRunner, new_job_id
+from fish_worker.tenancy import TENANT_KEY
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 
@@ -20,6 +25,7 @@ FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 @dataclass
 class JobRecord:
     id: str
+    tenant: str | None = None
     status: str = "IN_QUEUE"
     chunks: list[Any] = field(default_factory=list)
     error: str | None = None
@@ -29,6 +35,7 @@ class JobRecord:
     finished_at: float | None = None
     task: asyncio.Task | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    result_bytes: int = 0  # about the JSON size of `chunks`
 
     def status_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "status": self.status}
@@ -51,21 +58,34 @@ class JobRecord:
 
 
 class JobRegistry:
-    def __init__(self, runner: GatedRunner, ttl_s: float) -> None:
+    def __init__(self, runner: GatedRunner, ttl_s: float, max_jobs: int = 1000, max_bytes: int = 512 << 20) -> None:
         self.runner = runner
         self.ttl_s = ttl_s
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
         self.jobs: dict[str, JobRecord] = {}
+        self._finished: dict[str, JobRecord] = {}  # in the order they finished: the oldest first
+        self.stored_bytes = 0
 
-    def submit(self, job_input: Any, route: str) -> JobRecord:
+    def submit(self, job_input: Any, route: str, tenant: str | None = None) -> JobRecord:
+        """Queue a job of `tenant`; ApiError 429 when the server or the tenant has too many already."""
         self._forget_old()
-        record = JobRecord(id=new_job_id())
+        admission = self.runner.admit(tenant)
+        record = JobRecord(id=new_job_id(), tenant=tenant)
         self.jobs[record.id] = record
-        job = {"id": record.id, "input": job_input, RESULT_ROUTE_KEY: route}
-        record.task = asyncio.create_task(self._run(record, job), name=f"job-{record.id}")
+        job = {"id": record.id, TENANT_KEY: tenant, "input": job_input, RESULT_ROUTE_KEY: route}
+        record.task = asyncio.create_task(self._run(record, job, admission), name=f"job-{record.id}")
+        # Also when the task is cancelled before it ever ran (and so never entered the runner).
+        record.task.add_done_callback(lambda _: admission.release())
         return record
 
-    def get(self, job_id: str) -> JobRecord | None:
-        return self.jobs.get(job_id)
+    def get(self, job_id: str, tenant: str | None = None) -> JobRecord | None:
+        """The job, if it exists and is `tenant`'s."""
+        record = self.jobs.get(job_id)
+        return record if record is not None and record.tenant == tenant else None
+
+    def of_tenant(self, tenant: str | None) -> list[JobRecord]:
+        return [r for r in self.jobs.values() if r.tenant == tenant]
 
     def cancel(self, record: JobRecord) -> None:
         if record.status in FINAL:
@@ -74,8 +94,8 @@ class JobRegistry:
         record.task.cancel()
         self._finish(record, "CANCELLED")
 
-    def counts(self) -> dict[str, int]:
-        statuses = [r.status for r in self.jobs.values()]
+    def counts(self, tenant: str | None = None) -> dict[str, int]:
+        statuses = [r.status for r in self.of_tenant(tenant)]
         return {
             "completed": statuses.count("COMPLETED"),
             "failed": statuses.count("FAILED") + statuses.count("CANCELLED"),
@@ -84,8 +104,8 @@ class JobRegistry:
             "retried": 0,
         }
 
-    async def _run(self, record: JobRecord, job: dict[str, Any]) -> None:
-        chunks = self.runner.run(job, on_start=lambda: self._start(record))
+    async def _run(self, record: JobRecord, job: dict[str, Any], admission: Admission) -> None:
+        chunks = self.runner.run(job, admission, on_start=lambda: self._start(record))
         try:
             async for chunk in chunks:
                 if isinstance(chunk, dict) and "error" in chunk:
@@ -93,6 +113,7 @@ class JobRegistry:
                     self._finish(record, "FAILED")
                     return
                 record.chunks.append(chunk)
+                record.result_bytes += approx_json_bytes(chunk)
             self._finish(record, "COMPLETED")
         except asyncio.CancelledError:
             self._finish(record, "CANCELLED")
@@ -113,8 +134,36 @@ class JobRegistry:
         record.status = status
         record.finished_at = time.monotonic()
         record.done.set()
+        self._finished[record.id] = record
+        self.stored_bytes += record.result_bytes
+        self._forget_over_limits()
 
     def _forget_old(self) -> None:
         cutoff = time.monotonic() - self.ttl_s
-        for job_id in [i for i, r in self.jobs.items() if r.finished_at is not None and r.finished_at < cutoff]:
-            del self.jobs[job_id]
+        while self._finished:
+            oldest = next(iter(self._finished.values()))
+            if oldest.finished_at >= cutoff:
+                break
+            self._forget(oldest)
+
+    def _forget_over_limits(self) -> None:
+        while self._finished and (len(self.jobs) > self.max_jobs or self.stored_bytes > self.max_bytes):
+            self._forget(next(iter(self._finished.values())))
+
+    def _forget(self, record: JobRecord) -> None:
+        del self._finished[record.id]
+        self.jobs.pop(record.id, None)
+        self.stored_bytes -= record.result_bytes
+
+
+def approx_json_bytes(obj: Any) -> int:
+    """About how many bytes `obj` takes as JSON, without serialising it (audio is large)."""
+    if isinstance(obj, str):
+        return len(obj) + 2
+    if isinstance(obj, dict):
+        return 2 + sum(len(str(k)) + 4 + approx_json_bytes(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        if obj and isinstance(obj[0], float):  # "float" audio: up to ~25 bytes a sample
+            return 2 + 25 * len(obj)
+        return 2 + sum(approx_json_bytes(v) + 2 for v in obj)
+    return 24

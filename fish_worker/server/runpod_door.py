@@ -1,6 +1,7 @@
 """RunPod's hosted API under /v2/{endpoint_id}/, so `runpod.Endpoint` works with its base URL here.
 
-The endpoint id in the path is accepted whatever it is: this server is one endpoint.
+The endpoint id in the path is accepted whatever it is: this server is one endpoint. Each caller
+sees only its own tenant's jobs: another tenant's job id answers 404, like an id that never existed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from fish_worker.server.auth import require_api_key
+from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.errors import ApiError
 from fish_worker.server.registry import FINAL, JobRecord, JobRegistry
 
@@ -29,21 +30,22 @@ def _registry(request: Request) -> JobRegistry:
 
 
 def _record(request: Request, job_id: str) -> JobRecord:
-    record = _registry(request).get(job_id)
+    record = _registry(request).get(job_id, tenant_of(request))
     if record is None:
-        raise ApiError(404, f"no job with id {job_id!r} (results are kept for FISH_JOB_TTL_S seconds)")
+        raise ApiError(404, f"no job with id {job_id[:100]!r} (results are kept for FISH_JOB_TTL_S seconds)",
+                       job_id=job_id[:100])
     return record
 
 
 @router.post("/run", summary="Queue a job")
 async def run(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[str, Any]:
-    record = _registry(request).submit(body.input, route="run")
+    record = _registry(request).submit(body.input, route="run", tenant=tenant_of(request))
     return {"id": record.id, "status": record.status}
 
 
 @router.post("/runsync", summary="Run a job and wait for it (IN_PROGRESS after FISH_RUNSYNC_WAIT_S)")
 async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[str, Any]:
-    record = _registry(request).submit(body.input, route="runsync")
+    record = _registry(request).submit(body.input, route="runsync", tenant=tenant_of(request))
     try:
         await asyncio.wait_for(asyncio.shield(record.done.wait()), request.app.state.server_settings.runsync_wait_s)
     except asyncio.TimeoutError:
@@ -80,21 +82,21 @@ async def cancel(endpoint_id: str, job_id: str, request: Request) -> dict[str, A
     return {"id": record.id, "status": record.status}
 
 
-@router.post("/purge-queue", summary="Cancel every job still waiting")
+@router.post("/purge-queue", summary="Cancel every job of yours still waiting")
 async def purge_queue(endpoint_id: str, request: Request) -> dict[str, Any]:
     registry = _registry(request)
-    queued = [r for r in registry.jobs.values() if r.status == "IN_QUEUE"]
+    queued = [r for r in registry.of_tenant(tenant_of(request)) if r.status == "IN_QUEUE"]
     for record in queued:
         registry.cancel(record)
     return {"removed": len(queued), "status": "completed"}
 
 
-@router.get("/health", summary="Job and worker counts")
+@router.get("/health", summary="Your jobs' counts, and the server's workers")
 async def health(endpoint_id: str, request: Request) -> dict[str, Any]:
     runner = request.app.state.runner
     running = runner.running
     return {
-        "jobs": _registry(request).counts(),
+        "jobs": _registry(request).counts(tenant_of(request)),
         "workers": {"idle": max(0, runner.max_concurrent_jobs - running), "running": running,
                     "initializing": 0, "ready": runner.max_concurrent_jobs, "throttled": 0, "unhealthy": 0},
     }

@@ -16,9 +16,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fish_worker.jobs import RESULT_ROUTE_KEY
-from fish_worker.server.auth import require_api_key
+from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.errors import job_error_status
 from fish_worker.server.gate import GatedRunner, new_job_id
+from fish_worker.tenancy import TENANT_KEY
 
 router = APIRouter(tags=["seed API"], dependencies=[Depends(require_api_key)])
 
@@ -37,8 +38,10 @@ def error_response(job_id: str | None, status: int, message: str) -> JSONRespons
 async def run(body: RunRequest, request: Request):
     runner: GatedRunner = request.app.state.runner
     job_id = new_job_id()
+    tenant = tenant_of(request)
+    admission = runner.admit(tenant)  # 429 when the server or this tenant has too many jobs
     # No RunPod result limit here: this server answers directly, whatever the size.
-    chunks = runner.run({"id": job_id, "input": body.input, RESULT_ROUTE_KEY: None})
+    chunks = runner.run({"id": job_id, TENANT_KEY: tenant, "input": body.input, RESULT_ROUTE_KEY: None}, admission)
     first = await anext(chunks, None)
     if first is None:
         return error_response(job_id, 500, "internal error: the job produced no output")
