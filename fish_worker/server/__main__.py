@@ -14,11 +14,10 @@ from collections.abc import Callable
 
 import uvicorn
 
-from fish_worker.server.app import create_app
+# Only light imports here: the port opens before torch and the models load (in app_builder's thread).
 from fish_worker.server.config import ServerSettings
 from fish_worker.server.health import ASGIApp, LoadingApp, PingApp, Readiness
 from fish_worker.settings import Settings, get_settings
-from fish_worker.worker import build_runner, configure_logging
 
 log = logging.getLogger("fish_worker.server")
 
@@ -55,12 +54,18 @@ class LoadBalancingServer:
 
 
 def app_builder(settings: Settings, server_settings: ServerSettings) -> Callable[[], ASGIApp]:
-    return lambda: create_app(build_runner(settings), server_settings)
+    def build() -> ASGIApp:
+        from fish_worker.server.app import create_app
+        from fish_worker.worker import build_runner
+
+        return create_app(build_runner(settings), server_settings)
+
+    return build
 
 
 def main() -> None:
     settings, server_settings = get_settings(), ServerSettings()
-    configure_logging(settings.log_level)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not server_settings.key_set and not server_settings.auth_disabled:
         log.error("no API keys: set FISH_API_KEYS=key1,key2 (or FISH_AUTH_DISABLED=true to serve without auth)")
         sys.exit(2)
