@@ -156,6 +156,16 @@ class StreamSummary:
         return out
 
 
+def final_output(chunks: list[dict[str, Any]], streamed: bool) -> dict[str, Any] | None:
+    """A finished job's one result: its only chunk, or for a streamed job the summary of its chunks."""
+    if not streamed:
+        return chunks[0] if chunks else None
+    summary = StreamSummary()
+    for chunk in chunks:
+        summary.add(chunk)
+    return summary.output()
+
+
 class StreamedOutput:
     """The chunks of one streamed job: feed each sentence, then `finish()` for the stream's tail."""
 

@@ -14,7 +14,7 @@ from fish_worker.conversations import ConversationStoreError, make_conversation_
 from fish_worker.errors import JobInputError
 from fish_worker.job_output import (
     StreamedOutput,
-    StreamSummary,
+    final_output,
     result_too_large_error,
     whole_output,
     within_result_limit,
@@ -46,16 +46,13 @@ class JobRunner:
 
     async def result(self, job: dict[str, Any]) -> dict[str, Any]:
         """The job's one final result: the whole output, a streamed job's summary, or {"error": ...}."""
-        summary = StreamSummary()
-        outputs = []
+        chunks = []
         async for chunk in self.run(job):
             if "error" in chunk:
                 return {"error": str(chunk["error"])}
-            summary.add(chunk)
-            outputs.append(chunk)
-        if isinstance(job.get("input"), dict) and job["input"].get("stream") is True:
-            return summary.output()
-        return outputs[0] if outputs else {"error": "internal error: the job produced no output"}
+            chunks.append(chunk)
+        streamed = isinstance(job.get("input"), dict) and job["input"].get("stream") is True
+        return final_output(chunks, streamed) or {"error": "internal error: the job produced no output"}
 
     def _check_result_fits(self, request: JobInput, route: str | None) -> None:
         settings = self.service.settings
