@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import random
 
 import pytest
 import runpod
@@ -123,3 +124,55 @@ def test_local_run_shows_what_the_platform_stores(job_input, expected):
 
 def test_body_bytes_is_the_utf8_json_size():
     assert body_bytes({"output": "é"}) == len('{"output": "é"}'.encode())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seed", range(3))
+def test_many_concurrent_jobs_in_random_order_each_end_once_with_their_own_chunks(seed):
+    rng = random.Random(seed)
+
+    async def whole(job):
+        await asyncio.sleep(rng.random() / 100)
+        if job["input"]["fail"]:
+            raise RuntimeError("boom")  # the SDK's run_job turns it into an error result
+        return {"text": job["id"], "audio": [0.1]}
+
+    async def streamed(job):
+        for i in range(job["input"]["chunks"]):
+            await asyncio.sleep(rng.random() / 100)
+            if job["input"]["fail"] and i == 1:
+                yield {"error": f"failed {job['id']}"}
+                return
+            yield {"text": f"{job['id']}:{i}", "audio": [0.0], "duration_s": 0.25, "seed": 1}
+
+    adapter = QueueJobHandler(whole=whole, streamed=streamed)
+    jobs = [{"id": f"j{n}", "input": {"stream": rng.random() < 0.5, "fail": rng.random() < 0.2,
+                                      "chunks": rng.randint(2, 5)}} for n in range(60)]
+    posts: dict[str, list] = {job["id"]: [] for job in jobs}
+
+    async def run_one(job):
+        async def post_stream(body):
+            posts[job["id"]].append(("stream", body))
+
+        async def post_done(body, is_stream):
+            posts[job["id"]].append(("done", body))
+
+        await adapter.process(job, post_stream, post_done)
+
+    async def run_all():
+        await asyncio.gather(*(run_one(job) for job in jobs))
+
+    asyncio.run(run_all())
+    for job in jobs:
+        kinds = [kind for kind, _ in posts[job["id"]]]
+        assert kinds.count("done") == 1 and kinds[-1] == "done", job  # exactly one end, and last
+        done = posts[job["id"]][-1][1]
+        chunks = [body["output"] for kind, body in posts[job["id"]] if kind == "stream"]
+        assert all(c["text"].startswith(job["id"] + ":") for c in chunks)  # never another job's chunk
+        if job["input"]["fail"]:
+            assert "error" in done and (len(chunks) == (1 if job["input"]["stream"] else 0))
+        elif job["input"]["stream"]:
+            assert done == {"output": {"text": " ".join(c["text"] for c in chunks), "chunks": job["input"]["chunks"],
+                                       "duration_s": 0.25 * job["input"]["chunks"], "seed": 1}}
+        else:
+            assert done == {"output": {"text": job["id"], "audio": [0.1]}} and chunks == []
