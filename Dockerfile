@@ -18,6 +18,7 @@ COPY scripts/setup_env.sh scripts/setup_env.sh
 RUN TORCH_SPEC=torch==2.8.0 TORCHAUDIO_SPEC=torchaudio==2.8.0 WITH_DEV=0 bash scripts/setup_env.sh
 
 COPY handler.py test_input.json ./
+COPY scripts/start.sh scripts/start.sh
 COPY fish_worker fish_worker
 
 # Optional: bake openaudio-s1-mini into the image (gated on Hugging Face: needs a token secret).
@@ -28,7 +29,11 @@ RUN --mount=type=secret,id=hf_token,required=false \
         python -m fish_worker.download; \
     fi
 
-# Baked weights win when present; otherwise the network volume.
+# Baked weights win when present (scripts/start.sh); otherwise the network volume.
+# FISH_SERVE=queue (default): RunPod queue worker. FISH_SERVE=http: load-balancing endpoint / own server,
+# listening on PORT (default 8000) with GET /ping on PORT_HEALTH (docs/runpod.md).
 ENV FISH_CHECKPOINT_DIR=/runpod-volume/checkpoints/openaudio-s1-mini \
-    FISH_WARMUP=true
-CMD ["sh", "-c", "[ -f /app/checkpoints/openaudio-s1-mini/model.pth ] && export FISH_CHECKPOINT_DIR=/app/checkpoints/openaudio-s1-mini; exec python -u handler.py"]
+    FISH_WARMUP=true \
+    FISH_SERVE=queue
+EXPOSE 8000
+CMD ["sh", "/app/scripts/start.sh"]

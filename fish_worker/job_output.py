@@ -43,6 +43,40 @@ def whole_output(chunks: list[SpeechChunk], fmt: str) -> dict[str, Any]:
     return out
 
 
+# Pre-synthesis size estimate (`result_too_large_error`): speech rarely goes faster than this, so
+# text/rate is a floor on the audio's length, and the frames budget (max_tokens per sentence) a ceiling.
+FAST_SPEECH_CHARS_PER_S = 20.0
+FRAME_SAMPLES = 2048  # one codec frame of the 44.1 kHz DAC codec (~46 ms)
+# JSON bytes per second of 44.1 kHz speech in each format, at the low end of what was measured
+# (bench/result_sizes.py; docs/runpod.md): a result estimated over the limit surely is.
+_LOW_BYTES_PER_SECOND: dict[str, float] = {
+    "float": MODEL_SAMPLE_RATE * 7.0,  # rounded floats, "0.01234, " ~9 bytes; quiet samples fewer
+    "pcm16": MODEL_SAMPLE_RATE * 2 * 4 / 3,  # base64 of 16-bit samples
+    "wav": MODEL_SAMPLE_RATE * 2 * 4 / 3,
+    "flac": MODEL_SAMPLE_RATE * 2 * 4 / 3 * 0.4,  # lossless speech: ~40-60% of PCM
+    "mp3": 128_000 / 8 * 4 / 3,
+    "opus": 24_000 / 8 * 4 / 3,
+}
+
+
+def estimated_result_bytes(text: str, frames_budget: int, fmt: str) -> int:
+    """A low estimate of a whole result's JSON size, from the text and the frames budget."""
+    seconds = min(len(text.strip()) / FAST_SPEECH_CHARS_PER_S, frames_budget * FRAME_SAMPLES / MODEL_SAMPLE_RATE)
+    return int(seconds * _LOW_BYTES_PER_SECOND[fmt])
+
+
+def result_too_large_error(text: str, frames_budget: int, fmt: str, settings: Settings,
+                           route: str | None) -> ResultTooLargeError | None:
+    """The error to fail with before any synthesis when the result can be seen not to fit `route`.
+
+    None when it may fit, when there is no limit (route None), or when S3 takes what does not fit.
+    """
+    if route is None or settings.s3_bucket:
+        return None
+    estimate, limit = estimated_result_bytes(text, frames_budget, fmt), result_limit_bytes(route)
+    return ResultTooLargeError(estimate, limit, route, estimated=True) if estimate > limit else None
+
+
 def within_result_limit(output: dict[str, Any], settings: Settings, route: str | None = "run") -> dict[str, Any]:
     """`output` as is when it fits `route`'s limit (None: no limit), else uploaded to S3.
 
@@ -91,6 +125,45 @@ def uploader_from_settings(settings: Settings) -> S3Uploader | None:
         region_name=settings.s3_region or None,
         url_expiry_s=settings.s3_url_expiry_s,
     )
+
+
+class StreamSummary:
+    """What a streamed job's final result says once its chunks have gone out: never the audio again."""
+
+    def __init__(self) -> None:
+        self._texts: list[str] = []
+        self._deltas: list[str] = []
+        self.duration_s = 0.0
+        self.chunks = 0
+        self.seed: int | None = None
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self.chunks += 1
+        if chunk.get("text_delta"):
+            self._deltas.append(chunk["text_delta"])
+        if chunk.get("text"):
+            self._texts.append(chunk["text"])
+        self.duration_s += chunk.get("duration_s") or 0.0
+        if self.seed is None and chunk.get("seed") is not None:
+            self.seed = chunk["seed"]
+
+    def output(self) -> dict[str, Any]:
+        # Chat mode: the reply as written (its deltas); else the spoken sentences, as whole results join them.
+        text = "".join(self._deltas) if self._deltas else " ".join(self._texts)
+        out: dict[str, Any] = {"text": text, "duration_s": round(self.duration_s, 3), "chunks": self.chunks}
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+
+def final_output(chunks: list[dict[str, Any]], streamed: bool) -> dict[str, Any] | None:
+    """A finished job's one result: its only chunk, or for a streamed job the summary of its chunks."""
+    if not streamed:
+        return chunks[0] if chunks else None
+    summary = StreamSummary()
+    for chunk in chunks:
+        summary.add(chunk)
+    return summary.output()
 
 
 class StreamedOutput:

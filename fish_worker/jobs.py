@@ -12,11 +12,18 @@ from fish_worker.audio.formats import ResultTooLargeError
 from fish_worker.conversation_service import CONVERSATION_ACTIONS, ConversationService, is_conversation_action
 from fish_worker.conversations import ConversationStoreError, make_conversation_store
 from fish_worker.errors import JobInputError
-from fish_worker.job_output import StreamedOutput, whole_output, within_result_limit
-from fish_worker.schemas import parse_job_input
+from fish_worker.job_output import (
+    StreamedOutput,
+    final_output,
+    result_too_large_error,
+    whole_output,
+    within_result_limit,
+)
+from fish_worker.schemas import JobInput, parse_job_input
 from fish_worker.service import SpeechChunk, TTSService
 from fish_worker.spoken_reply import TextDelta
 from fish_worker.tenancy import TENANT_KEY, validate_tenant
+from fish_worker.text.sentences import split_sentences
 from fish_worker.threaded import iterate_in_thread
 from fish_worker.voice_actions import VOICE_ACTIONS, is_voice_action, run_voice_action
 
@@ -38,6 +45,23 @@ class JobRunner:
         self.conversations = conversations or ConversationService(service, make_conversation_store(
             None, service.settings.conversation_ttl_s, service.settings.max_conversations))
 
+    async def result(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job's one final result: the whole output, a streamed job's summary, or {"error": ...}."""
+        chunks = []
+        async for chunk in self.run(job):
+            if "error" in chunk:
+                return {"error": str(chunk["error"])}
+            chunks.append(chunk)
+        streamed = isinstance(job.get("input"), dict) and job["input"].get("stream") is True
+        return final_output(chunks, streamed) or {"error": "internal error: the job produced no output"}
+
+    def _check_result_fits(self, request: JobInput, route: str | None) -> None:
+        settings = self.service.settings
+        frames_budget = request.max_tokens * len(split_sentences(request.message, settings.sentence_max_chars))
+        error = result_too_large_error(request.message, frames_budget, request.audio_format, settings, route)
+        if error is not None:
+            raise error
+
     async def run(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield output chunks; a yielded {"error": "..."} marks the job FAILED (the worker goes on)."""
         job_id = job.get("id", "?")
@@ -56,6 +80,8 @@ class JobRunner:
                                     + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS))
             request = parse_job_input(job.get("input"))
             mode = conversations.mode(request)
+            if mode == "tts" and not request.stream:  # fail now, not after minutes of work
+                self._check_result_fits(request, job.get(RESULT_ROUTE_KEY, "run"))
             if mode == "chat" or request.conversation_id:
                 speech = lambda stop: conversations.turn(request, mode, stop)  # noqa: E731
             else:

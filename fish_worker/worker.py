@@ -85,23 +85,21 @@ def _local_test_job(argv: list[str]) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def queue_job_handler(runner: JobRunner):
+    """The per-job adapter between our JobRunner and runpod's worker loop (fish_worker/runpod_adapter.py)."""
+    from fish_worker.runpod_adapter import QueueJobHandler
+
+    return QueueJobHandler(whole=runner.result, streamed=runner.run)
+
+
 async def run_local_job(runner: JobRunner, job: dict[str, Any]) -> dict[str, Any]:
-    """What the platform would store for this job, computed with runpod's own generator runner.
+    """What the platform would store for this job, through the same per-job code as the worker loop.
 
-    runpod's `--test_input` mode does not iterate generator handlers (it prints the generator
-    object), so the worker runs the job itself through the SDK's `run_job_generator`.
+    runpod's own `--test_input` mode does not iterate generators; ours is the queue's path exactly.
     """
-    from runpod.serverless.modules.rp_job import run_job_generator
+    from fish_worker.runpod_adapter import run_local
 
-    job.setdefault("id", "local_test")
-    outputs = []
-    async for partial in run_job_generator(runner.run, job):
-        output = partial.get("output")
-        error = partial.get("error") or (output.get("error") if isinstance(output, dict) else None)
-        if error:
-            return {"error": str(error)}
-        outputs.append(output)
-    return {"output": outputs[0] if len(outputs) == 1 and not job["input"].get("stream") else outputs}
+    return await run_local(queue_job_handler(runner), job)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,6 +120,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import runpod
 
+    from fish_worker.runpod_adapter import install
+
+    # Each job is reported per its own `stream` flag (one result object, or chunks and a summary).
+    install(queue_job_handler(runner))
     # Several jobs at once: the handler is async and their decoding steps are batched (engine/batching.py).
-    runpod.serverless.start({"handler": runner.run, "return_aggregate_stream": True,
+    # The plain `runner.result` is what the SDK's own modes (--rp_serve_api) call.
+    runpod.serverless.start({"handler": runner.result,
                              "concurrency_modifier": lambda current: settings.max_concurrency})

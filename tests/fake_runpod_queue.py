@@ -1,5 +1,10 @@
 """A stand-in for RunPod's job queue (a true boundary): the HTTP endpoints runpod's worker loop
-polls and posts to, recording what the platform would receive."""
+polls and posts to, recording what the platform would receive.
+
+Like the platform, it refuses (413) a job-stream POST over 1 MB and a job-done POST over the
+route's result limit (10 MB for /run, 20 MB for /runsync: `runsync_ids` names the jobs sent there).
+A refused job-done still ends the job here (in `rejected`), so a test fails at once, not by timeout.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,23 @@ import re
 import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
+
+
+STREAM_CHUNK_LIMIT = 1_000_000
+RESULT_LIMITS = {"run": 10_000_000, "runsync": 20_000_000}
 
 
 class FakeJobQueue:
-    def __init__(self, jobs: list[dict]):
+    def __init__(self, jobs: list[dict], runsync_ids: frozenset[str] = frozenset()):
         self.pending = deque(jobs)
+        self.runsync_ids = runsync_ids
         self.done: dict[str, dict] = {}  # job id -> body posted to job-done
+        self.done_posts: dict[str, int] = {}  # job id -> how many job-done POSTs arrived
+        self.done_query: dict[str, dict] = {}  # job id -> query of the job-done POST (isStream)
         self.streamed: dict[str, list] = {}  # job id -> outputs posted to job-stream, in order
+        self.sizes: dict[str, list[tuple[str, int]]] = {}  # job id -> (kind, body bytes) of every POST
+        self.rejected: dict[str, list[tuple[str, int]]] = {}  # job id -> POSTs refused for their size
         self.finished = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -46,7 +60,15 @@ class FakeJobQueue:
 
     def wait_for(self, count: int, timeout: float) -> bool:
         with self.finished:
-            return self.finished.wait_for(lambda: len(self.done) >= count, timeout)
+            return self.finished.wait_for(lambda: len(self.done) + len(self._refused_done()) >= count, timeout)
+
+    def _refused_done(self) -> set[str]:
+        return {job_id for job_id, posts in self.rejected.items() if any(k == "job-done" for k, _ in posts)}
+
+    def limit(self, kind: str, job_id: str) -> int:
+        if kind == "job-stream":
+            return STREAM_CHUNK_LIMIT
+        return RESULT_LIMITS["runsync" if job_id in self.runsync_ids else "run"]
 
     def _handler_class(self):
         queue = self
@@ -75,14 +97,24 @@ class FakeJobQueue:
                 return self._reply(200, job) if job else self._reply(204)
 
             def do_POST(self):
-                parts = urlparse(self.path).path.strip("/").split("/")
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
+                url = urlparse(self.path)
+                parts = url.path.strip("/").split("/")
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 kind, job_id = parts[0], parts[-1]
+                with queue.finished:
+                    queue.sizes.setdefault(job_id, []).append((kind, len(raw)))
+                    if len(raw) > queue.limit(kind, job_id):
+                        queue.rejected.setdefault(job_id, []).append((kind, len(raw)))
+                        queue.finished.notify_all()
+                        return self._reply(413, {"error": "payload too large"})
+                body = json.loads(raw or b"null")
                 if kind == "job-stream":
                     queue.streamed.setdefault(job_id, []).append(body["output"])
                 elif kind == "job-done":
                     with queue.finished:
                         queue.done[job_id] = body
+                        queue.done_posts[job_id] = queue.done_posts.get(job_id, 0) + 1
+                        queue.done_query[job_id] = dict(parse_qsl(url.query))
                         queue.finished.notify_all()
                 self._reply(200, {})
 

@@ -85,7 +85,14 @@ def join_stream(payloads):
 def test_float_is_a_clipped_list_with_nan_as_silence():
     out = encode_audio(np.array([0.25, np.nan, 1.5, -2.0, -0.5], dtype=np.float32), "float")
     assert out == [0.25, 0.0, 1.0, -1.0, -0.5]
-    assert encode_audio(AUDIO, "float") == AUDIO.tolist()
+    assert encode_audio(AUDIO, "float") == np.round(AUDIO.astype(np.float64), 5).tolist()
+
+
+def test_float_samples_are_rounded_to_five_decimals_and_print_short():
+    out = encode_audio(np.array([0.123456789, -0.000012345, 1e-7, -0.99999999], dtype=np.float32), "float")
+    assert out == [0.12346, -1e-05, 0.0, -1.0]
+    noise = np.random.default_rng(0).uniform(-1, 1, 10_000).astype(np.float32)
+    assert json_size(encode_audio(noise, "float")) <= 10 * 10_000  # "-0.12345, ": at most 10 bytes a sample
 
 
 def test_pcm16_is_little_endian_int16_within_one_lsb():
@@ -238,9 +245,9 @@ def test_split_base64_payload_pieces_fit_and_rejoin():
 
 
 def test_split_float_payload_pieces_fit_and_rejoin():
-    # Small negative values have the longest JSON text ("-0.00012345678901234567").
+    # Negative values with 5 significant decimals have the longest JSON text ("-0.12345").
     rng = np.random.default_rng(2)
-    worst = (-rng.uniform(1e-4, 1e-3, 100_000)).astype(np.float32).tolist()
+    worst = np.round(-rng.uniform(0.1, 0.9, 100_000), 5).tolist()
     pieces = split_payload(worst, max_json_bytes=200_000)
     assert len(pieces) > 1
     assert all(json_size(p) <= 200_000 for p in pieces)
@@ -254,7 +261,7 @@ def test_max_samples_per_chunk_keeps_full_scale_noise_under_the_chunk_limit(fmt)
     n = max_samples_per_chunk(fmt, max_json_bytes=limit)
     noise = np.random.default_rng(3).uniform(-1, 1, 3 * n).astype(np.float32)
     if fmt == "float":
-        noise = -np.abs(noise) * 1e-3  # longest JSON per sample
+        noise = -np.abs(noise) * 0.9 - 0.1  # longest JSON per sample ("-0.12345")
     encoder = StreamEncoder(fmt)
     payloads = [encoder.feed(noise[i : i + n]) for i in range(0, len(noise), n)] + [encoder.close()]
     assert max(json_size(p) for p in payloads) <= limit

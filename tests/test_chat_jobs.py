@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import wav_b64
+from fish_worker.audio.formats import encode_audio
 from fish_worker.chat.llm import ChatModel
 from fish_worker.conversation_service import ConversationService
 from fish_worker.conversations import ConversationStoreError, MemoryConversationStore, RedisConversationStore
@@ -61,7 +62,7 @@ def expected_audio(service, text: str, seed: int, voice: VoicePrompt | None, fra
     """What speaking `text` in `voice` with this seed sounds like, straight from the TTS service."""
     request = JobInput(message=text, seed=seed, max_tokens=frames)
     chunks = list(service.synthesize(request, voice=voice))
-    return np.concatenate([c.audio for c in chunks]).tolist()
+    return encode_audio(np.concatenate([c.audio for c in chunks]), "float")  # as a float result carries it
 
 
 def reference_prompt(service, reference: str, text: str) -> VoicePrompt:

@@ -93,8 +93,11 @@ def test_handler_test_input_runs_the_job_for_real(tiny_checkpoint):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     printed = json.loads(result.stdout.strip().splitlines()[-1])
-    assert [c["text"] for c in printed["output"]] == ["One. Two sentences here."]
-    assert len(printed["output"][0]["audio"]) == 3 * 2048
+    # What RunPod stores for a streamed job: the chunks (/stream) and a summary as `output` (/status).
+    assert [c["output"]["text"] for c in printed["stream"]] == ["One. Two sentences here."]
+    assert len(printed["stream"][0]["output"]["audio"]) == 3 * 2048
+    assert printed["output"] == {"text": "One. Two sentences here.", "duration_s": round(3 * 2048 / 44100, 3),
+                                 "chunks": 1, "seed": 1}
 
 
 def test_worker_tries_to_download_a_missing_checkpoint_when_given_a_token(tmp_path):

@@ -162,7 +162,8 @@ def test_runpod_run_status_stream_and_health(app):
 
     streamed, status, health = scenario(app, steps)
     assert [c["text"] for c in streamed] == ["Hello there.", "How are you?"]
-    assert status["status"] == "COMPLETED" and status["output"] == streamed  # aggregate of the stream
+    assert status["status"] == "COMPLETED" and status["output"]["chunks"] == len(streamed)  # a summary, no audio
+    assert status["output"]["text"] == JOB["message"] and "audio" not in status["output"]
     assert status["executionTime"] >= 0 and status["delayTime"] >= 0
     assert health["jobs"]["completed"] >= 1 and health["workers"]["idle"] == 4  # FISH_MAX_CONCURRENCY slots, none busy
 
@@ -175,7 +176,7 @@ def test_runpod_runsync_and_failures(app):
         return done, failed, missing
 
     done, failed, missing = scenario(app, steps)
-    assert done["status"] == "COMPLETED" and done["output"][0]["text"] == JOB["message"]
+    assert done["status"] == "COMPLETED" and done["output"]["text"] == JOB["message"]
     assert failed["status"] == "FAILED" and failed["error"].startswith("message:")
     assert missing.status_code == 404
 

@@ -85,9 +85,13 @@ STREAM_CHUNK_LIMIT_BYTES = 1_000_000
 RESULT_LIMIT_BYTES: dict[str, int] = {"run": 10_000_000, "runsync": 20_000_000}
 # Room left in a streamed chunk for the fields around `audio` (audio_format, sample_rate, index...).
 STREAM_ENVELOPE_ALLOWANCE_BYTES = 4_096
-# Longest JSON text of one float32 sample as a Python float, e.g. "-0.00012345678901234567" (23)
-# or "-1.2345678901234567e-05" (23), plus the ", " separator json.dumps puts between items.
-_MAX_JSON_BYTES_PER_FLOAT = 25
+# "float" audio is rounded to this many decimals: a step of 1e-5 (about -100 dBFS, finer than 16-bit
+# PCM's 3e-5), and JSON text of at most 8 characters per sample ("-0.12345") instead of ~20 for the
+# raw float32 value, so a whole float result holds ~2.5x more seconds within RunPod's limits.
+FLOAT_DECIMALS = 5
+# Longest JSON text of one rounded sample ("-0.12345"), plus the ", " separator json.dumps puts
+# between items (RunPod's SDK serializes results with json.dumps' default separators).
+_MAX_JSON_BYTES_PER_FLOAT = 10
 
 Payload = Union[str, list[float]]
 
@@ -180,10 +184,15 @@ def encode_audio_bytes(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_R
     return buffer.getvalue()
 
 
+def float_list(samples: Any) -> list[float]:
+    """The "float" payload: clean samples rounded to FLOAT_DECIMALS (in float64, so each prints short)."""
+    return np.round(clean_samples(samples).astype(np.float64), FLOAT_DECIMALS).tolist()
+
+
 def encode_audio(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_RATE) -> Payload:
     """Whole clip as the `audio` field: a list of floats for "float", else base64 of the file."""
     if validate_audio_format(fmt) == "float":
-        return clean_samples(samples).tolist()
+        return float_list(samples)
     return _b64(encode_audio_bytes(samples, fmt, sample_rate))
 
 
@@ -230,7 +239,7 @@ class StreamEncoder:
     def feed(self, samples: Any) -> Payload:
         if self.audio_format == "float":
             self._check_open()
-            return clean_samples(samples).tolist()
+            return float_list(samples)
         return _b64(self.feed_bytes(samples))
 
     def close(self) -> Payload:
@@ -366,10 +375,11 @@ def _b64(data: bytes) -> str:
 class ResultTooLargeError(ValueError):
     """A job result is over what RunPod accepts for the route."""
 
-    def __init__(self, size: int, limit: int, route: str) -> None:
-        self.size, self.limit, self.route = size, limit, route
+    def __init__(self, size: int, limit: int, route: str, estimated: bool = False) -> None:
+        self.size, self.limit, self.route, self.estimated = size, limit, route, estimated
+        what = f"result would be at least {size / 1e6:.1f} MB" if estimated else f"result is {size / 1e6:.1f} MB"
         super().__init__(
-            f"result is {size / 1e6:.1f} MB, over RunPod's ~{limit / 1e6:.0f} MB limit for /{route}; "
+            f"{what}, over RunPod's ~{limit / 1e6:.0f} MB limit for /{route}; "
             "ask for a compressed audio_format (mp3, opus, flac), use streaming, "
             "or configure an S3 bucket for large results"
         )
@@ -423,7 +433,7 @@ def max_samples_per_chunk(
 ) -> int:
     """How many input samples one streamed chunk may hold and stay under `max_json_bytes`.
 
-    Worst case per format: 25 JSON bytes per float; 2 bytes of PCM per sample (WAV adds its
+    Worst case per format: 10 JSON bytes per rounded float; 2 bytes of PCM per sample (WAV adds its
     44-byte header once) for pcm16/wav/flac (FLAC never stores more than verbatim PCM plus
     frame headers); MP3 at 128 kbit/s and Opus are far below that, so PCM's bound covers them.
     Base64 costs 4/3.

@@ -1,36 +1,78 @@
-"""`python -m fish_worker.server`: load the models once, then serve them over HTTP with uvicorn."""
+"""`python -m fish_worker.server`: serve over HTTP, e.g. as a RunPod load-balancing worker.
+
+The port opens at once and answers `GET /ping` (204 while the models load, 200 once ready, 503
+if loading failed; fish_worker/server/health.py); the models load in a background thread. With
+PORT_HEALTH different from PORT, /ping is (also) served on a second, tiny server on PORT_HEALTH.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
-from fish_worker.engine.checkpoint import CheckpointError
-from fish_worker.server.app import create_app
+# Only light imports here: the port opens before torch and the models load (in app_builder's thread).
 from fish_worker.server.config import ServerSettings
+from fish_worker.server.health import ASGIApp, LoadingApp, PingApp, Readiness
 from fish_worker.server.protocol import uvicorn_options
-from fish_worker.settings import get_settings
-from fish_worker.worker import build_runner, configure_logging
+from fish_worker.settings import Settings, get_settings
 
 log = logging.getLogger("fish_worker.server")
 
 
+class LoadBalancingServer:
+    """The API on PORT (with /ping), plus a /ping-only server on PORT_HEALTH when that differs."""
+
+    def __init__(self, build: Callable[[], ASGIApp], server_settings: ServerSettings, log_level: str = "info"):
+        self.build = build
+        self.readiness = Readiness()
+        host, port = server_settings.host, server_settings.port
+        # Header/body timeouts and size limits: a slow or hostile client is dropped (protocol.py).
+        configs = [uvicorn.Config(LoadingApp(self.readiness), host=host, port=port, lifespan="off",
+                                  log_level=log_level, **uvicorn_options(server_settings))]
+        health_port = server_settings.port_health
+        if health_port is not None and health_port != port:
+            configs.append(uvicorn.Config(PingApp(self.readiness), host=host, port=health_port, lifespan="off",
+                                          log_level=log_level, access_log=False))
+        self.servers = [uvicorn.Server(config) for config in configs]
+
+    async def serve(self) -> None:
+        """Open the port(s) now, build the app (load the models) meanwhile, serve until stopped."""
+        running = [asyncio.create_task(server.serve()) for server in self.servers]
+        loading = asyncio.create_task(self.readiness.load(self.build))
+        # One server stopping (a signal reaches only the one whose handler was set last) stops both.
+        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        self.stop()
+        await asyncio.gather(*running, return_exceptions=True)
+        loading.cancel()
+
+    def stop(self) -> None:
+        """Ask every server to finish (safe from another thread: uvicorn polls the flag)."""
+        for server in self.servers:
+            server.should_exit = True
+
+
+def app_builder(settings: Settings, server_settings: ServerSettings) -> Callable[[], ASGIApp]:
+    def build() -> ASGIApp:
+        from fish_worker.server.app import create_app
+        from fish_worker.worker import build_runner
+
+        return create_app(build_runner(settings), server_settings)
+
+    return build
+
+
 def main() -> None:
     settings, server_settings = get_settings(), ServerSettings()
-    configure_logging(settings.log_level)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not server_settings.key_set and not server_settings.auth_disabled:
         log.error("no API keys: set FISH_API_KEYS=key1,key2 (or FISH_AUTH_DISABLED=true to serve without auth)")
         sys.exit(2)
-    try:
-        runner = build_runner(settings)
-    except CheckpointError as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(2)
-    app = create_app(runner, server_settings)
-    uvicorn.run(app, host=server_settings.host, port=server_settings.port, log_level=settings.log_level.lower(),
-                **uvicorn_options(server_settings))
+    server = LoadBalancingServer(app_builder(settings, server_settings), server_settings, settings.log_level.lower())
+    asyncio.run(server.serve())
 
 
 if __name__ == "__main__":

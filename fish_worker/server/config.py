@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fish_worker.tenancy import TENANT_PATTERN
@@ -22,7 +22,9 @@ class ServerSettings(BaseSettings):
     auth_disabled: bool = False  # the only way to serve without keys: it has to be said explicitly
     enable_docs: bool = False  # /docs, /redoc and /openapi.json
     host: str = "0.0.0.0"
-    port: int = Field(8000, ge=1, le=65535)
+    # PORT / PORT_HEALTH: what RunPod load-balancing endpoints set. Health unset: /ping on `port`.
+    port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "FISH_PORT"))
+    port_health: int | None = Field(None, ge=1, le=65535, validation_alias=AliasChoices("PORT_HEALTH", "FISH_PORT_HEALTH"))
     # Jobs generating at once, across all doors; unset: the worker's FISH_MAX_CONCURRENCY, so the
     # server batches concurrent jobs exactly like a RunPod worker does.
     max_concurrent_jobs: int | None = Field(None, ge=1)

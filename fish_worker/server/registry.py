@@ -1,7 +1,7 @@
 """Jobs of the RunPod-style door (/v2): queued, run in the background, polled, streamed, cancelled.
 
-Like a generator worker deployed with return_aggregate_stream, a finished job's `output` is the
-list of all its chunks, and `stream` hands out each chunk once.
+As on this worker's RunPod queue endpoints (fish_worker/runpod_adapter.py), a finished job's
+`output` is its result object, or for a streamed job a summary; `stream` hands out each chunk once.
 
 Each job belongs to the tenant that submitted it: to any other tenant it does not exist (lookups
 answer None, so the door answers 404 and ids never leak). Finished jobs are kept for `ttl_s`, and
@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from fish_worker.job_output import final_output
 from fish_worker.jobs import RESULT_ROUTE_KEY
 from fish_worker.server.gate import Admission, GatedRunner, new_job_id
 from fish_worker.tenancy import TENANT_KEY
@@ -30,6 +31,7 @@ class JobRecord:
     chunks: list[Any] = field(default_factory=list)
     error: str | None = None
     streamed: int = 0  # chunks already handed out by /stream
+    stream: bool = False  # the job asked for `stream: true`: its output is a summary of the chunks
     submitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     finished_at: float | None = None
@@ -44,7 +46,7 @@ class JobRecord:
         if self.finished_at is not None and self.started_at is not None:
             out["executionTime"] = round((self.finished_at - self.started_at) * 1000)
         if self.status == "COMPLETED":
-            out["output"] = self.chunks
+            out["output"] = final_output(self.chunks, self.stream)
         if self.error is not None:
             out["error"] = self.error
         return out
@@ -71,7 +73,8 @@ class JobRegistry:
         """Queue a job of `tenant`; ApiError 429 when the server or the tenant has too many already."""
         self._forget_old()
         admission = self.runner.admit(tenant)
-        record = JobRecord(id=new_job_id(), tenant=tenant)
+        record = JobRecord(id=new_job_id(), tenant=tenant,
+                           stream=isinstance(job_input, dict) and job_input.get("stream") is True)
         self.jobs[record.id] = record
         job = {"id": record.id, TENANT_KEY: tenant, "input": job_input, RESULT_ROUTE_KEY: route}
         record.task = asyncio.create_task(self._run(record, job, admission), name=f"job-{record.id}")

@@ -1,14 +1,15 @@
 """The seed API's contract (../shared/seed-api.md): POST /run, answered in place.
 
 Plain: `{"id", "status": "success", "output": {...}}`. With `input.stream: true`: a streamed body
-of such objects, one JSON object per line (NDJSON), each parseable on its own. Errors:
+of such objects, one JSON object per line (NDJSON), each parseable on its own; or, when the client
+sends `Accept: text/event-stream`, the same objects as Server-Sent Events (`data: {...}`). Errors:
 `{"id", "status": "error", "error"}` with 400 (bad input), 401 (bad key), 500 (our fault).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -49,7 +50,10 @@ async def run(body: RunRequest, request: Request):
         await chunks.aclose()
         return error_response(job_id, job_error_status(str(first["error"])), str(first["error"]))
     if body.input.get("stream") is True:
-        return StreamingResponse(_ndjson(job_id, first, chunks), media_type="application/x-ndjson")
+        if wants_event_stream(request):  # the same objects as Server-Sent Events, one per `data:` line
+            return StreamingResponse(_encoded(_objects(job_id, first, chunks), _sse_event),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(_encoded(_objects(job_id, first, chunks), _line), media_type="application/x-ndjson")
     rest = [chunk async for chunk in chunks]  # a plain job has one chunk; drain to let the runner finish
     errors = [c for c in rest if "error" in c]
     if errors:
@@ -57,14 +61,29 @@ async def run(body: RunRequest, request: Request):
     return {"id": job_id, "status": "success", "output": first}
 
 
-async def _ndjson(job_id: str, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    yield _line({"id": job_id, "status": "success", "output": first})
+def wants_event_stream(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+async def _objects(job_id: str, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
+                   ) -> AsyncIterator[dict[str, Any]]:
+    yield {"id": job_id, "status": "success", "output": first}
     async for chunk in chunks:
         if "error" in chunk:  # the status line has gone out already: the error is the last object
-            yield _line({"id": job_id, "status": "error", "error": str(chunk["error"])})
+            yield {"id": job_id, "status": "error", "error": str(chunk["error"])}
             return
-        yield _line({"id": job_id, "status": "success", "output": chunk})
+        yield {"id": job_id, "status": "success", "output": chunk}
+
+
+async def _encoded(objects: AsyncIterator[dict[str, Any]], encode: Callable[[dict[str, Any]], bytes],
+                   ) -> AsyncIterator[bytes]:
+    async for obj in objects:
+        yield encode(obj)
 
 
 def _line(obj: dict[str, Any]) -> bytes:
     return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+
+
+def _sse_event(obj: dict[str, Any]) -> bytes:
+    return b"data: " + _line(obj) + b"\n"  # compact JSON has no newline: one data line per event

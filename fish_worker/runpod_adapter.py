@@ -1,0 +1,122 @@
+"""How our jobs map onto RunPod's job queue, through runpod 1.12.0's own worker loop.
+
+The SDK picks one way of reporting per *handler*: a generator's yields all go to job-stream and
+(with return_aggregate_stream) again, as one list, to job-done; a plain handler's return value is
+one job-done. Our API needs the choice per *job*:
+
+    no `stream`      one job-done POST whose `output` is the whole result object (no job-stream POST)
+    `stream: true`   one job-stream POST per chunk (each <= 1 MB), then a small job-done summary
+                     ({text, duration_s, chunks, seed}); the audio is never sent twice
+
+So this module replaces the SDK's per-job function (`rp_scale.handle_job`, which `JobScaler` takes
+as its `jobs_handler`) with `QueueJobHandler`, built from the SDK's own pieces: `run_job` for whole
+results, `run_job_generator` + `stream_result` for chunks, `send_result` for the end.
+tests/test_runpod_adapter.py fails when those internals change under it (runpod is pinned).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runpod.serverless.modules import rp_scale
+from runpod.serverless.modules.rp_http import send_result, stream_result
+from runpod.serverless.modules.rp_job import run_job, run_job_generator
+
+from fish_worker.audio.formats import RESULT_LIMIT_BYTES, STREAM_CHUNK_LIMIT_BYTES
+from fish_worker.job_output import StreamSummary
+
+RUNPOD_VERSION = "1.12.0"
+
+PostStream = Callable[[dict[str, Any]], Awaitable[None]]
+PostDone = Callable[[dict[str, Any], bool], Awaitable[None]]
+
+
+def body_bytes(body: dict[str, Any]) -> int:
+    """Size of a POST body exactly as the SDK serializes it (rp_http._handle_result)."""
+    return len(json.dumps(body, ensure_ascii=False).encode("utf-8"))
+
+
+def wants_stream(job: dict[str, Any]) -> bool:
+    return isinstance(job.get("input"), dict) and job["input"].get("stream") is True
+
+
+@dataclass(frozen=True)
+class QueueJobHandler:
+    """One job, reported to the queue the way our API promises (see the module docstring)."""
+
+    whole: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]  # plain async: the one result
+    streamed: Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]  # async generator: the chunks
+    summary: Callable[[], StreamSummary] = StreamSummary
+    # A queue job cannot tell /run from /runsync, so a whole result must fit the smaller limit.
+    result_limit_bytes: int = RESULT_LIMIT_BYTES["run"]
+
+    async def __call__(self, session: Any, config: dict[str, Any], job: dict[str, Any]) -> None:
+        """rp_scale's jobs_handler signature: POST to the SDK's job-stream/job-done URLs."""
+        async def post_stream(body: dict[str, Any]) -> None:
+            await stream_result(session, body, job)
+
+        async def post_done(body: dict[str, Any], is_stream: bool) -> None:
+            if config.get("refresh_worker", False):
+                body["stopPod"] = True
+            await send_result(session, body, job, is_stream=is_stream)
+
+        await self.process(job, post_stream, post_done)
+
+    async def process(self, job: dict[str, Any], post_stream: PostStream, post_done: PostDone) -> None:
+        if not wants_stream(job):
+            result = await run_job(self.whole, job)  # the SDK's own: {"output": ...} or {"error": ...}
+            await post_done(self._bounded(result), False)
+            return
+        summary = self.summary()
+        result: dict[str, Any] | None = None
+        async for partial in run_job_generator(self.streamed, job):
+            error = partial.get("error") or _output_error(partial.get("output"))
+            if error:  # as the SDK does: an error chunk ends the job and is never streamed
+                result = {"error": str(error)}
+                break
+            body = {"output": partial["output"]}
+            if body_bytes(body) > STREAM_CHUNK_LIMIT_BYTES:  # never happens: StreamedOutput splits
+                result = {"error": f"internal error: a stream chunk is {body_bytes(body)} bytes, over 1 MB"}
+                break
+            await post_stream(body)
+            summary.add(partial["output"])
+        await post_done(result or {"output": summary.output()}, True)
+
+    def _bounded(self, result: dict[str, Any]) -> dict[str, Any]:
+        # within_result_limit keeps results under the limit; this guards against a platform rejection.
+        size = body_bytes(result)
+        if size <= self.result_limit_bytes:
+            return result
+        return {"error": f"internal error: result is {size / 1e6:.1f} MB, over RunPod's "
+                         f"{self.result_limit_bytes / 1e6:.0f} MB limit"}
+
+
+def _output_error(output: Any) -> Any:
+    return output.get("error") if isinstance(output, dict) else None
+
+
+def install(handler: QueueJobHandler) -> None:
+    """Make runpod's JobScaler run every job through `handler` (call before runpod.serverless.start)."""
+    rp_scale.handle_job = handler
+
+
+async def run_local(handler: QueueJobHandler, job: dict[str, Any]) -> dict[str, Any]:
+    """What the platform would store for `job`: the job-done body, plus `stream` for streamed jobs.
+
+    `stream` is what GET /stream/{id} hands out over the job's life: the job-stream bodies, in order.
+    """
+    streamed: list[dict[str, Any]] = []
+    done: dict[str, Any] = {}
+
+    async def post_stream(body: dict[str, Any]) -> None:
+        streamed.append(body)
+
+    async def post_done(body: dict[str, Any], is_stream: bool) -> None:
+        done.update(body)
+
+    job.setdefault("id", "local_test")
+    await handler.process(job, post_stream, post_done)
+    return {**done, "stream": streamed} if wants_stream(job) else done
