@@ -73,7 +73,7 @@ class JobRunner:
             if isinstance(job.get("input"), dict) and "action" in job["input"]:
                 raise JobInputError("action", f"unknown action {shown(job['input']['action'])}; one of: "
                                     + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS))
-            request = parse_job_input(job.get("input"))
+            request = parse_job_input(job.get("input"), self.service.settings)
             mode = self.conversations.mode(request)
             if mode == "chat" or request.conversation_id:
                 speech = lambda stop: self.conversations.turn(request, mode, stop)  # noqa: E731

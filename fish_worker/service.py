@@ -76,7 +76,7 @@ class TTSService:
         self.generator = generator
         self.codec = codec
         self.voice_cache = VoiceCodesCache(settings.reference_cache_size)
-        self.voices = VoiceStore(settings.voices_dir)
+        self.voices = VoiceStore(settings.voices_dir, settings.max_voices)
 
     @classmethod
     def load(cls, settings: Settings) -> "TTSService":
@@ -178,9 +178,8 @@ class TTSService:
             except PromptTooLongError as exc:
                 raise JobInputError("reference_audio" if reference else "message", str(exc)) from None
             frames_left -= len(frames)
-            if len(frames) == budget < request.max_tokens and not (stop is not None and stop.is_set()):
-                # cut by the job's limit, not the sentence's
-                raise self._frame_limit_error()
+            # Cut by the job's limit rather than the sentence's own: its audio still goes out, then the error.
+            cut = len(frames) == budget < request.max_tokens and not (stop is not None and stop.is_set())
             if not frames:
                 log.warning("sentence %d produced no audio frames", index)
                 continue
@@ -193,6 +192,8 @@ class TTSService:
             # The sentence's last chunk carries its codes (and the whole sentence, for conversations).
             yield SpeechChunk(index=index, text=sentence if parts == 0 else "", audio=audio,
                               sample_rate=self.sample_rate, seed=seed, codes=previous.codes, sentence=sentence)
+            if cut:
+                raise self._frame_limit_error()
 
     def _frame_limit_error(self) -> JobFrameLimitError:
         limit = self.settings.max_job_frames
