@@ -15,6 +15,7 @@ class FakeJobQueue:
     def __init__(self, jobs: list[dict]):
         self.pending = deque(jobs)
         self.done: dict[str, dict] = {}  # job id -> body posted to job-done
+        self.done_posts: dict[str, int] = {}  # job id -> how many times job-done was posted for it
         self.streamed: dict[str, list] = {}  # job id -> outputs posted to job-stream, in order
         self.finished = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -83,6 +84,7 @@ class FakeJobQueue:
                 elif kind == "job-done":
                     with queue.finished:
                         queue.done[job_id] = body
+                        queue.done_posts[job_id] = queue.done_posts.get(job_id, 0) + 1
                         queue.finished.notify_all()
                 self._reply(200, {})
 

@@ -18,6 +18,9 @@ JOBS = [
                                "seed": 2, "stream": True}},
     {"id": "bad", "input": {"message": "hi", "temperature": 3}},
     {"id": "after-bad", "input": {"message": "Still alive.", "max_tokens": 4, "seed": 3}},
+    # A lone surrogate (valid JSON "\\ud800") cannot be written back as UTF-8: refused before any work.
+    {"id": "surrogate", "input": {"message": "\ud800 hello.", "max_tokens": 4, "seed": 4}},
+    {"id": "after-surrogate", "input": {"message": "Alive again.", "max_tokens": 4, "seed": 5}},
 ]
 
 
@@ -60,3 +63,11 @@ def test_bad_input_fails_job_with_field_error(worker_results):
 def test_worker_keeps_serving_after_a_failed_job(worker_results):
     [output] = worker_results.done["after-bad"]["output"]
     assert output["text"] == "Still alive."
+
+
+def test_lone_surrogate_gets_exactly_one_error_and_the_worker_goes_on(worker_results):
+    assert worker_results.done["surrogate"] == {
+        "error": "message: contains invalid unicode (lone surrogate) at position 0"}
+    assert worker_results.done_posts["surrogate"] == 1 and "surrogate" not in worker_results.streamed
+    [output] = worker_results.done["after-surrogate"]["output"]
+    assert output["text"] == "Alive again."
