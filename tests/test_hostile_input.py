@@ -116,3 +116,28 @@ def test_job_frame_cap_bounds_the_whole_job(runner, service, monkeypatch):
     assert sum(len(c["audio"]) for c in streamed[:-1]) == 10 * 2048  # the audio up to the cap went out
     [fits] = run_job(runner, {**three, "message": "First one here. Second one here.", "max_tokens": 5})
     assert len(fits["audio"]) == 10 * 2048  # exactly at the cap, finished: no error
+
+
+def test_self_hosted_doors_answer_hostile_text_with_bounded_json_errors(runner):
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from fish_worker.server.app import create_app
+    from fish_worker.server.config import ServerSettings
+
+    client = TestClient(create_app(runner, ServerSettings(auth_disabled=True)))
+
+    def post(path, body):  # json.dumps writes a lone surrogate as the (valid JSON) escape "\ud800"
+        return client.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+
+    seed = post("/run", {"input": {"message": f"{LONE} hello.", "max_tokens": 2}})
+    assert seed.status_code == 400
+    assert seed.json()["error"] == "message: contains invalid unicode (lone surrogate) at position 0"
+    openai = post("/v1/audio/speech", {"model": "tts-1", "input": f"{LONE} hello.", "voice": "alloy"})
+    assert openai.status_code == 400 and openai.json()["error"]["param"] == "input"
+    assert openai.json()["error"]["message"] == "input: contains invalid unicode (lone surrogate) at position 0"
+    huge_voice = post("/v1/audio/speech", {"model": "tts-1", "input": "hello.", "voice": "v" * 100_000})
+    assert huge_voice.status_code == 400 and len(huge_voice.json()["error"]["message"]) <= MESSAGE_CHARS
+    runpod = post("/v2/endpoint/runsync", {"input": {"message": "hi", "system_prompt": LONE}})
+    assert runpod.json()["error"] == "system_prompt: contains invalid unicode (lone surrogate) at position 0"
