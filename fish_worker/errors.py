@@ -7,10 +7,12 @@ that cannot be encoded (a lone surrogate) is escaped rather than breaking the re
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 SHOWN_CHARS = 100  # most characters of an input value an error or log line repeats
 MESSAGE_CHARS = 300  # most characters of any job error message
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def bounded(text: str, limit: int = MESSAGE_CHARS) -> str:
@@ -28,6 +30,13 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     if isinstance(value, (dict, list, tuple, set)) and len(value) > 10:
         return f"{type(value).__name__} of {len(value)} items"
     return bounded(repr(value), limit + 30)
+
+
+def field_path(parts: tuple | list) -> str:
+    """Where in the input: "message", "extra.deep.1"; a key that is not a plain name is quoted ("''.x")."""
+    shown_parts = [str(p) if isinstance(p, int) or _PLAIN_NAME.fullmatch(str(p)) else shown(str(p), 40)
+                   for p in parts]
+    return ".".join(shown_parts) or "input"
 
 
 class JobInputError(ValueError):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fish_worker.audio.formats import AudioFormat
-from fish_worker.errors import JobInputError, bounded
+from fish_worker.errors import JobInputError, bounded, field_path
 from fish_worker.settings import Settings, get_settings
 from fish_worker.text.sentences import split_sentences
 from fish_worker.voices import validate_voice_id
@@ -80,25 +80,24 @@ class JobInput(BaseModel):
         return validate_voice_id(value)
 
 
-def check_encodable(raw: Any, path: str = "") -> None:
+def check_encodable(raw: Any) -> None:
     """Raise JobInputError naming the first string (value or key, at any depth) that is not valid unicode.
 
     JSON may carry lone surrogates ("\\ud800"); Python decodes them, but they cannot be written back
     as UTF-8, so a job echoing one could never post its result. They are refused before any work.
     """
-    stack: list[tuple[str, Any]] = [(path, raw)]
+    stack: list[tuple[tuple, Any]] = [((), raw)]
     while stack:
-        where, value = stack.pop()
+        path, value = stack.pop()
         if isinstance(value, str):
-            _require_utf8(value, where or "input", "")
+            _require_utf8(value, field_path(path), "")
         elif isinstance(value, dict):
-            for key, item in value.items():
-                name = f"{where}.{key}" if where else str(key)
+            for key in value:
                 if isinstance(key, str):
-                    _require_utf8(key, name, "the field name ")
-                stack.append((name, item))
+                    _require_utf8(key, field_path(path + (key,)), "the field name ")
+            stack.extend(reversed([(path + (key,), item) for key, item in value.items()]))  # in input order
         elif isinstance(value, (list, tuple)):
-            stack.extend((f"{where}.{i}" if where else str(i), item) for i, item in enumerate(value))
+            stack.extend(reversed([(path + (i,), item) for i, item in enumerate(value)]))
 
 
 def _require_utf8(text: str, field: str, what: str) -> None:
@@ -122,7 +121,7 @@ def parse_job_input(raw: Any, settings: Settings | None = None) -> JobInput:
 def input_error(exc: ValidationError) -> JobInputError:
     """The first problem pydantic found, as JobInputError("<field>: <what is wrong>")."""
     first = exc.errors(include_url=False, include_input=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or "input"
+    field = field_path(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"

@@ -29,7 +29,7 @@ def only_error(chunks: list[dict]) -> str:
     ({"message": "hi", "voice_id": f"v{LONE}"}, "voice_id: contains invalid unicode (lone surrogate) at position 1"),
     ({"message": "hi", "conversation_id": LONE}, "conversation_id: contains invalid unicode"),
     ({"message": "hi", "extra": {"deep": [1, f"x{LONE}"]}}, "extra.deep.1: contains invalid unicode (lone surrogate) at position 1"),
-    ({"message": "hi", f"bad{LONE}key": 1}, "bad\\ud800key: the field name contains invalid unicode (lone surrogate) at position 3"),
+    ({"message": "hi", f"bad{LONE}key": 1}, "'bad\\ud800key': the field name contains invalid unicode (lone surrogate) at position 3"),
     ({"action": f"save{LONE}"}, "action: contains invalid unicode (lone surrogate) at position 4"),
     ({"action": "delete_voice", "voice_id": LONE}, "voice_id: contains invalid unicode"),
     ({"action": "end_conversation", "conversation_id": LONE}, "conversation_id: contains invalid unicode"),
