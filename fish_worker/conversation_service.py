@@ -13,7 +13,6 @@ so they need no reference. Store failures raise ConversationStoreError; nothing 
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -28,7 +27,7 @@ from fish_worker.conversations import Conversation, ConversationStore, Conversat
 from fish_worker.engine.generation import VoicePrompt
 from fish_worker.errors import JobInputError
 from fish_worker.schemas import CONVERSATION_ID_PATTERN, JobInput, input_error
-from fish_worker.service import SpeechChunk, TTSService
+from fish_worker.service import SpeechChunk, TTSService, draw_seed
 from fish_worker.settings import Settings
 from fish_worker.spoken_reply import TextDelta, speak_while_writing
 from fish_worker.voices import VoiceStore
@@ -89,7 +88,7 @@ class ConversationService:
         conversation = self.store.get(conversation_id) if conversation_id else None
         voice, new_voice = self._voice(request, conversation)
         # One seed for the whole turn, so a given seed reproduces both the reply and its audio.
-        request = request.model_copy(update={"seed": request.seed if request.seed is not None else secrets.randbits(63)})
+        request = request.model_copy(update={"seed": request.seed if request.seed is not None else draw_seed()})
         if mode == "chat":
             events = self._chat_reply(request, conversation, voice, stop)
         else:

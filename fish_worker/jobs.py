@@ -11,7 +11,7 @@ from typing import Any
 from fish_worker.audio.formats import ResultTooLargeError
 from fish_worker.conversation_service import CONVERSATION_ACTIONS, ConversationService, is_conversation_action
 from fish_worker.conversations import ConversationStoreError, make_conversation_store
-from fish_worker.errors import JobInputError
+from fish_worker.errors import JobInputError, bounded, shown
 from fish_worker.job_output import (
     StreamedOutput,
     final_output,
@@ -19,8 +19,9 @@ from fish_worker.job_output import (
     whole_output,
     within_result_limit,
 )
-from fish_worker.schemas import JobInput, parse_job_input
-from fish_worker.service import SpeechChunk, TTSService
+from fish_worker.json_safe import NotJsonSafe, check_json_safe
+from fish_worker.schemas import JobInput, check_encodable, parse_job_input
+from fish_worker.service import NO_AUDIO_ERROR, SpeechChunk, TTSService
 from fish_worker.spoken_reply import TextDelta
 from fish_worker.tenancy import TENANT_KEY, validate_tenant
 from fish_worker.text.sentences import split_sentences
@@ -63,10 +64,31 @@ class JobRunner:
             raise error
 
     async def run(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yield output chunks; a yielded {"error": "..."} marks the job FAILED (the worker goes on)."""
-        job_id = job.get("id", "?")
+        """Yield output chunks; a yielded {"error": "..."} marks the job FAILED (the worker goes on).
+
+        Every chunk is checked to be postable JSON first: one that is not ends the job with an error
+        (runpod would fail to post it after the handler yielded it, and the job would get no result).
+        """
+        chunks = self._chunks(job)
+        try:
+            async for chunk in chunks:
+                try:
+                    check_json_safe(chunk)
+                except NotJsonSafe as exc:
+                    log.error("job %s: result chunk cannot be posted: %s", bounded(str(job.get("id")), 100),
+                              bounded(str(exc)))
+                    yield {"error": bounded(f"internal error: a result chunk cannot be sent as JSON: {exc}")}
+                    return
+                yield chunk
+        finally:
+            await chunks.aclose()
+
+    async def _chunks(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        job_id = bounded(str(job.get("id", "?")), 100)
         started = time.perf_counter()
         try:
+            if isinstance(job.get("input"), dict):
+                check_encodable(job["input"])  # every door, every action: no lone surrogates anywhere
             # Whose voices and conversations these are (set by the self-hosted server; None on RunPod).
             conversations = self.conversations.for_tenant(validate_tenant(job.get(TENANT_KEY)))
             if is_voice_action(job.get("input")):
@@ -76,9 +98,9 @@ class JobRunner:
                 yield await asyncio.to_thread(conversations.end, job["input"])
                 return
             if isinstance(job.get("input"), dict) and "action" in job["input"]:
-                raise JobInputError("action", f"unknown action {job['input']['action']!r}; one of: "
+                raise JobInputError("action", f"unknown action {shown(job['input']['action'])}; one of: "
                                     + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS))
-            request = parse_job_input(job.get("input"))
+            request = parse_job_input(job.get("input"), self.service.settings)
             mode = conversations.mode(request)
             if mode == "tts" and not request.stream:  # fail now, not after minutes of work
                 self._check_result_fits(request, job.get(RESULT_ROUTE_KEY, "run"))
@@ -88,19 +110,24 @@ class JobRunner:
                 speech = lambda stop: self.service.synthesize(request, stop, voices=conversations.voices)  # noqa: E731
             if request.stream:
                 streamed = StreamedOutput(request.audio_format)
+                spoke = False
                 async for chunk in iterate_in_thread(speech):
                     if isinstance(chunk, TextDelta):  # chat mode: the reply as it is written
                         yield {"text_delta": chunk.text}
                         continue
+                    spoke = True
                     for piece in streamed.chunks(chunk):
                         yield piece
+                if not spoke and mode == "tts":
+                    yield {"error": NO_AUDIO_ERROR}
+                    return
                 for piece in streamed.finish():
                     yield piece
             else:
                 events = [e async for e in iterate_in_thread(speech)]
                 chunks = [e for e in events if isinstance(e, SpeechChunk)]
                 if not chunks and mode == "tts":
-                    yield {"error": "message: no audio was generated for this text"}
+                    yield {"error": NO_AUDIO_ERROR}
                     return
                 output = chunk_output(chunks, request.audio_format)
                 if mode == "chat":  # the whole reply, as written (sentence texts lose its line breaks)
@@ -109,11 +136,11 @@ class JobRunner:
                     within_result_limit, output, self.service.settings, job.get(RESULT_ROUTE_KEY, "run"))
             log.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
         except (JobInputError, ResultTooLargeError) as exc:
-            log.info("job %s rejected: %s", job_id, exc)
+            log.info("job %s rejected: %s", job_id, bounded(str(exc)))
             yield {"error": str(exc)}
         except ConversationStoreError as exc:  # "conversation store unavailable: ...": fail, never forget
-            log.error("job %s failed: %s", job_id, exc)
-            yield {"error": str(exc)}
+            log.error("job %s failed: %s", job_id, bounded(str(exc)))
+            yield {"error": bounded(str(exc))}
         except Exception as exc:  # a fault of ours: log the traceback, tell the caller briefly
             log.exception("job %s failed", job_id)
-            yield {"error": f"internal error: {type(exc).__name__}: {exc}"}
+            yield {"error": bounded(f"internal error: {type(exc).__name__}: {exc}")}

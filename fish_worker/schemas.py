@@ -7,12 +7,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fish_worker.audio.formats import AudioFormat
-from fish_worker.errors import JobInputError
+from fish_worker.errors import JobInputError, bounded, field_path
 from fish_worker.settings import Settings, get_settings
+from fish_worker.text.sentences import split_sentences
 from fish_worker.voices import validate_voice_id
 
 # conversation_id: letters, digits and '_', '.', ':', '-' (safe in a Redis key).
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+# Seeds are returned to clients; JavaScript numbers are exact only below 2**53.
+SEED_LIMIT = 2**53
 
 
 class JobInput(BaseModel):
@@ -31,7 +34,7 @@ class JobInput(BaseModel):
     stream: bool = False
     top_p: float = Field(0.8, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, gt=0.0, lt=2.0)
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     # None: chat when the worker has a chat model (FISH_CHAT_MODEL_DIR), else tts. See conversation_service.py.
     mode: Literal["chat", "tts"] | None = Field(None, description="chat: reply to message; tts: speak it as is.")
     system_prompt: str | None = Field(None, min_length=1, max_length=4000, description="Chat mode: the LLM's instructions.")
@@ -46,6 +49,9 @@ class JobInput(BaseModel):
             raise ValueError("must contain text")
         if len(value) > settings.max_text_chars:
             raise ValueError(f"is {len(value)} characters, the limit is {settings.max_text_chars}")
+        sentences = len(split_sentences(value, settings.sentence_max_chars))
+        if sentences > settings.max_sentences:
+            raise ValueError(f"has {sentences} sentences, the limit is {settings.max_sentences} (FISH_MAX_SENTENCES)")
         return value
 
     @field_validator("max_tokens")
@@ -74,10 +80,38 @@ class JobInput(BaseModel):
         return validate_voice_id(value)
 
 
+def check_encodable(raw: Any) -> None:
+    """Raise JobInputError naming the first string (value or key, at any depth) that is not valid unicode.
+
+    JSON may carry lone surrogates ("\\ud800"); Python decodes them, but they cannot be written back
+    as UTF-8, so a job echoing one could never post its result. They are refused before any work.
+    """
+    stack: list[tuple[tuple, Any]] = [((), raw)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            _require_utf8(value, field_path(path), "")
+        elif isinstance(value, dict):
+            for key in value:
+                if isinstance(key, str):
+                    _require_utf8(key, field_path(path + (key,)), "the field name ")
+            stack.extend(reversed([(path + (key,), item) for key, item in value.items()]))  # in input order
+        elif isinstance(value, (list, tuple)):
+            stack.extend(reversed([(path + (i,), item) for i, item in enumerate(value)]))
+
+
+def _require_utf8(text: str, field: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise JobInputError(field, f"{what}contains invalid unicode (lone surrogate) at position {exc.start}") from None
+
+
 def parse_job_input(raw: Any, settings: Settings | None = None) -> JobInput:
     """Validate a job's `input`, raising JobInputError("<field>: <what is wrong>")."""
     if not isinstance(raw, dict):
         raise JobInputError("input", f"must be a JSON object, got {type(raw).__name__}")
+    check_encodable(raw)
     try:
         return JobInput.model_validate(raw, context={"settings": settings or get_settings()})
     except ValidationError as exc:
@@ -86,9 +120,9 @@ def parse_job_input(raw: Any, settings: Settings | None = None) -> JobInput:
 
 def input_error(exc: ValidationError) -> JobInputError:
     """The first problem pydantic found, as JobInputError("<field>: <what is wrong>")."""
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "input"
+    first = exc.errors(include_url=False, include_input=False)[0]
+    field = field_path(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
-    return JobInputError(field, message)
+    return JobInputError(field, bounded(message))  # JobInputError bounds the field name

@@ -19,14 +19,30 @@ from fish_worker.engine.codec import Codec
 from fish_worker.engine.incremental_decode import IncrementalDecoder
 from fish_worker.engine.generation import PromptTooLongError, SemanticGenerator, VoicePrompt
 from fish_worker.engine.sampling import SamplingParams
-from fish_worker.errors import JobInputError
-from fish_worker.schemas import JobInput
+from fish_worker.errors import JobInputError, shown
+from fish_worker.schemas import SEED_LIMIT, JobInput
 from fish_worker.settings import Settings
 from fish_worker.text.sentences import split_sentences
 from fish_worker.voice_cache import VoiceCodesCache
 from fish_worker.voices import VoiceNotFoundError, VoiceStore
 
 log = logging.getLogger(__name__)
+
+# Not the caller's fault and no field to blame: the model sampled its end token before any audio.
+NO_AUDIO_ERROR = "the model produced no audio for this text (it ended at once); try another seed or wording"
+
+
+def draw_seed() -> int:
+    """A fresh random seed that JavaScript clients can send back exactly (below 2**53)."""
+    return secrets.randbelow(SEED_LIMIT)
+
+
+class JobFrameLimitError(JobInputError):
+    """The job's sentences together reached FISH_MAX_JOB_FRAMES before the text was spoken."""
+
+    def __init__(self, limit: int, seconds: float):
+        super().__init__("message", f"the speech reached the per-job limit of {limit} codec frames "
+                                    f"(~{seconds:.0f} s, FISH_MAX_JOB_FRAMES) before its end; send shorter text")
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,7 @@ class TTSService:
         self.generator = generator
         self.codec = codec
         self.voice_cache = VoiceCodesCache(settings.reference_cache_size)
-        self.voices = VoiceStore(settings.voices_dir)
+        self.voices = VoiceStore(settings.voices_dir, settings.max_voices)
 
     @classmethod
     def load(cls, settings: Settings) -> "TTSService":
@@ -109,9 +125,9 @@ class TTSService:
         try:
             voice = (voices or self.voices).load(voice_id)
         except VoiceNotFoundError:
-            raise JobInputError("voice_id", f"no saved voice named {voice_id!r}") from None
+            raise JobInputError("voice_id", f"no saved voice named {shown(voice_id)}") from None
         if voice.tokens.shape[0] != self.generator.num_codebooks:  # saved with another model
-            raise JobInputError("voice_id", f"{voice_id!r} was saved with a different model; save it again")
+            raise JobInputError("voice_id", f"{shown(voice_id)} was saved with a different model; save it again")
         return VoicePrompt(text=voice.text, codes=torch.from_numpy(voice.tokens).to(torch.int))
 
     def synthesize(
@@ -128,18 +144,25 @@ class TTSService:
         `voice` (a conversation's) replaces the request's reference. `sentences` replaces the split
         `request.message`; it may be lazy (a chat reply still being written): each is pulled when due.
         `voices`: where the request's `voice_id` is looked up (a tenant's store); default this service's.
+        All sentences together get at most `settings.max_job_frames` frames: a job that needs more
+        raises JobFrameLimitError once they are spent (streamed jobs have sent the audio up to there).
         """
         if sentences is None:
             sentences = split_sentences(request.message, self.settings.sentence_max_chars)
         reference = voice if voice is not None else self.reference_voice(request, voices)
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        seed = request.seed if request.seed is not None else draw_seed()
         rng = torch.Generator(device=self.generator.device).manual_seed(seed)
-        params = SamplingParams(request.temperature, request.top_p, request.repetition_penalty, request.max_tokens)
+        frames_left = self.settings.max_job_frames
 
         previous: VoicePrompt | None = None
         for index, sentence in enumerate(sentences):
             if stop is not None and stop.is_set():
                 return
+            if frames_left <= 0:
+                raise self._frame_limit_error()
+            # The job's remaining frames bound this sentence too (the same tokens, only fewer of them).
+            budget = min(request.max_tokens, frames_left)
+            params = SamplingParams(request.temperature, request.top_p, request.repetition_penalty, budget)
             # Condition on the reference and on the previous sentence, so every sentence keeps one voice.
             voices = [v for v in (reference, previous) if v is not None]
             started = time.perf_counter()
@@ -158,6 +181,9 @@ class TTSService:
                         parts += 1
             except PromptTooLongError as exc:
                 raise JobInputError("reference_audio" if reference else "message", str(exc)) from None
+            frames_left -= len(frames)
+            # Cut by the job's limit rather than the sentence's own: its audio still goes out, then the error.
+            cut = len(frames) == budget < request.max_tokens and not (stop is not None and stop.is_set())
             if not frames:
                 log.warning("sentence %d produced no audio frames", index)
                 continue
@@ -170,3 +196,9 @@ class TTSService:
             # The sentence's last chunk carries its codes (and the whole sentence, for conversations).
             yield SpeechChunk(index=index, text=sentence if parts == 0 else "", audio=audio,
                               sample_rate=self.sample_rate, seed=seed, codes=previous.codes, sentence=sentence)
+            if cut:
+                raise self._frame_limit_error()
+
+    def _frame_limit_error(self) -> JobFrameLimitError:
+        limit = self.settings.max_job_frames
+        return JobFrameLimitError(limit, limit * self.codec.samples_per_frame / self.sample_rate)

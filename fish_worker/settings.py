@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(2000, ge=1)
     max_tokens_limit: int = Field(2048, ge=1)  # cap on the request's max_tokens (codec frames per sentence)
     sentence_max_chars: int = Field(300, ge=20)
+    max_sentences: int = Field(100, ge=1)  # sentences one job's message may split into (rejected above)
+    # Codec frames (~46 ms each) one job may generate over all its sentences: max_tokens bounds one
+    # sentence only. A job reaching it fails (see docs/limits.md); 6000 frames is about 4.6 minutes.
+    max_job_frames: int = Field(6000, ge=1)
     reference_max_seconds: float = Field(30.0, gt=0)
     reference_max_bytes: int = Field(16 * 1024 * 1024, gt=0)  # decoded WAV bytes
     reference_cache_size: int = Field(32, ge=0)  # encoded voices kept in memory, by content hash
@@ -55,6 +59,7 @@ class Settings(BaseSettings):
 
     # Saved voices (fish_worker/voices.py): a directory on the network volume, shared by workers.
     voices_dir: Path = Path("/runpod-volume/voices")
+    max_voices: int = Field(1000, ge=1)  # save_voice of a new voice_id fails once this many are saved
 
     # Results over RunPod's size limits go to this S3-compatible bucket when set (storage/s3.py);
     # credentials left empty come from boto3's usual chain (AWS_* variables).

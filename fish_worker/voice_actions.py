@@ -11,12 +11,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fish_worker.errors import JobInputError
+from fish_worker.errors import JobInputError, shown
 from fish_worker.schemas import JobInput, input_error
 from fish_worker.service import TTSService
-from fish_worker.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, validate_voice_id
+from fish_worker.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, VoiceStoreFullError, validate_voice_id
 
 VOICE_ACTIONS = ("save_voice", "list_voices", "delete_voice")
+# list_voices pages: each voice's entry is at most ~1.2 kB (reference_text <= 1000 characters),
+# so a full page stays far below RunPod's 1 MB result limits.
+LIST_VOICES_MAX_LIMIT = 100
 
 
 class _Action(BaseModel):
@@ -41,6 +44,16 @@ class SaveVoice(_WithVoiceId):
 
 class ListVoices(_Action):
     action: Literal["list_voices"]
+    limit: int = Field(LIST_VOICES_MAX_LIMIT, ge=1, le=LIST_VOICES_MAX_LIMIT, description="Most voices returned.")
+    cursor: str | None = Field(None, description="The previous page's next_cursor: voices after it are listed.")
+
+    @field_validator("cursor")
+    @classmethod
+    def _cursor_is_a_voice_id(cls, value: str | None) -> str | None:
+        try:
+            return None if value is None else validate_voice_id(value)
+        except ValueError:
+            raise ValueError("is not a next_cursor from list_voices (a voice_id)") from None
 
 
 class DeleteVoice(_WithVoiceId):
@@ -66,21 +79,25 @@ async def run_voice_action(raw: dict[str, Any], service: TTSService, voices: Voi
     if isinstance(action, SaveVoice):
         return {"voice": _describe(await asyncio.to_thread(_save, action, service, voices))}
     if isinstance(action, ListVoices):
-        return {"voices": [_describe(v) for v in await asyncio.to_thread(voices.list)]}
+        page, next_cursor = await asyncio.to_thread(voices.page, action.limit, action.cursor)
+        return {"voices": [_describe(v) for v in page], "next_cursor": next_cursor}
     try:
         await asyncio.to_thread(voices.delete, action.voice_id)
     except VoiceNotFoundError:
-        raise JobInputError("voice_id", f"no saved voice named {action.voice_id!r}") from None
+        raise JobInputError("voice_id", f"no saved voice named {shown(action.voice_id)}") from None
     return {"deleted": action.voice_id}
 
 
 def _save(action: SaveVoice, service: TTSService, voices: VoiceStore) -> VoiceInfo:
     if not action.overwrite and voices.exists(action.voice_id):
-        raise JobInputError("voice_id", f"a voice named {action.voice_id!r} exists and overwrite is false")
+        raise JobInputError("voice_id", f"a voice named {shown(action.voice_id)} exists and overwrite is false")
     # An unvalidated JobInput just carries the reference fields into the service's encoder.
     request = JobInput.model_construct(reference_audio=action.reference_audio, reference_text=action.reference_text)
     prompt = service.reference_voice(request)  # JobInputError("reference_audio: ...") if unusable
-    return voices.save(action.voice_id, prompt.codes.numpy(), prompt.text)
+    try:
+        return voices.save(action.voice_id, prompt.codes.numpy(), prompt.text)
+    except VoiceStoreFullError as exc:
+        raise JobInputError("voice_id", f"cannot save a new voice: {exc} (or overwrite an existing voice_id)") from None
 
 
 def _describe(info: VoiceInfo) -> dict[str, Any]:

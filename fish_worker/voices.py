@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fish_worker.errors import shown
 from fish_worker.tenancy import validate_tenant
 
 # Starts with a letter or digit (so never ".", "..", a hidden or temporary file), then letters,
@@ -28,13 +29,20 @@ _FORMAT_VERSION = 1
 _TENANTS_DIR = "tenants"  # <root>/tenants/<tenant>/: not a voice id's shape, so never listed as one
 
 
+class VoiceStoreFullError(RuntimeError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the voice store holds its limit of {limit} voices (FISH_MAX_VOICES); "
+                         "delete one with delete_voice first")
+        self.limit = limit
+
+
 class VoiceNotFoundError(KeyError):
     def __init__(self, voice_id: str) -> None:
         super().__init__(voice_id)
         self.voice_id = voice_id
 
     def __str__(self) -> str:
-        return f"no saved voice with voice_id {self.voice_id!r}"
+        return f"no saved voice with voice_id {shown(self.voice_id)}"
 
 
 def validate_voice_id(voice_id: Any) -> str:
@@ -43,7 +51,7 @@ def validate_voice_id(voice_id: Any) -> str:
         raise ValueError(f"voice_id must be a string; got {type(voice_id).__name__}")
     if not VOICE_ID_PATTERN.fullmatch(voice_id) or ".." in voice_id:
         raise ValueError(
-            f"invalid voice_id {voice_id!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            f"invalid voice_id {shown(voice_id)}: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit, without '..'"
         )
     return voice_id
@@ -73,15 +81,21 @@ class SavedVoice:
 
 
 class VoiceStore:
-    """Save, load, list and delete voices in one directory (created if missing)."""
+    """Save, load, list and delete voices in one directory (created if missing).
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    `max_voices` caps how many voices the directory may hold: saving a new voice_id beyond it raises
+    VoiceStoreFullError (overwriting an existing one is always allowed). Workers sharing the
+    directory each check the count before writing, so concurrent saves may pass it by a few.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], max_voices: int | None = None) -> None:
         self.root = Path(root)
+        self.max_voices = max_voices
 
     def for_tenant(self, tenant: str | None) -> "VoiceStore":
         """The tenant's own voices (`<root>/tenants/<tenant>/`); None: this store, the default namespace."""
         tenant = validate_tenant(tenant)
-        return self if tenant is None else VoiceStore(self.root / _TENANTS_DIR / tenant)
+        return self if tenant is None else VoiceStore(self.root / _TENANTS_DIR / tenant, self.max_voices)
 
     def save(self, voice_id: str, tokens: Any, text: str, *, overwrite: bool = True, title: str = "") -> VoiceInfo:
         voice_id = validate_voice_id(voice_id)
@@ -91,6 +105,8 @@ class VoiceStore:
         path = self._path(voice_id)
         if not overwrite and path.exists():
             raise FileExistsError(f"a voice with voice_id {voice_id!r} already exists")
+        if self.max_voices is not None and not path.exists() and len(self.voice_ids()) >= self.max_voices:
+            raise VoiceStoreFullError(self.max_voices)
         voice = SavedVoice(voice_id, tokens, text, created_at=time.time(), title=title)
         self.root.mkdir(parents=True, exist_ok=True)
         _write_atomically(path, voice)
@@ -113,18 +129,27 @@ class VoiceStore:
     def exists(self, voice_id: str) -> bool:
         return self._path(validate_voice_id(voice_id)).is_file()
 
+    def voice_ids(self) -> list[str]:
+        """The saved voices' ids, sorted (read from the file names: no voice is opened)."""
+        ids = (path.name[: -len(_SUFFIX)] for path in self.root.glob(f"*{_SUFFIX}"))
+        # Skip what is not ours (e.g. a temporary file).
+        return sorted(i for i in ids if VOICE_ID_PATTERN.fullmatch(i) and ".." not in i)
+
     def list(self) -> list[VoiceInfo]:
         """All saved voices, sorted by voice_id."""
+        return self.page(limit=None)[0]
+
+    def page(self, limit: int | None, after: str | None = None) -> tuple[list[VoiceInfo], str | None]:
+        """Up to `limit` voices whose ids sort after `after`, and the cursor of the next page (None: last page)."""
+        ids = [i for i in self.voice_ids() if after is None or i > after]
+        more = limit is not None and len(ids) > limit
         voices = []
-        for path in sorted(self.root.glob(f"*{_SUFFIX}")):
-            voice_id = path.name[: -len(_SUFFIX)]
-            if not VOICE_ID_PATTERN.fullmatch(voice_id) or ".." in voice_id:
-                continue  # not ours (e.g. a temporary file)
+        for voice_id in ids[:limit] if limit is not None else ids:
             try:
                 voices.append(self.load(voice_id).info)
             except VoiceNotFoundError:
                 continue  # deleted by another worker while we listed
-        return voices
+        return voices, (ids[limit - 1] if more else None)
 
     def delete(self, voice_id: str) -> None:
         try:

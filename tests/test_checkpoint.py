@@ -110,3 +110,42 @@ def test_worker_tries_to_download_a_missing_checkpoint_when_given_a_token(tmp_pa
     assert "downloading fishaudio/openaudio-s1-mini" in result.stderr
     assert "could not download fishaudio/openaudio-s1-mini" in result.stderr and "model.pth" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("yaml_text", "expected"), [
+    ("_target_: builtins.print\n", "codec_config.yaml: _target_: not a codec size this file may set"),
+    ("quantizer:\n  post_module:\n    _target_: os.system\n",
+     "codec_config.yaml: quantizer.post_module._target_: not a codec size"),
+    ("decoder_dim: '64'\n", "codec_config.yaml: decoder_dim: Input should be a valid integer"),
+    ("decoder_dim: ${oc.env:HOME}\n", "codec_config.yaml: decoder_dim: Input should be a valid integer"),
+    ("decoder_dim: .nan\n", "codec_config.yaml: decoder_dim: Input should be a valid integer"),
+    ("decoder_dim: [\n", "codec_config.yaml: cannot be read as YAML"),
+    ("- 1\n", "codec_config.yaml: the file: Input should be a valid dictionary"),
+])
+def test_codec_config_is_data_checked_against_a_whitelist(broken_copy, capsys, yaml_text, expected):
+    from fish_worker.engine.checkpoint import load_codec
+
+    (broken_copy / "codec_config.yaml").write_text(yaml_text)
+    with pytest.raises(CheckpointError) as raised:
+        load_codec(broken_copy, CPU)
+    assert str(raised.value).startswith(expected), raised.value
+    assert capsys.readouterr().out == ""  # nothing in the file was run
+
+
+def test_codec_weights_that_do_not_match_name_the_codec_config(broken_copy):
+    from fish_worker.engine.checkpoint import load_codec
+
+    text = (broken_copy / "codec_config.yaml").read_text().replace("decoder_dim: 64", "decoder_dim: 128")
+    (broken_copy / "codec_config.yaml").write_text(text)
+    with pytest.raises(CheckpointError, match=r"codec\.pth: weight .* codec_config\.yaml .*do not belong together"):
+        load_codec(broken_copy, CPU)
+
+
+def test_worker_with_a_bad_codec_config_stops_saying_so(broken_copy):
+    (broken_copy / "codec_config.yaml").write_text("_target_: builtins.print\n")
+    env = {**os.environ, "FISH_CHECKPOINT_DIR": str(broken_copy), "FISH_WARMUP": "false", "FISH_DEVICE": "cpu"}
+    result = subprocess.run([sys.executable, "handler.py", "--test_input", '{"input": {"message": "hi"}}'],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "cannot start: codec_config.yaml: _target_: not a codec size" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -31,6 +31,9 @@ JOBS = [
     # Concurrent small jobs, plain and streamed, taken in batches (FISH_MAX_CONCURRENCY=4).
     *({"id": f"c{i}", "input": {"message": f"Job number {i}.", "max_tokens": 3 + i, "seed": i,
                                 "stream": i % 2 == 1}} for i in range(5)),
+    # A lone surrogate (valid JSON "\\ud800") cannot be written back as UTF-8: refused before any work.
+    {"id": "surrogate", "input": {"message": "\ud800 hello.", "max_tokens": 4, "seed": 4}},
+    {"id": "after-surrogate", "input": {"message": "Alive again.", "max_tokens": 4, "seed": 5}},
 ]
 
 
@@ -132,3 +135,9 @@ def test_test_input_prints_what_the_platform_stores(tiny_checkpoint):
     assert stored.keys() == {"output", "stream"}  # job-done: the summary, never the audio again
     assert stored["output"] == {"text": " ".join(c["text"] for c in chunks if c["text"]),
                                 "duration_s": round(samples / 44100, 3), "chunks": len(chunks), "seed": 5}
+
+
+def test_lone_surrogate_gets_exactly_one_error_and_the_worker_goes_on(queue):
+    assert queue.done["surrogate"] == {"error": "message: contains invalid unicode (lone surrogate) at position 0"}
+    assert queue.done_posts["surrogate"] == 1 and "surrogate" not in queue.streamed
+    assert queue.done["after-surrogate"]["output"]["text"] == "Alive again."

@@ -51,3 +51,20 @@ def test_save_without_overwrite_keeps_the_existing_voice(runner):
     [out] = run_job(runner, {"action": "save_voice", "voice_id": "keep", "reference_audio": REFERENCE,
                              "overwrite": False})
     assert out["error"].startswith("voice_id: a voice named 'keep' exists")
+
+
+def test_list_voices_is_paginated_and_save_stops_at_the_cap(runner, service, monkeypatch):
+    for name in ("page-a", "page-b", "page-c"):
+        run_job(runner, {"action": "save_voice", "voice_id": name, "reference_audio": REFERENCE})
+    [first] = run_job(runner, {"action": "list_voices", "limit": 2, "cursor": "page-"})
+    assert [v["voice_id"] for v in first["voices"]] == ["page-a", "page-b"] and first["next_cursor"] == "page-b"
+    [rest] = run_job(runner, {"action": "list_voices", "limit": 2, "cursor": first["next_cursor"]})
+    assert [v["voice_id"] for v in rest["voices"]][:1] == ["page-c"]
+    [bad] = run_job(runner, {"action": "list_voices", "limit": 101})
+    assert bad["error"] == "limit: Input should be less than or equal to 100"
+
+    monkeypatch.setattr(service.voices, "max_voices", len(service.voices.voice_ids()))
+    [full] = run_job(runner, {"action": "save_voice", "voice_id": "one-too-many", "reference_audio": REFERENCE})
+    assert full["error"].startswith("voice_id: cannot save a new voice: the voice store holds its limit of")
+    [kept] = run_job(runner, {"action": "save_voice", "voice_id": "page-a", "reference_audio": REFERENCE})
+    assert kept["voice"]["voice_id"] == "page-a"  # overwriting stays possible when full

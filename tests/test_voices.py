@@ -147,3 +147,29 @@ def test_each_tenant_has_its_own_voices_and_the_default_layout_is_unchanged(stor
         store.for_tenant("bob").delete("shared-name")
     with pytest.raises(ValueError, match="invalid tenant"):
         store.for_tenant("a/b")
+
+
+def test_store_refuses_new_voices_beyond_its_cap_but_allows_overwrites(tmp_path):
+    capped = VoiceStore(tmp_path / "capped", max_voices=2)
+    capped.save("a", tokens(), "A")
+    capped.save("b", tokens(), "B")
+    with pytest.raises(voices.VoiceStoreFullError, match="limit of 2 voices.*FISH_MAX_VOICES"):
+        capped.save("c", tokens(), "C")
+    capped.save("a", tokens(seed=1), "A again")  # replacing a voice adds none
+    capped.delete("b")
+    capped.save("c", tokens(), "C")
+    assert capped.voice_ids() == ["a", "c"]
+
+
+def test_pages_walk_every_voice_once_in_order(store):
+    names = [f"v{i:02d}" for i in range(7)]
+    for name in reversed(names):
+        store.save(name, tokens(num_frames=2), name)
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.page(limit=3, after=cursor)
+        seen.append([v.voice_id for v in page])
+        if cursor is None:
+            break
+    assert seen == [names[0:3], names[3:6], names[6:7]]
+    assert store.page(limit=7) == (store.list(), None)

@@ -11,6 +11,8 @@ A checkpoint directory is what Fish Audio publishes as `openaudio-s1-mini`:
 The codec architecture is not stored in the directory: fish-speech composes it by name
 (`modded_dac_vq`) from its package configs. A directory may add `codec_config.yaml` with
 overrides of that config; the tiny test checkpoint uses it, released weights do not need it.
+The file is data, never code: only the sizes listed in `CodecOverrides` may be set (whole
+numbers), so no `_target_` or interpolation from a downloaded directory is ever instantiated.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,72 @@ REQUIRED_FILES = {
 
 class CheckpointError(RuntimeError):
     """The checkpoint directory is missing, incomplete or unreadable."""
+
+
+class _Sizes(BaseModel):
+    # strict: 64 only, never "64", 64.0, true or a ${...} interpolation string.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+_Size = Field(None, ge=1, le=1_000_000)
+
+
+class TransformerSizes(_Sizes):
+    block_size: int | None = _Size
+    n_layer: int | None = Field(None, ge=0, le=1000)
+    n_head: int | None = _Size
+    dim: int | None = _Size
+    intermediate_size: int | None = _Size
+    head_dim: int | None = _Size
+
+
+class QuantizerModuleSizes(_Sizes):
+    input_dim: int | None = _Size
+    window_size: int | None = _Size
+    config: TransformerSizes | None = None
+
+
+class QuantizerSizes(_Sizes):
+    input_dim: int | None = _Size
+    n_codebooks: int | None = _Size
+    codebook_size: int | None = _Size
+    semantic_codebook_size: int | None = _Size
+    post_module: QuantizerModuleSizes | None = None
+    pre_module: QuantizerModuleSizes | None = None
+
+
+class CodecOverrides(_Sizes):
+    """What `codec_config.yaml` may change in fish-speech's `modded_dac_vq` codec: sizes only."""
+
+    encoder_dim: int | None = _Size
+    decoder_dim: int | None = _Size
+    encoder_transformer_layers: list[int] | None = Field(None, min_length=4, max_length=4)
+    decoder_transformer_layers: list[int] | None = Field(None, min_length=4, max_length=4)
+    transformer_general_config: TransformerSizes | None = None
+    quantizer: QuantizerSizes | None = None
+
+
+def read_codec_overrides(file: Path) -> dict:
+    """The validated overrides in `file` (only the keys it sets); CheckpointError naming the file if unusable."""
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{CODEC_OVERRIDES_FILE}: cannot be read as YAML ({file}): {_first_line(exc)}") from None
+    if data is None:
+        return {}
+    try:
+        overrides = CodecOverrides.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        key = ".".join(str(p) for p in first["loc"]) or "the file"
+        problem = "not a codec size this file may set" if first["type"] == "extra_forbidden" else first["msg"]
+        raise CheckpointError(f"{CODEC_OVERRIDES_FILE}: {key}: {problem} ({file}; it may only set the sizes "
+                              "in fish_worker/engine/checkpoint.py CodecOverrides)") from None
+    return overrides.model_dump(exclude_unset=True)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -71,7 +141,8 @@ def _load_state_dict(file: Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state)
 
 
-def _require_matching_weights(model: torch.nn.Module, weights: dict, file: Path, prefix: str = "") -> None:
+def _require_matching_weights(model: torch.nn.Module, weights: dict, file: Path, config: str = "config.json",
+                              prefix: str = "") -> None:
     """fish-speech loads with strict=False and only warns; a worker must not serve noise."""
     for name, param in model.named_parameters():
         key = prefix + name
@@ -80,7 +151,7 @@ def _require_matching_weights(model: torch.nn.Module, weights: dict, file: Path,
         if tuple(weights[key].shape) != tuple(param.shape):
             raise CheckpointError(
                 f"{file}: weight {key!r} has shape {tuple(weights[key].shape)}, the config expects "
-                f"{tuple(param.shape)}; config.json and the weights do not belong together"
+                f"{tuple(param.shape)}; {config} and the weights do not belong together"
             )
 
 
@@ -110,7 +181,7 @@ def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype,
 
 
 def compose_codec_config(path: Path):
-    """The package's `modded_dac_vq` config, with the directory's optional overrides merged in."""
+    """The package's `modded_dac_vq` config, with the directory's optional (validated) overrides merged in."""
     import fish_speech.models.dac.modded_dac  # noqa: F401  (registers the config targets' module)
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -121,21 +192,33 @@ def compose_codec_config(path: Path):
     with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir)):
         cfg = compose(config_name=CODEC_CONFIG_NAME)
     overrides = path / CODEC_OVERRIDES_FILE
-    if overrides.is_file():
+    if overrides.exists():
         OmegaConf.set_struct(cfg, False)  # overrides may set ModelArgs fields the yaml leaves at their defaults
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(overrides))
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(read_codec_overrides(overrides)))
     return cfg
+
+
+def codec_config_name(path: Path) -> str:
+    """What describes the codec's shapes, for errors: the overrides file when there is one."""
+    overrides = path / CODEC_OVERRIDES_FILE
+    return f"{CODEC_OVERRIDES_FILE} (over fish-speech's {CODEC_CONFIG_NAME})" if overrides.exists() \
+        else f"fish-speech's {CODEC_CONFIG_NAME} codec config"
 
 
 def load_codec(path: Path, device: torch.device):
     from hydra.utils import instantiate
 
     file = path / "codec.pth"
-    codec = instantiate(compose_codec_config(path))
+    config = compose_codec_config(path)  # CheckpointError for a bad overrides file
+    try:
+        codec = instantiate(config)
+    except Exception as exc:  # sizes that are numbers but do not make a codec (e.g. zero heads)
+        raise CheckpointError(f"{codec_config_name(path)}: the codec cannot be built with these sizes: "
+                              f"{type(exc).__name__}: {_first_line(exc)}") from None
     weights = _load_state_dict(file)
     if any(k.startswith("generator.") for k in weights):  # a training checkpoint: keep the generator
         weights = {k.removeprefix("generator."): v for k, v in weights.items() if k.startswith("generator.")}
-    _require_matching_weights(codec, weights, file)
+    _require_matching_weights(codec, weights, file, config=codec_config_name(path))
     codec.load_state_dict(weights, strict=False, assign=True)
     # Weights stay float32, as fish-speech keeps them; GPU decoding runs under bf16 autocast.
     return codec.to(device=device).eval()

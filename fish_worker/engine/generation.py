@@ -52,9 +52,19 @@ class SemanticGenerator:
 
         seq = ContentSequence(modality="interleave")
         for voice in voices:
-            seq.append([TextPart(text=voice.text), VQPart(codes=voice.codes.cpu())], add_end=True, speaker=0)
-        seq.append([TextPart(text=text)], add_end=False, speaker=0)
+            seq.append([self.text_part(voice.text), VQPart(codes=voice.codes.cpu())], add_end=True, speaker=0)
+        seq.append([self.text_part(text)], add_end=False, speaker=0)
         return seq.encode_for_inference(self.tokenizer, num_codebooks=self.num_codebooks)
+
+    def text_part(self, text: str):
+        """User text as plain text: "<|im_end|>" in it is seven ordinary characters, never the control token.
+
+        fish-speech's `TextPart(text=...)` encodes special-token strings as their control ids; giving the
+        part its tokens, encoded with no special token allowed, keeps ordinary text's ids unchanged.
+        """
+        from fish_speech.content_sequence import TextPart
+
+        return TextPart(tokens=self.tokenizer.encode(text, allowed_special=False))
 
     def prompt_length(self, text: str, voices: list[VoicePrompt]) -> int:
         return int(self.encode_prompt(text, voices)[0].shape[1])

@@ -20,6 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fish_worker.audio.formats import MEDIA_TYPES
+from fish_worker.errors import shown
 from fish_worker.jobs import RESULT_ROUTE_KEY
 from fish_worker.schemas import JobInput
 from fish_worker.server.auth import require_api_key, tenant_of
@@ -102,7 +103,7 @@ def _saved_voice(voice: str, voices: VoiceStore) -> str | None:
         pass
     if voice.lower() in OPENAI_VOICES:
         return None
-    raise ApiError(400, f"voice: no saved voice named {voice!r} (save one with the save_voice action)",
+    raise ApiError(400, f"voice: no saved voice named {shown(voice)} (save one with the save_voice action)",
                    param="voice")
 
 
