@@ -380,6 +380,10 @@ def bounded(runner):
         yield url, app.state.runner
 
 
+WS_UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+              "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()}
+
+
 def wait_all_released(gate):
     deadline = time.monotonic() + 10
     while gate.admitted and time.monotonic() < deadline:
@@ -396,9 +400,10 @@ def test_live_sessions_and_tts_count_against_the_admission_bound(bounded):
             with pytest.raises(WebSocketUpgradeError) as refused:  # refused before the handshake
                 with connect_ws("/v1/tts/live", client=http):
                     pass
-            response = refused.value.response
-            assert response.status_code == 429 and response.headers["retry-after"] == "7"
-            assert response.json()["status"] == 429 and "FISH_MAX_QUEUED_JOBS_PER_TENANT" in response.json()["message"]
+            assert refused.value.response.status_code == 429 and refused.value.response.headers["retry-after"] == "7"
+            upgrade = http.get("/v1/tts/live", headers=WS_UPGRADE)  # the same refusal, its body read
+            assert upgrade.status_code == 429 and upgrade.json()["status"] == 429
+            assert "FISH_MAX_QUEUED_JOBS_PER_TENANT" in upgrade.json()["message"]
             with FishAudio(api_key=ALICE, base_url=url) as alice, pytest.raises(RateLimitError):
                 alice.tts.convert(text="Hi.", config=CONFIG)
             with FishAudio(api_key=BOB, base_url=url) as bob:  # another tenant's place is its own
