@@ -52,8 +52,13 @@ def serving(app, **options):
 
 
 @pytest.fixture(scope="module")
-def base_url(runner):
-    with serving(create_app(runner, ServerSettings(api_keys=KEY))) as url:
+def fish_app(runner):
+    return create_app(runner, ServerSettings(api_keys=KEY))
+
+
+@pytest.fixture(scope="module")
+def base_url(fish_app):
+    with serving(fish_app) as url:
         yield url
 
 
@@ -258,9 +263,10 @@ def test_legacy_sdk_session_and_websocket(base_url):
 
 
 @pytest.mark.timeout(180)
-def test_live_sessions_under_random_schedules_all_end(base_url, service):
-    """Concurrent sessions with random pieces, flushes, pauses and early closes: every one ends, and
-    the engine gets all its slots back (no generation left running for a closed socket)."""
+def test_live_sessions_under_random_schedules_all_end(base_url, service, fish_app):
+    """Concurrent sessions and /v1/tts streams with random pieces, flushes, pauses and early closes:
+    every one ends, the engine gets all its slots back (no generation left running for a closed
+    socket) and the gate all its admission places."""
     import random
 
     from httpx_ws import aconnect_ws
@@ -289,16 +295,30 @@ def test_live_sessions_under_random_schedules_all_end(base_url, service):
                 assert event["reason"] == "stop" and len(audio) % 2 == 0
                 return "finished"
 
+    async def tts(seed: int) -> str:
+        rng = random.Random(seed)
+        body = ormsgpack.packb({"text": " ".join(words), "format": "pcm", "max_new_tokens": rng.choice([3, 40])})
+        async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {KEY}",
+                                                                 "Content-Type": "application/msgpack"}) as http:
+            async with http.stream("POST", "/v1/tts", content=body, timeout=120) as response:
+                assert response.status_code == 200
+                async for _ in response.aiter_bytes():
+                    if rng.random() < 0.5:
+                        return "aborted"  # leaving the block closes the connection mid-stream
+        return "finished"
+
     async def go():
-        return await asyncio.gather(*(session(seed) for seed in range(10)))
+        return await asyncio.gather(*(session(seed) for seed in range(10)), *(tts(seed) for seed in range(4)))
 
     outcomes = asyncio.run(go())
     assert set(outcomes) <= {"finished", "aborted"} and "finished" in outcomes
+    gate = fish_app.state.runner
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (
             service.generator.free_slots < service.settings.max_concurrency
-            or any(t.name == "synthesis" for t in threading.enumerate())):
+            or any(t.name == "synthesis" for t in threading.enumerate()) or gate.admitted or gate.running):
         time.sleep(0.05)
+    assert gate.admitted == 0 and gate.running == 0
     assert service.generator.free_slots == service.settings.max_concurrency
     assert not any(t.name == "synthesis" for t in threading.enumerate())
 

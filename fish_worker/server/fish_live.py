@@ -97,6 +97,12 @@ class LiveSession:
 
     async def run(self) -> None:
         receiver = speaker = None
+
+        async def stop_tasks() -> None:  # still running after a timeout or a fault: the generation stops now
+            for task in (speaker, receiver):
+                if task is not None and not task.done():
+                    await _cancelled(task)
+
         deadline = asyncio.timeout(self.settings.live_max_session_s)
         try:
             async with deadline:
@@ -116,6 +122,7 @@ class LiveSession:
         except (SessionError, JobInputError) as exc:
             await self._finish_with_error(str(exc))
         except TimeoutError:
+            await stop_tasks()  # no audio after the finish event
             if not deadline.expired():
                 log.exception("live session failed")
                 await self._finish_with_error("internal error: TimeoutError")
@@ -124,12 +131,11 @@ class LiveSession:
                                               "the limit (FISH_LIVE_MAX_SESSION_S)")
         except Exception as exc:  # a fault of ours: log it, tell the client briefly
             log.exception("live session failed")
+            await stop_tasks()
             await self._finish_with_error(f"internal error: {type(exc).__name__}")
         finally:
             self.sentences.put(_END)  # a synthesis thread still waiting for text ends
-            for task in (speaker, receiver):  # still running after a timeout: the generation stops now
-                if task is not None and not task.done():
-                    await _cancelled(task)
+            await stop_tasks()
         with suppress(RuntimeError, WebSocketDisconnect):
             await self.websocket.close()
 
@@ -266,5 +272,6 @@ class LiveSession:
 async def _cancelled(task: asyncio.Task) -> None:
     """Cancel `task` and wait until it has ended (its generation stopped); how it ended is not asked."""
     task.cancel()
-    with suppress(asyncio.CancelledError, WebSocketDisconnect, SessionError):
-        await task
+    await asyncio.wait({task})  # unlike `await task`, raises neither its error nor its cancellation
+    if not task.cancelled():
+        task.exception()  # taken, so asyncio does not log it as never retrieved
