@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
+import queue
 import socket
 import threading
 import time
@@ -16,7 +18,7 @@ import ormsgpack
 import pytest
 import uvicorn
 from fishaudio import AsyncFishAudio, FishAudio
-from fishaudio.exceptions import APIError, AuthenticationError, NotFoundError, WebSocketError
+from fishaudio.exceptions import APIError, AuthenticationError, NotFoundError, RateLimitError, WebSocketError
 from fishaudio.types import FlushEvent, Prosody, ReferenceAudio, TTSConfig
 from httpx_ws import WebSocketUpgradeError, connect_ws
 
@@ -31,20 +33,33 @@ CONFIG = TTSConfig(max_new_tokens=MAX_FRAMES, format="wav")
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def base_url(runner):
+@contextlib.contextmanager
+def serving(app, **options):
+    """`app` on a real uvicorn on 127.0.0.1 (a free port); yields its base URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(runner, ServerSettings(api_keys=KEY))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def fish_app(runner):
+    return create_app(runner, ServerSettings(api_keys=KEY))
+
+
+@pytest.fixture(scope="module")
+def base_url(fish_app):
+    with serving(fish_app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +156,9 @@ def test_voices_create_list_get_use_delete(client):
     client.voices.delete(voice.id)
     with pytest.raises(NotFoundError):
         client.voices.get(voice.id)
-    with pytest.raises(APIError) as err:
+    with pytest.raises(NotFoundError) as err:  # as for an id never saved
         client.tts.convert(text="Hello.", config=CONFIG, reference_id=voice.id)
-    assert err.value.status == 400 and "reference_id" in str(err.value)
+    assert err.value.status == 404 and "reference_id" in err.value.message
 
 
 def test_websocket_text_generator_sync(client, samples_per_frame):
@@ -248,9 +263,10 @@ def test_legacy_sdk_session_and_websocket(base_url):
 
 
 @pytest.mark.timeout(180)
-def test_live_sessions_under_random_schedules_all_end(base_url, service):
-    """Concurrent sessions with random pieces, flushes, pauses and early closes: every one ends, and
-    the engine gets all its slots back (no generation left running for a closed socket)."""
+def test_live_sessions_under_random_schedules_all_end(base_url, service, fish_app):
+    """Concurrent sessions and /v1/tts streams with random pieces, flushes, pauses and early closes:
+    every one ends, the engine gets all its slots back (no generation left running for a closed
+    socket) and the gate all its admission places."""
     import random
 
     from httpx_ws import aconnect_ws
@@ -279,15 +295,179 @@ def test_live_sessions_under_random_schedules_all_end(base_url, service):
                 assert event["reason"] == "stop" and len(audio) % 2 == 0
                 return "finished"
 
+    async def tts(seed: int) -> str:
+        rng = random.Random(seed)
+        body = ormsgpack.packb({"text": " ".join(words), "format": "pcm", "max_new_tokens": rng.choice([3, 40])})
+        async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {KEY}",
+                                                                 "Content-Type": "application/msgpack"}) as http:
+            async with http.stream("POST", "/v1/tts", content=body, timeout=120) as response:
+                assert response.status_code == 200
+                async for _ in response.aiter_bytes():
+                    if rng.random() < 0.5:
+                        return "aborted"  # leaving the block closes the connection mid-stream
+        return "finished"
+
     async def go():
-        return await asyncio.gather(*(session(seed) for seed in range(10)))
+        return await asyncio.gather(*(session(seed) for seed in range(10)), *(tts(seed) for seed in range(4)))
 
     outcomes = asyncio.run(go())
     assert set(outcomes) <= {"finished", "aborted"} and "finished" in outcomes
+    gate = fish_app.state.runner
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (
             service.generator.free_slots < service.settings.max_concurrency
-            or any(t.name == "synthesis" for t in threading.enumerate())):
+            or any(t.name == "synthesis" for t in threading.enumerate()) or gate.admitted or gate.running):
         time.sleep(0.05)
+    assert gate.admitted == 0 and gate.running == 0
     assert service.generator.free_slots == service.settings.max_concurrency
     assert not any(t.name == "synthesis" for t in threading.enumerate())
+
+
+# ---- tenants, bounds and errors on the Fish door ------------------------------------------------
+
+ALICE, BOB = "key-of-alice", "key-of-bob"
+
+
+def live_events(base_url, key, events, timeout=60):
+    """Send `events` on /v1/tts/live, then read until the finish event; returns (audio events, finish)."""
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}) as http:
+        with connect_ws("/v1/tts/live", client=http) as ws:
+            for event in events:
+                ws.send_bytes(ormsgpack.packb(event))
+            audio = []
+            while (event := ormsgpack.unpackb(ws.receive_bytes(timeout=timeout)))["event"] == "audio":
+                audio.append(event)
+            return audio, event
+
+
+@pytest.fixture(scope="module")
+def tenants_url(runner):
+    with serving(create_app(runner, ServerSettings(api_keys=f"alice:{ALICE},bob:{BOB}"))) as url:
+        yield url
+
+
+def test_a_tenant_cannot_list_get_use_or_delete_anothers_voice(tenants_url):
+    clip = base64.b64decode(wav_b64(seconds=1.0))
+    with FishAudio(api_key=ALICE, base_url=tenants_url) as alice, FishAudio(api_key=BOB, base_url=tenants_url) as bob:
+        voice = alice.voices.create(title="Alice's voice", voices=[clip], texts=["A reference."])
+        assert voice.id not in [v.id for v in bob.voices.list(page_size=100).items]
+        for refused in (lambda: bob.voices.get(voice.id), lambda: bob.voices.delete(voice.id),
+                        lambda: bob.tts.convert(text="Hi.", config=CONFIG, reference_id=voice.id)):
+            with pytest.raises(NotFoundError) as err:
+                refused()
+            assert err.value.status == 404 and voice.id in err.value.message  # as for an id never saved
+        start = {"event": "start", "request": {"text": "Hi.", "format": "pcm", "max_new_tokens": MAX_FRAMES,
+                                               "reference_id": voice.id}}
+        audio, finish = live_events(tenants_url, BOB, [start, {"event": "stop"}])
+        assert not audio and finish["reason"] == "error" and "reference_id: no saved voice" in finish["message"]
+        # Alice still has it, and can use it on both.
+        assert alice.voices.get(voice.id).title == "Alice's voice"
+        assert len(read_wav(alice.tts.convert(text="Hi.", config=CONFIG, reference_id=voice.id))[0]) > 0
+        audio, finish = live_events(tenants_url, ALICE, [start, {"event": "stop"}])
+        assert audio and finish == {"event": "finish", "reason": "stop"}
+        alice.voices.delete(voice.id)
+
+
+def test_errors_have_the_fish_shape_for_both_sdks(tenants_url):
+    from fish_audio_sdk import Session
+    from fish_audio_sdk.exceptions import HttpCodeErr
+
+    wrong = httpx.post(f"{tenants_url}/v1/tts", json={"text": "Hi."}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json() == {"status": 401, "message": "invalid API key"}
+    missing = httpx.get(f"{tenants_url}/model/nope", headers={"Authorization": f"Bearer {ALICE}"})
+    assert missing.status_code == 404 and missing.json() == {"status": 404, "message": "no voice with id 'nope'"}
+    bad = httpx.post(f"{tenants_url}/v1/tts", content=b"{", headers={"Authorization": f"Bearer {ALICE}",
+                                                                     "Content-Type": "application/json"})
+    assert bad.status_code == 400 and bad.json() == {"status": 400, "message": "body: is not valid JSON"}
+    with pytest.raises(HttpCodeErr) as err:  # the older SDK builds its error from exactly these two keys
+        Session(ALICE, base_url=tenants_url).get_model("nope")
+    assert err.value.status == 404 and err.value.message == "no voice with id 'nope'"
+    with pytest.raises(AuthenticationError) as auth_err:
+        FishAudio(api_key="nope", base_url=tenants_url).voices.list()
+    assert auth_err.value.message == "invalid API key"
+
+
+@pytest.fixture(scope="module")
+def bounded(runner):
+    """One job per tenant; short live-session limits; uvicorn run as `python -m fish_worker.server` runs it."""
+    from fish_worker.server.protocol import uvicorn_options
+
+    settings = ServerSettings(api_keys=f"alice:{ALICE},bob:{BOB}", max_queued_jobs_per_tenant=1, retry_after_s=7,
+                              max_body_bytes=20_000, header_timeout_s=0.5, live_idle_timeout_s=1.0,
+                              live_max_session_s=2.5, live_max_text_chars=40)
+    app = create_app(runner, settings)
+    with serving(app, **uvicorn_options(settings)) as url:
+        yield url, app.state.runner
+
+
+WS_UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+              "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()}
+
+
+def wait_all_released(gate):
+    deadline = time.monotonic() + 10
+    while gate.admitted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gate.admitted == 0
+
+
+def test_live_sessions_and_tts_count_against_the_admission_bound(bounded):
+    url, gate = bounded
+    wait_all_released(gate)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ALICE}"}) as http:
+        with connect_ws("/v1/tts/live", client=http) as ws:  # Alice's one place, held by an open session
+            ws.send_bytes(ormsgpack.packb({"event": "start", "request": {"text": "", "format": "pcm"}}))
+            with pytest.raises(WebSocketUpgradeError) as refused:  # refused before the handshake
+                with connect_ws("/v1/tts/live", client=http):
+                    pass
+            assert refused.value.response.status_code == 429 and refused.value.response.headers["retry-after"] == "7"
+            upgrade = http.get("/v1/tts/live", headers=WS_UPGRADE)  # the same refusal, its body read
+            assert upgrade.status_code == 429 and upgrade.json()["status"] == 429
+            assert "FISH_MAX_QUEUED_JOBS_PER_TENANT" in upgrade.json()["message"]
+            with FishAudio(api_key=ALICE, base_url=url) as alice, pytest.raises(RateLimitError):
+                alice.tts.convert(text="Hi.", config=CONFIG)
+            with FishAudio(api_key=BOB, base_url=url) as bob:  # another tenant's place is its own
+                assert len(read_wav(bob.tts.convert(text="Hi.", config=CONFIG))[0]) > 0
+    wait_all_released(gate)  # the session's end gave its place back
+    with FishAudio(api_key=ALICE, base_url=url) as alice:
+        assert len(read_wav(alice.tts.convert(text="Hi.", config=CONFIG))[0]) > 0
+    wait_all_released(gate)
+
+
+def test_live_session_idle_timeout_text_limit_and_duration(bounded):
+    url, gate = bounded
+    start = {"event": "start", "request": {"text": "", "format": "pcm", "max_new_tokens": MAX_FRAMES}}
+    began = time.monotonic()
+    audio, finish = live_events(url, ALICE, [start])  # then nothing: idle
+    assert finish["reason"] == "error" and "FISH_LIVE_IDLE_TIMEOUT_S" in finish["message"]
+    assert 0.9 <= time.monotonic() - began < 10
+    wait_all_released(gate)
+    audio, finish = live_events(url, ALICE, [start, {"event": "text", "text": "x" * 41}])
+    assert finish["reason"] == "error" and "FISH_LIVE_MAX_TEXT_CHARS" in finish["message"]
+    wait_all_released(gate)
+    # Text keeps coming (never idle) past the header timeout, until the session's time is up.
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ALICE}"}) as http:
+        with connect_ws("/v1/tts/live", client=http) as ws:
+            began = time.monotonic()
+            ws.send_bytes(ormsgpack.packb(start))
+            for _ in range(15):
+                with contextlib.suppress(queue.Empty):
+                    finish = ormsgpack.unpackb(ws.receive_bytes(timeout=0.3))
+                    break
+                ws.send_bytes(ormsgpack.packb({"event": "text", "text": "a"}))
+            else:
+                finish = ormsgpack.unpackb(ws.receive_bytes(timeout=10))
+    assert finish["reason"] == "error" and "FISH_LIVE_MAX_SESSION_S" in finish["message"], finish
+    assert 2.4 <= time.monotonic() - began < 6
+    wait_all_released(gate)
+
+
+def test_fish_bodies_over_the_limit_are_413(bounded):
+    url, _ = bounded
+    big = ormsgpack.packb({"text": "Hi.", "references": [{"audio": b"x" * 30_000, "text": ""}]})
+    with FishAudio(api_key=ALICE, base_url=url) as alice, pytest.raises(APIError) as err:
+        alice.tts.convert(text="Hi.", references=[ReferenceAudio(audio=b"x" * 30_000, text="")])
+    assert err.value.status == 413 and "FISH_MAX_BODY_BYTES" in err.value.message
+    response = httpx.post(f"{url}/v1/tts", content=big, headers={"Authorization": f"Bearer {ALICE}",
+                                                                 "Content-Type": "application/msgpack"})
+    assert response.status_code == 413 and response.json()["status"] == 413

@@ -49,6 +49,8 @@ DOORS = [
     ("POST", "/v2/ep/runsync", {"input": JOB}),
     ("GET", "/v2/ep/health", None),
     ("POST", "/v1/audio/speech", {"model": "tts-1", "input": "Hi.", "voice": "alloy", "max_tokens": 4}),
+    ("POST", "/v1/tts", {"text": "Hi."}),
+    ("GET", "/model", None),
 ]
 
 
@@ -58,12 +60,48 @@ def test_every_door_refuses_a_missing_or_wrong_key(app, method, url, body, heade
     response = call(app, method, url, json=body, headers=headers)
     assert response.status_code == 401
     error = response.json()
-    if url.startswith("/v1"):
+    if url in ("/v1/tts", "/model"):  # Fish Audio's own shape
+        assert error["status"] == 401 and "API key" in error["message"]
+    elif url.startswith("/v1"):
         assert error["error"]["type"] == "authentication_error"
     elif url.startswith("/v2"):
         assert "API key" in error["error"]
     else:
         assert error["status"] == "error" and "API key" in error["error"] and "id" in error
+
+
+@pytest.mark.parametrize("extensions", [{"websocket.http.response": {}}, {}])
+def test_websockets_are_checked_before_the_handshake(extensions):
+    from starlette.websockets import WebSocket
+
+    from fish_worker.server.auth import AuthMiddleware, tenant_of
+
+    seen = []
+
+    async def app(scope, receive, send):  # stands for the router: records whose socket it got
+        seen.append(tenant_of(WebSocket(scope, receive, send)))
+
+    async def connect(headers):
+        scope = {"type": "websocket", "path": "/v1/tts/live", "headers": headers, "extensions": extensions}
+        sent = []
+
+        async def receive():
+            return {"type": "websocket.connect"}
+
+        async def send(message):
+            sent.append(message)
+
+        await AuthMiddleware(app, ServerSettings(api_keys="alice:key-a")).__call__(scope, receive, send)
+        return sent
+
+    refused = asyncio.run(connect([(b"authorization", b"Bearer wrong")]))
+    if extensions:  # an HTTP 401 in the Fish door's shape, instead of the handshake
+        assert refused[0]["type"] == "websocket.http.response.start" and refused[0]["status"] == 401
+        assert json.loads(refused[1]["body"]) == {"status": 401, "message": "invalid API key"}
+    else:  # a close before accepting, which servers answer with 403
+        assert refused == [{"type": "websocket.close", "code": 1008, "reason": "invalid API key"}]
+    assert seen == []
+    assert asyncio.run(connect([(b"authorization", b"Bearer key-a")])) == [] and seen == ["alice"]
 
 
 def test_auth_is_off_only_when_disabled_explicitly(runner):

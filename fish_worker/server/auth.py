@@ -1,8 +1,9 @@
 """Who is calling: the bearer key is checked before anything reads the request's body.
 
 `AuthMiddleware` (pure ASGI, outside FastAPI's routing) answers 401 from the headers alone, so an
-unauthenticated upload is never read, parsed or buffered. A valid key names the caller's tenant,
-which the doors put on every job (`tenant_of(request)`).
+unauthenticated upload is never read, parsed or buffered, and an unauthenticated WebSocket is refused
+before its handshake. A valid key names the caller's tenant, which the doors put on every job
+(`tenant_of(request)`, or of a WebSocket).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import hmac
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fish_worker.server.config import ServerSettings
-from fish_worker.server.errors import ApiError, error_response
+from fish_worker.server.errors import ApiError, deny_websocket, error_response
 
 # Open to all, no key: liveness probes (they say nothing private).
 OPEN_PATHS = frozenset({"/health", "/ping"})
@@ -34,14 +36,18 @@ class AuthMiddleware:
         self.open_paths = OPEN_PATHS | (DOCS_PATHS if settings.enable_docs else frozenset())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)  # lifespan; liveness probes
             return
         tenant: str | None = None
         if not self.disabled:
             try:
                 tenant = self._tenant(scope)
             except ApiError as exc:
+                if scope["type"] == "websocket":  # refused on the upgrade request: no handshake
+                    await deny_websocket(scope, receive, send, exc.status, exc.message,
+                                         headers={"WWW-Authenticate": "Bearer"})
+                    return
                 # "Connection: close": the unread body must not be taken for the next request.
                 response = error_response(scope["path"], 401, exc.message,
                                           headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
@@ -66,9 +72,9 @@ class AuthMiddleware:
         return tenant
 
 
-def tenant_of(request: Request) -> str | None:
-    """The caller's tenant (None: the one tenant of a server without keys)."""
-    tenant = request.scope.get("state", {}).get(_TENANT_STATE, _NOT_CHECKED)
+def tenant_of(connection: HTTPConnection) -> str | None:
+    """The caller's tenant, of a request or a WebSocket (None: the one tenant of a server without keys)."""
+    tenant = connection.scope.get("state", {}).get(_TENANT_STATE, _NOT_CHECKED)
     if tenant is _NOT_CHECKED:  # a route reached without the middleware: refuse rather than guess
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'")
     return tenant

@@ -2,6 +2,8 @@
 
 Seed (/run) and RunPod (/v2) doors: `{"id": ..., "status": "error", "error": "..."}`.
 OpenAI door (/v1): `{"error": {"message", "type", "param", "code"}}`, as the `openai` client expects.
+Fish Audio door (/v1/tts, /v1/tts/live, /model): Fish's own `{"status": <code>, "message": "..."}`;
+`fishaudio` reads `message`, and the older `fish_audio_sdk` builds its error from exactly these two keys.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,14 @@ def job_error_status(message: str) -> int:
     return 404 if message.startswith(_NOT_FOUND_PREFIXES) else 400
 
 
+def is_fish_path(path: str) -> bool:
+    return path in ("/v1/tts", "/model") or path.startswith(("/v1/tts/", "/model/"))
+
+
 def error_body(path: str, status: int, message: str, param: str | None = None,
                job_id: str | None = None) -> dict[str, Any]:
+    if is_fish_path(path):
+        return {"status": status, "message": message}
     if path.startswith("/v1/"):
         kind = ("authentication_error" if status == 401 else "rate_limit_error" if status == 429
                 else "invalid_request_error" if status < 500 else "server_error")
@@ -56,6 +65,18 @@ def error_body(path: str, status: int, message: str, param: str | None = None,
 def error_response(path: str, status: int, message: str, *, param: str | None = None, job_id: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(path, status, message, param, job_id), status_code=status, headers=headers)
+
+
+async def deny_websocket(scope: Scope, receive: Receive, send: Send, status: int, message: str,
+                         headers: dict[str, str] | None = None) -> None:
+    """Refuse a WebSocket before its handshake: an HTTP answer in the door's shape where the server can
+    send one (uvicorn can: the websocket.http.response extension), else a close, which servers answer 403."""
+    await receive()  # "websocket.connect": the ASGI server's first message, whatever the answer
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await error_response(scope["path"], status, message, headers=headers)(scope, receive, send)
+    else:
+        code = 1013 if status == 429 else 1008  # "try again later" / "policy violation"
+        await send({"type": "websocket.close", "code": code, "reason": message[:_MAX_ECHO]})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -16,6 +16,11 @@ as they become ready, so every sentence is conditioned on the previous one (one 
 All audio events together form one file in the requested format. `index` and `text` (the
 sentence, on its first audio event) are ours; the SDK ignores them. The socket closing stops the
 generation at once (between two decoding steps).
+
+The key is checked by AuthMiddleware on the upgrade request; the session is then one admitted job of
+the caller's tenant (gate.py; over the bound: 429 before the handshake) and uses that tenant's saved
+voices. A session ends with an error when nothing went either way for FISH_LIVE_IDLE_TIMEOUT_S, when
+it has lasted FISH_LIVE_MAX_SESSION_S, or when its text passes FISH_LIVE_MAX_TEXT_CHARS.
 """
 
 from __future__ import annotations
@@ -32,21 +37,21 @@ from typing import Any
 
 import ormsgpack
 from fastapi import APIRouter, WebSocket
-from fastapi.responses import JSONResponse
-from fastapi.security.utils import get_authorization_scheme_param
-from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from fish_worker.errors import JobInputError
-from fish_worker.server.auth import require_api_key
-from fish_worker.server.errors import ApiError
+from fish_worker.server.auth import tenant_of
+from fish_worker.server.config import ServerSettings
+from fish_worker.server.errors import ApiError, deny_websocket
 from fish_worker.server.fish_models import FishTTSRequest
 from fish_worker.server.fish_routes import validation_error
 from fish_worker.server.fish_synthesis import FishSpeechPlan, plan_speech
+from fish_worker.server.gate import GatedRunner
 from fish_worker.service import TTSService
 from fish_worker.text.sentence_stream import SentenceStream
 from fish_worker.threaded import iterate_in_thread
+from fish_worker.voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -62,72 +67,88 @@ class SessionError(Exception):
 
 @router.websocket("/v1/tts/live")
 async def live(websocket: WebSocket) -> None:
-    if not await _authorized(websocket):
-        return
-    await websocket.accept()
-    await LiveSession(websocket, websocket.app.state.runner.service).run()
-
-
-async def _authorized(websocket: WebSocket) -> bool:
-    """The HTTP doors' bearer-key check, on the upgrade request; refused: 401 before the handshake."""
-    scheme, token = get_authorization_scheme_param(websocket.headers.get("authorization"))
-    credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if scheme.lower() == "bearer" else None
+    runner: GatedRunner = websocket.app.state.runner
     try:
-        require_api_key(websocket, credentials)  # type: ignore[arg-type]  # it reads only .app
-    except ApiError as exc:
-        if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(JSONResponse({"message": exc.message}, status_code=exc.status))
-        else:
-            await websocket.close(code=1008, reason=exc.message)
-        return False
-    return True
+        tenant = tenant_of(websocket)  # the key was checked by AuthMiddleware, before the handshake
+        admission = runner.admit(tenant)  # a session is one job for as long as it lasts
+    except ApiError as exc:  # refused before the handshake, in the Fish door's shape (429 + Retry-After)
+        await deny_websocket(websocket.scope, websocket.receive, websocket.send, exc.status, exc.message,
+                             headers=exc.headers)
+        return
+    try:
+        await websocket.accept()
+        await LiveSession(websocket, runner.service, runner.service.voices.for_tenant(tenant),
+                          websocket.app.state.server_settings).run()
+    finally:
+        admission.release()
 
 
 class LiveSession:
-    def __init__(self, websocket: WebSocket, service: TTSService) -> None:
+    def __init__(self, websocket: WebSocket, service: TTSService, voices: VoiceStore,
+                 settings: ServerSettings) -> None:
         self.websocket = websocket
         self.service = service
+        self.voices = voices  # the caller's tenant's: where reference_id is looked up
+        self.settings = settings
         self.sentences: queue.Queue = queue.Queue()  # read by the synthesis thread
         self.started = time.perf_counter()
+        self.last_activity = time.monotonic()  # an event received or audio sent
+        self.text_chars = 0
 
     async def run(self) -> None:
+        receiver = speaker = None
+
+        async def stop_tasks() -> None:  # still running after a timeout or a fault: the generation stops now
+            for task in (speaker, receiver):
+                if task is not None and not task.done():
+                    await _cancelled(task)
+
+        deadline = asyncio.timeout(self.settings.live_max_session_s)
         try:
-            plan = await self._start()
-            receiver = asyncio.create_task(self._receive(plan.request.chunk_length, plan.request.text))
-            speaker = asyncio.create_task(self._speak(plan))
-            done, _ = await asyncio.wait({receiver, speaker}, return_when=asyncio.FIRST_COMPLETED)
-            if speaker not in done:  # the client left or broke the protocol: stop generating now
-                speaker.cancel()
-                with suppress(asyncio.CancelledError):
-                    await speaker
-                receiver.result()  # a protocol error ends the session as an error
-                return
-            receiver.cancel()
-            with suppress(asyncio.CancelledError, WebSocketDisconnect):
-                await receiver
-            speaker.result()
+            async with deadline:
+                plan = await self._start()
+                receiver = asyncio.create_task(self._receive(plan.request.chunk_length, plan.request.text))
+                speaker = asyncio.create_task(self._speak(plan))
+                done, _ = await asyncio.wait({receiver, speaker}, return_when=asyncio.FIRST_COMPLETED)
+                if speaker not in done:  # the client left or broke the protocol: stop generating now
+                    await _cancelled(speaker)
+                    receiver.result()  # a protocol error ends the session as an error
+                    return
+                await _cancelled(receiver)
+                speaker.result()
             await self._send({"event": "finish", "reason": "stop"})
         except WebSocketDisconnect:
             return
         except (SessionError, JobInputError) as exc:
             await self._finish_with_error(str(exc))
+        except TimeoutError:
+            await stop_tasks()  # no audio after the finish event
+            if not deadline.expired():
+                log.exception("live session failed")
+                await self._finish_with_error("internal error: TimeoutError")
+            else:
+                await self._finish_with_error(f"session: lasted {self.settings.live_max_session_s:g} s, "
+                                              "the limit (FISH_LIVE_MAX_SESSION_S)")
         except Exception as exc:  # a fault of ours: log it, tell the client briefly
             log.exception("live session failed")
+            await stop_tasks()
             await self._finish_with_error(f"internal error: {type(exc).__name__}")
         finally:
             self.sentences.put(_END)  # a synthesis thread still waiting for text ends
+            await stop_tasks()
         with suppress(RuntimeError, WebSocketDisconnect):
             await self.websocket.close()
 
     async def _start(self) -> FishSpeechPlan:
-        event = await self._next_event()
+        event = await self._client_event()
         if event.get("event") != "start":
             raise SessionError(f"event: the first event must be 'start', got {str(event.get('event'))[:100]!r}")
         try:
             request = FishTTSRequest.model_validate(event.get("request") or {})
         except ValidationError as exc:
             raise SessionError("request." + validation_error(exc).message) from None
-        return await asyncio.to_thread(plan_speech, request, self.service)
+        self._count_text(request.text)
+        return await asyncio.to_thread(plan_speech, request, self.service, self.voices)
 
     async def _receive(self, chunk_length: int, start_text: str) -> None:
         """Turn text events into sentences until the client goes away."""
@@ -135,7 +156,8 @@ class LiveSession:
         self._queue(stream.push(start_text))  # the start request may carry the first text
         stopped = False
         while True:
-            event = await self._next_event()  # WebSocketDisconnect ends the session
+            # WebSocketDisconnect ends the session; after stop the client only waits for the audio.
+            event = await (self._next_event() if stopped else self._client_event())
             kind = event.get("event")
             if stopped:
                 continue  # after stop only a close is awaited
@@ -143,6 +165,7 @@ class LiveSession:
                 text = event.get("text")
                 if not isinstance(text, str):
                     raise SessionError("text: must be a string")
+                self._count_text(text)
                 self._queue(stream.push(text))
                 stream = self._bounded(stream, chunk_length)
             elif kind == "flush":
@@ -154,6 +177,29 @@ class LiveSession:
                 stopped = True
             else:
                 log.info("live session: ignored event %r", str(kind)[:100])
+
+    def _count_text(self, text: str) -> None:
+        self.text_chars += len(text)
+        if self.text_chars > self.settings.live_max_text_chars:
+            raise SessionError(f"text: the session's text passed {self.settings.live_max_text_chars} characters, "
+                               "the limit (FISH_LIVE_MAX_TEXT_CHARS)")
+
+    async def _client_event(self) -> dict[str, Any]:
+        """The client's next event; SessionError once nothing has gone either way for the idle timeout."""
+        idle_s = self.settings.live_idle_timeout_s
+        pending = asyncio.ensure_future(self._next_event())
+        try:
+            while True:
+                left = self.last_activity + idle_s - time.monotonic()
+                if left <= 0:
+                    raise SessionError(f"idle: nothing was sent or received for {idle_s:g} s "
+                                       "(FISH_LIVE_IDLE_TIMEOUT_S)")
+                done, _ = await asyncio.wait({pending}, timeout=left)  # audio sent meanwhile moves the deadline
+                if done:
+                    return pending.result()
+        finally:
+            if not pending.done():
+                pending.cancel()
 
     def _queue(self, sentences: list[str]) -> None:
         for sentence in sentences:
@@ -200,6 +246,7 @@ class LiveSession:
         message = await self.websocket.receive()
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
+        self.last_activity = time.monotonic()
         try:
             if message.get("bytes") is not None:
                 event = ormsgpack.unpackb(message["bytes"])
@@ -213,9 +260,18 @@ class LiveSession:
 
     async def _send(self, event: dict[str, Any]) -> None:
         await self.websocket.send_bytes(ormsgpack.packb(event))
+        self.last_activity = time.monotonic()
 
     async def _finish_with_error(self, message: str) -> None:
         log.info("live session ended with an error: %s", message)
         if self.websocket.client_state == WebSocketState.CONNECTED:
             with suppress(RuntimeError, WebSocketDisconnect):
                 await self._send({"event": "finish", "reason": "error", "message": message})
+
+
+async def _cancelled(task: asyncio.Task) -> None:
+    """Cancel `task` and wait until it has ended (its generation stopped); how it ended is not asked."""
+    task.cancel()
+    await asyncio.wait({task})  # unlike `await task`, raises neither its error nor its cancellation
+    if not task.cancelled():
+        task.exception()  # taken, so asyncio does not log it as never retrieved

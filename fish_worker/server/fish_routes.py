@@ -1,8 +1,10 @@
 """Fish Audio's HTTP API: POST /v1/tts and the voice models at /model (for `fish-audio-sdk`).
 
 /v1/tts streams one audio file in the request's format as sentences are synthesised (chunked
-transfer). Voices are the saved-voices store (fish_worker/voices.py) in Fish's "model" shape; a
+transfer); it is admitted and holds a generation slot like a job of the other doors (gate.py).
+Voices are the caller's tenant's saved voices (fish_worker/voices.py) in Fish's "model" shape; a
 voice's `_id` is its voice_id, usable as `reference_id` here and as `voice_id` on the other doors.
+Another tenant's voice is 404 everywhere, as a voice never saved.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import asyncio
 import datetime
 import json
 import logging
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -22,34 +25,40 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from fish_worker.errors import JobInputError
-from fish_worker.server.auth import require_api_key
+from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.errors import ApiError
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
-from fish_worker.server.fish_synthesis import MEDIA_TYPE, FishSpeechPlan, encode_references, plan_speech
-from fish_worker.service import TTSService
+from fish_worker.server.fish_synthesis import (
+    MEDIA_TYPE, FishSpeechPlan, UnknownReferenceError, encode_references, plan_speech)
+from fish_worker.server.gate import Admission, GatedRunner
+from fish_worker.service import SpeechChunk, TTSService
 from fish_worker.text.sentences import split_sentences
 from fish_worker.threaded import iterate_in_thread
-from fish_worker.voices import VoiceInfo, VoiceNotFoundError, validate_voice_id
+from fish_worker.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, validate_voice_id
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["Fish Audio-compatible"], dependencies=[Depends(require_api_key)])
 
-# A request carries its reference clips inline; more than this is refused before it is all read.
-MAX_BODY_BYTES = 64 * 1024 * 1024
-
 
 @router.post("/v1/tts", summary="Speak `text` (Fish Audio TTSRequest, msgpack or JSON)",
              response_class=StreamingResponse, responses={200: {"content": {"audio/mpeg": {}}}})
 async def tts(request: Request):
-    service: TTSService = request.app.state.runner.service
-    fish_request = parse_tts_request(await _read_body(request), request.headers.get("content-type", ""))
-    plan = await _plan(fish_request, service)
-    sentences = split_sentences(fish_request.text, fish_request.chunk_length)
-    if not sentences:
-        raise ApiError(400, "text: must contain text", param="text")
-
-    chunks = iterate_in_thread(lambda stop: plan.synthesize(service, sentences, stop))
+    runner: GatedRunner = request.app.state.runner
+    service = runner.service
+    # The body's size and time are bounded by BodyLimitMiddleware (FISH_MAX_BODY_BYTES) as it arrives.
+    fish_request = parse_tts_request(await request.body(), request.headers.get("content-type", ""))
+    tenant = tenant_of(request)
+    admission = runner.admit(tenant)  # 429 when the server or this tenant has too many jobs
+    try:
+        plan = await _plan(fish_request, service, service.voices.for_tenant(tenant))
+        sentences = split_sentences(fish_request.text, fish_request.chunk_length)
+        if not sentences:
+            raise ApiError(400, "text: must contain text", param="text")
+    except BaseException:
+        admission.release()
+        raise
+    chunks = _gated(runner, admission, lambda stop: plan.synthesize(service, sentences, stop))
     encoder = plan.encoder(service.sample_rate)
     # The first chunk is awaited before answering, so a bad voice or text is a 400, not a cut stream.
     try:
@@ -60,6 +69,17 @@ async def tts(request: Request):
     if first is None:
         raise ApiError(400, "text: no audio was generated for this text", param="text")
     return StreamingResponse(_encoded(first, chunks, encoder), media_type=MEDIA_TYPE[fish_request.format])
+
+
+async def _gated(runner: GatedRunner, admission: Admission,
+                 speech: Callable[[threading.Event], Iterator[SpeechChunk]]) -> AsyncIterator[SpeechChunk]:
+    """`speech`'s chunks once a generation slot is free; the admission is given back when it ends."""
+    try:
+        async with runner.slot(), aclosing(iterate_in_thread(speech)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+    finally:
+        admission.release()
 
 
 def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
@@ -85,9 +105,9 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError(400, f"{field}: {first['msg'].removeprefix('Value error, ')}", param=field)
 
 
-async def _plan(fish_request: FishTTSRequest, service: TTSService) -> FishSpeechPlan:
+async def _plan(fish_request: FishTTSRequest, service: TTSService, voices: VoiceStore) -> FishSpeechPlan:
     try:
-        return await asyncio.to_thread(plan_speech, fish_request, service)
+        return await asyncio.to_thread(plan_speech, fish_request, service, voices)
     except JobInputError as exc:
         raise _bad_request(exc) from None
 
@@ -95,7 +115,8 @@ async def _plan(fish_request: FishTTSRequest, service: TTSService) -> FishSpeech
 def _bad_request(exc: JobInputError) -> ApiError:
     # The service names its own fields; say them in the TTSRequest's words.
     field = {"reference_audio": "references", "message": "text", "voice_id": "reference_id"}.get(exc.field, exc.field)
-    return ApiError(400, f"{field}: {exc.problem}", param=field)
+    status = 404 if isinstance(exc, UnknownReferenceError) else 400
+    return ApiError(status, f"{field}: {exc.problem}", param=field)
 
 
 async def _encoded(first, chunks, encoder) -> AsyncIterator[bytes]:
@@ -114,15 +135,6 @@ async def _encoded(first, chunks, encoder) -> AsyncIterator[bytes]:
             yield data
 
 
-async def _read_body(request: Request) -> bytes:
-    body = bytearray()
-    async for part in request.stream():
-        body.extend(part)
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"body: is over {MAX_BODY_BYTES // (1024 * 1024)} MB", param="body")
-    return bytes(body)
-
-
 # ---- voices ("models" in Fish's API) ------------------------------------------------------------
 
 
@@ -130,8 +142,7 @@ async def _read_body(request: Request) -> bytes:
 async def list_voices(request: Request, page_size: int = Query(10, ge=1, le=100),
                       page_number: int = Query(1, ge=1), title: str | None = None,
                       sort_by: str = "task_count") -> dict[str, Any]:
-    service: TTSService = request.app.state.runner.service
-    voices = await asyncio.to_thread(service.voices.list)
+    voices = await asyncio.to_thread(_voices(request).list)
     if title:
         voices = [v for v in voices if title.lower() in _title(v).lower()]
     if sort_by == "created_at":
@@ -142,18 +153,16 @@ async def list_voices(request: Request, page_size: int = Query(10, ge=1, le=100)
 
 @router.get("/model/{voice_id}", summary="Get a saved voice (Fish Audio voices.get)")
 async def get_voice(voice_id: str, request: Request) -> dict[str, Any]:
-    service: TTSService = request.app.state.runner.service
     try:
-        return fish_voice((await asyncio.to_thread(service.voices.load, _voice_id(voice_id))).info)
+        return fish_voice((await asyncio.to_thread(_voices(request).load, _voice_id(voice_id))).info)
     except VoiceNotFoundError:
         raise _no_voice(voice_id) from None
 
 
 @router.delete("/model/{voice_id}", summary="Delete a saved voice (Fish Audio voices.delete)")
 async def delete_voice(voice_id: str, request: Request) -> Response:
-    service: TTSService = request.app.state.runner.service
     try:
-        await asyncio.to_thread(service.voices.delete, _voice_id(voice_id))
+        await asyncio.to_thread(_voices(request).delete, _voice_id(voice_id))
     except VoiceNotFoundError:
         raise _no_voice(voice_id) from None
     return Response(status_code=200)
@@ -173,7 +182,8 @@ async def create_voice(
     enhance_audio_quality: bool = Form(True),  # accepted, ignored
     cover_image: UploadFile | None = File(None),  # accepted, not stored
 ) -> dict[str, Any]:
-    service: TTSService = request.app.state.runner.service
+    runner: GatedRunner = request.app.state.runner
+    service = runner.service
     if voice_type != "tts":
         raise ApiError(400, "type: only 'tts' voices can be created", param="type")
     if len(texts) > len(voices):
@@ -181,15 +191,19 @@ async def create_voice(
     clips = [ReferenceAudio(audio=await f.read(), text=texts[i] if i < len(texts) else "")
              for i, f in enumerate(voices)]
     voice_id = uuid.uuid4().hex  # Fish's ids are 32 hex digits too
+    voices_store = _voices(request)
 
     def save() -> VoiceInfo:
         prompt = encode_references(clips, service, field="voices")
-        return service.voices.save(voice_id, prompt.codes.numpy(), prompt.text, overwrite=False, title=title)
+        return voices_store.save(voice_id, prompt.codes.numpy(), prompt.text, overwrite=False, title=title)
 
+    admission = runner.admit(tenant_of(request))  # encoding the clips is work like a save_voice job's
     try:
         info = await asyncio.to_thread(save)
     except JobInputError as exc:
         raise ApiError(400, str(exc), param=exc.field) from None
+    finally:
+        admission.release()
     return fish_voice(info)
 
 
@@ -204,6 +218,11 @@ def fish_voice(info: VoiceInfo) -> dict[str, Any]:
         "lock_visibility": False, "like_count": 0, "mark_count": 0, "shared_count": 0, "task_count": 0,
         "liked": False, "marked": False, "author": {"_id": "self", "nickname": "self-hosted", "avatar": ""},
     }
+
+
+def _voices(request: Request) -> VoiceStore:
+    """The caller's tenant's saved voices: another tenant's are not there."""
+    return request.app.state.runner.service.voices.for_tenant(tenant_of(request))
 
 
 def _title(info: VoiceInfo) -> str:

@@ -24,7 +24,7 @@ from fish_worker.errors import JobInputError
 from fish_worker.schemas import JobInput
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
 from fish_worker.service import SpeechChunk, TTSService
-from fish_worker.voices import validate_voice_id
+from fish_worker.voices import VoiceStore, validate_voice_id
 
 MEDIA_TYPE = {"wav": MEDIA_TYPES["wav"], "pcm": MEDIA_TYPES["pcm16"], "mp3": MEDIA_TYPES["mp3"],
               "opus": MEDIA_TYPES["opus"]}
@@ -47,9 +47,14 @@ class FishSpeechPlan:
         return FishAudioEncoder(self.request.audio_format, self.adjustments, model_rate, self.request.bitrate_kbps)
 
 
-def plan_speech(request: FishTTSRequest, service: TTSService) -> FishSpeechPlan:
+class UnknownReferenceError(JobInputError):
+    """`reference_id` names no voice of the caller's (404, as for an id never saved)."""
+
+
+def plan_speech(request: FishTTSRequest, service: TTSService, voices: VoiceStore) -> FishSpeechPlan:
     """Check the request and resolve its voice (blocking: encodes reference audio).
 
+    `voices`: the caller's tenant's saved voices, where `reference_id` is looked up.
     Raises JobInputError("<field>: ...") for anything the caller must fix.
     """
     settings = service.settings
@@ -77,9 +82,10 @@ def plan_speech(request: FishTTSRequest, service: TTSService) -> FishSpeechPlan:
         except ValueError:  # not echoed: it may be long
             raise JobInputError("reference_id", "is not a voice id (1-64 letters, digits, '_', '.' or '-')") from None
         try:
-            voice = service.saved_voice(voice_id)
-        except JobInputError as exc:
-            raise JobInputError("reference_id", exc.problem) from None
+            voice = service.saved_voice(voice_id, voices)
+        except JobInputError as exc:  # missing (404), or saved with another model (400)
+            kind = JobInputError if voices.exists(voice_id) else UnknownReferenceError
+            raise kind("reference_id", exc.problem) from None
     else:
         voice = encode_references(request.references, service)
     return FishSpeechPlan(request, params, voice, adjustments)

@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fish_worker.jobs import JobRunner
@@ -69,17 +70,23 @@ class GatedRunner:
         """
         admission = admission or self.admit(job.get(TENANT_KEY))
         try:
-            async with self._slots:
-                self.running += 1
+            async with self.slot():
                 if on_start is not None:
                     on_start()
-                try:
-                    async for chunk in self.runner.run(job):
-                        yield chunk
-                finally:
-                    self.running -= 1
+                async for chunk in self.runner.run(job):
+                    yield chunk
         finally:
             admission.release()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the `max_concurrent_jobs` generation slots, waited for, held for the block."""
+        async with self._slots:
+            self.running += 1
+            try:
+                yield
+            finally:
+                self.running -= 1
 
     @property
     def service(self):

@@ -32,6 +32,12 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         if self.cycle is not cycle:  # a new request's headers are complete
             self._disarm()
 
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        # The upgrade request's headers are complete and the connection now belongs to the WebSocket
+        # protocol (with its own ping timeouts): this deadline must not close a live session later.
+        self._disarm()
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         self._arm()  # first: the parent may start a pipelined request, which disarms it
         super().on_response_complete()
