@@ -13,6 +13,7 @@ from fish_worker.conversation_service import CONVERSATION_ACTIONS, ConversationS
 from fish_worker.conversations import ConversationStoreError, make_conversation_store
 from fish_worker.errors import JobInputError
 from fish_worker.job_output import StreamedOutput, whole_output, within_result_limit
+from fish_worker.output_adjustments import adjusted_speech, job_adjustments
 from fish_worker.schemas import parse_job_input
 from fish_worker.service import SpeechChunk, TTSService
 from fish_worker.spoken_reply import TextDelta
@@ -57,6 +58,8 @@ class JobRunner:
                 speech = lambda stop: self.conversations.turn(request, mode, stop)  # noqa: E731
             else:
                 speech = lambda stop: self.service.synthesize(request, stop)  # noqa: E731
+            adjustments = job_adjustments(request)  # sample_rate, speed, volume
+            speech = lambda stop, make=speech: adjusted_speech(make(stop), adjustments)  # noqa: E731
             if request.stream:
                 streamed = StreamedOutput(request.audio_format)
                 async for chunk in iterate_in_thread(speech):
