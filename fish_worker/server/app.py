@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fish_worker.jobs import JobRunner
-from fish_worker.server import fish_live, fish_routes, openai_door, runpod_door, seed_door
+from fish_worker.server import fish_live, fish_routes, openai_door, playground, runpod_door, seed_door
 from fish_worker.server.config import ServerSettings
 from fish_worker.server.errors import ApiError
 from fish_worker.server.gate import GatedRunner
@@ -30,6 +30,8 @@ def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> Fas
     app.include_router(openai_door.router)
     app.include_router(fish_routes.router)
     app.include_router(fish_live.router)
+    if settings.playground:
+        app.include_router(playground.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app

@@ -18,6 +18,7 @@ class ServerSettings(BaseSettings):
     max_concurrent_jobs: int | None = Field(None, ge=1)
     job_ttl_s: float = Field(1800, gt=0)  # /v2 results are kept this long, as RunPod keeps /run results 30 min
     runsync_wait_s: float = Field(90, gt=0)  # /v2 runsync answers IN_PROGRESS after this, as RunPod does
+    playground: bool = True  # the browser playground at / (static, no secrets; its API calls need a key)
 
     @property
     def key_set(self) -> frozenset[str]:
