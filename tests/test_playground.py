@@ -117,11 +117,15 @@ def test_page_streams_speech_into_web_audio(page, tmp_path):
     status = play_and_wait(page)
     assert status["state"] == "done", status
     assert int(status["samples"]) > 0 and int(status["chunks"]) >= 2
-    assert int(status["firstAudioMs"]) > 0 and page.inner_text("#first-audio").endswith(" ms")
+    # Audio arrived while the rest was still being generated, not all at the end.
+    assert 0 < int(status["firstAudioMs"]) < int(status["totalMs"]) and page.inner_text("#first-audio").endswith(" ms")
     assert page.locator("#sentences li").all_inner_texts() == ["Hello there.", "How are you today?"]
     # The whole file was handed to an <audio> element, which decoded its length.
     assert audio_element_duration(page) == pytest.approx(int(status["samples"]) / 44100, abs=0.01)
     page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+    # Web Audio played it: its clock passed both sentences' scheduled audio.
+    page.wait_for_selector("#sentences li:nth-child(2).spoken", state="attached", timeout=15_000)
+    assert page.locator("#sentences li.spoken").count() == 2
     print(f"screenshot: {tmp_path / 'playground.png'}")
     assert not page.problems, page.problems
 

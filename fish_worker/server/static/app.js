@@ -309,7 +309,7 @@ async function play() {
   $("reply-box").hidden = true;
   $("result").hidden = true;
   for (const [id, text] of [["first-audio", "–"], ["audio-seconds", "–"], ["samples", "0"]]) $(id).textContent = text;
-  Object.assign($("output").dataset, { samples: "0", chunks: "0", firstAudioMs: "" });
+  Object.assign($("output").dataset, { samples: "0", chunks: "0", firstAudioMs: "", totalMs: "" });
 
   audioContext = audioContext || new AudioContext();
   await audioContext.resume(); // inside the click: browsers allow sound after a user gesture
@@ -341,6 +341,7 @@ async function play() {
     }
     if (pending.trim()) handleLine(pending, stream);
     await stream.finish();
+    $("output").dataset.totalMs = String(Math.round(performance.now() - stream.started));
     setState("done");
   } catch (exc) {
     if (exc.name === "AbortError") { setState("stopped"); return; }
