@@ -19,6 +19,7 @@ from fish_worker.job_output import (
     whole_output,
     within_result_limit,
 )
+from fish_worker.output_adjustments import adjusted_speech, job_adjustments
 from fish_worker.json_safe import NotJsonSafe, check_json_safe
 from fish_worker.schemas import JobInput, check_encodable, parse_job_input
 from fish_worker.service import NO_AUDIO_ERROR, SpeechChunk, TTSService
@@ -108,6 +109,8 @@ class JobRunner:
                 speech = lambda stop: conversations.turn(request, mode, stop)  # noqa: E731
             else:
                 speech = lambda stop: self.service.synthesize(request, stop, voices=conversations.voices)  # noqa: E731
+            adjustments = job_adjustments(request)  # sample_rate, speed, volume
+            speech = lambda stop, make=speech: adjusted_speech(make(stop), adjustments)  # noqa: E731
             if request.stream:
                 streamed = StreamedOutput(request.audio_format)
                 spoke = False

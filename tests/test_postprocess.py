@@ -79,3 +79,12 @@ def test_fish_encoder_hands_out_a_sentence_whole_at_its_end():
     data = encoder.feed(sentence[:20000]) + encoder.feed(sentence[20000:], end_of_sentence=True)
     assert len(data) // 2 == pytest.approx(16000 / 1.5, rel=0.02)
     assert encoder.close() == b""
+
+
+@pytest.mark.parametrize("speed", [0.5, 1.5, 2.0])
+def test_time_stretch_holds_back_little_of_a_streamed_piece(speed):
+    """A streamed job's first audio waits ~50 ms for the stretch, not the most of its first piece."""
+    processor = AudioPostProcessor(AudioAdjustments(speed=speed), 44100)
+    out = processor.process(tone(0.4))  # one streamed chunk: ~0.4 s of model audio
+    held_back_s = 0.4 - len(out) * speed / 44100
+    assert held_back_s < 0.08, held_back_s

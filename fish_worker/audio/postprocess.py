@@ -92,6 +92,10 @@ def adjust_audio(audio: np.ndarray, model_rate: int, adjustments: AudioAdjustmen
     return np.concatenate([processor.process(audio), processor.flush()])
 
 
+# Samples per frame pushed into atempo (23 ms at 44.1 kHz).
+_STRETCH_FRAME = 1024
+
+
 class _TimeStretch:
     """FFmpeg's atempo in a PyAV filter graph, fed and drained piece by piece."""
 
@@ -112,19 +116,26 @@ class _TimeStretch:
         self._graph.configure()
 
     def process(self, audio: np.ndarray, last: bool) -> np.ndarray:
-        if audio.size:
-            frame = self._av.AudioFrame.from_ndarray(np.ascontiguousarray(audio)[None, :], format="flt",
-                                                     layout="mono")
+        out: list[np.ndarray] = []
+        # atempo hands out output in blocks the size of its input frames (scaled by the speed) and
+        # holds the block being filled: small frames keep what a stream waits for at ~50 ms, where
+        # one 0.4 s chunk pushed whole would hold back ~0.3 s.
+        for start in range(0, audio.size, _STRETCH_FRAME):
+            piece = np.ascontiguousarray(audio[start:start + _STRETCH_FRAME])
+            frame = self._av.AudioFrame.from_ndarray(piece[None, :], format="flt", layout="mono")
             frame.sample_rate = self._rate
             frame.pts = self._pts
-            self._pts += audio.size
+            self._pts += piece.size
             self._graph.push(frame)
+            self._drain(out)
         if last:
             self._graph.push(None)  # end of stream: atempo hands out what it still holds
-        out = []
+            self._drain(out)
+        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros(0, dtype=np.float32)
+
+    def _drain(self, out: list[np.ndarray]) -> None:
         while True:
             try:
                 out.append(self._graph.pull().to_ndarray().reshape(-1))
             except (self._av.BlockingIOError, self._av.EOFError):
-                break
-        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros(0, dtype=np.float32)
+                return

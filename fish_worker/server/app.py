@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from fish_worker.jobs import JobRunner
-from fish_worker.server import fish_live, fish_routes, openai_door, runpod_door, seed_door
+from fish_worker.server import fish_live, fish_routes, openai_door, playground, runpod_door, seed_door
 from fish_worker.server.auth import AuthMiddleware
 from fish_worker.server.body_limits import BodyLimitMiddleware
 from fish_worker.server.config import ServerSettings
@@ -44,6 +44,8 @@ def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> Fas
     app.include_router(openai_door.router)
     app.include_router(fish_routes.router)
     app.include_router(fish_live.router)
+    if settings.playground:
+        app.include_router(playground.router)
     app.add_api_route("/health", _health, methods=["GET"], tags=["health"], summary="Liveness (no key needed)")
     install_error_handlers(app)
     # Added last = outermost: authentication runs before anything reads the body.

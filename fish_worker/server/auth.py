@@ -20,6 +20,9 @@ from fish_worker.server.errors import ApiError, deny_websocket, error_response
 
 # Open to all, no key: liveness probes (they say nothing private).
 OPEN_PATHS = frozenset({"/health", "/ping"})
+# The playground's static page and files (no secrets: its API calls carry the key typed into it).
+PLAYGROUND_PATHS = frozenset({"/"})
+PLAYGROUND_PREFIX = "/playground/"
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _TENANT_STATE = "fish_tenant"
 _NOT_CHECKED = object()
@@ -34,10 +37,11 @@ class AuthMiddleware:
         self.disabled = settings.auth_disabled
         self.keys = [(key.encode(), tenant) for key, tenant in settings.tenant_keys.items()]
         self.open_paths = OPEN_PATHS | (DOCS_PATHS if settings.enable_docs else frozenset())
+        self.playground = settings.playground
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)  # lifespan; liveness probes
+        if scope["type"] not in ("http", "websocket") or self._is_open(scope["path"]):
+            await self.app(scope, receive, send)  # lifespan; liveness probes; the playground's files
             return
         tenant: str | None = None
         if not self.disabled:
@@ -55,6 +59,11 @@ class AuthMiddleware:
                 return
         scope.setdefault("state", {})[_TENANT_STATE] = tenant
         await self.app(scope, receive, send)
+
+    def _is_open(self, path: str) -> bool:
+        if path in self.open_paths:
+            return True
+        return self.playground and (path in PLAYGROUND_PATHS or path.startswith(PLAYGROUND_PREFIX))
 
     def _tenant(self, scope: Scope) -> str:
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)

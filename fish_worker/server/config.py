@@ -45,6 +45,7 @@ class ServerSettings(BaseSettings):
     live_idle_timeout_s: float = Field(60, gt=0)  # ended when nothing went either way for this long
     live_max_session_s: float = Field(1800, gt=0)  # ended after this long, whatever is happening
     live_max_text_chars: int = Field(100_000, ge=1)  # text one session may send, in all
+    playground: bool = True  # the browser playground at / (static, no secrets; its API calls need a key)
 
     @field_validator("api_keys")
     @classmethod

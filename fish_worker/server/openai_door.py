@@ -33,8 +33,9 @@ router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[Depen
 
 OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
                            "shimmer", "verse", "marin", "cedar", "default"})
-# OpenAI's names → ours. Our pcm is 16-bit little-endian like OpenAI's, but at 44.1 kHz, not 24 kHz.
+# OpenAI's names → ours. pcm is headerless, so its rate is OpenAI's: 16-bit little-endian at 24 kHz.
 _FORMATS = {"mp3": "mp3", "opus": "opus", "flac": "flac", "wav": "wav", "pcm": "pcm16"}
+OPENAI_PCM_SAMPLE_RATE = 24_000
 
 
 class SpeechRequest(BaseModel):
@@ -44,7 +45,7 @@ class SpeechRequest(BaseModel):
     input: str = Field(description="The text to speak.")
     voice: str = Field("default", description="A saved voice id, or an OpenAI voice name for the default voice.")
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: float = Field(1.0, description="Only 1.0 is supported.")
+    speed: float = Field(1.0, description="0.5 to 2.0 here (OpenAI allows 0.25 to 4.0); pitch is kept.")
     stream_format: Literal["audio", "sse"] = "audio"
     instructions: str | None = Field(None, description="Accepted and ignored.")
     # Fish Speech extras (the openai client sends them with extra_body=...).
@@ -52,6 +53,7 @@ class SpeechRequest(BaseModel):
     max_tokens: int | None = Field(None, description="Fish Speech: most codec frames per sentence.")
     stream: bool = Field(False, description="Fish Speech: send audio as it is made (a length-unknown header); "
                                             "stream_format 'sse' always streams.")
+    sample_rate: int | None = Field(None, description="Fish Speech: output rate (pcm: 24000, else 44100).")
 
 
 @router.post("/audio/speech", summary="Speak `input` (OpenAI audio.speech)",
@@ -62,10 +64,11 @@ async def speech(body: SpeechRequest, request: Request):
     if audio_format is None:
         raise ApiError(400, f"response_format {body.response_format!r} is not supported; use one of "
                             f"{', '.join(_FORMATS)}", param="response_format")
-    if body.speed != 1.0:
-        raise ApiError(400, "only speed 1.0 is supported", param="speed")
     streamed = body.stream or body.stream_format == "sse"
-    job_input: dict[str, Any] = {"message": body.input, "stream": streamed, "audio_format": audio_format}
+    job_input: dict[str, Any] = {"message": body.input, "stream": streamed, "audio_format": audio_format,
+                                 "speed": body.speed}
+    if body.sample_rate is not None or body.response_format == "pcm":
+        job_input["sample_rate"] = body.sample_rate or OPENAI_PCM_SAMPLE_RATE
     if "mode" in JobInput.model_fields:
         job_input["mode"] = "tts"  # speak the text as given, even when the worker has a chat model
     job_input.update({k: v for k, v in {"seed": body.seed, "max_tokens": body.max_tokens}.items() if v is not None})

@@ -1,0 +1,70 @@
+"""A job's `sample_rate`, `speed` and `volume`, applied to its speech as it is generated.
+
+    adjustments = job_adjustments(request)             # JobInputError naming the field if impossible
+    for event in adjusted_speech(events, adjustments):  # TextDelta passes through; SpeechChunk adjusted
+        ...
+
+Applied to the chunks before they are encoded, so every output shape (whole or streamed, any
+audio_format, chat or tts) gets the same audio and reports the real rate in `sample_rate`.
+One AudioPostProcessor runs across a sentence's streamed chunks, so they join seamlessly; it is
+flushed and restarted at each sentence's end (the chunk that carries the sentence's codes), so
+the time-stretch and resampler never hold a finished sentence's last ~20-65 ms back until the next
+sentence is generated. Sentences are separate generations, so the restart leaves no seam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import TypeVar
+
+import numpy as np
+
+from fish_worker.audio.formats import OPUS_SAMPLE_RATE
+from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
+from fish_worker.errors import JobInputError
+from fish_worker.schemas import JobInput
+from fish_worker.service import SpeechChunk
+
+# Rates an MP3 (MPEG-1/2/2.5 layer III) can carry; the other formats take any rate in range.
+MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+Event = TypeVar("Event")
+
+
+def job_adjustments(request: JobInput) -> AudioAdjustments:
+    """The request's output adjustments, checked against what its audio_format can carry."""
+    rate = request.sample_rate
+    if rate is not None and request.audio_format == "mp3" and rate not in MP3_SAMPLE_RATES:
+        raise JobInputError("sample_rate", f"mp3 supports {', '.join(map(str, MP3_SAMPLE_RATES))}; got {rate}")
+    if request.audio_format == "opus":
+        # Opus is always encoded at 48 kHz (its decoders output 48 kHz whatever the source was).
+        if rate not in (None, OPUS_SAMPLE_RATE):
+            raise JobInputError("sample_rate", f"opus is always {OPUS_SAMPLE_RATE} Hz; leave sample_rate out "
+                                               "or choose another audio_format")
+        rate = None
+    return AudioAdjustments(sample_rate=rate, speed=request.speed, volume_db=request.volume)
+
+
+def adjusted_speech(events: Iterator[Event], adjustments: AudioAdjustments) -> Iterator[Event]:
+    """`events` with each SpeechChunk's audio adjusted (and its sample_rate the output's); the rest as is."""
+    if adjustments.is_identity:
+        yield from events
+        return
+    processor: AudioPostProcessor | None = None
+    try:
+        for event in events:
+            if not isinstance(event, SpeechChunk):
+                yield event
+                continue
+            if processor is None:
+                processor = AudioPostProcessor(adjustments, event.sample_rate)
+            audio = processor.process(event.audio)
+            if event.codes is not None:  # the sentence's last chunk
+                audio = np.concatenate([audio, processor.flush()])
+                processor = None
+            yield dataclasses.replace(event, audio=audio, sample_rate=adjustments.output_rate(event.sample_rate))
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:  # a job abandoned mid-way stops its generation now, not at garbage collection
+            close()
