@@ -75,7 +75,7 @@ def speak(door: str, runner, app, extra: dict) -> tuple[np.ndarray, int]:
     elif door == "v2":
         response = call(app, "POST", "/v2/ep/runsync", json={"input": {**job_input, "audio_format": "pcm16"}})
         assert response.json()["status"] == "COMPLETED", response.text
-        chunks = response.json()["output"]
+        chunks = [response.json()["output"]]  # the result object, as on RunPod queue endpoints
     else:
         raise AssertionError(door)
     assert all("error" not in c for c in chunks), chunks

@@ -486,7 +486,8 @@ def test_tenant_data_lives_apart_on_disk(tenants_app, settings):
 def test_too_many_jobs_get_429_with_retry_after(runner):
     bounded = create_app(runner, ServerSettings(api_keys="alice:key-of-alice,bob:key-of-bob", max_concurrent_jobs=1,
                                                 max_queued_jobs=3, max_queued_jobs_per_tenant=2, retry_after_s=7))
-    long_job = {"message": " ".join(f"Sentence number {i}." for i in range(40)), "max_tokens": 200}
+    # Streamed: a whole float result this long would be refused at once as too large for /run.
+    long_job = {"message": " ".join(f"Sentence number {i}." for i in range(40)), "max_tokens": 200, "stream": True}
 
     async def steps(client):
         out = {}
