@@ -51,9 +51,9 @@ SENTENCES = [
 def start_server(checkpoint: Path, device: str, max_frames: int):
     import uvicorn
 
-    from fish_worker.jobs import JobRunner
+    from fish_worker.jobs.runner import JobRunner
     from fish_worker.server import ServerSettings, create_app
-    from fish_worker.service import TTSService
+    from fish_worker.tts.service import TTSService
     from fish_worker.settings import Settings
 
     settings = Settings(checkpoint_dir=checkpoint, device=device, warmup=True, voices_dir=Path(tempfile.mkdtemp()),
@@ -134,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint
         if checkpoint is None:
-            from fish_worker.tiny_checkpoint import write_tiny_checkpoint
+            from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
             checkpoint = write_tiny_checkpoint(Path(tmp) / "ckpt", seed=0, size=args.size)
         base_url, server = start_server(checkpoint, args.device, args.max_frames)

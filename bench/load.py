@@ -79,9 +79,9 @@ def rss_kib(pid: int) -> dict[str, int]:
 def start_server(workdir: Path, args, keys: dict[str, str]) -> tuple[subprocess.Popen, str]:
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from fish_worker.tiny_checkpoint import write_tiny_checkpoint
+        from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
         checkpoint = write_tiny_checkpoint(workdir / "checkpoint", seed=0, size=args.size)
-    from fish_worker.chat.tiny_chat_model import write_tiny_chat_model
+    from fish_worker.devtools.tiny_chat_model import write_tiny_chat_model
     chat_dir = write_tiny_chat_model(workdir / "chat", seed=0)
     port = free_port()
     env = {

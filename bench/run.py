@@ -76,7 +76,7 @@ def fish_speech_job(service, text: str, seed: int, max_tokens: int) -> int:
 
 
 def request(text: str, seed: int, max_tokens: int, stream: bool = False):
-    from fish_worker.schemas import JobInput
+    from fish_worker.jobs.inputs import JobInput
 
     return JobInput(message=text, seed=seed, max_tokens=max_tokens, stream=stream,
                     temperature=0.7, top_p=0.8, repetition_penalty=1.1)
@@ -178,7 +178,7 @@ def _timed_subprocess(code: str) -> float:
 def bench_cold_start(checkpoint: Path) -> dict:
     worker = _timed_subprocess(
         "import time; t = time.perf_counter()\n"
-        "from fish_worker.service import TTSService\nfrom fish_worker.settings import Settings\n"
+        "from fish_worker.tts.service import TTSService\nfrom fish_worker.settings import Settings\n"
         f"TTSService.load(Settings(checkpoint_dir={str(checkpoint)!r}, device='cpu', warmup=False))\n"
         "print(time.perf_counter() - t)")
     bare = _timed_subprocess(
@@ -213,9 +213,9 @@ def main() -> None:
     max_tokens = 16 if args.quick else 48
     silence_logs()
 
-    from fish_worker.service import TTSService
+    from fish_worker.tts.service import TTSService
     from fish_worker.settings import Settings
-    from fish_worker.tiny_checkpoint import write_tiny_checkpoint
+    from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_tiny_checkpoint(Path(tmp) / "bench-ckpt", seed=0, size="bench")

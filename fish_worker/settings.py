@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # and has not been measured on a GPU here; the warm-up job triggers the first compilation).
     compile: bool = False
 
-    # Chat mode and conversations (fish_worker/conversation_service.py)
+    # Chat mode and conversations (fish_worker/dialogue/turns.py)
     chat_model_dir: Path | None = None  # a local Hugging Face chat model; set: loaded at start, chat mode on
     chat_system_prompt: str = (
         "You are a friendly voice assistant. Your replies are spoken aloud: answer briefly, "
@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     conversation_ttl_s: int = Field(3600, ge=1)  # a conversation expires this long after its last turn
     max_conversations: int = Field(1000, ge=1)  # in-process store only; Redis is bounded by its own policy
 
-    # Saved voices (fish_worker/voices.py): a directory on the network volume, shared by workers.
+    # Saved voices (fish_worker/tts/voices.py): a directory on the network volume, shared by workers.
     voices_dir: Path = Path("/runpod-volume/voices")
     max_voices: int = Field(1000, ge=1)  # save_voice of a new voice_id fails once this many are saved
 

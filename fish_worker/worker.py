@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fish_worker.chat.llm import ChatModel, ChatModelError
-from fish_worker.conversation_service import ConversationService
+from fish_worker.dialogue.llm import ChatModel, ChatModelError
+from fish_worker.dialogue.turns import ConversationService
 from fish_worker.conversations import ConversationStoreError, make_conversation_store
 from fish_worker.engine.checkpoint import REQUIRED_FILES, CheckpointError, check_checkpoint_dir
-from fish_worker.jobs import JobRunner
-from fish_worker.service import TTSService, resolve_device
+from fish_worker.jobs.runner import JobRunner
+from fish_worker.tts.service import TTSService, resolve_device
 from fish_worker.settings import Settings, get_settings
 
 # runpod logs every output chunk (audio included) at its default DEBUG level.
@@ -37,7 +37,7 @@ def ensure_checkpoint(settings: Settings) -> None:
     except CheckpointError:
         if not (settings.download_missing and os.environ.get("HF_TOKEN")):
             raise
-    from fish_worker.download import TTS_REPO, DownloadError, download
+    from fish_worker.devtools.download import TTS_REPO, DownloadError, download
 
     log.info("checkpoint incomplete at %s: downloading %s", settings.checkpoint_dir, TTS_REPO)
     try:
@@ -86,8 +86,8 @@ def _local_test_job(argv: list[str]) -> dict[str, Any] | None:
 
 
 def queue_job_handler(runner: JobRunner):
-    """The per-job adapter between our JobRunner and runpod's worker loop (fish_worker/runpod_adapter.py)."""
-    from fish_worker.runpod_adapter import QueueJobHandler
+    """The per-job adapter between our JobRunner and runpod's worker loop (fish_worker/jobs/runpod_adapter.py)."""
+    from fish_worker.jobs.runpod_adapter import QueueJobHandler
 
     return QueueJobHandler(whole=runner.result, streamed=runner.run)
 
@@ -97,7 +97,7 @@ async def run_local_job(runner: JobRunner, job: dict[str, Any]) -> dict[str, Any
 
     runpod's own `--test_input` mode does not iterate generators; ours is the queue's path exactly.
     """
-    from fish_worker.runpod_adapter import run_local
+    from fish_worker.jobs.runpod_adapter import run_local
 
     return await run_local(queue_job_handler(runner), job)
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import runpod
 
-    from fish_worker.runpod_adapter import install
+    from fish_worker.jobs.runpod_adapter import install
 
     # Each job is reported per its own `stream` flag (one result object, or chunks and a summary).
     install(queue_job_handler(runner))

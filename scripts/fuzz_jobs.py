@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fish_worker.errors import MESSAGE_CHARS, bounded, field_path  # noqa: E402
-from fish_worker.service import NO_AUDIO_ERROR  # noqa: E402
+from fish_worker.tts.service import NO_AUDIO_ERROR  # noqa: E402
 
 FUZZ_MAX_JOB_FRAMES = 8  # valid jobs generate at most this many codec frames in all
 ACTIONS = ["save_voice", "list_voices", "delete_voice", "end_conversation"]
@@ -234,10 +234,10 @@ def fuzz(runner, cases: int, seed: int = 0, timeout_s: float = 30.0, progress: b
 
 
 def build_runner(checkpoint: Path | None, work: Path):
-    from fish_worker.jobs import JobRunner
-    from fish_worker.service import TTSService
+    from fish_worker.jobs.runner import JobRunner
+    from fish_worker.tts.service import TTSService
     from fish_worker.settings import Settings
-    from fish_worker.tiny_checkpoint import write_tiny_checkpoint
+    from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
     checkpoint = checkpoint or write_tiny_checkpoint(work / "checkpoint", seed=0)
     settings = Settings(checkpoint_dir=checkpoint, device="cpu", warmup=False, voices_dir=work / "voices",

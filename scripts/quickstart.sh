@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && .venv/bin/python -c "import fish_speech, runpod" 2>/dev/null || bash scripts/setup_env.sh
-[ -f checkpoints/tiny/model.pth ] || .venv/bin/python -m fish_worker.tiny_checkpoint checkpoints/tiny
+[ -f checkpoints/tiny/model.pth ] || .venv/bin/python -m fish_worker.devtools.tiny_checkpoint checkpoints/tiny
 export FISH_CHECKPOINT_DIR=${FISH_CHECKPOINT_DIR:-checkpoints/tiny}
 exec .venv/bin/python handler.py "$@"

@@ -15,7 +15,7 @@ os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    from fish_worker.tiny_checkpoint import write_tiny_checkpoint
+    from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"), seed=0)
 
@@ -30,21 +30,21 @@ def settings(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def service(settings):
-    from fish_worker.service import TTSService
+    from fish_worker.tts.service import TTSService
 
     return TTSService.load(settings)
 
 
 @pytest.fixture(scope="session")
 def runner(service):
-    from fish_worker.jobs import JobRunner
+    from fish_worker.jobs.runner import JobRunner
 
     return JobRunner(service)
 
 
 @pytest.fixture(scope="session")
 def tiny_chat_model_dir(tmp_path_factory):
-    from fish_worker.chat.tiny_chat_model import write_tiny_chat_model
+    from fish_worker.devtools.tiny_chat_model import write_tiny_chat_model
 
     return write_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"), seed=0)
 

@@ -11,14 +11,14 @@ import pytest
 
 from conftest import wav_b64
 from fish_worker.audio.formats import encode_audio
-from fish_worker.chat.llm import ChatModel
-from fish_worker.conversation_service import ConversationService
+from fish_worker.dialogue.llm import ChatModel
+from fish_worker.dialogue.turns import ConversationService
 from fish_worker.conversations import ConversationStoreError, MemoryConversationStore, RedisConversationStore
 from fish_worker.engine.generation import VoicePrompt
-from fish_worker.jobs import JobRunner
-from fish_worker.schemas import JobInput
-from fish_worker.service import SpeechChunk
-from fish_worker.spoken_reply import TextDelta
+from fish_worker.jobs.runner import JobRunner
+from fish_worker.jobs.inputs import JobInput
+from fish_worker.tts.service import SpeechChunk
+from fish_worker.dialogue.spoken_reply import TextDelta
 from fish_worker.text.sentences import split_sentences
 from test_conversation_store import FakeClock, free_port
 from test_handler import run_job

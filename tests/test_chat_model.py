@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from fish_worker.chat.detokenize import IncrementalDetokenizer
-from fish_worker.chat.llm import ChatModel, ChatModelError
-from fish_worker.chat.prompt import PromptTooLongError, fit_prompt
-from fish_worker.chat.tiny_chat_model import main as tiny_chat_model_main
-from fish_worker.chat.tiny_chat_model import write_tiny_chat_model
+from fish_worker.dialogue.detokenize import IncrementalDetokenizer
+from fish_worker.dialogue.llm import ChatModel, ChatModelError
+from fish_worker.dialogue.prompt import PromptTooLongError, fit_prompt
+from fish_worker.devtools.tiny_chat_model import main as tiny_chat_model_main
+from fish_worker.devtools.tiny_chat_model import write_tiny_chat_model
 
 HELLO = [{"role": "user", "content": "Hello, how are you?"}]
 

@@ -40,7 +40,7 @@ def test_tiny_checkpoint_has_the_released_layout(tiny_checkpoint):
 
 
 def test_tiny_checkpoint_is_reproducible(tmp_path):
-    from fish_worker.tiny_checkpoint import write_tiny_checkpoint
+    from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
     a = torch.load(write_tiny_checkpoint(tmp_path / "a", seed=3) / "model.pth")
     b = torch.load(write_tiny_checkpoint(tmp_path / "b", seed=3) / "model.pth")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import wav_b64
-from fish_worker.chat.llm import ChatModel
+from fish_worker.dialogue.llm import ChatModel
 from fish_worker.conversations import RedisConversationStore
-from fish_worker.jobs import JobRunner
+from fish_worker.jobs.runner import JobRunner
 from fish_worker.worker import build_conversations
 from test_chat_jobs import FRAMES, expected_audio, expected_reply, reference_prompt
 from test_conversation_store import start_redis_server, stop

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fish_worker.engine.incremental_decode import IncrementalDecoder
-from fish_worker.schemas import JobInput
+from fish_worker.jobs.inputs import JobInput
 
 
 def random_codes(service, frames: int, seed: int = 0) -> torch.Tensor:

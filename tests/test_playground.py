@@ -39,10 +39,10 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def chat_runner(service, settings, tiny_chat_model_dir):
-    from fish_worker.chat.llm import ChatModel
-    from fish_worker.conversation_service import ConversationService
+    from fish_worker.dialogue.llm import ChatModel
+    from fish_worker.dialogue.turns import ConversationService
     from fish_worker.conversations.memory_store import MemoryConversationStore
-    from fish_worker.jobs import JobRunner
+    from fish_worker.jobs.runner import JobRunner
 
     chat_settings = settings.model_copy(update={"chat_model_dir": tiny_chat_model_dir,
                                                 "chat_frames_per_sentence": FRAMES})

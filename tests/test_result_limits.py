@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from fish_worker.job_output import estimated_result_bytes, result_too_large_error
+from fish_worker.jobs.outputs import estimated_result_bytes, result_too_large_error
 from fish_worker.settings import Settings
 
 SETTINGS = Settings()

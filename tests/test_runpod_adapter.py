@@ -1,4 +1,4 @@
-"""fish_worker/runpod_adapter.py: the SDK internals it stands on, and its per-job reporting.
+"""fish_worker/jobs/runpod_adapter.py: the SDK internals it stands on, and its per-job reporting.
 
 The first tests fail when a runpod release changes what the adapter relies on: then re-read
 rp_scale.py / rp_job.py / rp_http.py and adjust the adapter (and the pin in requirements.txt).
@@ -14,7 +14,7 @@ import pytest
 import runpod
 from runpod.serverless.modules import rp_http, rp_job, rp_scale
 
-from fish_worker.runpod_adapter import RUNPOD_VERSION, QueueJobHandler, body_bytes, install, run_local
+from fish_worker.jobs.runpod_adapter import RUNPOD_VERSION, QueueJobHandler, body_bytes, install, run_local
 
 
 def params(func) -> list[str]:

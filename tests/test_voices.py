@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from fish_worker import voices
-from fish_worker.voices import VoiceNotFoundError, VoiceStore, validate_voice_id
+from fish_worker.tts import voices
+from fish_worker.tts.voices import VoiceNotFoundError, VoiceStore, validate_voice_id
 
 
 def tokens(num_frames=50, seed=0):

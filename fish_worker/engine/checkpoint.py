@@ -32,7 +32,7 @@ CODEC_OVERRIDES_FILE = "codec_config.yaml"
 HOW_TO_GET = (
     "download the released weights with `huggingface-cli download fishaudio/openaudio-s1-mini "
     "--local-dir <dir>` (gated: accept the licence and set HF_TOKEN), or write a tiny test "
-    "checkpoint with `python -m fish_worker.tiny_checkpoint <dir>`"
+    "checkpoint with `python -m fish_worker.devtools.tiny_checkpoint <dir>`"
 )
 REQUIRED_FILES = {
     "config.json": "text2semantic model config",

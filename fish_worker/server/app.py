@@ -11,13 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from fish_worker.jobs import JobRunner
-from fish_worker.server import fish_live, fish_routes, openai_door, playground, runpod_door, seed_door
+from fish_worker.jobs.runner import JobRunner
+from fish_worker.server.routers import fish_live, fish_tts, openai_speech, playground, runpod_v2, seed
 from fish_worker.server.auth import AuthMiddleware
 from fish_worker.server.body_limits import BodyLimitMiddleware
 from fish_worker.server.config import ServerSettings
 from fish_worker.server.errors import install_error_handlers
-from fish_worker.server.gate import GatedRunner
+from fish_worker.server.limiter import JobLimiter
 from fish_worker.server.registry import JobRegistry
 
 
@@ -34,15 +34,15 @@ def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> Fas
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.server_settings = settings
-    app.state.runner = GatedRunner(
+    app.state.runner = JobLimiter(
         runner, settings.max_concurrent_jobs or runner.service.settings.max_concurrency,
         settings.max_queued_jobs, settings.max_queued_jobs_per_tenant, settings.retry_after_s)
     app.state.registry = JobRegistry(app.state.runner, settings.job_ttl_s, settings.max_stored_jobs,
                                      settings.max_stored_result_bytes)
-    app.include_router(seed_door.router)
-    app.include_router(runpod_door.router)
-    app.include_router(openai_door.router)
-    app.include_router(fish_routes.router)
+    app.include_router(seed.router)
+    app.include_router(runpod_v2.router)
+    app.include_router(openai_speech.router)
+    app.include_router(fish_tts.router)
     app.include_router(fish_live.router)
     if settings.playground:
         app.include_router(playground.router)

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-# Job errors that are our fault rather than the caller's (see fish_worker/jobs.py).
+# Job errors that are our fault rather than the caller's (see fish_worker/jobs/runner.py).
 _SERVER_FAULT_PREFIXES = ("internal error", "conversation store unavailable")
 # ... and those naming something that does not exist for this caller (another tenant's is the same).
 _NOT_FOUND_PREFIXES = ("voice_id: no saved voice",)

@@ -21,10 +21,10 @@ from fish_worker.audio.formats import MEDIA_TYPES, StreamEncoder
 from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
 from fish_worker.engine.generation import VoicePrompt
 from fish_worker.errors import JobInputError
-from fish_worker.schemas import JobInput
+from fish_worker.jobs.inputs import JobInput
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
-from fish_worker.service import SpeechChunk, TTSService
-from fish_worker.voices import VoiceStore, validate_voice_id
+from fish_worker.tts.service import SpeechChunk, TTSService
+from fish_worker.tts.voices import VoiceStore, validate_voice_id
 
 MEDIA_TYPE = {"wav": MEDIA_TYPES["wav"], "pcm": MEDIA_TYPES["pcm16"], "mp3": MEDIA_TYPES["mp3"],
               "opus": MEDIA_TYPES["opus"]}

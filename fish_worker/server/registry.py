@@ -1,6 +1,6 @@
 """Jobs of the RunPod-style door (/v2): queued, run in the background, polled, streamed, cancelled.
 
-As on this worker's RunPod queue endpoints (fish_worker/runpod_adapter.py), a finished job's
+As on this worker's RunPod queue endpoints (fish_worker/jobs/runpod_adapter.py), a finished job's
 `output` is its result object, or for a streamed job a summary; `stream` hands out each chunk once.
 
 Each job belongs to the tenant that submitted it: to any other tenant it does not exist (lookups
@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fish_worker.job_output import final_output
-from fish_worker.jobs import RESULT_ROUTE_KEY
-from fish_worker.server.gate import Admission, GatedRunner, new_job_id
+from fish_worker.jobs.outputs import final_output
+from fish_worker.jobs.runner import RESULT_ROUTE_KEY
+from fish_worker.server.limiter import Admission, JobLimiter, new_job_id
 from fish_worker.tenancy import TENANT_KEY
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -60,7 +60,7 @@ class JobRecord:
 
 
 class JobRegistry:
-    def __init__(self, runner: GatedRunner, ttl_s: float, max_jobs: int = 1000, max_bytes: int = 512 << 20) -> None:
+    def __init__(self, runner: JobLimiter, ttl_s: float, max_jobs: int = 1000, max_bytes: int = 512 << 20) -> None:
         self.runner = runner
         self.ttl_s = ttl_s
         self.max_jobs = max_jobs

@@ -20,11 +20,11 @@ from fish_worker.engine.incremental_decode import IncrementalDecoder
 from fish_worker.engine.generation import PromptTooLongError, SemanticGenerator, VoicePrompt
 from fish_worker.engine.sampling import SamplingParams
 from fish_worker.errors import JobInputError, shown
-from fish_worker.schemas import SEED_LIMIT, JobInput
+from fish_worker.jobs.inputs import SEED_LIMIT, JobInput
 from fish_worker.settings import Settings
 from fish_worker.text.sentences import split_sentences
-from fish_worker.voice_cache import VoiceCodesCache
-from fish_worker.voices import VoiceNotFoundError, VoiceStore
+from fish_worker.tts.voice_cache import VoiceCodesCache
+from fish_worker.tts.voices import VoiceNotFoundError, VoiceStore
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fish_worker.errors import JobInputError, shown
-from fish_worker.schemas import JobInput, input_error
-from fish_worker.service import TTSService
-from fish_worker.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, VoiceStoreFullError, validate_voice_id
+from fish_worker.jobs.inputs import JobInput, input_error
+from fish_worker.tts.service import TTSService
+from fish_worker.tts.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, VoiceStoreFullError, validate_voice_id
 
 VOICE_ACTIONS = ("save_voice", "list_voices", "delete_voice")
 # list_voices pages: each voice's entry is at most ~1.2 kB (reference_text <= 1000 characters),

@@ -26,7 +26,7 @@ from runpod.serverless.modules.rp_http import send_result, stream_result
 from runpod.serverless.modules.rp_job import run_job, run_job_generator
 
 from fish_worker.audio.formats import RESULT_LIMIT_BYTES, STREAM_CHUNK_LIMIT_BYTES
-from fish_worker.job_output import StreamSummary
+from fish_worker.jobs.outputs import StreamSummary
 
 RUNPOD_VERSION = "1.12.0"
 

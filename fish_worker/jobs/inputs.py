@@ -11,7 +11,7 @@ from fish_worker.audio.postprocess import MAX_SAMPLE_RATE, MAX_SPEED, MAX_VOLUME
 from fish_worker.errors import JobInputError, bounded, field_path
 from fish_worker.settings import Settings, get_settings
 from fish_worker.text.sentences import split_sentences
-from fish_worker.voices import validate_voice_id
+from fish_worker.tts.voices import validate_voice_id
 
 # conversation_id: letters, digits and '_', '.', ':', '-' (safe in a Redis key).
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
@@ -41,7 +41,7 @@ class JobInput(BaseModel):
     system_prompt: str | None = Field(None, min_length=1, max_length=4000, description="Chat mode: the LLM's instructions.")
     audio_format: AudioFormat = Field("float", description="float (the seed's list), pcm16, wav, flac, mp3, opus.")
     voice_id: str | None = Field(None, description="A saved voice (action save_voice), instead of reference_audio.")
-    # Output adjustments (fish_worker/output_adjustments.py); docs/audio-options.md.
+    # Output adjustments (fish_worker/jobs/output_adjustments.py); docs/audio-options.md.
     sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE,
                                     description="Output rate in Hz; default the model's 44100 (opus: always 48000).")
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description="Speaking rate; pitch is kept.")

@@ -1,6 +1,6 @@
 """Write a tiny, randomly initialised Fish Speech checkpoint in the released on-disk layout.
 
-    python -m fish_worker.tiny_checkpoint DIR [--seed 0] [--size tiny|bench]
+    python -m fish_worker.devtools.tiny_checkpoint DIR [--seed 0] [--size tiny|bench]
 
 Same file names, config keys, tokenizer format and codec state-dict format as `openaudio-s1-mini`,
 written with fish-speech's own classes (`DualARTransformer.save_pretrained`, the DAC built from the

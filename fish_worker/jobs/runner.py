@@ -9,25 +9,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fish_worker.audio.formats import ResultTooLargeError
-from fish_worker.conversation_service import CONVERSATION_ACTIONS, ConversationService, is_conversation_action
+from fish_worker.dialogue.turns import CONVERSATION_ACTIONS, ConversationService, is_conversation_action
 from fish_worker.conversations import ConversationStoreError, make_conversation_store
 from fish_worker.errors import JobInputError, bounded, shown
-from fish_worker.job_output import (
+from fish_worker.jobs.outputs import (
     StreamedOutput,
     final_output,
     result_too_large_error,
     whole_output,
     within_result_limit,
 )
-from fish_worker.output_adjustments import adjusted_speech, job_adjustments
-from fish_worker.json_safe import NotJsonSafe, check_json_safe
-from fish_worker.schemas import JobInput, check_encodable, parse_job_input
-from fish_worker.service import NO_AUDIO_ERROR, SpeechChunk, TTSService
-from fish_worker.spoken_reply import TextDelta
+from fish_worker.jobs.output_adjustments import adjusted_speech, job_adjustments
+from fish_worker.jobs.json_safe import NotJsonSafe, check_json_safe
+from fish_worker.jobs.inputs import JobInput, check_encodable, parse_job_input
+from fish_worker.tts.service import NO_AUDIO_ERROR, SpeechChunk, TTSService
+from fish_worker.dialogue.spoken_reply import TextDelta
 from fish_worker.tenancy import TENANT_KEY, validate_tenant
 from fish_worker.text.sentences import split_sentences
-from fish_worker.threaded import iterate_in_thread
-from fish_worker.voice_actions import VOICE_ACTIONS, is_voice_action, run_voice_action
+from fish_worker.async_bridge import iterate_in_thread
+from fish_worker.jobs.voice_actions import VOICE_ACTIONS, is_voice_action, run_voice_action
 
 log = logging.getLogger(__name__)
 

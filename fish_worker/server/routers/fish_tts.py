@@ -1,8 +1,8 @@
 """Fish Audio's HTTP API: POST /v1/tts and the voice models at /model (for `fish-audio-sdk`).
 
 /v1/tts streams one audio file in the request's format as sentences are synthesised (chunked
-transfer); it is admitted and holds a generation slot like a job of the other doors (gate.py).
-Voices are the caller's tenant's saved voices (fish_worker/voices.py) in Fish's "model" shape; a
+transfer); it is admitted and holds a generation slot like a job of the other doors (limiter.py).
+Voices are the caller's tenant's saved voices (fish_worker/tts/voices.py) in Fish's "model" shape; a
 voice's `_id` is its voice_id, usable as `reference_id` here and as `voice_id` on the other doors.
 Another tenant's voice is 404 everywhere, as a voice never saved.
 """
@@ -30,11 +30,11 @@ from fish_worker.server.errors import ApiError
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
 from fish_worker.server.fish_synthesis import (
     MEDIA_TYPE, FishSpeechPlan, UnknownReferenceError, encode_references, plan_speech)
-from fish_worker.server.gate import Admission, GatedRunner
-from fish_worker.service import SpeechChunk, TTSService
+from fish_worker.server.limiter import Admission, JobLimiter
+from fish_worker.tts.service import SpeechChunk, TTSService
 from fish_worker.text.sentences import split_sentences
-from fish_worker.threaded import iterate_in_thread
-from fish_worker.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, validate_voice_id
+from fish_worker.async_bridge import iterate_in_thread
+from fish_worker.tts.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, validate_voice_id
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ router = APIRouter(tags=["Fish Audio-compatible"], dependencies=[Depends(require
 @router.post("/v1/tts", summary="Speak `text` (Fish Audio TTSRequest, msgpack or JSON)",
              response_class=StreamingResponse, responses={200: {"content": {"audio/mpeg": {}}}})
 async def tts(request: Request):
-    runner: GatedRunner = request.app.state.runner
+    runner: JobLimiter = request.app.state.runner
     service = runner.service
     # The body's size and time are bounded by BodyLimitMiddleware (FISH_MAX_BODY_BYTES) as it arrives.
     fish_request = parse_tts_request(await request.body(), request.headers.get("content-type", ""))
@@ -71,7 +71,7 @@ async def tts(request: Request):
     return StreamingResponse(_encoded(first, chunks, encoder), media_type=MEDIA_TYPE[fish_request.format])
 
 
-async def _gated(runner: GatedRunner, admission: Admission,
+async def _gated(runner: JobLimiter, admission: Admission,
                  speech: Callable[[threading.Event], Iterator[SpeechChunk]]) -> AsyncIterator[SpeechChunk]:
     """`speech`'s chunks once a generation slot is free; the admission is given back when it ends."""
     try:
@@ -182,7 +182,7 @@ async def create_voice(
     enhance_audio_quality: bool = Form(True),  # accepted, ignored
     cover_image: UploadFile | None = File(None),  # accepted, not stored
 ) -> dict[str, Any]:
-    runner: GatedRunner = request.app.state.runner
+    runner: JobLimiter = request.app.state.runner
     service = runner.service
     if voice_type != "tts":
         raise ApiError(400, "type: only 'tts' voices can be created", param="type")

@@ -23,8 +23,8 @@ import numpy as np
 from fish_worker.audio.formats import OPUS_SAMPLE_RATE
 from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
 from fish_worker.errors import JobInputError
-from fish_worker.schemas import JobInput
-from fish_worker.service import SpeechChunk
+from fish_worker.jobs.inputs import JobInput
+from fish_worker.tts.service import SpeechChunk
 
 # Rates an MP3 (MPEG-1/2/2.5 layer III) can carry; the other formats take any rate in range.
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)

@@ -1,6 +1,6 @@
 """Write a tiny, randomly initialised chat model in the layout of a real Hugging Face model directory.
 
-    python -m fish_worker.chat.tiny_chat_model DIR [--seed N]
+    python -m fish_worker.devtools.tiny_chat_model DIR [--seed N]
 
 The directory gets config.json, model.safetensors, generation_config.json, tokenizer.json and
 tokenizer_config.json (with a ChatML chat template), so `ChatModel.load` exercises exactly the code

@@ -20,9 +20,9 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
-from fish_worker.chat.detokenize import IncrementalDetokenizer
-from fish_worker.chat.prompt import FittedPrompt, fit_prompt
-from fish_worker.chat.sampling import SeededSampler, make_generator
+from fish_worker.dialogue.detokenize import IncrementalDetokenizer
+from fish_worker.dialogue.prompt import FittedPrompt, fit_prompt
+from fish_worker.dialogue.sampling import SeededSampler, make_generator
 
 
 class ChatModelError(RuntimeError):

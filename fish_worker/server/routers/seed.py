@@ -16,10 +16,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from fish_worker.jobs import RESULT_ROUTE_KEY
+from fish_worker.jobs.runner import RESULT_ROUTE_KEY
 from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.errors import job_error_status
-from fish_worker.server.gate import GatedRunner, new_job_id
+from fish_worker.server.limiter import JobLimiter, new_job_id
 from fish_worker.tenancy import TENANT_KEY
 
 router = APIRouter(tags=["seed API"], dependencies=[Depends(require_api_key)])
@@ -37,7 +37,7 @@ def error_response(job_id: str | None, status: int, message: str) -> JSONRespons
 
 @router.post("/run", summary="Run a job and answer with its output (or stream its chunks)")
 async def run(body: RunRequest, request: Request):
-    runner: GatedRunner = request.app.state.runner
+    runner: JobLimiter = request.app.state.runner
     job_id = new_job_id()
     tenant = tenant_of(request)
     admission = runner.admit(tenant)  # 429 when the server or this tenant has too many jobs

@@ -21,13 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fish_worker.audio.formats import MEDIA_TYPES
 from fish_worker.errors import shown
-from fish_worker.jobs import RESULT_ROUTE_KEY
-from fish_worker.schemas import JobInput
+from fish_worker.jobs.runner import RESULT_ROUTE_KEY
+from fish_worker.jobs.inputs import JobInput
 from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.errors import ApiError, job_error_status
-from fish_worker.server.gate import GatedRunner, new_job_id
+from fish_worker.server.limiter import JobLimiter, new_job_id
 from fish_worker.tenancy import TENANT_KEY
-from fish_worker.voices import VoiceStore, validate_voice_id
+from fish_worker.tts.voices import VoiceStore, validate_voice_id
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[Depends(require_api_key)])
 
@@ -59,7 +59,7 @@ class SpeechRequest(BaseModel):
 @router.post("/audio/speech", summary="Speak `input` (OpenAI audio.speech)",
              response_class=StreamingResponse, responses={200: {"content": {"audio/mpeg": {}}}})
 async def speech(body: SpeechRequest, request: Request):
-    runner: GatedRunner = request.app.state.runner
+    runner: JobLimiter = request.app.state.runner
     audio_format = _FORMATS.get(body.response_format)
     if audio_format is None:
         raise ApiError(400, f"response_format {body.response_format!r} is not supported; use one of "

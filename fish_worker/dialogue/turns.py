@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fish_worker.chat.llm import ChatModel
-from fish_worker.chat.prompt import PromptTooLongError
+from fish_worker.dialogue.llm import ChatModel
+from fish_worker.dialogue.prompt import PromptTooLongError
 from fish_worker.conversations import Conversation, ConversationStore, ConversationVoice
 from fish_worker.engine.generation import VoicePrompt
 from fish_worker.errors import JobInputError
-from fish_worker.schemas import CONVERSATION_ID_PATTERN, JobInput, input_error
-from fish_worker.service import SpeechChunk, TTSService, draw_seed
+from fish_worker.jobs.inputs import CONVERSATION_ID_PATTERN, JobInput, input_error
+from fish_worker.tts.service import SpeechChunk, TTSService, draw_seed
 from fish_worker.settings import Settings
-from fish_worker.spoken_reply import TextDelta, speak_while_writing
-from fish_worker.voices import VoiceStore
+from fish_worker.dialogue.spoken_reply import TextDelta, speak_while_writing
+from fish_worker.tts.voices import VoiceStore
 
 Mode = Literal["chat", "tts"]
 CONVERSATION_ACTIONS = ("end_conversation",)

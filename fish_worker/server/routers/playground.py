@@ -2,7 +2,7 @@
 
 Served without auth: it holds no secrets; the visitor types an API key, which the page sends as
 `Authorization: Bearer` on its API calls, like any other client. No build step, no external CDN:
-three files from fish_worker/server/static/, each with a Content-Security-Policy that lets it
+three files from fish_worker/server/routers/static/, each with a Content-Security-Policy that lets it
 talk to this server only. FISH_PLAYGROUND=false turns it off.
 """
 

@@ -18,7 +18,7 @@ sentence, on its first audio event) are ours; the SDK ignores them. The socket c
 generation at once (between two decoding steps).
 
 The key is checked by AuthMiddleware on the upgrade request; the session is then one admitted job of
-the caller's tenant (gate.py; over the bound: 429 before the handshake) and uses that tenant's saved
+the caller's tenant (limiter.py; over the bound: 429 before the handshake) and uses that tenant's saved
 voices. A session ends with an error when nothing went either way for FISH_LIVE_IDLE_TIMEOUT_S, when
 it has lasted FISH_LIVE_MAX_SESSION_S, or when its text passes FISH_LIVE_MAX_TEXT_CHARS.
 """
@@ -45,13 +45,13 @@ from fish_worker.server.auth import tenant_of
 from fish_worker.server.config import ServerSettings
 from fish_worker.server.errors import ApiError, deny_websocket
 from fish_worker.server.fish_models import FishTTSRequest
-from fish_worker.server.fish_routes import validation_error
+from fish_worker.server.routers.fish_tts import validation_error
 from fish_worker.server.fish_synthesis import FishSpeechPlan, plan_speech
-from fish_worker.server.gate import GatedRunner
-from fish_worker.service import TTSService
+from fish_worker.server.limiter import JobLimiter
+from fish_worker.tts.service import TTSService
 from fish_worker.text.sentence_stream import SentenceStream
-from fish_worker.threaded import iterate_in_thread
-from fish_worker.voices import VoiceStore
+from fish_worker.async_bridge import iterate_in_thread
+from fish_worker.tts.voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class SessionError(Exception):
 
 @router.websocket("/v1/tts/live")
 async def live(websocket: WebSocket) -> None:
-    runner: GatedRunner = websocket.app.state.runner
+    runner: JobLimiter = websocket.app.state.runner
     try:
         tenant = tenant_of(websocket)  # the key was checked by AuthMiddleware, before the handshake
         admission = runner.admit(tenant)  # a session is one job for as long as it lasts

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fish_worker.jobs import JobRunner
+from fish_worker.jobs.runner import JobRunner
 from fish_worker.server.errors import ApiError
 from fish_worker.tenancy import TENANT_KEY
 
@@ -26,18 +26,18 @@ def new_job_id() -> str:
 class Admission:
     """One admitted job's place; `release()` (idempotent) frees it."""
 
-    def __init__(self, gate: GatedRunner, tenant: str | None) -> None:
-        self._gate = gate
+    def __init__(self, limiter: JobLimiter, tenant: str | None) -> None:
+        self._limiter = limiter
         self.tenant = tenant
         self._held = True
 
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._gate._release(self.tenant)
+            self._limiter._release(self.tenant)
 
 
-class GatedRunner:
+class JobLimiter:
     def __init__(self, runner: JobRunner, max_concurrent_jobs: int, max_queued_jobs: int | None = None,
                  max_queued_per_tenant: int | None = None, retry_after_s: int = 5) -> None:
         self.runner = runner
