@@ -85,6 +85,12 @@ def _require_matching_weights(model: torch.nn.Module, weights: dict, file: Path,
 
 
 def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype, max_batch_size: int = 1):
+    """The dual-AR model with the file's weights, built without a random initialisation.
+
+    fish-speech's `from_pretrained` initialises every weight, then replaces it; here the model is built
+    on the meta device and takes the memory-mapped tensors (`assign=True`), so the weights are read
+    once and copied at most once (only where the device or dtype differs from the file's).
+    """
     from fish_speech.models.text2semantic.llama import BaseModelArgs, DualARTransformer
     from fish_speech.tokenizer import FishTokenizer
 
@@ -93,20 +99,36 @@ def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype,
         tokenizer = FishTokenizer.from_pretrained(str(path))
     except Exception as exc:
         raise CheckpointError(f"cannot read config.json / tokenizer files in {path}: {exc}; {HOW_TO_GET}") from exc
-    # Check names and shapes on a weightless (meta) model first: fish-speech's loader only warns.
     with torch.device("meta"):
-        skeleton = DualARTransformer(config, tokenizer=tokenizer)
+        model = DualARTransformer(config, tokenizer=tokenizer)
     weights = _load_state_dict(path / "model.pth")
     if next(iter(weights)).startswith("model."):
         weights = {k.removeprefix("model."): v for k, v in weights.items()}
-    _require_matching_weights(skeleton, weights, path / "model.pth")
-    del skeleton, weights
-
-    model = DualARTransformer.from_pretrained(str(path), load_weights=True)
+    weights = {k: v for k, v in weights.items() if "audio_" not in k}  # as fish-speech's loader drops them
+    _require_matching_weights(model, weights, path / "model.pth")
+    model.load_state_dict(weights, strict=False, assign=True)
+    del weights
+    _rebuild_derived_buffers(model, config)
     model = model.to(device=device, dtype=precision).eval()
     with torch.device(device):
         model.setup_caches(max_batch_size=max_batch_size, max_seq_len=model.config.max_seq_len, dtype=precision)
     return model
+
+
+def _rebuild_derived_buffers(model: torch.nn.Module, config) -> None:
+    """The buffers `DualARTransformer.__init__` computes (not stored in model.pth), as it computes them."""
+    from fish_speech.models.text2semantic.llama import precompute_freqs_cis
+
+    model.freqs_cis = precompute_freqs_cis(config.max_seq_len, config.head_dim, config.rope_base)
+    model.causal_mask = torch.tril(torch.ones(config.max_seq_len, config.max_seq_len, dtype=torch.bool))
+    model.fast_freqs_cis = precompute_freqs_cis(config.num_codebooks, config.fast_head_dim, config.rope_base)
+    _require_materialised(model, path_hint="model.pth")
+
+
+def _require_materialised(model: torch.nn.Module, path_hint: str) -> None:
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            raise CheckpointError(f"{path_hint} left {name!r} without a value; {HOW_TO_GET}")
 
 
 def compose_codec_config(path: Path):
@@ -131,12 +153,14 @@ def load_codec(path: Path, device: torch.device):
     from hydra.utils import instantiate
 
     file = path / "codec.pth"
-    codec = instantiate(compose_codec_config(path))
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the file (mmap)
+        codec = instantiate(compose_codec_config(path))
     weights = _load_state_dict(file)
     if any(k.startswith("generator.") for k in weights):  # a training checkpoint: keep the generator
         weights = {k.removeprefix("generator."): v for k, v in weights.items() if k.startswith("generator.")}
     _require_matching_weights(codec, weights, file)
     codec.load_state_dict(weights, strict=False, assign=True)
+    _require_materialised(codec, path_hint=str(file))
     # Weights stay float32, as fish-speech keeps them; GPU decoding runs under bf16 autocast.
     return codec.to(device=device).eval()
 
