@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fish_worker.audio.reference import decode_reference_audio
+from fish_worker.engine import kv_budget
 from fish_worker.engine.batching import BatchScheduler
 from fish_worker.engine.checkpoint import load_models
 from fish_worker.engine.codec import Codec
@@ -68,9 +69,15 @@ class TTSService:
         device = resolve_device(settings.device)
         precision = resolve_precision(settings.precision, device)
         models = load_models(settings.checkpoint_dir, device, precision)
+        budget = kv_budget.plan(models.text2semantic, precision, device, settings.max_concurrency,
+                                settings.kv_cache_tokens)
+        settings = settings.model_copy(update={"max_concurrency": budget.max_concurrency,
+                                               "kv_cache_tokens": budget.kv_tokens})
+        log.info("KV cache: %d tokens (%.2f GB), up to %d concurrent jobs", budget.kv_tokens,
+                 budget.pool_bytes / 1e9, budget.max_concurrency)
         # Concurrent requests share decoding steps (one engine thread) instead of queueing on a lock.
-        generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), settings.max_concurrency,
-                                   compile=settings.compile)
+        generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), budget.max_concurrency,
+                                   compile=settings.compile, kv_tokens=budget.kv_tokens)
         service = cls(settings, generator, Codec(models.codec, device, precision))
         log.info("models loaded from %s on %s/%s in %.1f s", settings.checkpoint_dir, device, precision,
                  time.perf_counter() - started)
