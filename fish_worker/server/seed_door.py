@@ -7,7 +7,6 @@ of such objects, one JSON object per line (NDJSON), each parseable on its own. E
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fish_worker.jobs import RESULT_ROUTE_KEY
 from fish_worker.server.auth import require_api_key
 from fish_worker.server.errors import job_error_status
+from fish_worker.server.json_body import dumps, json_response
 from fish_worker.server.gate import GatedRunner, new_job_id
 
 router = APIRouter(tags=["seed API"], dependencies=[Depends(require_api_key)])
@@ -51,7 +51,7 @@ async def run(body: RunRequest, request: Request):
     errors = [c for c in rest if "error" in c]
     if errors:
         return error_response(job_id, job_error_status(str(errors[0]["error"])), str(errors[0]["error"]))
-    return {"id": job_id, "status": "success", "output": first}
+    return json_response({"id": job_id, "status": "success", "output": first})
 
 
 async def _ndjson(job_id: str, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -64,4 +64,4 @@ async def _ndjson(job_id: str, first: dict[str, Any], chunks: AsyncIterator[dict
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    return dumps(obj) + b"\n"
