@@ -294,7 +294,7 @@ def kv_memory(service) -> dict:
             "typical_job_tokens": typical, "typical_job_bytes_bf16": typical * per_token_bf16,
             "text2semantic_bf16_bytes": weights_bf16, "codec_bytes": codec_bytes, "prefill_cache_bf16_bytes": prefill_cache,
             "typical_jobs_per_card": cards, "full_context_jobs_per_card": full_context,
-            "pool_tokens": pool.pages * pool.page_size, "max_concurrency": service.settings.max_concurrency}
+            "pool_tokens": pool.pages * pool.page_size, "max_concurrency": service.max_concurrency}
 
 
 def peak_memory(device: torch.device) -> dict:

@@ -62,6 +62,7 @@ class TTSService:
         self.codec = codec
         self.voice_cache = VoiceCodesCache(settings.reference_cache_size)
         self.voices = VoiceStore(settings.voices_dir)
+        self.memory_plan: kv_budget.KVBudget | None = None  # set by load(): KV pool size and concurrency
 
     @classmethod
     def load(cls, settings: Settings) -> "TTSService":
@@ -71,17 +72,23 @@ class TTSService:
         models = load_models(settings.checkpoint_dir, device, precision)
         budget = kv_budget.plan(models.text2semantic, precision, device, settings.max_concurrency,
                                 settings.kv_cache_tokens)
-        settings = settings.model_copy(update={"max_concurrency": budget.max_concurrency,
-                                               "kv_cache_tokens": budget.kv_tokens})
         log.info("KV cache: %d tokens (%.2f GB), up to %d concurrent jobs", budget.kv_tokens,
                  budget.pool_bytes / 1e9, budget.max_concurrency)
         # Concurrent requests share decoding steps (one engine thread) instead of queueing on a lock.
         generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), budget.max_concurrency,
                                    compile=settings.compile, kv_tokens=budget.kv_tokens)
         service = cls(settings, generator, Codec(models.codec, device, precision))
+        service.memory_plan = budget
         log.info("models loaded from %s on %s/%s in %.1f s", settings.checkpoint_dir, device, precision,
                  time.perf_counter() - started)
         return service
+
+    @property
+    def max_concurrency(self) -> int:
+        """Jobs this worker runs at once: FISH_MAX_CONCURRENCY, or what the KV pool holds when unset."""
+        if self.memory_plan is not None:
+            return self.memory_plan.max_concurrency
+        return self.settings.max_concurrency or kv_budget.CPU_DEFAULT_CONCURRENCY
 
     @property
     def sample_rate(self) -> int:

@@ -124,4 +124,4 @@ def main(argv: list[str] | None = None) -> None:
 
     # Several jobs at once: the handler is async and their decoding steps are batched (engine/batching.py).
     runpod.serverless.start({"handler": runner.run, "return_aggregate_stream": True,
-                             "concurrency_modifier": lambda current: runner.service.settings.max_concurrency})
+                             "concurrency_modifier": lambda current: runner.service.max_concurrency})

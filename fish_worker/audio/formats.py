@@ -70,7 +70,7 @@ RESULT_LIMIT_BYTES: dict[str, int] = {"run": 10_000_000, "runsync": 20_000_000}
 STREAM_ENVELOPE_ALLOWANCE_BYTES = 4_096
 # Longest JSON text of one float32 sample as a Python float, e.g. "-0.00012345678901234567" (23)
 # or "-1.2345678901234567e-05" (23), plus the ", " separator json.dumps puts between items.
-_MAX_JSON_BYTES_PER_FLOAT = 25
+MAX_JSON_BYTES_PER_FLOAT = 25
 
 Payload = Union[str, list[float]]
 
@@ -384,7 +384,7 @@ def split_payload(
     if isinstance(payload, str):
         per_piece = (max_json_bytes - 2) // 4 * 4  # 2 for the JSON quotes; base64 needs no escapes
     else:
-        per_piece = (max_json_bytes - 2) // _MAX_JSON_BYTES_PER_FLOAT  # 2 for the brackets
+        per_piece = (max_json_bytes - 2) // MAX_JSON_BYTES_PER_FLOAT  # 2 for the brackets
     if per_piece <= 0:
         raise ValueError(f"max_json_bytes={max_json_bytes} is too small for any audio")
     return [payload[i : i + per_piece] for i in range(0, len(payload), per_piece)]
@@ -403,7 +403,7 @@ def max_samples_per_chunk(
     """
     fmt = validate_audio_format(fmt)
     if fmt == "float":
-        return max(1, (max_json_bytes - 2) // _MAX_JSON_BYTES_PER_FLOAT)
+        return max(1, (max_json_bytes - 2) // MAX_JSON_BYTES_PER_FLOAT)
     # Keep 10% for FLAC/MP3/Ogg framing and headers.
     raw_bytes = (max_json_bytes - 2) * 3 // 4 * 9 // 10
     return max(1, math.floor(raw_bytes / 2))

@@ -15,11 +15,16 @@ overrides of that config; the tiny test checkpoint uses it, released weights do 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,51 @@ def _require_matching_weights(model: torch.nn.Module, weights: dict, file: Path,
             )
 
 
+class _SkipInit(TorchFunctionMode):
+    """Module construction without random initialisation: the file's weights replace every parameter.
+
+    (Initialising ~0.7 B parameters costs seconds; on the meta device, `normal_` and any arithmetic
+    import torch._dynamo, seconds more.)"""
+
+    _INIT = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_, torch.nn.init.uniform_,
+             torch.nn.init.trunc_normal_, torch.nn.init.kaiming_uniform_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._INIT:
+            return args[0] if args else kwargs["tensor"]  # torch.nn.init passes it by name
+        return func(*args, **kwargs)
+
+
+def _weightless(device: str | None = None):
+    """Build modules without initialising their parameters (on `device`, e.g. "meta", if given)."""
+    stack = contextlib.ExitStack()
+    if device is not None:
+        stack.enter_context(torch.device(device))
+    stack.enter_context(_SkipInit())
+    return stack
+
+
+def _import_dual_ar():
+    """fish-speech's llama module, imported without `transformers`.
+
+    The module imports `transformers.AutoTokenizer` at its top and never uses it; importing
+    transformers costs seconds of every cold start. A placeholder stands in while the module loads
+    and is removed after, so a later `import transformers` (chat mode) gets the real package.
+    """
+    name = "fish_speech.models.text2semantic.llama"
+    if name in sys.modules or "transformers" in sys.modules:
+        return importlib.import_module(name)
+    placeholder = types.ModuleType("transformers")
+    placeholder.AutoTokenizer = None  # the one name the module imports
+    sys.modules["transformers"] = placeholder
+    try:
+        return importlib.import_module(name)
+    finally:
+        if sys.modules.get("transformers") is placeholder:
+            del sys.modules["transformers"]
+
+
 def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype, max_batch_size: int = 1):
     """The dual-AR model with the file's weights, built without a random initialisation.
 
@@ -91,7 +141,8 @@ def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype,
     on the meta device and takes the memory-mapped tensors (`assign=True`), so the weights are read
     once and copied at most once (only where the device or dtype differs from the file's).
     """
-    from fish_speech.models.text2semantic.llama import BaseModelArgs, DualARTransformer
+    llama = _import_dual_ar()
+    BaseModelArgs, DualARTransformer = llama.BaseModelArgs, llama.DualARTransformer
     from fish_speech.tokenizer import FishTokenizer
 
     try:
@@ -99,7 +150,9 @@ def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype,
         tokenizer = FishTokenizer.from_pretrained(str(path))
     except Exception as exc:
         raise CheckpointError(f"cannot read config.json / tokenizer files in {path}: {exc}; {HOW_TO_GET}") from exc
-    with torch.device("meta"):
+    # On the CPU, uninitialised: parameter memory is reserved but never touched before the file's
+    # tensors replace it, and the buffers (rotary tables, causal mask) are computed as fish-speech does.
+    with _weightless():
         model = DualARTransformer(config, tokenizer=tokenizer)
     weights = _load_state_dict(path / "model.pth")
     if next(iter(weights)).startswith("model."):
@@ -108,21 +161,11 @@ def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype,
     _require_matching_weights(model, weights, path / "model.pth")
     model.load_state_dict(weights, strict=False, assign=True)
     del weights
-    _rebuild_derived_buffers(model, config)
+    _require_materialised(model, path_hint=str(path / "model.pth"))
     model = model.to(device=device, dtype=precision).eval()
     with torch.device(device):
         model.setup_caches(max_batch_size=max_batch_size, max_seq_len=model.config.max_seq_len, dtype=precision)
     return model
-
-
-def _rebuild_derived_buffers(model: torch.nn.Module, config) -> None:
-    """The buffers `DualARTransformer.__init__` computes (not stored in model.pth), as it computes them."""
-    from fish_speech.models.text2semantic.llama import precompute_freqs_cis
-
-    model.freqs_cis = precompute_freqs_cis(config.max_seq_len, config.head_dim, config.rope_base)
-    model.causal_mask = torch.tril(torch.ones(config.max_seq_len, config.max_seq_len, dtype=torch.bool))
-    model.fast_freqs_cis = precompute_freqs_cis(config.num_codebooks, config.fast_head_dim, config.rope_base)
-    _require_materialised(model, path_hint="model.pth")
 
 
 def _require_materialised(model: torch.nn.Module, path_hint: str) -> None:
@@ -153,7 +196,7 @@ def load_codec(path: Path, device: torch.device):
     from hydra.utils import instantiate
 
     file = path / "codec.pth"
-    with torch.device("meta"):  # no random initialisation: every tensor comes from the file (mmap)
+    with _weightless():  # uninitialised: every tensor comes from the file (mmap), buffers included
         codec = instantiate(compose_codec_config(path))
     weights = _load_state_dict(file)
     if any(k.startswith("generator.") for k in weights):  # a training checkpoint: keep the generator

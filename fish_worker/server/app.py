@@ -22,7 +22,7 @@ def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> Fas
         version="1.0",
     )
     app.state.server_settings = settings
-    app.state.runner = GatedRunner(runner, settings.max_concurrent_jobs or runner.service.settings.max_concurrency)
+    app.state.runner = GatedRunner(runner, settings.max_concurrent_jobs or runner.service.max_concurrency)
     app.state.registry = JobRegistry(app.state.runner, settings.job_ttl_s)
     app.include_router(seed_door.router)
     app.include_router(runpod_door.router)
