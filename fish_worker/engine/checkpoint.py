@@ -138,8 +138,8 @@ def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype,
     """The dual-AR model with the file's weights, built without a random initialisation.
 
     fish-speech's `from_pretrained` initialises every weight, then replaces it; here the model is built
-    on the meta device and takes the memory-mapped tensors (`assign=True`), so the weights are read
-    once and copied at most once (only where the device or dtype differs from the file's).
+    uninitialised and takes the memory-mapped tensors (`assign=True`), so the weights are read once and
+    copied at most once (only where the device or dtype differs from the file's).
     """
     llama = _import_dual_ar()
     BaseModelArgs, DualARTransformer = llama.BaseModelArgs, llama.DualARTransformer
