@@ -1,16 +1,21 @@
-"""Benchmark the worker against fish-speech's own generation loop, on one random mid-size checkpoint.
+"""Benchmark the worker against fish-speech's own generation loop, on one random checkpoint.
 
-    python bench/run.py [--quick] [--out bench/results.json]
+    python bench/run.py [--size bench|s1-mini] [--device cpu|cuda] [--compile] [--levels 1,4,8]
+                        [--quick] [--max-tokens N] [--out bench/results.json]
 
 Everything is measured in this one command, on the same checkpoint (written to a temporary directory
-by `write_tiny_checkpoint(..., size="bench")`, released layout) and the same machine:
+by `write_tiny_checkpoint(..., size=...)`, released layout: "bench" is a mid-size model for 2 CPU
+cores, "s1-mini" the released openaudio-s1-mini shapes) and the same machine:
 
-  single stream   decode tokens/s of one request: the worker vs fish-speech's `generate_long`
-  concurrency     aggregate tokens/s of 1, 4, 8 jobs (text → audio) submitted at once to the worker vs
+  single stream   decode tokens/s of one request: the worker vs fish-speech's `generate_long`; RTF
+  concurrency     aggregate tokens/s of N jobs (text → audio) submitted at once to the worker vs
                   fish-speech serving the same jobs one after another (`generate_long` + codec decode)
+  end to end      N jobs through `JobRunner` (the RunPod handler) and through the self-hosted server
+                  on 127.0.0.1 (POST /run, float audio in JSON): at once vs one after another
   first audio     time to the first audio chunk of a streamed 3-sentence message vs the latency of the
                   same message not streamed
   cold start      import + load of the worker (fresh process) vs a bare `torch.load` of the same files
+  memory          peak memory (GPU: torch's peak allocation; CPU: peak RSS) and the KV cache per job
 
 A token is one codec frame (all codebooks), ~46 ms of audio. Not a test: numbers depend on the machine.
 """
@@ -56,22 +61,27 @@ def silence_logs() -> None:
     logging.getLogger().setLevel(logging.WARNING)
 
 
+FISH_DECODE_ONE_TOKEN = None  # fish-speech's decode step: plain, or compiled as its init_model compiles it
+
+
 def fish_speech_tokens(model, text: str, seed: int, max_tokens: int) -> torch.Tensor:
-    """fish-speech's own loop (`generate_long`, uncompiled, as its CPU path runs)."""
+    """fish-speech's own loop (`generate_long`; compiled with --compile, as its GPU path runs)."""
     from fish_speech.models.text2semantic.inference import decode_one_token_ar, generate_long
 
+    device = next(model.parameters()).device
     torch.manual_seed(seed)
-    responses = generate_long(model=model, device="cpu", decode_one_token=decode_one_token_ar, text=text,
-                              max_new_tokens=max_tokens, temperature=0.7, top_p=0.8, repetition_penalty=1.1,
-                              prompt_tokens=[])
-    return next(r.codes for r in responses if r.action == "sample")
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+    responses = generate_long(model=model, device=device, decode_one_token=FISH_DECODE_ONE_TOKEN or decode_one_token_ar,
+                              text=text, max_new_tokens=max_tokens, temperature=0.7, top_p=0.8,
+                              repetition_penalty=1.1, prompt_tokens=[])
+    return next(r.codes for r in responses if r.action == "sample").cpu()
 
 
 def fish_speech_job(service, text: str, seed: int, max_tokens: int) -> int:
     """One job served the fish-speech way: all tokens, then one codec decode. Returns frames made."""
     codes = fish_speech_tokens(service.generator.model, text, seed, max_tokens)
-    with torch.inference_mode():
-        service.codec.model.decode(indices=codes[None].long(), feature_lengths=torch.tensor([codes.shape[1]]))
+    service.codec.decode(codes)
     return int(codes.shape[1])
 
 
@@ -93,7 +103,7 @@ def worker_job(service, text: str, seed: int, max_tokens: int) -> int:
 def bench_single_stream(service, max_tokens: int) -> dict:
     text, seed = SENTENCES[0], 0
     fish_speech_tokens(service.generator.model, "Warm up.", 0, 4)  # first-call costs out of the timing
-    list(service.generator.generate("Warm up.", [], _params(4), torch.Generator().manual_seed(0)))
+    list(service.generator.generate("Warm up.", [], _params(4), torch.Generator(service.generator.device).manual_seed(0)))
 
     # Alternate the two and keep each one's best time: other load on the machine hits both alike.
     theirs_s = ours_s = float("inf")
@@ -102,13 +112,17 @@ def bench_single_stream(service, max_tokens: int) -> dict:
         theirs = fish_speech_tokens(service.generator.model, text, seed, max_tokens)
         theirs_s = min(theirs_s, time.perf_counter() - started)
         started = time.perf_counter()
-        ours = list(service.generator.generate(text, [], _params(max_tokens), torch.Generator().manual_seed(seed)))
+        ours = list(service.generator.generate(text, [], _params(max_tokens), torch.Generator(service.generator.device).manual_seed(seed)))
         ours_s = min(ours_s, time.perf_counter() - started)
     # fish-speech drops the frame it stops on when the budget ends; the ones both made must agree.
-    same = torch.equal(torch.stack(ours, dim=1)[:, : theirs.shape[1]], theirs)
+    same = torch.equal(torch.stack(ours, dim=1).cpu()[:, : theirs.shape[1]], theirs)
     worker_tps, fish_tps = len(ours) / ours_s, theirs.shape[1] / theirs_s
+    # Real-time factor of a whole job (tokens, then audio): seconds of work per second of audio.
+    started = time.perf_counter()
+    frames = worker_job(service, text, seed, max_tokens)
+    rtf = (time.perf_counter() - started) / (frames * service.codec.samples_per_frame / service.sample_rate)
     return {"worker_tokens_per_s": worker_tps, "fish_speech_tokens_per_s": fish_tps,
-            "ratio": worker_tps / fish_tps, "tokens": len(ours), "same_tokens": same}
+            "ratio": worker_tps / fish_tps, "tokens": len(ours), "same_tokens": same, "worker_rtf": rtf}
 
 
 def _params(max_tokens: int):
@@ -117,15 +131,22 @@ def _params(max_tokens: int):
     return SamplingParams(0.7, 0.8, 1.1, max_tokens)
 
 
-def bench_concurrency(service, max_tokens: int, levels: list[int]) -> dict:
+def bench_concurrency(service, max_tokens: int, levels: list[int], fish_jobs: int = 8) -> dict:
     jobs = [(SENTENCES[i % len(SENTENCES)], 100 + i) for i in range(max(levels))]
-    # fish-speech one after another: the time for the first n jobs is the sum of their times.
+    # fish-speech one after another: the time for the first n jobs is the sum of their times (at most
+    # `fish_jobs` are run: one after another, its rate does not depend on how many follow).
     fish_times, fish_frames = [], []
-    for text, seed in jobs:
+    for text, seed in jobs[:fish_jobs]:
         started = time.perf_counter()
         fish_frames.append(fish_speech_job(service, text, seed, max_tokens))
         fish_times.append(time.perf_counter() - started)
 
+    # Warm: the first batched steps of each batch size (and compiled graphs) out of the timing.
+    warm = [threading.Thread(target=worker_job, args=(service, text, seed, 4)) for text, seed in jobs]
+    for t in warm:
+        t.start()
+    for t in warm:
+        t.join()
     results = {}
     for n in levels:
         frames = [0] * n
@@ -141,7 +162,7 @@ def bench_concurrency(service, max_tokens: int, levels: list[int]) -> dict:
             t.join()
         worker_s = time.perf_counter() - started
         worker_tps = sum(frames) / worker_s
-        fish_tps = sum(fish_frames[:n]) / sum(fish_times[:n])
+        fish_tps = sum(fish_frames[:n]) / sum(fish_times[:n])  # the first min(n, fish_jobs) jobs
         results[str(n)] = {"worker_tokens_per_s": worker_tps, "fish_speech_sequential_tokens_per_s": fish_tps,
                            "ratio": worker_tps / fish_tps, "tokens": sum(frames), "worker_s": worker_s,
                            "fish_speech_s": sum(fish_times[:n])}
@@ -169,48 +190,192 @@ def bench_first_audio(service, max_tokens: int) -> dict:
             "streamed_equals_one_shot": same}
 
 
+def bench_end_to_end(service, max_tokens: int, n: int) -> dict:
+    """n jobs through JobRunner (the RunPod handler) and through the server on 127.0.0.1: at once vs
+    one after another. Float audio, the costliest format to carry: JSON numbers."""
+    import asyncio
+
+    from fish_worker.jobs.runner import JobRunner
+
+    runner = JobRunner(service)
+    jobs = [{"message": SENTENCES[i % len(SENTENCES)], "seed": 300 + i, "max_tokens": max_tokens,
+             "temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.1} for i in range(n)]
+
+    async def one(job: dict) -> int:
+        outputs = [o async for o in runner.run({"id": "bench", "input": job})]
+        assert "error" not in outputs[0], outputs[0]
+        return len(outputs[0]["audio"])
+
+    async def sequential() -> None:
+        for job in jobs:
+            await one(job)
+
+    async def together() -> None:
+        await asyncio.gather(*(one(job) for job in jobs))
+
+    asyncio.run(one(jobs[0]))  # warm
+    runner_seq = _timed(lambda: asyncio.run(sequential()))
+    runner_par = _timed(lambda: asyncio.run(together()))
+    server_seq, server_par = _server_times(runner, jobs)
+    return {"jobs": n, "max_tokens": max_tokens,
+            "job_runner": {"sequential_s": runner_seq, "concurrent_s": runner_par, "ratio": runner_seq / runner_par},
+            "server": {"sequential_s": server_seq, "concurrent_s": server_par, "ratio": server_seq / server_par}}
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _server_times(runner, jobs: list[dict]) -> tuple[float, float]:
+    """The self-hosted server (uvicorn, 127.0.0.1, a free port) and an HTTP client: (one after another, at once)."""
+    import asyncio
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from fish_worker.server.app import create_app
+    from fish_worker.server.config import ServerSettings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(runner, ServerSettings(auth_disabled=True, max_concurrent_jobs=len(jobs)))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}/run"
+
+    async def post(client, job: dict) -> None:
+        response = await client.post(url, json={"input": job})
+        response.raise_for_status()
+        assert response.json()["status"] == "success"
+
+    async def sequential() -> None:
+        async with httpx.AsyncClient(timeout=3600) as client:
+            for job in jobs:
+                await post(client, job)
+
+    async def together() -> None:
+        async with httpx.AsyncClient(timeout=3600) as client:
+            await asyncio.gather(*(post(client, job) for job in jobs))
+
+    try:
+        asyncio.run(sequential())  # warm (first request costs)
+        return _timed(lambda: asyncio.run(sequential())), _timed(lambda: asyncio.run(together()))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def kv_memory(service) -> dict:
+    """KV cache per job from the allocated pool, and the jobs that fit a card at these shapes in bf16."""
+    from fish_worker.engine import kv_budget
+    from fish_worker.engine.batched_forward import PagedKVCache
+
+    model, pool = service.generator.model, service.generator.caches
+    measured_per_token = pool.nbytes // ((pool.pages + 1) * pool.page_size)  # this run's dtype
+    per_token_bf16 = PagedKVCache.bytes_per_token(model, torch.bfloat16)
+    probe = PagedKVCache(model, slots=1, pages=2, dtype=torch.bfloat16, device=torch.device("cpu"))
+    assert probe.nbytes == 3 * probe.page_size * per_token_bf16  # allocated bytes match the formula
+    typical = kv_budget.TYPICAL_JOB_TOKENS
+    weights_bf16 = sum(p.numel() for p in model.parameters()) * 2
+    codec_bytes = sum(t.nbytes for t in service.codec.model.state_dict().values())  # float32, as served
+    prefill_cache = model.max_seq_len * per_token_bf16  # fish-speech's batch-1 cache, for prefills
+    fixed = weights_bf16 + codec_bytes + prefill_cache
+    cards = {f"{gb}GB": int(kv_budget.jobs_that_fit(gb * 10**9, fixed, per_token_bf16)) for gb in (24, 48, 80)}
+    full_context = {f"{gb}GB": int(kv_budget.jobs_that_fit(gb * 10**9, fixed, per_token_bf16, model.max_seq_len))
+                    for gb in (24, 48, 80)}
+    return {"bytes_per_token_bf16": per_token_bf16, "bytes_per_token_this_run": int(measured_per_token),
+            "typical_job_tokens": typical, "typical_job_bytes_bf16": typical * per_token_bf16,
+            "text2semantic_bf16_bytes": weights_bf16, "codec_bytes": codec_bytes, "prefill_cache_bf16_bytes": prefill_cache,
+            "typical_jobs_per_card": cards, "full_context_jobs_per_card": full_context,
+            "pool_tokens": pool.pages * pool.page_size, "max_concurrency": service.max_concurrency}
+
+
+def peak_memory(device: torch.device) -> dict:
+    import resource
+
+    out = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+    if device.type == "cuda":
+        out["peak_gpu_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+        out["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 1e9
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
 def _timed_subprocess(code: str) -> float:
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench_cold_start(checkpoint: Path) -> dict:
-    worker = _timed_subprocess(
-        "import time; t = time.perf_counter()\n"
-        "from fish_worker.tts.service import TTSService\nfrom fish_worker.settings import Settings\n"
-        f"TTSService.load(Settings(checkpoint_dir={str(checkpoint)!r}, device='cpu', warmup=False))\n"
-        "print(time.perf_counter() - t)")
-    bare = _timed_subprocess(
-        "import time; t = time.perf_counter()\nimport torch\n"
-        f"for f in ('model.pth', 'codec.pth'): torch.load({str(checkpoint)!r} + '/' + f, map_location='cpu')\n"
-        "print(time.perf_counter() - t)")
-    return {"worker_import_and_load_s": worker, "bare_torch_load_s": bare, "ratio": worker / bare}
+def bench_cold_start(checkpoint: Path, device: str) -> dict:
+    """Each in a fresh process, with the files in the page cache (each is run once first)."""
+    worker = ("import time; t = time.perf_counter()\n"
+              "from fish_worker.tts.service import TTSService\nfrom fish_worker.settings import Settings\n"
+              f"TTSService.load(Settings(checkpoint_dir={str(checkpoint)!r}, device={device!r}, warmup=False))\n"
+              "print(time.perf_counter() - t)")
+    bare = ("import time; t = time.perf_counter()\nimport torch\n"
+            f"for f in ('model.pth', 'codec.pth'): torch.load({str(checkpoint)!r} + '/' + f, map_location={device!r})\n"
+            "print(time.perf_counter() - t)")
+    _timed_subprocess(bare)
+    worker_s = min(_timed_subprocess(worker) for _ in range(2))
+    bare_s = min(_timed_subprocess(bare) for _ in range(2))
+    return {"worker_import_and_load_s": worker_s, "bare_torch_load_s": bare_s, "ratio": worker_s / bare_s}
 
 
 def print_table(results: dict) -> None:
-    rows = [("single stream tokens/s", results["single_stream"]["worker_tokens_per_s"],
-             results["single_stream"]["fish_speech_tokens_per_s"], results["single_stream"]["ratio"])]
+    ss = results["single_stream"]
+    rows = [("single stream tokens/s", ss["worker_tokens_per_s"], ss["fish_speech_tokens_per_s"], ss["ratio"])]
     for n, r in results["concurrency"].items():
         rows.append((f"{n} concurrent jobs tokens/s", r["worker_tokens_per_s"],
                      r["fish_speech_sequential_tokens_per_s"], r["ratio"]))
+    e2e = results.get("end_to_end")
+    if e2e:
+        for door in ("job_runner", "server"):
+            r = e2e[door]
+            rows.append((f"{e2e['jobs']} jobs via {door} s (vs 1 by 1)", r["concurrent_s"], r["sequential_s"], r["ratio"]))
     fa = results["first_audio"]
     rows.append(("first audio s (vs full latency)", fa["first_audio_s"], fa["full_latency_s"], fa["ratio"]))
-    cs = results["cold_start"]
-    rows.append(("cold start s (vs bare torch.load)", cs["worker_import_and_load_s"], cs["bare_torch_load_s"], cs["ratio"]))
-    print(f"\n{'measure':<36}{'worker':>12}{'baseline':>12}{'ratio':>9}")
+    cs = results.get("cold_start")
+    if cs:
+        rows.append(("cold start s (vs bare torch.load)", cs["worker_import_and_load_s"], cs["bare_torch_load_s"],
+                     cs["ratio"]))
+    print(f"\n{'measure':<40}{'worker':>12}{'baseline':>12}{'ratio':>9}")
     for name, ours, base, ratio in rows:
-        print(f"{name:<36}{ours:>12.3f}{base:>12.3f}{ratio:>8.2f}x")
-    print(f"\nsame tokens as fish-speech: {results['single_stream']['same_tokens']}; "
+        print(f"{name:<40}{ours:>12.3f}{base:>12.3f}{ratio:>8.2f}x")
+    print(f"\nsingle-stream RTF {ss['worker_rtf']:.3f}; same tokens as fish-speech: {ss['same_tokens']}; "
           f"streamed audio equals one-shot: {fa['streamed_equals_one_shot']} ({fa['chunks']} chunks)")
+    kv = results["kv_memory"]
+    print(f"KV cache: {kv['bytes_per_token_bf16']:,} B/token in bf16; typical job ({kv['typical_job_tokens']} tokens) "
+          f"{kv['typical_job_bytes_bf16'] / 1e6:.0f} MB; typical jobs per card {kv['typical_jobs_per_card']} "
+          f"(full context per job: {kv['full_context_jobs_per_card']})")
+    print(f"peak memory: {results['memory']}")
 
 
 def main() -> None:
+    global FISH_DECODE_ONE_TOKEN
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer tokens per job (a smoke run)")
+    parser.add_argument("--size", choices=["bench", "s1-mini"], default="bench")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true",
+                        help="FISH_COMPILE for the worker; fish-speech's decode step compiled as its init_model does")
+    parser.add_argument("--levels", default=None, help="concurrent jobs to measure (default 1,4,8; cuda 1,8,16)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="frames per job (default 48, --quick 16)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="reuse a written checkpoint directory")
+    parser.add_argument("--no-cold-start", action="store_true")
+    parser.add_argument("--fish-jobs", type=int, default=8, help="jobs fish-speech's baseline runs one after another")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
-    max_tokens = 16 if args.quick else 48
+    max_tokens = args.max_tokens or (16 if args.quick else 48)
+    device = torch.device(args.device)
+    levels = [int(x) for x in (args.levels or ("1,8,16" if device.type == "cuda" else "1,4,8")).split(",")]
     silence_logs()
 
     from fish_worker.tts.service import TTSService
@@ -218,20 +383,36 @@ def main() -> None:
     from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = write_tiny_checkpoint(Path(tmp) / "bench-ckpt", seed=0, size="bench")
-        settings = Settings(checkpoint_dir=checkpoint, device="cpu", warmup=False, max_concurrency=8)
+        checkpoint = args.checkpoint or Path(tmp) / f"{args.size}-ckpt"
+        if not (checkpoint / "model.pth").is_file():
+            write_tiny_checkpoint(checkpoint, seed=0, size=args.size)
+        settings = Settings(checkpoint_dir=checkpoint, device=args.device, warmup=False, compile=args.compile,
+                            max_concurrency=max(levels))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         service = TTSService.load(settings)
+        if args.compile:
+            from fish_speech.models.text2semantic.inference import decode_one_token_ar
+
+            FISH_DECODE_ONE_TOKEN = torch.compile(decode_one_token_ar, fullgraph=True,
+                                                  **({"mode": "reduce-overhead"} if device.type == "cuda" else {"backend": "aot_eager"}))
         silence_logs()
         results = {
-            "machine": {"device": "cpu", "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
-            "checkpoint": {"size": "bench", "max_tokens_per_job": max_tokens,
+            "machine": {"device": str(device), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                        **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})},
+            "checkpoint": {"size": args.size, "max_tokens_per_job": max_tokens, "compile": args.compile,
+                           "precision": str(service.generator.caches.k[0].dtype),
                            "parameters_m": round(sum(p.numel() for p in service.generator.model.parameters()) / 1e6, 1)},
             "single_stream": bench_single_stream(service, max_tokens),
-            "concurrency": bench_concurrency(service, max_tokens, [1, 4, 8]),
+            "concurrency": bench_concurrency(service, max_tokens, levels, args.fish_jobs),
+            "end_to_end": bench_end_to_end(service, max_tokens, max(n for n in levels if n <= 8)),
             "first_audio": bench_first_audio(service, max_tokens),
-            "cold_start": bench_cold_start(checkpoint),
+            "kv_memory": kv_memory(service),
+            "memory": peak_memory(device),
         }
+        if not args.no_cold_start:
+            results["cold_start"] = bench_cold_start(checkpoint, args.device)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"\nwritten to {args.out}")

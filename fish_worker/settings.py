@@ -34,9 +34,12 @@ class Settings(BaseSettings):
 
     # Worker
     log_level: str = "INFO"
-    # Jobs one worker runs at once (runpod's concurrency_modifier); their decoding steps are batched,
-    # each job holding one KV-cache slot (GPU memory per slot: about the model's full-context cache).
-    max_concurrency: int = Field(4, ge=1, le=64)
+    # Jobs one worker runs at once (runpod's concurrency_modifier); their decoding steps are batched.
+    # Unset: on a GPU, as many typical jobs (30 s reference + 1,000 frames) as the KV pool holds; CPU: 4.
+    max_concurrency: int | None = Field(None, ge=1, le=64)
+    # KV-cache page pool, in tokens of context shared by all jobs (each holds prompt + max_tokens).
+    # Unset: on a GPU the memory free after loading, less a workspace; CPU: max_concurrency typical jobs.
+    kv_cache_tokens: int | None = Field(None, ge=64)
     # Streamed jobs: first audio after this many codec frames (~46 ms each), later chunks 2×, 4× ... up to
     # 64 frames; each window is decoded with this many frames of left context so the joins are seamless.
     stream_first_frames: int = Field(8, ge=1)

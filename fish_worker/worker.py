@@ -127,4 +127,4 @@ def main(argv: list[str] | None = None) -> None:
     # Several jobs at once: the handler is async and their decoding steps are batched (engine/batching.py).
     # The plain `runner.result` is what the SDK's own modes (--rp_serve_api) call.
     runpod.serverless.start({"handler": runner.result,
-                             "concurrency_modifier": lambda current: settings.max_concurrency})
+                             "concurrency_modifier": lambda current: runner.service.max_concurrency})

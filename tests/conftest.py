@@ -13,6 +13,10 @@ import soundfile as sf
 os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes on CPU (real-size checkpoint); the normal suite runs it once")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint

@@ -91,7 +91,7 @@ STREAM_ENVELOPE_ALLOWANCE_BYTES = 4_096
 FLOAT_DECIMALS = 5
 # Longest JSON text of one rounded sample ("-0.12345"), plus the ", " separator json.dumps puts
 # between items (RunPod's SDK serializes results with json.dumps' default separators).
-_MAX_JSON_BYTES_PER_FLOAT = 10
+MAX_JSON_BYTES_PER_FLOAT = 10
 
 Payload = Union[str, list[float]]
 
@@ -421,7 +421,7 @@ def split_payload(
     if isinstance(payload, str):
         per_piece = (max_json_bytes - 2) // 4 * 4  # 2 for the JSON quotes; base64 needs no escapes
     else:
-        per_piece = (max_json_bytes - 2) // _MAX_JSON_BYTES_PER_FLOAT  # 2 for the brackets
+        per_piece = (max_json_bytes - 2) // MAX_JSON_BYTES_PER_FLOAT  # 2 for the brackets
     if per_piece <= 0:
         raise ValueError(f"max_json_bytes={max_json_bytes} is too small for any audio")
     return [payload[i : i + per_piece] for i in range(0, len(payload), per_piece)]
@@ -440,7 +440,7 @@ def max_samples_per_chunk(
     """
     fmt = validate_audio_format(fmt)
     if fmt == "float":
-        return max(1, (max_json_bytes - 2) // _MAX_JSON_BYTES_PER_FLOAT)
+        return max(1, (max_json_bytes - 2) // MAX_JSON_BYTES_PER_FLOAT)
     # Keep 10% for FLAC/MP3/Ogg framing and headers.
     raw_bytes = (max_json_bytes - 2) * 3 // 4 * 9 // 10
     return max(1, math.floor(raw_bytes / 2))

@@ -1,6 +1,6 @@
 """Write a tiny, randomly initialised Fish Speech checkpoint in the released on-disk layout.
 
-    python -m fish_worker.devtools.tiny_checkpoint DIR [--seed 0] [--size tiny|bench]
+    python -m fish_worker.devtools.tiny_checkpoint DIR [--seed 0] [--size tiny|bench|s1-mini]
 
 Same file names, config keys, tokenizer format and codec state-dict format as `openaudio-s1-mini`,
 written with fish-speech's own classes (`DualARTransformer.save_pretrained`, the DAC built from the
@@ -8,7 +8,11 @@ package's `modded_dac_vq` config), so the worker's one loading path serves both.
 file is `codec_config.yaml`, which shrinks the codec (the released codec needs no overrides).
 Seeded: the same seed writes the same weights. `size="bench"` writes a mid-size model (same layout,
 wider and deeper, more codebooks) for `bench/run.py`: big enough that the matrix work is real, small
-enough to run a benchmark on two CPU cores in minutes.
+enough to run a benchmark on two CPU cores in minutes. `size="s1-mini"` writes the released
+openaudio-s1-mini shapes (dual-AR: dim 1024, 28 slow + 4 fast layers, vocabulary 155,776, 10
+codebooks; codec: the package's `modded_dac_vq` config as is, no `codec_config.yaml`) with random
+weights, generated directly in their storage dtype (no model initialisation): ~1.5 GB text2semantic
+weights in bf16 and a 1.87 GB float32 codec, the released codec.pth's size.
 """
 
 from __future__ import annotations
@@ -108,22 +112,107 @@ BENCH_CODEC_OVERRIDES = {
         "semantic_codebook_size": BENCH_CODEBOOK_SIZE,
     },
 }
-SIZES = {  # name → (text2semantic config, codec overrides, semantic codebook size)
+# openaudio-s1-mini's config.json (a Qwen3-0.6B-shaped slow transformer). The codec is the package's
+# modded_dac_vq config unchanged (its state dict is 1,871,088,622 bytes, the released codec.pth).
+S1_MINI_CODEBOOK_SIZE = 4096
+S1_MINI_TEXT2SEMANTIC_CONFIG = {
+    **TEXT2SEMANTIC_CONFIG,
+    "vocab_size": 155_776,
+    "n_layer": 28,
+    "n_head": 16,
+    "n_local_heads": 8,
+    "head_dim": 128,
+    "dim": 1024,
+    "intermediate_size": 3072,
+    "max_seq_len": 8192,
+    "tie_word_embeddings": True,
+    "attention_qk_norm": True,
+    "scale_codebook_embeddings": True,
+    "codebook_size": S1_MINI_CODEBOOK_SIZE,
+    "num_codebooks": 10,
+    "n_fast_layer": 4,
+    "fast_dim": 1024,
+    "fast_n_head": 16,
+    "fast_n_local_heads": 8,
+    "fast_head_dim": 64,
+    "fast_intermediate_size": 3072,
+    "initializer_range": 0.02,
+}
+SIZES = {  # name → (text2semantic config, codec overrides (None: the package's config as is), codebook size)
     "tiny": (TEXT2SEMANTIC_CONFIG, CODEC_OVERRIDES, CODEBOOK_SIZE),
     "bench": (BENCH_TEXT2SEMANTIC_CONFIG, BENCH_CODEC_OVERRIDES, BENCH_CODEBOOK_SIZE),
+    "s1-mini": (S1_MINI_TEXT2SEMANTIC_CONFIG, None, S1_MINI_CODEBOOK_SIZE),
 }
 
 
-def _write_tokenizer(out: Path, codebook_size: int = CODEBOOK_SIZE) -> None:
-    """Byte-level tiktoken ranks (every string encodes) and the special tokens, semantic ones last."""
+def _write_tokenizer(out: Path, codebook_size: int = CODEBOOK_SIZE, vocab_size: int | None = None) -> None:
+    """Byte-level tiktoken ranks (every string encodes) and the special tokens, semantic ones last.
+
+    With `vocab_size`, filler ranks pad the vocabulary to it: 5-byte tokens starting with 0xFF 0xFE,
+    bytes no UTF-8 text holds, so text still encodes byte by byte."""
     from fish_speech.tokenizer import ALL_SPECIAL_TOKENS, SEMANTIC_TOKEN_TEMPLATE
 
-    ranks = [f"{base64.b64encode(bytes([b])).decode()} {b}" for b in range(256)]
-    (out / "tokenizer.tiktoken").write_text("\n".join(ranks) + "\n")
     specials = [t for t in ALL_SPECIAL_TOKENS if not t.startswith("<|semantic:")]
     specials += [SEMANTIC_TOKEN_TEMPLATE.format(i=i) for i in range(codebook_size)]
-    ids = {token: 256 + i for i, token in enumerate(specials)}
+    tokens = [bytes([b]) for b in range(256)]
+    if vocab_size is not None:
+        tokens += [b"\xff\xfe" + i.to_bytes(3, "big") for i in range(vocab_size - 256 - len(specials))]
+    ranks = [f"{base64.b64encode(token).decode()} {rank}" for rank, token in enumerate(tokens)]
+    (out / "tokenizer.tiktoken").write_text("\n".join(ranks) + "\n")
+    ids = {token: len(tokens) + i for i, token in enumerate(specials)}
     (out / "special_tokens.json").write_text(json.dumps(ids, indent=2))
+
+
+def _random_weights(module: torch.nn.Module, generator: torch.Generator, dtype: torch.dtype, std: float) -> dict:
+    """A state dict for a model built on the meta device, drawn straight in `dtype` (fast: no
+    initialisation pass, no float32 copy): norms and gains 1, biases 0, other weights N(0, std).
+    Weight-normed convs get g = |v| per output channel (weight = v, as at initialisation). Buffers
+    (rotary tables, causal masks) are computed from the owning module's config."""
+    state = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "causal_mask":
+            state[name] = torch.ones(tensor.shape, dtype=torch.bool).tril_()
+        elif leaf == "freqs_cis":
+            state[name] = _rotary_table(module.get_submodule(name.rsplit(".", 1)[0]), tensor)
+        elif "norm" in name and leaf == "weight" or leaf == "alpha":
+            state[name] = torch.ones(tensor.shape, dtype=dtype)
+        elif leaf == "bias":
+            state[name] = torch.zeros(tensor.shape, dtype=dtype)
+        elif leaf != "original0":  # weight-norm gains: below, from their directions
+            state[name] = torch.empty(tensor.shape, dtype=dtype).normal_(0, std, generator=generator)
+    for name in [n for n in module.state_dict(keep_vars=True) if n.endswith("original0")]:
+        direction = state[name.removesuffix("0") + "1"]
+        dims = tuple(range(1, direction.dim()))
+        state[name] = direction.float().norm(dim=dims, keepdim=True).to(dtype)
+    return state
+
+
+def _rotary_table(owner: torch.nn.Module, meta: torch.Tensor) -> torch.Tensor:
+    from fish_speech.models.dac.modded_dac import precompute_freqs_cis
+
+    config = owner.config
+    table = precompute_freqs_cis(config.block_size, config.head_dim, config.rope_base)
+    assert table.shape == meta.shape, (table.shape, meta.shape)
+    return table
+
+
+def _write_s1_mini(out: Path, config: dict, seed: int) -> None:
+    """Released shapes, random weights: text2semantic in bf16, codec in float32 (as released)."""
+    from hydra.utils import instantiate
+
+    from fish_speech.models.text2semantic.llama import DualARModelArgs, DualARTransformer
+    from fish_speech.tokenizer import FishTokenizer
+
+    tokenizer = FishTokenizer.from_pretrained(str(out))
+    with torch.device("meta"):
+        model = DualARTransformer(DualARModelArgs(**config), tokenizer=tokenizer)
+    model.config.save(out / "config.json")
+    generator = torch.Generator().manual_seed(seed)
+    torch.save(_random_weights(model, generator, torch.bfloat16, config["initializer_range"]), out / "model.pth")
+    with torch.device("meta"):
+        codec = instantiate(compose_codec_config(out))
+    torch.save(_random_weights(codec, generator.manual_seed(seed + 1), torch.float32, 0.02), out / "codec.pth")
 
 
 def write_tiny_checkpoint(out: Path | str, seed: int = 0, size: str = "tiny") -> Path:
@@ -136,6 +225,10 @@ def write_tiny_checkpoint(out: Path | str, seed: int = 0, size: str = "tiny") ->
     out = Path(out)
     config, codec_overrides, codebook_size = SIZES[size]
     out.mkdir(parents=True, exist_ok=True)
+    if codec_overrides is None:
+        _write_tokenizer(out, codebook_size, vocab_size=config["vocab_size"])
+        _write_s1_mini(out, config, seed)
+        return out
     _write_tokenizer(out, codebook_size)
     tokenizer = FishTokenizer.from_pretrained(str(out))
     assert 256 + tokenizer.num_special_tokens == config["vocab_size"]

@@ -66,28 +66,86 @@ def _attend(attention, q, k, v, mask, sdpa: bool) -> torch.Tensor:
     return attention.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, attention.n_head * attention.head_dim))
 
 
-class SlotCaches:
-    """Slow-transformer KV caches with one row ("slot") per sequence being decoded."""
+class PagedKVCache:
+    """Slow-transformer keys/values in fixed-size pages drawn from one pool shared by all sequences.
 
-    def __init__(self, model, slots: int, dtype: torch.dtype, device: torch.device):
+    A sequence holds the pages its prompt plus token budget needs (`allocate`), listed in its row
+    ("slot") of the page table; `free` returns them. Rows of a step read their pages into one
+    [B, heads, length, head_dim] tensor: the attention then sees what a full-context cache per row
+    held (its keys at their positions; masked positions beyond), so tokens stay bit-identical.
+    Page 0 is a read-only page of zeros: the table points unused entries at it.
+    """
+
+    def __init__(self, model, slots: int, pages: int, dtype: torch.dtype, device: torch.device,
+                 page_size: int = KEY_BLOCK):
         cfg = model.config
-        shape = (slots, cfg.n_local_heads, model.max_seq_len, cfg.head_dim)
+        if model.max_seq_len % page_size:
+            raise ValueError(f"max_seq_len {model.max_seq_len} is not a multiple of the page size {page_size}")
+        self.page_size = page_size
+        self.max_pages_per_seq = model.max_seq_len // page_size
+        shape = (pages + 1, cfg.n_local_heads, page_size, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in model.layers]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in model.layers]
+        self.table = torch.zeros((slots, self.max_pages_per_seq), dtype=torch.long, device=device)
         self.slots = slots
+        self.pages = pages
+        self._free_pages = list(range(pages, 0, -1))  # popped from the end: low pages first
+
+    @staticmethod
+    def page_size_for(model) -> int:
+        return KEY_BLOCK
+
+    @staticmethod
+    def bytes_per_token(model, dtype: torch.dtype) -> int:
+        """Keys and values of one token of context, all slow layers."""
+        cfg = model.config
+        return 2 * len(model.layers) * cfg.n_local_heads * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.k + self.v)
+
+    @property
+    def free_pages(self) -> int:
+        return len(self._free_pages)
+
+    def pages_for(self, tokens: int) -> int:
+        return -(-tokens // self.page_size)
+
+    def allocate(self, slot: int, tokens: int) -> bool:
+        """Give `slot` pages for `tokens` positions; False (nothing taken) when the pool lacks them."""
+        need = self.pages_for(tokens)
+        if need > len(self._free_pages):
+            return False
+        pages = [self._free_pages.pop() for _ in range(need)]
+        self.table[slot, :need] = torch.tensor(pages, dtype=torch.long)
+        return True
+
+    def free(self, slot: int) -> None:
+        held = [int(p) for p in self.table[slot].tolist() if p]
+        self._free_pages.extend(reversed(held))
+        self.table[slot] = 0
+
+    def reset(self) -> None:
+        self.table.zero_()
+        self._free_pages = list(range(self.pages, 0, -1))
 
     def load_prefill(self, model, slot: int, length: int) -> None:
-        """Copy a prefill's keys/values from the model's own (batch-1) caches into `slot`."""
+        """Copy a prefill's keys/values from the model's own (batch-1) caches into `slot`'s pages."""
+        n = self.pages_for(length)
+        pages = self.table[slot, :n]
+        span = n * self.page_size  # whole pages: the prefill cache's tail beyond `length` is masked anyway
         for layer, k, v in zip(model.layers, self.k, self.v):
             cache = layer.attention.kv_cache
-            k[slot, :, :length] = cache.k_cache[0, :, :length]
-            v[slot, :, :length] = cache.v_cache[0, :, :length]
+            heads, dim = cache.k_cache.shape[1], cache.k_cache.shape[3]
+            k[pages] = cache.k_cache[0, :, :span].view(heads, n, self.page_size, dim).transpose(0, 1)
+            v[pages] = cache.v_cache[0, :, :span].view(heads, n, self.page_size, dim).transpose(0, 1)
 
 
 class BatchedStep:
     """`decode_one_token_ar` for B sequences: tokens [B, rows], positions [B], slots [B] → frames [B, rows]."""
 
-    def __init__(self, model, caches: SlotCaches, compile: bool = False):
+    def __init__(self, model, caches: PagedKVCache, compile: bool = False):
         self.model = model
         self.caches = caches
         self.semantic_begin = model.tokenizer.semantic_begin_id
@@ -111,26 +169,30 @@ class BatchedStep:
             x = torch.where(vq_mask[:, None], x / (cfg.num_codebooks + 1) ** 0.5, x)
         return x[:, None]  # [B, 1, dim]
 
-    def slow(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, length: int, contiguous: bool):
+    def slow(self, tokens: torch.Tensor, positions: torch.Tensor, pages: torch.Tensor):
         """The slow transformer at each row's own position; returns (logits [B, vocab], hidden [B, 1, fast_dim]).
 
-        `length`: cached keys to attend over; `contiguous`: the rows are slots 0..B-1 (plain Python
-        values, decided by the caller, so a compiled version of this method has no data-dependent branch).
+        `pages` [B, n]: each row's first n pages (page 0, zeros, where a row holds fewer): the keys
+        attended over are n × page_size, whatever the rows' own lengths.
         """
         model = self.model
         x = self._embed(tokens)
         freqs = model.freqs_cis[positions][:, None]  # [B, 1, D/2, 2]
+        bsz, n = pages.shape
+        page_size = self.caches.page_size
+        length = n * page_size
         keys = torch.arange(length, device=positions.device)
         mask = (keys[None, :] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, L]
-        for layer, k_cache, v_cache in zip(model.layers, self.caches.k, self.caches.v):
+        write_page = pages.gather(1, (positions // page_size)[:, None])[:, 0]
+        write_offset = positions % page_size
+        for layer, k_pool, v_pool in zip(model.layers, self.caches.k, self.caches.v):
             attention = layer.attention
             q, k, v = _project_qkv(attention, layer.attention_norm(x), freqs)
-            k_cache[slots, :, positions] = k[:, :, 0]
-            v_cache[slots, :, positions] = v[:, :, 0]
-            if contiguous:  # rows 0..B-1: a view, no copy
-                keys_k, keys_v = k_cache[: len(slots), :, :length], v_cache[: len(slots), :, :length]
-            else:
-                keys_k, keys_v = k_cache[slots, :, :length], v_cache[slots, :, :length]
+            k_pool[write_page, :, write_offset] = k[:, :, 0]
+            v_pool[write_page, :, write_offset] = v[:, :, 0]
+            # [B, n, H, P, D] → [B, H, n·P, D]: the row's context in position order
+            keys_k = k_pool[pages].transpose(1, 2).reshape(bsz, k_pool.shape[1], length, k_pool.shape[3])
+            keys_v = v_pool[pages].transpose(1, 2).reshape(bsz, v_pool.shape[1], length, v_pool.shape[3])
             h = x + _attend(attention, q, keys_k, keys_v, mask, sdpa=True)
             x = h + layer.feed_forward(layer.ffn_norm(h))
         logits = model.output(model.norm(x)) if not model.config.tie_word_embeddings else F.linear(
@@ -158,8 +220,8 @@ class BatchedStep:
         model, cfg = self.model, self.model.config
         with sdpa_kernel(SDPBackend.MATH):
             length = attended_length(int(positions.max()), model.max_seq_len)
-            contiguous = bool((slots == torch.arange(len(slots), device=slots.device)).all())
-            logits, hidden = self.slow(tokens, positions, slots, length, contiguous)
+            pages = self.caches.table[slots, : length // self.caches.page_size]
+            logits, hidden = self.slow(tokens, positions, pages)
         # fish-speech penalises the window's first column (one token per codebook row) for the semantic token.
         semantic = sample_rows(logits, sampling, windows[:, :, 0])
         codes = [semantic]

@@ -1,9 +1,10 @@
 """Continuous batching: concurrent requests share each decoding step of one engine thread.
 
-Each request becomes a sequence with its own KV-cache slot, position, sampling settings and
-`torch.Generator`. Between steps, waiting sequences join (their prompt is prefilled alone, with
-fish-speech's own `forward_generate`, then copied into their slot) and finished or cancelled ones
-leave. A sequence's tokens do not depend on who shares its steps: every per-row op in
+Each request becomes a sequence with its own row ("slot"), KV-cache pages, position, sampling
+settings and `torch.Generator`. Between steps, waiting sequences join (their prompt is prefilled
+alone, with fish-speech's own `forward_generate`, then copied into their pages) and finished or
+cancelled ones leave. A sequence joins only when the page pool holds its prompt plus token budget
+(reserved whole, so it never runs out mid-way); until then it waits, in arrival order. A sequence's tokens do not depend on who shares its steps: every per-row op in
 `BatchedStep` is row-independent and each row draws from its own generator.
 """
 
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fish_worker.engine.batched_forward import BatchedStep, SlotCaches
-from fish_worker.engine.generation import REPETITION_WINDOW, SemanticGenerator, VoicePrompt
+from fish_worker.engine.batched_forward import BatchedStep, PagedKVCache
+from fish_worker.engine.generation import REPETITION_WINDOW, PromptTooLongError, SemanticGenerator, VoicePrompt
 from fish_worker.engine.sampling import RowSampling, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,11 @@ class _Sequence:
         return self.left or (self.caller_stop is not None and self.caller_stop.is_set())
 
     @property
+    def context_tokens(self) -> int:
+        """Positions the sequence can fill: its prompt and its token budget."""
+        return self.prompt.shape[1] + self.budget
+
+    @property
     def position(self) -> int:
         return self.prompt.shape[1] + self.step
 
@@ -71,13 +77,17 @@ class BatchScheduler:
     rebuilt, never mutated while iterated, and a sequence ends exactly once (`_end`).
     """
 
-    def __init__(self, generator: SemanticGenerator, max_batch: int, compile: bool = False):
+    def __init__(self, generator: SemanticGenerator, max_batch: int, compile: bool = False,
+                 kv_tokens: int | None = None):
+        """`kv_tokens`: the page pool's capacity in tokens of context (default: a full context per row)."""
         self.single = generator  # prompt encoding and the batch-1 prefill
         self.model = generator.model
         self.device = generator.device
         self.max_batch = max_batch
         dtype = next(self.model.parameters()).dtype
-        self.caches = SlotCaches(self.model, max_batch, dtype, self.device)
+        kv_tokens = kv_tokens if kv_tokens is not None else max_batch * self.model.max_seq_len
+        pages = -(-kv_tokens // PagedKVCache.page_size_for(self.model))
+        self.caches = PagedKVCache(self.model, max_batch, pages, dtype, self.device)
         self.step_fn = BatchedStep(self.model, self.caches, compile=compile)
         self._waiting: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []
@@ -155,7 +165,22 @@ class BatchScheduler:
                 self._wake.wait()
             joining = []
             while self._waiting and self._free_slots:
-                seq = self._waiting.popleft()
+                seq = self._waiting[0]
+                if seq.stopped:  # gone while waiting: it must not hold up the line
+                    self._waiting.popleft()
+                    self._end(seq, _END)
+                    continue
+                need = seq.context_tokens
+                if self.caches.pages_for(need) > self.caches.pages:  # could never fit: end it now
+                    self._waiting.popleft()
+                    self._end(seq, PromptTooLongError(
+                        f"prompt ({seq.prompt.shape[1]} tokens) plus max_tokens need {need} tokens of KV "
+                        f"cache, the worker holds {self.caches.pages * self.caches.page_size} (FISH_KV_CACHE_TOKENS)"))
+                    continue
+                slot = self._free_slots[0]
+                if not self.caches.allocate(slot, need):
+                    break  # pages come back when a running sequence ends; it waits, first in line
+                self._waiting.popleft()
                 seq.slot = self._free_slots.pop(0)
                 joining.append(seq)
         for seq in joining:
@@ -244,6 +269,7 @@ class BatchScheduler:
             return
         seq.done = True
         if seq.slot >= 0:
+            self.caches.free(seq.slot)
             self._free_slots.append(seq.slot)
             self._free_slots.sort()
             seq.slot = -1
@@ -259,6 +285,7 @@ class BatchScheduler:
             # Slots of sequences half-way through joining are not in either list: start afresh, and
             # let the next job start a new engine thread.
             self._free_slots = list(range(self.max_batch))
+            self.caches.reset()
             self._thread = None
 
 

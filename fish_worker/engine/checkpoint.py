@@ -17,13 +17,18 @@ numbers), so no `_target_` or interpolation from a downloaded directory is ever 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +160,60 @@ def _require_matching_weights(model: torch.nn.Module, weights: dict, file: Path,
             )
 
 
+class _SkipInit(TorchFunctionMode):
+    """Module construction without random initialisation: the file's weights replace every parameter.
+
+    (Initialising ~0.7 B parameters costs seconds; on the meta device, `normal_` and any arithmetic
+    import torch._dynamo, seconds more.)"""
+
+    _INIT = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_, torch.nn.init.uniform_,
+             torch.nn.init.trunc_normal_, torch.nn.init.kaiming_uniform_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._INIT:
+            return args[0] if args else kwargs["tensor"]  # torch.nn.init passes it by name
+        return func(*args, **kwargs)
+
+
+def _weightless(device: str | None = None):
+    """Build modules without initialising their parameters (on `device`, e.g. "meta", if given)."""
+    stack = contextlib.ExitStack()
+    if device is not None:
+        stack.enter_context(torch.device(device))
+    stack.enter_context(_SkipInit())
+    return stack
+
+
+def _import_dual_ar():
+    """fish-speech's llama module, imported without `transformers`.
+
+    The module imports `transformers.AutoTokenizer` at its top and never uses it; importing
+    transformers costs seconds of every cold start. A placeholder stands in while the module loads
+    and is removed after, so a later `import transformers` (chat mode) gets the real package.
+    """
+    name = "fish_speech.models.text2semantic.llama"
+    if name in sys.modules or "transformers" in sys.modules:
+        return importlib.import_module(name)
+    placeholder = types.ModuleType("transformers")
+    placeholder.AutoTokenizer = None  # the one name the module imports
+    sys.modules["transformers"] = placeholder
+    try:
+        return importlib.import_module(name)
+    finally:
+        if sys.modules.get("transformers") is placeholder:
+            del sys.modules["transformers"]
+
+
 def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype, max_batch_size: int = 1):
-    from fish_speech.models.text2semantic.llama import BaseModelArgs, DualARTransformer
+    """The dual-AR model with the file's weights, built without a random initialisation.
+
+    fish-speech's `from_pretrained` initialises every weight, then replaces it; here the model is built
+    uninitialised and takes the memory-mapped tensors (`assign=True`), so the weights are read once and
+    copied at most once (only where the device or dtype differs from the file's).
+    """
+    llama = _import_dual_ar()
+    BaseModelArgs, DualARTransformer = llama.BaseModelArgs, llama.DualARTransformer
     from fish_speech.tokenizer import FishTokenizer
 
     try:
@@ -164,20 +221,28 @@ def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype,
         tokenizer = FishTokenizer.from_pretrained(str(path))
     except Exception as exc:
         raise CheckpointError(f"cannot read config.json / tokenizer files in {path}: {exc}; {HOW_TO_GET}") from exc
-    # Check names and shapes on a weightless (meta) model first: fish-speech's loader only warns.
-    with torch.device("meta"):
-        skeleton = DualARTransformer(config, tokenizer=tokenizer)
+    # On the CPU, uninitialised: parameter memory is reserved but never touched before the file's
+    # tensors replace it, and the buffers (rotary tables, causal mask) are computed as fish-speech does.
+    with _weightless():
+        model = DualARTransformer(config, tokenizer=tokenizer)
     weights = _load_state_dict(path / "model.pth")
     if next(iter(weights)).startswith("model."):
         weights = {k.removeprefix("model."): v for k, v in weights.items()}
-    _require_matching_weights(skeleton, weights, path / "model.pth")
-    del skeleton, weights
-
-    model = DualARTransformer.from_pretrained(str(path), load_weights=True)
+    weights = {k: v for k, v in weights.items() if "audio_" not in k}  # as fish-speech's loader drops them
+    _require_matching_weights(model, weights, path / "model.pth")
+    model.load_state_dict(weights, strict=False, assign=True)
+    del weights
+    _require_materialised(model, path_hint=str(path / "model.pth"))
     model = model.to(device=device, dtype=precision).eval()
     with torch.device(device):
         model.setup_caches(max_batch_size=max_batch_size, max_seq_len=model.config.max_seq_len, dtype=precision)
     return model
+
+
+def _require_materialised(model: torch.nn.Module, path_hint: str) -> None:
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            raise CheckpointError(f"{path_hint} left {name!r} without a value; {HOW_TO_GET}")
 
 
 def compose_codec_config(path: Path):
@@ -211,7 +276,8 @@ def load_codec(path: Path, device: torch.device):
     file = path / "codec.pth"
     config = compose_codec_config(path)  # CheckpointError for a bad overrides file
     try:
-        codec = instantiate(config)
+        with _weightless():  # uninitialised: every tensor comes from the file (mmap), buffers included
+            codec = instantiate(config)
     except Exception as exc:  # sizes that are numbers but do not make a codec (e.g. zero heads)
         raise CheckpointError(f"{codec_config_name(path)}: the codec cannot be built with these sizes: "
                               f"{type(exc).__name__}: {_first_line(exc)}") from None
@@ -220,6 +286,7 @@ def load_codec(path: Path, device: torch.device):
         weights = {k.removeprefix("generator."): v for k, v in weights.items() if k.startswith("generator.")}
     _require_matching_weights(codec, weights, file, config=codec_config_name(path))
     codec.load_state_dict(weights, strict=False, assign=True)
+    _require_materialised(codec, path_hint=str(file))
     # Weights stay float32, as fish-speech keeps them; GPU decoding runs under bf16 autocast.
     return codec.to(device=device).eval()
 

@@ -35,7 +35,7 @@ def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> Fas
     )
     app.state.server_settings = settings
     app.state.runner = JobLimiter(
-        runner, settings.max_concurrent_jobs or runner.service.settings.max_concurrency,
+        runner, settings.max_concurrent_jobs or runner.service.max_concurrency,
         settings.max_queued_jobs, settings.max_queued_jobs_per_tenant, settings.retry_after_s)
     app.state.registry = JobRegistry(app.state.runner, settings.job_ttl_s, settings.max_stored_jobs,
                                      settings.max_stored_result_bytes)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fish_worker.audio.reference import decode_reference_audio
+from fish_worker.engine import kv_budget
 from fish_worker.engine.batching import BatchScheduler
 from fish_worker.engine.checkpoint import load_models
 from fish_worker.engine.codec import Codec
@@ -77,6 +78,7 @@ class TTSService:
         self.codec = codec
         self.voice_cache = VoiceCodesCache(settings.reference_cache_size)
         self.voices = VoiceStore(settings.voices_dir, settings.max_voices)
+        self.memory_plan: kv_budget.KVBudget | None = None  # set by load(): KV pool size and concurrency
 
     @classmethod
     def load(cls, settings: Settings) -> "TTSService":
@@ -84,13 +86,25 @@ class TTSService:
         device = resolve_device(settings.device)
         precision = resolve_precision(settings.precision, device)
         models = load_models(settings.checkpoint_dir, device, precision)
+        budget = kv_budget.plan(models.text2semantic, precision, device, settings.max_concurrency,
+                                settings.kv_cache_tokens)
+        log.info("KV cache: %d tokens (%.2f GB), up to %d concurrent jobs", budget.kv_tokens,
+                 budget.pool_bytes / 1e9, budget.max_concurrency)
         # Concurrent requests share decoding steps (one engine thread) instead of queueing on a lock.
-        generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), settings.max_concurrency,
-                                   compile=settings.compile)
+        generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), budget.max_concurrency,
+                                   compile=settings.compile, kv_tokens=budget.kv_tokens)
         service = cls(settings, generator, Codec(models.codec, device, precision))
+        service.memory_plan = budget
         log.info("models loaded from %s on %s/%s in %.1f s", settings.checkpoint_dir, device, precision,
                  time.perf_counter() - started)
         return service
+
+    @property
+    def max_concurrency(self) -> int:
+        """Jobs this worker runs at once: FISH_MAX_CONCURRENCY, or what the KV pool holds when unset."""
+        if self.memory_plan is not None:
+            return self.memory_plan.max_concurrency
+        return self.settings.max_concurrency or kv_budget.CPU_DEFAULT_CONCURRENCY
 
     @property
     def sample_rate(self) -> int:

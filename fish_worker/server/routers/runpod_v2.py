@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.errors import ApiError
+from fish_worker.server.json_body import json_response
 from fish_worker.server.registry import FINAL, JobRecord, JobRegistry
 
 router = APIRouter(prefix="/v2/{endpoint_id}", tags=["RunPod API"], dependencies=[Depends(require_api_key)])
@@ -44,22 +45,22 @@ async def run(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[s
 
 
 @router.post("/runsync", summary="Run a job and wait for it (IN_PROGRESS after FISH_RUNSYNC_WAIT_S)")
-async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[str, Any]:
+async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> Response:
     record = _registry(request).submit(body.input, route="runsync", tenant=tenant_of(request))
     try:
         await asyncio.wait_for(asyncio.shield(record.done.wait()), request.app.state.server_settings.runsync_wait_s)
     except asyncio.TimeoutError:
         pass
-    return record.status_json()
+    return json_response(record.status_json())
 
 
 @router.get("/status/{job_id}", summary="A job's status, and its output once done")
-async def status(endpoint_id: str, job_id: str, request: Request) -> dict[str, Any]:
-    return _record(request, job_id).status_json()
+async def status(endpoint_id: str, job_id: str, request: Request) -> Response:
+    return json_response(_record(request, job_id).status_json())
 
 
 @router.get("/stream/{job_id}", summary="Chunks produced since the last poll")
-async def stream(endpoint_id: str, job_id: str, request: Request) -> dict[str, Any]:
+async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
     record = _record(request, job_id)
     if record.status not in FINAL and record.streamed == len(record.chunks):
         # Hold the poll briefly for the next chunk rather than answering empty at once.
@@ -67,7 +68,7 @@ async def stream(endpoint_id: str, job_id: str, request: Request) -> dict[str, A
             await asyncio.wait_for(_next_chunk(record), timeout=2.0)
         except asyncio.TimeoutError:
             pass
-    return record.stream_json()
+    return json_response(record.stream_json())
 
 
 async def _next_chunk(record: JobRecord) -> None:

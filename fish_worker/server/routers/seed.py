@@ -8,7 +8,6 @@ sends `Accept: text/event-stream`, the same objects as Server-Sent Events (`data
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fish_worker.jobs.runner import RESULT_ROUTE_KEY
 from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.errors import job_error_status
+from fish_worker.server.json_body import dumps, json_response
 from fish_worker.server.limiter import JobLimiter, new_job_id
 from fish_worker.tenancy import TENANT_KEY
 
@@ -58,7 +58,7 @@ async def run(body: RunRequest, request: Request):
     errors = [c for c in rest if "error" in c]
     if errors:
         return error_response(job_id, job_error_status(str(errors[0]["error"])), str(errors[0]["error"]))
-    return {"id": job_id, "status": "success", "output": first}
+    return json_response({"id": job_id, "status": "success", "output": first})
 
 
 def wants_event_stream(request: Request) -> bool:
@@ -82,7 +82,7 @@ async def _encoded(objects: AsyncIterator[dict[str, Any]], encode: Callable[[dic
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    return dumps(obj) + b"\n"
 
 
 def _sse_event(obj: dict[str, Any]) -> bytes:
