@@ -1,4 +1,4 @@
-"""Errors of the HTTP doors: one shape per door, whatever raised them, and job error → HTTP status.
+"""Errors of the HTTP doors: one shape per door, whatever raised them, and error kind → HTTP status.
 
 Seed (/run) and RunPod (/v2) doors: `{"id": ..., "status": "error", "error": "..."}`.
 OpenAI door (/v1): `{"error": {"message", "type", "param", "code"}}`, as the `openai` client expects.
@@ -17,12 +17,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from fish_worker.errors import ErrorKind
+
 log = logging.getLogger(__name__)
 
-# Job errors that are our fault rather than the caller's (see fish_worker/jobs/runner.py).
-_SERVER_FAULT_PREFIXES = ("internal error", "conversation store unavailable")
-# ... and those naming something that does not exist for this caller (another tenant's is the same).
-_NOT_FOUND_PREFIXES = ("voice_id: no saved voice",)
+# Every door answers an error of a kind (fish_worker/errors.py) with this status.
+STATUS_OF_KIND: dict[ErrorKind, int] = {
+    ErrorKind.BAD_INPUT: 400,
+    ErrorKind.NOT_FOUND: 404,  # another tenant's voice is the same as one never saved
+    ErrorKind.TOO_LARGE: 413,  # a RunPod result limit; the server's own doors have none
+    ErrorKind.BUSY: 429,
+    ErrorKind.UNAVAILABLE: 500,  # the conversation store (500, as before kinds; 503 would say it better)
+    ErrorKind.INTERNAL: 500,
+}
 _MAX_ECHO = 100  # characters of a caller's input an error may repeat
 
 
@@ -39,12 +46,8 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def job_error_status(message: str) -> int:
-    """400 for a bad request (the runner's "<field>: <problem>"), 404 for an unknown saved voice,
-    500 for a fault of ours."""
-    if message.startswith(_SERVER_FAULT_PREFIXES):
-        return 500
-    return 404 if message.startswith(_NOT_FOUND_PREFIXES) else 400
+def status_of(kind: ErrorKind) -> int:
+    return STATUS_OF_KIND[kind]
 
 
 def is_fish_path(path: str) -> bool:

@@ -13,9 +13,8 @@ import asyncio
 import datetime
 import json
 import logging
-import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -26,14 +25,13 @@ from pydantic import ValidationError
 
 from fish_worker.errors import JobInputError
 from fish_worker.server.auth import require_api_key, tenant_of
-from fish_worker.server.errors import ApiError
+from fish_worker.server.errors import ApiError, status_of
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
 from fish_worker.server.fish_synthesis import (
-    MEDIA_TYPE, FishSpeechPlan, UnknownReferenceError, encode_references, plan_speech)
-from fish_worker.server.limiter import Admission, JobLimiter
-from fish_worker.tts.service import SpeechChunk, TTSService
+    MEDIA_TYPE, FishSpeechPlan, encode_references, plan_speech)
+from fish_worker.server.limiter import JobLimiter
+from fish_worker.tts.service import TTSService
 from fish_worker.text.sentences import split_sentences
-from fish_worker.async_bridge import iterate_in_thread
 from fish_worker.tts.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, validate_voice_id
 
 log = logging.getLogger(__name__)
@@ -58,7 +56,7 @@ async def tts(request: Request):
     except BaseException:
         admission.release()
         raise
-    chunks = _gated(runner, admission, lambda stop: plan.synthesize(service, sentences, stop))
+    chunks = runner.speech(admission, lambda stop: plan.synthesize(service, sentences, stop))
     encoder = plan.encoder(service.sample_rate)
     # The first chunk is awaited before answering, so a bad voice or text is a 400, not a cut stream.
     try:
@@ -69,17 +67,6 @@ async def tts(request: Request):
     if first is None:
         raise ApiError(400, "text: no audio was generated for this text", param="text")
     return StreamingResponse(_encoded(first, chunks, encoder), media_type=MEDIA_TYPE[fish_request.format])
-
-
-async def _gated(runner: JobLimiter, admission: Admission,
-                 speech: Callable[[threading.Event], Iterator[SpeechChunk]]) -> AsyncIterator[SpeechChunk]:
-    """`speech`'s chunks once a generation slot is free; the admission is given back when it ends."""
-    try:
-        async with runner.slot(), aclosing(iterate_in_thread(speech)) as chunks:
-            async for chunk in chunks:
-                yield chunk
-    finally:
-        admission.release()
 
 
 def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
@@ -115,8 +102,7 @@ async def _plan(fish_request: FishTTSRequest, service: TTSService, voices: Voice
 def _bad_request(exc: JobInputError) -> ApiError:
     # The service names its own fields; say them in the TTSRequest's words.
     field = {"reference_audio": "references", "message": "text", "voice_id": "reference_id"}.get(exc.field, exc.field)
-    status = 404 if isinstance(exc, UnknownReferenceError) else 400
-    return ApiError(status, f"{field}: {exc.problem}", param=field)
+    return ApiError(status_of(exc.kind), f"{field}: {exc.problem}", param=field)
 
 
 async def _encoded(first, chunks, encoder) -> AsyncIterator[bytes]:
@@ -201,7 +187,7 @@ async def create_voice(
     try:
         info = await asyncio.to_thread(save)
     except JobInputError as exc:
-        raise ApiError(400, str(exc), param=exc.field) from None
+        raise ApiError(status_of(exc.kind), str(exc), param=exc.field) from None
     finally:
         admission.release()
     return fish_voice(info)
