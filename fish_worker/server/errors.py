@@ -9,6 +9,7 @@ Fish Audio door (/v1/tts, /v1/tts/live, /model): Fish's own `{"status": <code>, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from fish_worker.errors import ErrorKind
+from fish_worker.errors import ErrorKind, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,16 @@ class ApiError(Exception):
 
 def status_of(kind: ErrorKind) -> int:
     return STATUS_OF_KIND[kind]
+
+
+def api_error(exc: WorkerError, fields: Mapping[str, str] | None = None) -> ApiError:
+    """`exc` as an error answer with the status of its kind; `fields` renames the service's field
+    names (its message starts with the field) into the door's own."""
+    field = (fields or {}).get(exc.field, exc.field)
+    message = exc.message
+    if exc.field is not None and field != exc.field and message.startswith(exc.field):
+        message = field + message[len(exc.field):]
+    return ApiError(status_of(exc.kind), message, param=field)
 
 
 def is_fish_path(path: str) -> bool:

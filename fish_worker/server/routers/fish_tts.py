@@ -23,9 +23,9 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from fish_worker.errors import JobInputError
+from fish_worker.errors import WorkerError
 from fish_worker.server.auth import require_api_key, tenant_of
-from fish_worker.server.errors import ApiError, status_of
+from fish_worker.server.errors import ApiError, api_error, status_of
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
 from fish_worker.server.fish_synthesis import (
     MEDIA_TYPE, FishSpeechPlan, encode_references, plan_speech)
@@ -61,9 +61,9 @@ async def tts(request: Request):
     # The first chunk is awaited before answering, so a bad voice or text is a 400, not a cut stream.
     try:
         first = await anext(chunks, None)
-    except JobInputError as exc:
+    except WorkerError as exc:
         await chunks.aclose()
-        raise _bad_request(exc) from None
+        raise _api_error(exc) from None
     if first is None:
         raise ApiError(400, "text: no audio was generated for this text", param="text")
     return StreamingResponse(_encoded(first, chunks, encoder), media_type=MEDIA_TYPE[fish_request.format])
@@ -95,14 +95,16 @@ def validation_error(exc: ValidationError) -> ApiError:
 async def _plan(fish_request: FishTTSRequest, service: TTSService, voices: VoiceStore) -> FishSpeechPlan:
     try:
         return await asyncio.to_thread(plan_speech, fish_request, service, voices)
-    except JobInputError as exc:
-        raise _bad_request(exc) from None
+    except WorkerError as exc:
+        raise _api_error(exc) from None
 
 
-def _bad_request(exc: JobInputError) -> ApiError:
-    # The service names its own fields; say them in the TTSRequest's words.
-    field = {"reference_audio": "references", "message": "text", "voice_id": "reference_id"}.get(exc.field, exc.field)
-    return ApiError(status_of(exc.kind), f"{field}: {exc.problem}", param=field)
+# The service's field names → the TTSRequest's, in errors.
+_FIELDS = {"reference_audio": "references", "message": "text", "voice_id": "reference_id"}
+
+
+def _api_error(exc: WorkerError) -> ApiError:
+    return api_error(exc, _FIELDS)
 
 
 async def _encoded(first, chunks, encoder) -> AsyncIterator[bytes]:
@@ -186,8 +188,8 @@ async def create_voice(
     admission = runner.admit(tenant_of(request))  # encoding the clips is work like a save_voice job's
     try:
         info = await asyncio.to_thread(save)
-    except JobInputError as exc:
-        raise ApiError(status_of(exc.kind), str(exc), param=exc.field) from None
+    except WorkerError as exc:
+        raise ApiError(status_of(exc.kind), exc.message, param=exc.field) from None
     finally:
         admission.release()
     return fish_voice(info)

@@ -31,7 +31,7 @@ from fish_worker.errors import ErrorKind, JobInputError, WorkerError, bounded, s
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.jobs.output_adjustments import adjusted_speech, output_adjustments
 from fish_worker.server.auth import require_api_key, tenant_of
-from fish_worker.server.errors import ApiError, status_of
+from fish_worker.server.errors import ApiError, api_error, status_of
 from fish_worker.server.limiter import JobLimiter
 from fish_worker.settings import Settings
 from fish_worker.tts.requests import SEED_LIMIT, SavedVoiceRef, SpeechChunk, SynthesisRequest, check_text
@@ -158,12 +158,7 @@ async def _next(chunks: AsyncIterator[SpeechChunk]) -> SpeechChunk | None:
 
 
 def _api_error(exc: WorkerError) -> ApiError:
-    """The error in this request's words ("input", not the service's "message")."""
-    field = _FIELDS.get(exc.field, exc.field)
-    message = exc.message
-    if exc.field is not None and field != exc.field:
-        message = f"{field}{message[len(exc.field):]}"
-    return ApiError(status_of(exc.kind), message, param=field)
+    return api_error(exc, _FIELDS)  # in this request's words: "input", not the service's "message"
 
 
 async def _encoded(first: SpeechChunk, chunks: AsyncIterator[SpeechChunk], audio_format: str) -> AsyncIterator[bytes]:
