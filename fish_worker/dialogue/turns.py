@@ -29,11 +29,10 @@ from fish_worker.engine.generation import VoicePrompt
 from fish_worker.dialogue.requests import Mode, TurnRequest
 from fish_worker.errors import JobInputError
 from fish_worker.jobs.inputs import CONVERSATION_ID_PATTERN, input_error
-from fish_worker.tts.requests import SpeechChunk
+from fish_worker.tts.requests import SpeechChunk, SynthesisRequest
 from fish_worker.tts.service import TTSService, draw_seed
 from fish_worker.settings import Settings
 from fish_worker.dialogue.spoken_reply import TextDelta, speak_while_writing
-from fish_worker.tts.requests import SynthesisRequest
 from fish_worker.tts.voices import VoiceStore
 
 CONVERSATION_ACTIONS = ("end_conversation",)

@@ -11,9 +11,9 @@ with Retry-After at once, instead of a queue that grows without bound.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections import Counter
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, TypeVar
