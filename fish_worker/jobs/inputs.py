@@ -17,6 +17,8 @@ from fish_worker.tts.voices import validate_voice_id
 
 # conversation_id: letters, digits and '_', '.', ':', '-' (safe in a Redis key).
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+# The service's defaults are the job's: one place says what an unset field means.
+_DEFAULTS = SynthesisRequest()
 
 
 class JobInput(BaseModel):
@@ -25,16 +27,16 @@ class JobInput(BaseModel):
 
     message: str = Field(description="Text to speak.")
     conversation_id: str | None = Field(None, min_length=1, max_length=128, pattern=CONVERSATION_ID_PATTERN)
-    temperature: float = Field(0.7, ge=0.1, le=1.0)
+    temperature: float = Field(_DEFAULTS.temperature, ge=0.1, le=1.0)
     max_tokens: int = Field(
-        1000, ge=1,
+        _DEFAULTS.frames_per_sentence, ge=1,
         description="chat mode: most LLM tokens in the reply; tts mode: most codec frames per sentence (~21.5/s).",
     )
     reference_audio: str | None = Field(None, description="Base64 WAV of the voice to clone.")
     reference_text: str | None = Field(None, max_length=1000, description="Transcript of reference_audio.")
     stream: bool = False
-    top_p: float = Field(0.8, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.1, gt=0.0, lt=2.0)
+    top_p: float = Field(_DEFAULTS.top_p, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(_DEFAULTS.repetition_penalty, gt=0.0, lt=2.0)
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     # None: chat when the worker has a chat model (FISH_CHAT_MODEL_DIR), else tts. See conversation_service.py.
     mode: Literal["chat", "tts"] | None = Field(None, description="chat: reply to message; tts: speak it as is.")
