@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from fish_worker.errors import ErrorKind, WorkerError
+from fish_worker.errors import ErrorKind, JobInputError, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,9 @@ def status_of(kind: ErrorKind) -> int:
 
 def api_error(exc: WorkerError, fields: Mapping[str, str] | None = None) -> ApiError:
     """`exc` as an error answer with the status of its kind; `fields` renames the service's field
-    names (its message starts with the field) into the door's own."""
+    names into the door's own ("message" → "input")."""
     field = (fields or {}).get(exc.field, exc.field)
-    message = exc.message
-    if exc.field is not None and field != exc.field and message.startswith(exc.field):
-        message = field + message[len(exc.field):]
+    message = f"{field}: {exc.problem}" if isinstance(exc, JobInputError) else exc.message
     return ApiError(status_of(exc.kind), message, param=field)
 
 

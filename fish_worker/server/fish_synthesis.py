@@ -57,11 +57,7 @@ def plan_speech(request: FishTTSRequest, service: TTSService, voices: VoiceStore
     settings = service.settings
     if len(request.text) > settings.max_text_chars:
         raise JobInputError("text", f"is {len(request.text)} characters, the limit is {settings.max_text_chars}")
-    try:
-        adjustments = request.adjustments()
-    except ValueError as exc:
-        field, _, problem = str(exc).partition(": ")
-        raise JobInputError(field if problem else "prosody", problem or str(exc)) from None
+    adjustments = request.adjustments()  # JobInputError naming sample_rate or prosody
     if request.reference_id is not None and request.references:
         raise JobInputError("reference_id", "give either reference_id or references, not both")
     max_tokens = request.max_new_tokens
