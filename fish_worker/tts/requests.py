@@ -2,10 +2,11 @@
 
 Each door builds one `SynthesisRequest` from its own wire model, in one place:
 
-    RunPod / seed job   fish_worker/jobs/inputs.py   JobInput.to_synthesis()
-    Fish /v1/tts, live  fish_worker/server/fish_synthesis.py   plan_speech()
+    RunPod / seed job   fish_worker/jobs/inputs.py                    JobInput.to_synthesis()
+    chat turns          fish_worker/jobs/inputs.py                    JobInput.to_turn() → TurnRequest.speech
+    Fish /v1/tts, live  fish_worker/server/fish_synthesis.py          plan_speech()
     OpenAI speech       fish_worker/server/routers/openai_speech.py   synthesis_request()
-    chat turns          fish_worker/dialogue/turns.py (the turn's `speech`, frames per spoken sentence)
+    saving a voice      TTSService.encode_reference(audio, text)      (no request: just the clip)
 
 and `TTSService.synthesize(request)` yields `SpeechChunk`s.
 """
