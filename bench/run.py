@@ -86,10 +86,10 @@ def fish_speech_job(service, text: str, seed: int, max_tokens: int) -> int:
 
 
 def request(text: str, seed: int, max_tokens: int, stream: bool = False):
-    from fish_worker.jobs.inputs import JobInput
+    from fish_worker.tts.requests import SynthesisRequest
 
-    return JobInput(message=text, seed=seed, max_tokens=max_tokens, stream=stream,
-                    temperature=0.7, top_p=0.8, repetition_penalty=1.1)
+    return SynthesisRequest(text=text, seed=seed, frames_per_sentence=max_tokens, stream=stream,
+                            temperature=0.7, top_p=0.8, repetition_penalty=1.1)
 
 
 def worker_job(service, text: str, seed: int, max_tokens: int) -> int:

@@ -1,4 +1,5 @@
-"""Errors a job can end with. Their text is what the caller sees in `{"error": ...}`.
+"""Errors a job can end with. Their text is what the caller sees in `{"error": ...}`; their `kind`
+is what each door maps to its status code (server/errors.py), so no door parses the text back.
 
 Every error and log line that shows part of a request goes through `shown()` / `bounded()`, so a
 1 MB `action` or a 100k-character `voice_id` never comes back (or into the logs) whole, and text
@@ -8,6 +9,8 @@ that cannot be encoded (a lone surrogate) is escaped rather than breaking the re
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 SHOWN_CHARS = 100  # most characters of an input value an error or log line repeats
@@ -39,12 +42,59 @@ def field_path(parts: tuple | list) -> str:
     return ".".join(shown_parts) or "input"
 
 
-class JobInputError(ValueError):
-    """The request is wrong; the message starts with the offending field."""
+class ErrorKind(Enum):
+    """What went wrong, in the terms a door needs to answer it (HTTP status, error type)."""
+
+    BAD_INPUT = "bad_input"  # the caller must change the request; `field` names what
+    NOT_FOUND = "not_found"  # the request names something that does not exist (for this caller)
+    TOO_LARGE = "too_large"  # the result would be over the platform's limit
+    BUSY = "busy"  # too many jobs now: try again later
+    UNAVAILABLE = "unavailable"  # something the job needs (the conversation store) cannot be used
+    INTERNAL = "internal"  # a fault of ours
+
+
+class WorkerError(Exception):
+    """An error a job ends with: its `kind`, the input `field` it blames (if any), and its message."""
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str, *, kind: ErrorKind | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+        self.field = field
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class JobInputError(WorkerError, ValueError):
+    """The request is wrong (BAD_INPUT); the message starts with the offending field."""
+
+    kind = ErrorKind.BAD_INPUT
 
     def __init__(self, field: str, problem: str):
         field = bounded(field, SHOWN_CHARS)
         problem = bounded(problem, MESSAGE_CHARS - len(field) - 2)
-        super().__init__(f"{field}: {problem}")
-        self.field = field
+        super().__init__(f"{field}: {problem}", field=field)
         self.problem = problem
+
+
+class NotFoundError(JobInputError):
+    """The request names something (a saved voice) that does not exist for this caller: NOT_FOUND."""
+
+    kind = ErrorKind.NOT_FOUND
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """How a job ended when it failed: what a door needs to answer it, without parsing the message."""
+
+    kind: ErrorKind
+    message: str
+    field: str | None = None
+
+    @classmethod
+    def of(cls, error: WorkerError) -> "JobFailure":
+        return cls(error.kind, bounded(error.message), error.field)

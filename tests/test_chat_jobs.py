@@ -17,6 +17,7 @@ from fish_worker.conversations import ConversationStoreError, MemoryConversation
 from fish_worker.engine.generation import VoicePrompt
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.jobs.inputs import JobInput
+from fish_worker.tts.requests import SynthesisRequest
 from fish_worker.tts.service import SpeechChunk
 from fish_worker.dialogue.spoken_reply import TextDelta
 from fish_worker.text.sentences import split_sentences
@@ -60,13 +61,13 @@ def expected_reply(chat_model, chat_settings, messages, seed, max_tokens=40) -> 
 
 def expected_audio(service, text: str, seed: int, voice: VoicePrompt | None, frames: int = FRAMES) -> list[float]:
     """What speaking `text` in `voice` with this seed sounds like, straight from the TTS service."""
-    request = JobInput(message=text, seed=seed, max_tokens=frames)
-    chunks = list(service.synthesize(request, voice=voice))
+    request = SynthesisRequest(text=text, seed=seed, frames_per_sentence=frames, voice=voice)
+    chunks = list(service.synthesize(request))
     return encode_audio(np.concatenate([c.audio for c in chunks]), "float")  # as a float result carries it
 
 
 def reference_prompt(service, reference: str, text: str) -> VoicePrompt:
-    return service.reference_voice(JobInput(message="x", reference_audio=reference, reference_text=text))
+    return service.encode_reference(reference, text)
 
 
 # --- chat turns ---------------------------------------------------------------------------------------------
@@ -112,9 +113,9 @@ def test_first_sentence_is_spoken_while_the_model_is_still_writing(service, chat
 
     chat = ScriptedChat()
     conversations = ConversationService(service, store, chat=chat, settings=chat_settings)
-    request = JobInput(message=HELLO, seed=1, mode="chat")
+    request = JobInput(message=HELLO, seed=1, mode="chat").to_turn("chat", chat_settings.chat_frames_per_sentence)
     events = []
-    for event in conversations.turn(request, "chat", threading.Event()):
+    for event in conversations.turn(request, threading.Event()):
         events.append(event)
         if isinstance(event, SpeechChunk) and event.index == 0:
             heard_first.set()

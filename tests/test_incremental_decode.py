@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fish_worker.engine.incremental_decode import IncrementalDecoder
-from fish_worker.jobs.inputs import JobInput
+from fish_worker.tts.requests import SynthesisRequest
 
 
 def random_codes(service, frames: int, seed: int = 0) -> torch.Tensor:
@@ -45,9 +45,9 @@ def test_last_chunk_is_never_empty_and_carries_the_codes(service):
 
 
 def test_streamed_request_yields_audio_before_the_sentence_ends(service):
-    request = dict(message="A fairly long first sentence. And a second one.", max_tokens=40, seed=3)
-    one_shot = list(service.synthesize(JobInput(**request)))
-    streamed = list(service.synthesize(JobInput(**request, stream=True)))
+    request = dict(text="A fairly long first sentence. And a second one.", frames_per_sentence=40, seed=3)
+    one_shot = list(service.synthesize(SynthesisRequest(**request)))
+    streamed = list(service.synthesize(SynthesisRequest(**request, stream=True)))
     assert len(streamed) > len(one_shot)  # at least one sentence came in several chunks
     for sentence in one_shot:
         parts = [c for c in streamed if c.index == sentence.index]

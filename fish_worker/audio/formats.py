@@ -41,6 +41,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from fish_worker.errors import ErrorKind, WorkerError
+
 AudioFormat = Literal["float", "pcm16", "wav", "flac", "mp3", "opus"]
 AUDIO_FORMATS: tuple[str, ...] = get_args(AudioFormat)
 DEFAULT_AUDIO_FORMAT: AudioFormat = "float"
@@ -372,8 +374,10 @@ def _b64(data: bytes) -> str:
 # ---- RunPod size limits -------------------------------------------------------------------------
 
 
-class ResultTooLargeError(ValueError):
-    """A job result is over what RunPod accepts for the route."""
+class ResultTooLargeError(WorkerError, ValueError):
+    """A job result is over what RunPod accepts for the route: TOO_LARGE."""
+
+    kind = ErrorKind.TOO_LARGE
 
     def __init__(self, size: int, limit: int, route: str, estimated: bool = False) -> None:
         self.size, self.limit, self.route, self.estimated = size, limit, route, estimated

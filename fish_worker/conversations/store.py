@@ -5,17 +5,20 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from fish_worker.conversations.model import Conversation, ConversationVoice
+from fish_worker.errors import ErrorKind, WorkerError
 
 # Messages kept per conversation (the newest ones): the chat model only sees what fits its context
 # anyway, and an unbounded record would make every turn's read and write slower.
 DEFAULT_MAX_MESSAGES = 200
 
 
-class ConversationStoreError(RuntimeError):
-    """The store cannot be used (unreachable, failing, or holding an unreadable record).
+class ConversationStoreError(WorkerError, RuntimeError):
+    """The store cannot be used (unreachable, failing, or holding an unreadable record): UNAVAILABLE.
 
     Raised instead of carrying on without history, which would silently break the conversation.
     """
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from fish_worker.tts.service import SpeechChunk
+from fish_worker.tts.requests import SpeechChunk
 from fish_worker.text.sentence_stream import SentenceStream
 
 # How often the merger looks at the caller's stop flag while no event arrives.

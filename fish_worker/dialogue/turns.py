@@ -1,7 +1,7 @@
 """One conversation turn: look the conversation up, write the reply, speak it, store the turn.
 
     service = ConversationService(tts, store, chat=ChatModel.load(path), settings=settings)
-    for event in service.turn(request, service.mode(request), stop):   # TextDelta | SpeechChunk
+    for event in service.turn(TurnRequest(...), stop):   # TextDelta | SpeechChunk
         ...
 
 Chat mode: the chat model answers `message` given the conversation's history, and the reply is
@@ -13,6 +13,7 @@ so they need no reference. Store failures raise ConversationStoreError; nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -25,14 +26,15 @@ from fish_worker.dialogue.llm import ChatModel
 from fish_worker.dialogue.prompt import PromptTooLongError
 from fish_worker.conversations import Conversation, ConversationStore, ConversationVoice
 from fish_worker.engine.generation import VoicePrompt
+from fish_worker.dialogue.requests import Mode, TurnRequest
 from fish_worker.errors import JobInputError
-from fish_worker.jobs.inputs import CONVERSATION_ID_PATTERN, JobInput, input_error
-from fish_worker.tts.service import SpeechChunk, TTSService, draw_seed
+from fish_worker.jobs.inputs import CONVERSATION_ID_PATTERN, input_error
+from fish_worker.tts.requests import SpeechChunk, SynthesisRequest
+from fish_worker.tts.service import TTSService, draw_seed
 from fish_worker.settings import Settings
 from fish_worker.dialogue.spoken_reply import TextDelta, speak_while_writing
 from fish_worker.tts.voices import VoiceStore
 
-Mode = Literal["chat", "tts"]
 CONVERSATION_ACTIONS = ("end_conversation",)
 
 
@@ -65,12 +67,12 @@ class ConversationService:
         return ConversationService(self.tts, self.store.for_tenant(tenant), chat=self.chat, settings=self.settings,
                                    voices=self.tts.voices.for_tenant(tenant))
 
-    def mode(self, request: JobInput) -> Mode:
-        """The request's mode: as asked, else chat when a chat model is loaded."""
-        mode = request.mode or ("chat" if self.chat is not None else "tts")
+    def mode(self, asked: Mode | None, system_prompt: str | None = None) -> Mode:
+        """The request's mode: as `asked`, else chat when a chat model is loaded."""
+        mode = asked or ("chat" if self.chat is not None else "tts")
         if mode == "chat" and self.chat is None:
             raise JobInputError("mode", "chat needs a chat model; set FISH_CHAT_MODEL_DIR")
-        if mode == "tts" and request.system_prompt is not None:
+        if mode == "tts" and system_prompt is not None:
             raise JobInputError("system_prompt", "is only used in chat mode")
         return mode
 
@@ -82,17 +84,18 @@ class ConversationService:
             raise input_error(exc) from None
         return {"conversation_id": action.conversation_id, "ended": self.store.delete(action.conversation_id)}
 
-    def turn(self, request: JobInput, mode: Mode, stop: threading.Event) -> Iterator[TextDelta | SpeechChunk]:
+    def turn(self, request: TurnRequest, stop: threading.Event) -> Iterator[TextDelta | SpeechChunk]:
         """Yield the reply's text deltas (chat mode) and one SpeechChunk per sentence; then store the turn."""
-        conversation_id = request.conversation_id
+        conversation_id, mode = request.conversation_id, request.mode
         conversation = self.store.get(conversation_id) if conversation_id else None
         voice, new_voice = self._voice(request, conversation)
         # One seed for the whole turn, so a given seed reproduces both the reply and its audio.
-        request = request.model_copy(update={"seed": request.seed if request.seed is not None else draw_seed()})
+        seed = request.speech.seed if request.speech.seed is not None else draw_seed()
+        speech = dataclasses.replace(request.speech, seed=seed, voice=voice)
         if mode == "chat":
-            events = self._chat_reply(request, conversation, voice, stop)
+            events = self._chat_reply(request, speech, conversation, stop)
         else:
-            events = self.tts.synthesize(request, stop, voice=voice, voices=self.voices)
+            events = self.tts.synthesize(dataclasses.replace(speech, text=request.message), stop, voices=self.voices)
 
         reply: list[str] = []
         for event in events:
@@ -109,9 +112,9 @@ class ConversationService:
         elif new_voice is not None:
             self.store.set_voice(conversation_id, new_voice)
 
-    def _voice(self, request: JobInput, conversation: Conversation | None) -> tuple[VoicePrompt | None, ConversationVoice | None]:
+    def _voice(self, request: TurnRequest, conversation: Conversation | None) -> tuple[VoicePrompt | None, ConversationVoice | None]:
         """The voice to speak in, and the voice to store with this turn (None: keep the stored one)."""
-        reference = self.tts.reference_voice(request, self.voices)  # reference_audio or a saved voice_id, else None
+        reference = self.tts.resolve_voice(request.speech.voice, self.voices)  # a clip or a saved voice, else None
         if reference is not None:
             stored = ConversationVoice(codes=reference.codes.numpy(), text=reference.text, source="reference")
             return reference, stored if request.conversation_id else None
@@ -120,24 +123,22 @@ class ConversationService:
             return VoicePrompt(text=kept.text, codes=torch.from_numpy(np.array(kept.codes)).to(torch.int)), None
         return None, None
 
-    def _chat_reply(self, request: JobInput, conversation: Conversation | None, voice: VoicePrompt | None,
+    def _chat_reply(self, request: TurnRequest, speech: SynthesisRequest, conversation: Conversation | None,
                     stop: threading.Event) -> Iterator[TextDelta | SpeechChunk]:
         history = conversation.history() if conversation is not None else []
         try:
             deltas = self.chat.stream_reply(
                 history + [{"role": "user", "content": request.message}],
-                temperature=request.temperature,
-                max_new_tokens=request.max_tokens,  # chat mode: max_tokens bounds the reply's LLM tokens
+                temperature=speech.temperature,
+                max_new_tokens=request.reply_tokens,
                 system_prompt=request.system_prompt or self.settings.chat_system_prompt or None,
-                seed=request.seed,
+                seed=speech.seed,
             )
         except PromptTooLongError as exc:
             raise JobInputError("message", str(exc)) from None
-        # ... and each spoken sentence gets the configured codec-frame budget instead.
-        speech = request.model_copy(update={"max_tokens": self.settings.chat_frames_per_sentence})
 
         def speak(sentences, halt):
-            return self.tts.synthesize(speech, halt, voice=voice, sentences=sentences, voices=self.voices)
+            return self.tts.synthesize(dataclasses.replace(speech, sentences=sentences), halt, voices=self.voices)
 
         return speak_while_writing(deltas, speak, max_sentence_chars=self.settings.sentence_max_chars, stop=stop)
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fish_worker.audio.formats import AudioFormat
 from fish_worker.audio.postprocess import MAX_SAMPLE_RATE, MAX_SPEED, MAX_VOLUME_DB, MIN_SAMPLE_RATE, MIN_SPEED, MIN_VOLUME_DB
+from fish_worker.dialogue.requests import Mode, TurnRequest
 from fish_worker.errors import JobInputError, bounded, field_path
 from fish_worker.settings import Settings, get_settings
-from fish_worker.text.sentences import split_sentences
+from fish_worker.tts.requests import SEED_LIMIT, ReferenceClip, check_text, SavedVoiceRef, SynthesisRequest, Voice
 from fish_worker.tts.voices import validate_voice_id
 
 # conversation_id: letters, digits and '_', '.', ':', '-' (safe in a Redis key).
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
-# Seeds are returned to clients; JavaScript numbers are exact only below 2**53.
-SEED_LIMIT = 2**53
+# The service's defaults are the job's: one place says what an unset field means.
+_DEFAULTS = SynthesisRequest()
 
 
 class JobInput(BaseModel):
@@ -25,16 +27,16 @@ class JobInput(BaseModel):
 
     message: str = Field(description="Text to speak.")
     conversation_id: str | None = Field(None, min_length=1, max_length=128, pattern=CONVERSATION_ID_PATTERN)
-    temperature: float = Field(0.7, ge=0.1, le=1.0)
+    temperature: float = Field(_DEFAULTS.temperature, ge=0.1, le=1.0)
     max_tokens: int = Field(
-        1000, ge=1,
+        _DEFAULTS.frames_per_sentence, ge=1,
         description="chat mode: most LLM tokens in the reply; tts mode: most codec frames per sentence (~21.5/s).",
     )
     reference_audio: str | None = Field(None, description="Base64 WAV of the voice to clone.")
     reference_text: str | None = Field(None, max_length=1000, description="Transcript of reference_audio.")
     stream: bool = False
-    top_p: float = Field(0.8, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.1, gt=0.0, lt=2.0)
+    top_p: float = Field(_DEFAULTS.top_p, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(_DEFAULTS.repetition_penalty, gt=0.0, lt=2.0)
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     # None: chat when the worker has a chat model (FISH_CHAT_MODEL_DIR), else tts. See conversation_service.py.
     mode: Literal["chat", "tts"] | None = Field(None, description="chat: reply to message; tts: speak it as is.")
@@ -50,15 +52,7 @@ class JobInput(BaseModel):
     @field_validator("message")
     @classmethod
     def _message_has_text(cls, value: str, info: ValidationInfo) -> str:
-        settings: Settings = (info.context or {}).get("settings") or get_settings()
-        if not value.strip():
-            raise ValueError("must contain text")
-        if len(value) > settings.max_text_chars:
-            raise ValueError(f"is {len(value)} characters, the limit is {settings.max_text_chars}")
-        sentences = len(split_sentences(value, settings.sentence_max_chars))
-        if sentences > settings.max_sentences:
-            raise ValueError(f"has {sentences} sentences, the limit is {settings.max_sentences} (FISH_MAX_SENTENCES)")
-        return value
+        return check_text(value, (info.context or {}).get("settings") or get_settings())
 
     @field_validator("max_tokens")
     @classmethod
@@ -84,6 +78,34 @@ class JobInput(BaseModel):
         if info.data.get("reference_audio") is not None or info.data.get("reference_text") is not None:
             raise ValueError("give either voice_id or reference_audio/reference_text, not both")
         return validate_voice_id(value)
+
+    # ---- the hand-off to the services: the one place a job's fields become their terms ----------
+
+    @property
+    def voice(self) -> Voice:
+        """The job's voice: its saved voice_id, its reference clip, or None."""
+        if self.voice_id is not None:
+            return SavedVoiceRef(self.voice_id)
+        if self.reference_audio is not None:
+            return ReferenceClip(self.reference_audio, self.reference_text or "")
+        return None
+
+    def to_synthesis(self, **changes) -> SynthesisRequest:
+        """The job as the TTS service takes it (tts mode: max_tokens is frames per sentence)."""
+        request = SynthesisRequest(
+            text=self.message, temperature=self.temperature, top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty, frames_per_sentence=self.max_tokens, seed=self.seed,
+            stream=self.stream, voice=self.voice,
+        )
+        return dataclasses.replace(request, **changes) if changes else request
+
+    def to_turn(self, mode: Mode, chat_frames_per_sentence: int) -> TurnRequest:
+        """The job as a conversation turn: in chat mode max_tokens bounds the reply's LLM tokens and
+        each spoken sentence gets `chat_frames_per_sentence` frames; in tts mode it is frames per sentence."""
+        frames = chat_frames_per_sentence if mode == "chat" else self.max_tokens
+        return TurnRequest(message=self.message, mode=mode, speech=self.to_synthesis(text="", frames_per_sentence=frames),
+                           conversation_id=self.conversation_id, reply_tokens=self.max_tokens,
+                           system_prompt=self.system_prompt)
 
 
 def check_encodable(raw: Any) -> None:

@@ -24,7 +24,7 @@ from fish_worker.audio.formats import OPUS_SAMPLE_RATE
 from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
 from fish_worker.errors import JobInputError
 from fish_worker.jobs.inputs import JobInput
-from fish_worker.tts.service import SpeechChunk
+from fish_worker.tts.requests import SpeechChunk
 
 # Rates an MP3 (MPEG-1/2/2.5 layer III) can carry; the other formats take any rate in range.
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -33,17 +33,22 @@ Event = TypeVar("Event")
 
 
 def job_adjustments(request: JobInput) -> AudioAdjustments:
-    """The request's output adjustments, checked against what its audio_format can carry."""
-    rate = request.sample_rate
-    if rate is not None and request.audio_format == "mp3" and rate not in MP3_SAMPLE_RATES:
+    """The job's output adjustments, checked against what its audio_format can carry."""
+    return output_adjustments(request.audio_format, request.sample_rate, request.speed, request.volume)
+
+
+def output_adjustments(audio_format: str, rate: int | None, speed: float = 1.0, volume_db: float = 0.0,
+                       ) -> AudioAdjustments:
+    """Output adjustments checked against what `audio_format` can carry (JobInputError naming the field)."""
+    if rate is not None and audio_format == "mp3" and rate not in MP3_SAMPLE_RATES:
         raise JobInputError("sample_rate", f"mp3 supports {', '.join(map(str, MP3_SAMPLE_RATES))}; got {rate}")
-    if request.audio_format == "opus":
+    if audio_format == "opus":
         # Opus is always encoded at 48 kHz (its decoders output 48 kHz whatever the source was).
         if rate not in (None, OPUS_SAMPLE_RATE):
             raise JobInputError("sample_rate", f"opus is always {OPUS_SAMPLE_RATE} Hz; leave sample_rate out "
                                                "or choose another audio_format")
         rate = None
-    return AudioAdjustments(sample_rate=rate, speed=request.speed, volume_db=request.volume)
+    return AudioAdjustments(sample_rate=rate, speed=speed, volume_db=volume_db)
 
 
 def adjusted_speech(events: Iterator[Event], adjustments: AudioAdjustments) -> Iterator[Event]:

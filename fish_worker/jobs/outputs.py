@@ -26,7 +26,7 @@ from fish_worker.audio.formats import (
     result_limit_bytes,
     split_payload,
 )
-from fish_worker.tts.service import SpeechChunk
+from fish_worker.tts.requests import SpeechChunk
 from fish_worker.settings import Settings
 from fish_worker.storage import S3Uploader
 

@@ -1,4 +1,9 @@
-"""One RunPod job: validate the input, synthesise, shape the output chunks, report errors."""
+"""One RunPod job: validate the input, synthesise, shape the output chunks, report errors.
+
+`events(job)` is the typed layer the server's job routes use: the output chunks, and on failure a
+last `JobFailure` (kind, field, message). `run(job)` is RunPod's shape of the same: the failure
+becomes a `{"error": message}` chunk (the platform's contract).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fish_worker.audio.formats import ResultTooLargeError
 from fish_worker.dialogue.turns import CONVERSATION_ACTIONS, ConversationService, is_conversation_action
-from fish_worker.conversations import ConversationStoreError, make_conversation_store
-from fish_worker.errors import JobInputError, bounded, shown
+from fish_worker.conversations import make_conversation_store
+from fish_worker.errors import ErrorKind, JobFailure, JobInputError, WorkerError, bounded, shown
 from fish_worker.jobs.outputs import (
     StreamedOutput,
     final_output,
@@ -22,7 +26,8 @@ from fish_worker.jobs.outputs import (
 from fish_worker.jobs.output_adjustments import adjusted_speech, job_adjustments
 from fish_worker.jobs.json_safe import NotJsonSafe, check_json_safe
 from fish_worker.jobs.inputs import JobInput, check_encodable, parse_job_input
-from fish_worker.tts.service import NO_AUDIO_ERROR, SpeechChunk, TTSService
+from fish_worker.tts.requests import SpeechChunk
+from fish_worker.tts.service import NO_AUDIO_ERROR, TTSService
 from fish_worker.dialogue.spoken_reply import TextDelta
 from fish_worker.tenancy import TENANT_KEY, validate_tenant
 from fish_worker.text.sentences import split_sentences
@@ -65,85 +70,94 @@ class JobRunner:
             raise error
 
     async def run(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yield output chunks; a yielded {"error": "..."} marks the job FAILED (the worker goes on).
+        """Yield output chunks; a yielded {"error": "..."} marks the job FAILED (the worker goes on)."""
+        events = self.events(job)
+        try:
+            async for event in events:
+                yield {"error": event.message} if isinstance(event, JobFailure) else event
+        finally:
+            await events.aclose()
+
+    async def events(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any] | JobFailure]:
+        """Yield output chunks; a failed job's last item is its JobFailure (nothing is raised).
 
         Every chunk is checked to be postable JSON first: one that is not ends the job with an error
         (runpod would fail to post it after the handler yielded it, and the job would get no result).
         """
+        job_id = bounded(str(job.get("id", "?")), 100)
+        started = time.perf_counter()
         chunks = self._chunks(job)
         try:
             async for chunk in chunks:
                 try:
                     check_json_safe(chunk)
                 except NotJsonSafe as exc:
-                    log.error("job %s: result chunk cannot be posted: %s", bounded(str(job.get("id")), 100),
-                              bounded(str(exc)))
-                    yield {"error": bounded(f"internal error: a result chunk cannot be sent as JSON: {exc}")}
+                    log.error("job %s: result chunk cannot be posted: %s", job_id, bounded(str(exc)))
+                    yield JobFailure(ErrorKind.INTERNAL,
+                                     bounded(f"internal error: a result chunk cannot be sent as JSON: {exc}"))
                     return
                 yield chunk
+            log.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
+        except WorkerError as exc:
+            if exc.kind in (ErrorKind.INTERNAL, ErrorKind.UNAVAILABLE):  # e.g. the conversation store: fail, never forget
+                log.error("job %s failed: %s", job_id, bounded(str(exc)))
+            else:
+                log.info("job %s rejected: %s", job_id, bounded(str(exc)))
+            yield JobFailure.of(exc)
+        except Exception as exc:  # a fault of ours: log the traceback, tell the caller briefly
+            log.exception("job %s failed", job_id)
+            yield JobFailure(ErrorKind.INTERNAL, bounded(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             await chunks.aclose()
 
     async def _chunks(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        job_id = bounded(str(job.get("id", "?")), 100)
-        started = time.perf_counter()
-        try:
-            if isinstance(job.get("input"), dict):
-                check_encodable(job["input"])  # every door, every action: no lone surrogates anywhere
-            # Whose voices and conversations these are (set by the self-hosted server; None on RunPod).
-            conversations = self.conversations.for_tenant(validate_tenant(job.get(TENANT_KEY)))
-            if is_voice_action(job.get("input")):
-                yield await run_voice_action(job["input"], self.service, conversations.voices)
-                return
-            if is_conversation_action(job.get("input")):
-                yield await asyncio.to_thread(conversations.end, job["input"])
-                return
-            if isinstance(job.get("input"), dict) and "action" in job["input"]:
-                raise JobInputError("action", f"unknown action {shown(job['input']['action'])}; one of: "
-                                    + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS))
-            request = parse_job_input(job.get("input"), self.service.settings)
-            mode = conversations.mode(request)
-            if mode == "tts" and not request.stream:  # fail now, not after minutes of work
-                self._check_result_fits(request, job.get(RESULT_ROUTE_KEY, "run"))
-            if mode == "chat" or request.conversation_id:
-                speech = lambda stop: conversations.turn(request, mode, stop)  # noqa: E731
-            else:
-                speech = lambda stop: self.service.synthesize(request, stop, voices=conversations.voices)  # noqa: E731
-            adjustments = job_adjustments(request)  # sample_rate, speed, volume
-            speech = lambda stop, make=speech: adjusted_speech(make(stop), adjustments)  # noqa: E731
-            if request.stream:
-                streamed = StreamedOutput(request.audio_format)
-                spoke = False
-                async for chunk in iterate_in_thread(speech):
-                    if isinstance(chunk, TextDelta):  # chat mode: the reply as it is written
-                        yield {"text_delta": chunk.text}
-                        continue
-                    spoke = True
-                    for piece in streamed.chunks(chunk):
-                        yield piece
-                if not spoke and mode == "tts":
-                    yield {"error": NO_AUDIO_ERROR}
-                    return
-                for piece in streamed.finish():
+        """The job's output chunks; raises WorkerError (or, for a fault of ours, anything) when it fails."""
+        if isinstance(job.get("input"), dict):
+            check_encodable(job["input"])  # every door, every action: no lone surrogates anywhere
+        # Whose voices and conversations these are (set by the self-hosted server; None on RunPod).
+        conversations = self.conversations.for_tenant(validate_tenant(job.get(TENANT_KEY)))
+        if is_voice_action(job.get("input")):
+            yield await run_voice_action(job["input"], self.service, conversations.voices)
+            return
+        if is_conversation_action(job.get("input")):
+            yield await asyncio.to_thread(conversations.end, job["input"])
+            return
+        if isinstance(job.get("input"), dict) and "action" in job["input"]:
+            raise JobInputError("action", f"unknown action {shown(job['input']['action'])}; one of: "
+                                + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS))
+        request = parse_job_input(job.get("input"), self.service.settings)
+        mode = conversations.mode(request.mode, request.system_prompt)
+        if mode == "tts" and not request.stream:  # fail now, not after minutes of work
+            self._check_result_fits(request, job.get(RESULT_ROUTE_KEY, "run"))
+        if mode == "chat" or request.conversation_id:
+            turn = request.to_turn(mode, conversations.settings.chat_frames_per_sentence)
+            speech = lambda stop: conversations.turn(turn, stop)  # noqa: E731
+        else:
+            synthesis = request.to_synthesis()
+            speech = lambda stop: self.service.synthesize(synthesis, stop, voices=conversations.voices)  # noqa: E731
+        adjustments = job_adjustments(request)  # sample_rate, speed, volume
+        speech = lambda stop, make=speech: adjusted_speech(make(stop), adjustments)  # noqa: E731
+        if request.stream:
+            streamed = StreamedOutput(request.audio_format)
+            spoke = False
+            async for chunk in iterate_in_thread(speech):
+                if isinstance(chunk, TextDelta):  # chat mode: the reply as it is written
+                    yield {"text_delta": chunk.text}
+                    continue
+                spoke = True
+                for piece in streamed.chunks(chunk):
                     yield piece
-            else:
-                events = [e async for e in iterate_in_thread(speech)]
-                chunks = [e for e in events if isinstance(e, SpeechChunk)]
-                if not chunks and mode == "tts":
-                    yield {"error": NO_AUDIO_ERROR}
-                    return
-                output = chunk_output(chunks, request.audio_format)
-                if mode == "chat":  # the whole reply, as written (sentence texts lose its line breaks)
-                    output["text"] = "".join(e.text for e in events if isinstance(e, TextDelta))
-                yield await asyncio.to_thread(
-                    within_result_limit, output, self.service.settings, job.get(RESULT_ROUTE_KEY, "run"))
-            log.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
-        except (JobInputError, ResultTooLargeError) as exc:
-            log.info("job %s rejected: %s", job_id, bounded(str(exc)))
-            yield {"error": str(exc)}
-        except ConversationStoreError as exc:  # "conversation store unavailable: ...": fail, never forget
-            log.error("job %s failed: %s", job_id, bounded(str(exc)))
-            yield {"error": bounded(str(exc))}
-        except Exception as exc:  # a fault of ours: log the traceback, tell the caller briefly
-            log.exception("job %s failed", job_id)
-            yield {"error": bounded(f"internal error: {type(exc).__name__}: {exc}")}
+            if not spoke and mode == "tts":
+                raise WorkerError(NO_AUDIO_ERROR, kind=ErrorKind.BAD_INPUT)
+            for piece in streamed.finish():
+                yield piece
+        else:
+            events = [e async for e in iterate_in_thread(speech)]
+            chunks = [e for e in events if isinstance(e, SpeechChunk)]
+            if not chunks and mode == "tts":
+                raise WorkerError(NO_AUDIO_ERROR, kind=ErrorKind.BAD_INPUT)
+            output = chunk_output(chunks, request.audio_format)
+            if mode == "chat":  # the whole reply, as written (sentence texts lose its line breaks)
+                output["text"] = "".join(e.text for e in events if isinstance(e, TextDelta))
+            yield await asyncio.to_thread(
+                within_result_limit, output, self.service.settings, job.get(RESULT_ROUTE_KEY, "run"))

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fish_worker.errors import JobInputError, shown
-from fish_worker.jobs.inputs import JobInput, input_error
+from fish_worker.errors import JobInputError, NotFoundError, shown
+from fish_worker.jobs.inputs import input_error
 from fish_worker.tts.service import TTSService
 from fish_worker.tts.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, VoiceStoreFullError, validate_voice_id
 
@@ -70,7 +70,7 @@ def is_voice_action(raw: Any) -> bool:
 async def run_voice_action(raw: dict[str, Any], service: TTSService, voices: VoiceStore | None = None,
                            ) -> dict[str, Any]:
     """The action's output, on `voices` (a tenant's store; default the service's); raises
-    JobInputError for bad input or an unknown voice."""
+    JobInputError for bad input, NotFoundError for an unknown voice."""
     voices = voices or service.voices
     try:
         action = _MODELS[raw["action"]].model_validate(raw)
@@ -84,16 +84,14 @@ async def run_voice_action(raw: dict[str, Any], service: TTSService, voices: Voi
     try:
         await asyncio.to_thread(voices.delete, action.voice_id)
     except VoiceNotFoundError:
-        raise JobInputError("voice_id", f"no saved voice named {shown(action.voice_id)}") from None
+        raise NotFoundError("voice_id", f"no saved voice named {shown(action.voice_id)}") from None
     return {"deleted": action.voice_id}
 
 
 def _save(action: SaveVoice, service: TTSService, voices: VoiceStore) -> VoiceInfo:
     if not action.overwrite and voices.exists(action.voice_id):
         raise JobInputError("voice_id", f"a voice named {shown(action.voice_id)} exists and overwrite is false")
-    # An unvalidated JobInput just carries the reference fields into the service's encoder.
-    request = JobInput.model_construct(reference_audio=action.reference_audio, reference_text=action.reference_text)
-    prompt = service.reference_voice(request)  # JobInputError("reference_audio: ...") if unusable
+    prompt = service.encode_reference(action.reference_audio, action.reference_text)  # JobInputError if unusable
     try:
         return voices.save(action.voice_id, prompt.codes.numpy(), prompt.text)
     except VoiceStoreFullError as exc:

@@ -1,4 +1,4 @@
-"""Errors of the HTTP doors: one shape per door, whatever raised them, and job error → HTTP status.
+"""Errors of the HTTP doors: one shape per door, whatever raised them, and error kind → HTTP status.
 
 Seed (/run) and RunPod (/v2) doors: `{"id": ..., "status": "error", "error": "..."}`.
 OpenAI door (/v1): `{"error": {"message", "type", "param", "code"}}`, as the `openai` client expects.
@@ -9,6 +9,7 @@ Fish Audio door (/v1/tts, /v1/tts/live, /model): Fish's own `{"status": <code>, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,12 +18,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from fish_worker.errors import ErrorKind, JobInputError, WorkerError
+
 log = logging.getLogger(__name__)
 
-# Job errors that are our fault rather than the caller's (see fish_worker/jobs/runner.py).
-_SERVER_FAULT_PREFIXES = ("internal error", "conversation store unavailable")
-# ... and those naming something that does not exist for this caller (another tenant's is the same).
-_NOT_FOUND_PREFIXES = ("voice_id: no saved voice",)
+# Every door answers an error of a kind (fish_worker/errors.py) with this status.
+STATUS_OF_KIND: dict[ErrorKind, int] = {
+    ErrorKind.BAD_INPUT: 400,
+    ErrorKind.NOT_FOUND: 404,  # another tenant's voice is the same as one never saved
+    ErrorKind.TOO_LARGE: 413,  # a RunPod result limit; the server's own doors have none
+    ErrorKind.BUSY: 429,
+    ErrorKind.UNAVAILABLE: 500,  # the conversation store (500, as before kinds; 503 would say it better)
+    ErrorKind.INTERNAL: 500,
+}
 _MAX_ECHO = 100  # characters of a caller's input an error may repeat
 
 
@@ -39,12 +47,16 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def job_error_status(message: str) -> int:
-    """400 for a bad request (the runner's "<field>: <problem>"), 404 for an unknown saved voice,
-    500 for a fault of ours."""
-    if message.startswith(_SERVER_FAULT_PREFIXES):
-        return 500
-    return 404 if message.startswith(_NOT_FOUND_PREFIXES) else 400
+def status_of(kind: ErrorKind) -> int:
+    return STATUS_OF_KIND[kind]
+
+
+def api_error(exc: WorkerError, fields: Mapping[str, str] | None = None) -> ApiError:
+    """`exc` as an error answer with the status of its kind; `fields` renames the service's field
+    names into the door's own ("message" → "input")."""
+    field = (fields or {}).get(exc.field, exc.field)
+    message = f"{field}: {exc.problem}" if isinstance(exc, JobInputError) else exc.message
+    return ApiError(status_of(exc.kind), message, param=field)
 
 
 def is_fish_path(path: str) -> bool:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fish_worker.errors import JobInputError
+
 from fish_worker.audio.postprocess import (
     MAX_SAMPLE_RATE,
     MAX_SPEED,
@@ -96,11 +98,14 @@ class FishTTSRequest(BaseModel):
         return None
 
     def adjustments(self) -> AudioAdjustments:
-        """Speed, volume and sample rate, checked against what the format can carry."""
+        """Speed, volume and sample rate, checked against what the format can carry (JobInputError naming the field)."""
         if self.format == "mp3" and self.sample_rate is not None and self.sample_rate not in MP3_SAMPLE_RATES:
-            raise ValueError(f"sample_rate: mp3 supports {', '.join(map(str, sorted(MP3_SAMPLE_RATES)))}; "
-                             f"got {self.sample_rate}")
+            raise JobInputError("sample_rate", f"mp3 supports {', '.join(map(str, sorted(MP3_SAMPLE_RATES)))}; "
+                                               f"got {self.sample_rate}")
         prosody = self.prosody or Prosody()
         # Opus is always encoded at 48 kHz (its decoders output 48 kHz whatever the source was).
         rate = None if self.format == "opus" else self.sample_rate
-        return AudioAdjustments(sample_rate=rate, speed=prosody.speed, volume_db=prosody.volume)
+        try:
+            return AudioAdjustments(sample_rate=rate, speed=prosody.speed, volume_db=prosody.volume)
+        except ValueError as exc:  # the fields' own ranges make this unreachable; said plainly all the same
+            raise JobInputError("prosody", str(exc)) from None

@@ -8,6 +8,7 @@ sample rate) and encoded into one continuous stream in the requested format.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import threading
 from collections.abc import Iterable, Iterator
@@ -21,9 +22,9 @@ from fish_worker.audio.formats import MEDIA_TYPES, StreamEncoder
 from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
 from fish_worker.engine.generation import VoicePrompt
 from fish_worker.errors import JobInputError
-from fish_worker.jobs.inputs import JobInput
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
-from fish_worker.tts.service import SpeechChunk, TTSService
+from fish_worker.tts.requests import SpeechChunk, SynthesisRequest
+from fish_worker.tts.service import TTSService
 from fish_worker.tts.voices import VoiceStore, validate_voice_id
 
 MEDIA_TYPE = {"wav": MEDIA_TYPES["wav"], "pcm": MEDIA_TYPES["pcm16"], "mp3": MEDIA_TYPES["mp3"],
@@ -35,47 +36,33 @@ class FishSpeechPlan:
     """A validated request, ready to speak: sampling parameters, voice, output adjustments."""
 
     request: FishTTSRequest
-    params: JobInput  # carries the sampling parameters into TTSService.synthesize
-    voice: VoicePrompt | None
+    speech: SynthesisRequest  # sampling parameters and the resolved voice; sentences come per call
     adjustments: AudioAdjustments
 
     def synthesize(self, service: TTSService, sentences: Iterable[str],
                    stop: threading.Event) -> Iterator[SpeechChunk]:
-        return service.synthesize(self.params, stop, voice=self.voice, sentences=sentences)
+        return service.synthesize(dataclasses.replace(self.speech, sentences=sentences), stop)
 
     def encoder(self, model_rate: int) -> "FishAudioEncoder":
         return FishAudioEncoder(self.request.audio_format, self.adjustments, model_rate, self.request.bitrate_kbps)
-
-
-class UnknownReferenceError(JobInputError):
-    """`reference_id` names no voice of the caller's (404, as for an id never saved)."""
 
 
 def plan_speech(request: FishTTSRequest, service: TTSService, voices: VoiceStore) -> FishSpeechPlan:
     """Check the request and resolve its voice (blocking: encodes reference audio).
 
     `voices`: the caller's tenant's saved voices, where `reference_id` is looked up.
-    Raises JobInputError("<field>: ...") for anything the caller must fix.
+    Raises JobInputError("<field>: ...") for anything the caller must fix; NotFoundError when
+    `reference_id` names no voice of the caller's (as for an id never saved).
     """
     settings = service.settings
     if len(request.text) > settings.max_text_chars:
         raise JobInputError("text", f"is {len(request.text)} characters, the limit is {settings.max_text_chars}")
-    try:
-        adjustments = request.adjustments()
-    except ValueError as exc:
-        field, _, problem = str(exc).partition(": ")
-        raise JobInputError(field if problem else "prosody", problem or str(exc)) from None
+    adjustments = request.adjustments()  # JobInputError naming sample_rate or prosody
     if request.reference_id is not None and request.references:
         raise JobInputError("reference_id", "give either reference_id or references, not both")
     max_tokens = request.max_new_tokens
     if max_tokens == 0 or max_tokens > settings.max_tokens_limit:
         max_tokens = settings.max_tokens_limit
-    # Built without validation: the Fish ranges (checked by FishTTSRequest) are what applies here,
-    # and the sampler takes temperature/top_p 0 (near-greedy) as fish-speech does.
-    params = JobInput.model_construct(
-        message=request.text or " ", temperature=request.temperature, top_p=request.top_p,
-        repetition_penalty=request.repetition_penalty, max_tokens=max_tokens, seed=None, stream=True,
-    )
     if request.reference_id is not None:
         try:
             voice_id = validate_voice_id(request.reference_id)
@@ -83,12 +70,18 @@ def plan_speech(request: FishTTSRequest, service: TTSService, voices: VoiceStore
             raise JobInputError("reference_id", "is not a voice id (1-64 letters, digits, '_', '.' or '-')") from None
         try:
             voice = service.saved_voice(voice_id, voices)
-        except JobInputError as exc:  # missing (404), or saved with another model (400)
-            kind = JobInputError if voices.exists(voice_id) else UnknownReferenceError
-            raise kind("reference_id", exc.problem) from None
+        except JobInputError as exc:  # missing (NotFoundError), or saved with another model: same kind
+            raise type(exc)("reference_id", exc.problem) from None
     else:
         voice = encode_references(request.references, service)
-    return FishSpeechPlan(request, params, voice, adjustments)
+    # The Fish ranges (checked by FishTTSRequest) are what applies here, and the sampler takes
+    # temperature/top_p 0 (near-greedy) as fish-speech does.
+    speech = SynthesisRequest(
+        text=request.text, temperature=request.temperature, top_p=request.top_p,
+        repetition_penalty=request.repetition_penalty, frames_per_sentence=max_tokens, seed=None, stream=True,
+        voice=voice,
+    )
+    return FishSpeechPlan(request, speech, adjustments)
 
 
 def encode_references(references: list[ReferenceAudio], service: TTSService,
@@ -97,9 +90,8 @@ def encode_references(references: list[ReferenceAudio], service: TTSService,
     prompts = []
     for i, ref in enumerate(references):
         wav = as_wav(ref.audio, f"{field}[{i}].audio")
-        probe = JobInput.model_construct(reference_audio=base64.b64encode(wav).decode(), reference_text=ref.text)
         try:
-            prompts.append(service.reference_voice(probe))
+            prompts.append(service.encode_reference(base64.b64encode(wav).decode(), ref.text))
         except JobInputError as exc:
             raise JobInputError(f"{field}[{i}].audio", exc.problem) from None
     if not prompts:

@@ -1,4 +1,7 @@
-"""All doors run jobs through the one JobRunner: at most N generating, at most M admitted.
+"""Every door's work is admitted here: at most N generating, at most M admitted.
+
+Job routes (seed /run, /v2) run RunPod-shaped jobs through the one JobRunner (`run`); the speech
+routes (OpenAI, Fish) call the TTS service in a slot of their own (`speech`).
 
 A job is admitted (generating or waiting for a slot) only while the server has fewer than
 `max_queued_jobs` and its tenant fewer than `max_queued_per_tenant`; otherwise the caller gets 429
@@ -8,15 +11,20 @@ with Retry-After at once, instead of a queue that grows without bound.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager
+from typing import Any, TypeVar
 
+from fish_worker.async_bridge import iterate_in_thread
+from fish_worker.errors import ErrorKind, JobFailure
 from fish_worker.jobs.runner import JobRunner
-from fish_worker.server.errors import ApiError
+from fish_worker.server.errors import ApiError, status_of
 from fish_worker.tenancy import TENANT_KEY
+
+T = TypeVar("T")
 
 
 def new_job_id() -> str:
@@ -62,8 +70,9 @@ class JobLimiter:
         return Admission(self, tenant)
 
     async def run(self, job: dict[str, Any], admission: Admission | None = None,
-                  on_start: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The runner's chunks for `job`, once a slot is free (then `on_start()`). Closing this stops the job.
+                  on_start: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any] | JobFailure]:
+        """The runner's events for `job` (chunks, then a JobFailure if it fails), once a slot is free
+        (then `on_start()`). Closing this stops the job.
 
         Without `admission`, the job is admitted when iteration starts (ApiError 429 from the first chunk).
         The admission is released when the job ends.
@@ -73,8 +82,19 @@ class JobLimiter:
             async with self.slot():
                 if on_start is not None:
                     on_start()
-                async for chunk in self.runner.run(job):
-                    yield chunk
+                async with aclosing(self.runner.events(job)) as events:
+                    async for event in events:
+                        yield event
+        finally:
+            admission.release()
+
+    async def speech(self, admission: Admission, make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+        """`make(stop)`'s items (generated on a thread) once a generation slot is free; the admission
+        is given back when it ends. Closing this stops the generation."""
+        try:
+            async with self.slot(), aclosing(iterate_in_thread(make)) as items:
+                async for item in items:
+                    yield item
         finally:
             admission.release()
 
@@ -99,5 +119,5 @@ class JobLimiter:
             del self._per_tenant[tenant]
 
     def _busy(self, message: str) -> ApiError:
-        return ApiError(429, f"{message}; retry in {self.retry_after_s} s",
+        return ApiError(status_of(ErrorKind.BUSY), f"{message}; retry in {self.retry_after_s} s",
                         headers={"Retry-After": str(self.retry_after_s)})

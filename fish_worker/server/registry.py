@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from fish_worker.errors import ErrorKind, JobFailure
 from fish_worker.jobs.outputs import final_output
 from fish_worker.jobs.runner import RESULT_ROUTE_KEY
 from fish_worker.server.limiter import Admission, JobLimiter, new_job_id
@@ -30,6 +31,7 @@ class JobRecord:
     status: str = "IN_QUEUE"
     chunks: list[Any] = field(default_factory=list)
     error: str | None = None
+    error_kind: ErrorKind | None = None  # what kind of failure `error` is
     streamed: int = 0  # chunks already handed out by /stream
     stream: bool = False  # the job asked for `stream: true`: its output is a summary of the chunks
     submitted_at: float = field(default_factory=time.monotonic)
@@ -111,8 +113,8 @@ class JobRegistry:
         chunks = self.runner.run(job, admission, on_start=lambda: self._start(record))
         try:
             async for chunk in chunks:
-                if isinstance(chunk, dict) and "error" in chunk:
-                    record.error = str(chunk["error"])
+                if isinstance(chunk, JobFailure):
+                    record.error, record.error_kind = chunk.message, chunk.kind
                     self._finish(record, "FAILED")
                     return
                 record.chunks.append(chunk)
@@ -122,7 +124,7 @@ class JobRegistry:
             self._finish(record, "CANCELLED")
             raise
         except Exception as exc:  # the runner reports its own errors; this is a bug of ours
-            record.error = f"internal error: {type(exc).__name__}: {exc}"
+            record.error, record.error_kind = f"internal error: {type(exc).__name__}: {exc}", ErrorKind.INTERNAL
             self._finish(record, "FAILED")
         finally:
             await chunks.aclose()

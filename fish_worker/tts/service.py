@@ -1,4 +1,4 @@
-"""Speech synthesis for one validated request: sentences → codec tokens → audio chunks."""
+"""Speech synthesis for one SynthesisRequest (tts/requests.py): sentences → codec tokens → audio chunks."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from fish_worker.audio.reference import decode_reference_audio
@@ -20,10 +18,10 @@ from fish_worker.engine.codec import Codec
 from fish_worker.engine.incremental_decode import IncrementalDecoder
 from fish_worker.engine.generation import PromptTooLongError, SemanticGenerator, VoicePrompt
 from fish_worker.engine.sampling import SamplingParams
-from fish_worker.errors import JobInputError, shown
-from fish_worker.jobs.inputs import SEED_LIMIT, JobInput
+from fish_worker.errors import JobInputError, NotFoundError, shown
 from fish_worker.settings import Settings
 from fish_worker.text.sentences import split_sentences
+from fish_worker.tts.requests import SEED_LIMIT, ReferenceClip, SavedVoiceRef, SpeechChunk, SynthesisRequest, Voice
 from fish_worker.tts.voice_cache import VoiceCodesCache
 from fish_worker.tts.voices import VoiceNotFoundError, VoiceStore
 
@@ -46,17 +44,7 @@ class JobFrameLimitError(JobInputError):
                                     f"(~{seconds:.0f} s, FISH_MAX_JOB_FRAMES) before its end; send shorter text")
 
 
-@dataclass(frozen=True)
-class SpeechChunk:
-    index: int  # sentence number within the request
-    text: str  # the text this audio speaks
-    audio: np.ndarray  # mono float32 at sample_rate
-    sample_rate: int
-    seed: int  # the request's seed (given or drawn), to reproduce it
-    # The sentence's codec tokens [num_codebooks, frames] on the CPU: a conversation keeps its first
-    # reply's as its voice. Streamed sentences come in several chunks: only the last one has codes.
-    codes: torch.Tensor | None = None
-    sentence: str | None = None  # the whole sentence, on the chunk that carries `codes`
+__all__ = ["NO_AUDIO_ERROR", "JobFrameLimitError", "SpeechChunk", "SynthesisRequest", "TTSService", "draw_seed"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,58 +100,62 @@ class TTSService:
 
     def warmup(self) -> None:
         started = time.perf_counter()
-        for _ in self.synthesize(JobInput(message="Warm up.", max_tokens=8, seed=0)):
+        for _ in self.synthesize(SynthesisRequest(text="Warm up.", frames_per_sentence=8, seed=0)):
             pass
         log.info("warm-up synthesis took %.2f s", time.perf_counter() - started)
 
-    def reference_voice(self, request: JobInput, voices: VoiceStore | None = None) -> VoicePrompt | None:
-        """The request's voice: its saved `voice_id` (looked up in `voices`, default this service's
-        store) or its `reference_audio`; None when it has neither."""
-        if request.voice_id is not None:
-            return self.saved_voice(request.voice_id, voices)
-        if request.reference_audio is None:
-            return None
-        key = VoiceCodesCache.key(request.reference_audio)
+    def resolve_voice(self, voice: Voice, voices: VoiceStore | None = None) -> VoicePrompt | None:
+        """The prompt for a request's `voice`: a saved voice (looked up in `voices`, default this
+        service's store), an encoded clip, the prompt itself, or None."""
+        if isinstance(voice, SavedVoiceRef):
+            return self.saved_voice(voice.voice_id, voices)
+        if isinstance(voice, ReferenceClip):
+            return self.encode_reference(voice.audio_b64, voice.text)
+        return voice
+
+    def encode_reference(self, audio_b64: str, text: str = "") -> VoicePrompt:
+        """A voice prompt from base64 WAV and its transcript (cached by the audio);
+        JobInputError("reference_audio: ...") when the audio is unusable."""
+        key = VoiceCodesCache.key(audio_b64)
         codes = self.voice_cache.get(key)
         if codes is None:
             audio = decode_reference_audio(
-                request.reference_audio, self.sample_rate,
-                self.settings.reference_max_seconds, self.settings.reference_max_bytes,
+                audio_b64, self.sample_rate, self.settings.reference_max_seconds, self.settings.reference_max_bytes,
             )
             codes = self.codec.encode(audio)
             self.voice_cache.put(key, codes)
             log.info("encoded reference voice: %.1f s → %d frames", len(audio) / self.sample_rate, codes.shape[1])
-        return VoicePrompt(text=request.reference_text or "", codes=codes)
+        return VoicePrompt(text=text or "", codes=codes)
 
     def saved_voice(self, voice_id: str, voices: VoiceStore | None = None) -> VoicePrompt:
+        """The saved voice's prompt; NotFoundError (voice_id) when this store has no such voice."""
         try:
             voice = (voices or self.voices).load(voice_id)
         except VoiceNotFoundError:
-            raise JobInputError("voice_id", f"no saved voice named {shown(voice_id)}") from None
+            raise NotFoundError("voice_id", f"no saved voice named {shown(voice_id)}") from None
         if voice.tokens.shape[0] != self.generator.num_codebooks:  # saved with another model
             raise JobInputError("voice_id", f"{shown(voice_id)} was saved with a different model; save it again")
         return VoicePrompt(text=voice.text, codes=torch.from_numpy(voice.tokens).to(torch.int))
 
     def synthesize(
         self,
-        request: JobInput,
+        request: SynthesisRequest,
         stop: threading.Event | None = None,
         *,
-        voice: VoicePrompt | None = None,
-        sentences: Iterable[str] | None = None,
         voices: VoiceStore | None = None,
     ) -> Iterator[SpeechChunk]:
         """Yield one chunk per sentence, in order; stops early when `stop` is set.
 
-        `voice` (a conversation's) replaces the request's reference. `sentences` replaces the split
-        `request.message`; it may be lazy (a chat reply still being written): each is pulled when due.
-        `voices`: where the request's `voice_id` is looked up (a tenant's store); default this service's.
+        `request.sentences`, when given, replaces the split `request.text`; it may be lazy (a chat
+        reply still being written): each is pulled when due. `voices`: where a saved voice is looked
+        up (a tenant's store); default this service's.
         All sentences together get at most `settings.max_job_frames` frames: a job that needs more
         raises JobFrameLimitError once they are spent (streamed jobs have sent the audio up to there).
         """
+        sentences = request.sentences
         if sentences is None:
-            sentences = split_sentences(request.message, self.settings.sentence_max_chars)
-        reference = voice if voice is not None else self.reference_voice(request, voices)
+            sentences = split_sentences(request.text, self.settings.sentence_max_chars)
+        reference = self.resolve_voice(request.voice, voices)
         seed = request.seed if request.seed is not None else draw_seed()
         rng = torch.Generator(device=self.generator.device).manual_seed(seed)
         frames_left = self.settings.max_job_frames
@@ -175,10 +167,10 @@ class TTSService:
             if frames_left <= 0:
                 raise self._frame_limit_error()
             # The job's remaining frames bound this sentence too (the same tokens, only fewer of them).
-            budget = min(request.max_tokens, frames_left)
+            budget = min(request.frames_per_sentence, frames_left)
             params = SamplingParams(request.temperature, request.top_p, request.repetition_penalty, budget)
             # Condition on the reference and on the previous sentence, so every sentence keeps one voice.
-            voices = [v for v in (reference, previous) if v is not None]
+            prompts = [v for v in (reference, previous) if v is not None]
             started = time.perf_counter()
             # Streamed: audio leaves in windows while the sentence is still being generated; the
             # sentence's text rides on its first chunk, continuation chunks carry "".
@@ -187,7 +179,7 @@ class TTSService:
             frames: list[torch.Tensor] = []
             parts = 0
             try:
-                for frame in self.generator.generate(sentence, voices, params, rng, stop):
+                for frame in self.generator.generate(sentence, prompts, params, rng, stop):
                     frames.append(frame)
                     if decoder is not None and (audio := decoder.push(frame)) is not None:
                         yield SpeechChunk(index=index, text=sentence if parts == 0 else "", audio=audio,
@@ -197,7 +189,7 @@ class TTSService:
                 raise JobInputError("reference_audio" if reference else "message", str(exc)) from None
             frames_left -= len(frames)
             # Cut by the job's limit rather than the sentence's own: its audio still goes out, then the error.
-            cut = len(frames) == budget < request.max_tokens and not (stop is not None and stop.is_set())
+            cut = len(frames) == budget < request.frames_per_sentence and not (stop is not None and stop.is_set())
             if not frames:
                 log.warning("sentence %d produced no audio frames", index)
                 continue

@@ -40,7 +40,7 @@ from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from fish_worker.errors import JobInputError
+from fish_worker.errors import WorkerError
 from fish_worker.server.auth import tenant_of
 from fish_worker.server.config import ServerSettings
 from fish_worker.server.errors import ApiError, deny_websocket
@@ -119,7 +119,7 @@ class LiveSession:
             await self._send({"event": "finish", "reason": "stop"})
         except WebSocketDisconnect:
             return
-        except (SessionError, JobInputError) as exc:
+        except (SessionError, WorkerError) as exc:  # bad input, a voice not found, ...: said, then closed
             await self._finish_with_error(str(exc))
         except TimeoutError:
             await stop_tasks()  # no audio after the finish event

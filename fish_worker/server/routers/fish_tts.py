@@ -13,9 +13,8 @@ import asyncio
 import datetime
 import json
 import logging
-import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -24,16 +23,15 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from fish_worker.errors import JobInputError
+from fish_worker.errors import WorkerError
 from fish_worker.server.auth import require_api_key, tenant_of
-from fish_worker.server.errors import ApiError
+from fish_worker.server.errors import ApiError, api_error, status_of
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
 from fish_worker.server.fish_synthesis import (
-    MEDIA_TYPE, FishSpeechPlan, UnknownReferenceError, encode_references, plan_speech)
-from fish_worker.server.limiter import Admission, JobLimiter
-from fish_worker.tts.service import SpeechChunk, TTSService
+    MEDIA_TYPE, FishSpeechPlan, encode_references, plan_speech)
+from fish_worker.server.limiter import JobLimiter
+from fish_worker.tts.service import TTSService
 from fish_worker.text.sentences import split_sentences
-from fish_worker.async_bridge import iterate_in_thread
 from fish_worker.tts.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, validate_voice_id
 
 log = logging.getLogger(__name__)
@@ -58,28 +56,17 @@ async def tts(request: Request):
     except BaseException:
         admission.release()
         raise
-    chunks = _gated(runner, admission, lambda stop: plan.synthesize(service, sentences, stop))
+    chunks = runner.speech(admission, lambda stop: plan.synthesize(service, sentences, stop))
     encoder = plan.encoder(service.sample_rate)
     # The first chunk is awaited before answering, so a bad voice or text is a 400, not a cut stream.
     try:
         first = await anext(chunks, None)
-    except JobInputError as exc:
+    except WorkerError as exc:
         await chunks.aclose()
-        raise _bad_request(exc) from None
+        raise _api_error(exc) from None
     if first is None:
         raise ApiError(400, "text: no audio was generated for this text", param="text")
     return StreamingResponse(_encoded(first, chunks, encoder), media_type=MEDIA_TYPE[fish_request.format])
-
-
-async def _gated(runner: JobLimiter, admission: Admission,
-                 speech: Callable[[threading.Event], Iterator[SpeechChunk]]) -> AsyncIterator[SpeechChunk]:
-    """`speech`'s chunks once a generation slot is free; the admission is given back when it ends."""
-    try:
-        async with runner.slot(), aclosing(iterate_in_thread(speech)) as chunks:
-            async for chunk in chunks:
-                yield chunk
-    finally:
-        admission.release()
 
 
 def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
@@ -108,15 +95,16 @@ def validation_error(exc: ValidationError) -> ApiError:
 async def _plan(fish_request: FishTTSRequest, service: TTSService, voices: VoiceStore) -> FishSpeechPlan:
     try:
         return await asyncio.to_thread(plan_speech, fish_request, service, voices)
-    except JobInputError as exc:
-        raise _bad_request(exc) from None
+    except WorkerError as exc:
+        raise _api_error(exc) from None
 
 
-def _bad_request(exc: JobInputError) -> ApiError:
-    # The service names its own fields; say them in the TTSRequest's words.
-    field = {"reference_audio": "references", "message": "text", "voice_id": "reference_id"}.get(exc.field, exc.field)
-    status = 404 if isinstance(exc, UnknownReferenceError) else 400
-    return ApiError(status, f"{field}: {exc.problem}", param=field)
+# The service's field names → the TTSRequest's, in errors.
+_FIELDS = {"reference_audio": "references", "message": "text", "voice_id": "reference_id"}
+
+
+def _api_error(exc: WorkerError) -> ApiError:
+    return api_error(exc, _FIELDS)
 
 
 async def _encoded(first, chunks, encoder) -> AsyncIterator[bytes]:
@@ -200,8 +188,8 @@ async def create_voice(
     admission = runner.admit(tenant_of(request))  # encoding the clips is work like a save_voice job's
     try:
         info = await asyncio.to_thread(save)
-    except JobInputError as exc:
-        raise ApiError(400, str(exc), param=exc.field) from None
+    except WorkerError as exc:
+        raise ApiError(status_of(exc.kind), exc.message, param=exc.field) from None
     finally:
         admission.release()
     return fish_voice(info)

@@ -6,28 +6,39 @@ synthesised, ask for `stream: true` (the openai client: `extra_body={"stream": T
 then one continuous file whose header says "length unknown" (see fish_worker/audio/formats.py), or,
 with `stream_format: "sse"`, OpenAI's speech.audio.delta events.
 `voice` is a saved voice id; OpenAI's own voice names (alloy, ...) mean the model's default voice.
+
+The request becomes one SynthesisRequest (`synthesis_request`), spoken by the TTS service in a
+generation slot (limiter.py) and encoded straight into the response body: no RunPod job shape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from fish_worker.audio.formats import MEDIA_TYPES
-from fish_worker.errors import shown
-from fish_worker.jobs.runner import RESULT_ROUTE_KEY
-from fish_worker.jobs.inputs import JobInput
+from fish_worker.audio.formats import MEDIA_TYPES, StreamEncoder, encode_audio_bytes
+from fish_worker.audio.postprocess import MAX_SAMPLE_RATE, MAX_SPEED, MIN_SAMPLE_RATE, MIN_SPEED, AudioAdjustments
+from fish_worker.errors import ErrorKind, JobInputError, WorkerError, bounded, shown
+from fish_worker.jobs.inputs import check_encodable
+from fish_worker.jobs.output_adjustments import adjusted_speech, output_adjustments
 from fish_worker.server.auth import require_api_key, tenant_of
-from fish_worker.server.errors import ApiError, job_error_status
-from fish_worker.server.limiter import JobLimiter, new_job_id
-from fish_worker.tenancy import TENANT_KEY
+from fish_worker.server.errors import ApiError, api_error, status_of
+from fish_worker.server.limiter import JobLimiter
+from fish_worker.settings import Settings
+from fish_worker.tts.requests import SEED_LIMIT, SavedVoiceRef, SpeechChunk, SynthesisRequest, check_text
+from fish_worker.tts.service import NO_AUDIO_ERROR
 from fish_worker.tts.voices import VoiceStore, validate_voice_id
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[Depends(require_api_key)])
 
@@ -36,6 +47,8 @@ OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "
 # OpenAI's names → ours. pcm is headerless, so its rate is OpenAI's: 16-bit little-endian at 24 kHz.
 _FORMATS = {"mp3": "mp3", "opus": "opus", "flac": "flac", "wav": "wav", "pcm": "pcm16"}
 OPENAI_PCM_SAMPLE_RATE = 24_000
+# The service's field names → this request's, in errors.
+_FIELDS = {"message": "input", "voice_id": "voice"}
 
 
 class SpeechRequest(BaseModel):
@@ -45,57 +58,78 @@ class SpeechRequest(BaseModel):
     input: str = Field(description="The text to speak.")
     voice: str = Field("default", description="A saved voice id, or an OpenAI voice name for the default voice.")
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: float = Field(1.0, description="0.5 to 2.0 here (OpenAI allows 0.25 to 4.0); pitch is kept.")
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED,
+                         description="0.5 to 2.0 here (OpenAI allows 0.25 to 4.0); pitch is kept.")
     stream_format: Literal["audio", "sse"] = "audio"
     instructions: str | None = Field(None, description="Accepted and ignored.")
     # Fish Speech extras (the openai client sends them with extra_body=...).
-    seed: int | None = Field(None, description="Fish Speech: sampling seed, for repeatable audio.")
-    max_tokens: int | None = Field(None, description="Fish Speech: most codec frames per sentence.")
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="Fish Speech: sampling seed, for repeatable audio.")
+    max_tokens: int | None = Field(None, ge=1, description="Fish Speech: most codec frames per sentence.")
     stream: bool = Field(False, description="Fish Speech: send audio as it is made (a length-unknown header); "
                                             "stream_format 'sse' always streams.")
-    sample_rate: int | None = Field(None, description="Fish Speech: output rate (pcm: 24000, else 44100).")
+    sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE,
+                                    description="Fish Speech: output rate (pcm: 24000, else 44100).")
+
+    @property
+    def streamed(self) -> bool:
+        return self.stream or self.stream_format == "sse"
+
+
+def synthesis_request(body: SpeechRequest, settings: Settings, voice_id: str | None) -> SynthesisRequest:
+    """The one place this door's fields become the service's (JobInputError naming the service's field)."""
+    check_encodable({"input": body.input})
+    try:
+        check_text(body.input, settings)
+    except ValueError as exc:
+        raise JobInputError("message", str(exc)) from None
+    frames = body.max_tokens if body.max_tokens is not None else SynthesisRequest.frames_per_sentence
+    if frames > settings.max_tokens_limit:
+        raise JobInputError("max_tokens", f"must be at most {settings.max_tokens_limit}")
+    return SynthesisRequest(text=body.input, frames_per_sentence=frames, seed=body.seed, stream=body.streamed,
+                            voice=SavedVoiceRef(voice_id) if voice_id is not None else None)
+
+
+def adjustments(body: SpeechRequest, audio_format: str) -> AudioAdjustments:
+    rate = body.sample_rate
+    if rate is None and body.response_format == "pcm":
+        rate = OPENAI_PCM_SAMPLE_RATE
+    return output_adjustments(audio_format, rate, body.speed)
 
 
 @router.post("/audio/speech", summary="Speak `input` (OpenAI audio.speech)",
              response_class=StreamingResponse, responses={200: {"content": {"audio/mpeg": {}}}})
 async def speech(body: SpeechRequest, request: Request):
     runner: JobLimiter = request.app.state.runner
+    service = runner.service
     audio_format = _FORMATS.get(body.response_format)
     if audio_format is None:
         raise ApiError(400, f"response_format {body.response_format!r} is not supported; use one of "
                             f"{', '.join(_FORMATS)}", param="response_format")
-    streamed = body.stream or body.stream_format == "sse"
-    job_input: dict[str, Any] = {"message": body.input, "stream": streamed, "audio_format": audio_format,
-                                 "speed": body.speed}
-    if body.sample_rate is not None or body.response_format == "pcm":
-        job_input["sample_rate"] = body.sample_rate or OPENAI_PCM_SAMPLE_RATE
-    if "mode" in JobInput.model_fields:
-        job_input["mode"] = "tts"  # speak the text as given, even when the worker has a chat model
-    job_input.update({k: v for k, v in {"seed": body.seed, "max_tokens": body.max_tokens}.items() if v is not None})
     tenant = tenant_of(request)
-    voice_id = _saved_voice(body.voice, runner.service.voices.for_tenant(tenant))
-    if voice_id is not None:
-        job_input["voice_id"] = voice_id
+    voices = service.voices.for_tenant(tenant)
+    try:
+        synthesis = synthesis_request(body, service.settings, _saved_voice(body.voice, voices))
+        adjusted = adjustments(body, audio_format)
+    except WorkerError as exc:
+        raise _api_error(exc) from None
 
     admission = runner.admit(tenant)  # 429 when the server or this tenant has too many jobs
-    chunks = runner.run({"id": new_job_id(), TENANT_KEY: tenant, "input": job_input, RESULT_ROUTE_KEY: None},
-                        admission)
-    first = await anext(chunks, None)
+    chunks = runner.speech(admission, lambda stop: adjusted_speech(
+        service.synthesize(synthesis, stop, voices=voices), adjusted))
+    # The first chunk is awaited before answering, so a bad voice or text is an error status, not a cut stream.
+    first = await _next(chunks)
     if first is None:
-        raise ApiError(500, "internal error: the job produced no output")
-    if "error" in first:
-        await chunks.aclose()
-        message = str(first["error"])
-        field = message.split(":", 1)[0]
-        raise ApiError(job_error_status(message), message.replace("message:", "input:", 1),
-                       param="input" if field == "message" else field)
+        raise ApiError(status_of(ErrorKind.BAD_INPUT), NO_AUDIO_ERROR)
     if body.stream_format == "sse":
-        return StreamingResponse(_sse(first, chunks), media_type="text/event-stream")
-    if streamed:
-        return StreamingResponse(_payloads(first, chunks), media_type=MEDIA_TYPES[audio_format])
-    async for _ in chunks:  # a whole result is one chunk; let the runner finish
-        pass
-    return Response(base64.b64decode(first["audio"]), media_type=MEDIA_TYPES[audio_format])
+        return StreamingResponse(_sse(_encoded(first, chunks, audio_format)), media_type="text/event-stream")
+    if body.streamed:
+        return StreamingResponse(_encoded(first, chunks, audio_format), media_type=MEDIA_TYPES[audio_format])
+    spoken = [first]
+    while (chunk := await _next(chunks)) is not None:
+        spoken.append(chunk)
+    audio = np.concatenate([c.audio for c in spoken])
+    data = await asyncio.to_thread(encode_audio_bytes, audio, audio_format, first.sample_rate)
+    return Response(data, media_type=MEDIA_TYPES[audio_format])
 
 
 def _saved_voice(voice: str, voices: VoiceStore) -> str | None:
@@ -110,23 +144,44 @@ def _saved_voice(voice: str, voices: VoiceStore) -> str | None:
                    param="voice")
 
 
-async def _payloads(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    async for chunk in _with_first(first, chunks):
-        if "error" in chunk:
-            # Headers went out with 200; ending the body early is all HTTP leaves us.
-            raise RuntimeError(f"speech generation failed: {chunk['error']}")
-        if chunk.get("audio"):
-            yield base64.b64decode(chunk["audio"])
+async def _next(chunks: AsyncIterator[SpeechChunk]) -> SpeechChunk | None:
+    """The next chunk (None at the end); a failure closes the generation and becomes this door's error."""
+    try:
+        return await anext(chunks, None)
+    except WorkerError as exc:
+        await chunks.aclose()
+        raise _api_error(exc) from None
+    except Exception as exc:  # a fault of ours: log the traceback, tell the caller briefly
+        await chunks.aclose()
+        log.exception("speech failed")
+        raise ApiError(500, bounded(f"internal error: {type(exc).__name__}: {exc}")) from None
 
 
-async def _with_first(first, chunks):
-    yield first
-    async for chunk in chunks:
-        yield chunk
+def _api_error(exc: WorkerError) -> ApiError:
+    return api_error(exc, _FIELDS)  # in this request's words: "input", not the service's "message"
 
 
-async def _sse(first, chunks) -> AsyncIterator[bytes]:
-    async for data in _payloads(first, chunks):
+async def _encoded(first: SpeechChunk, chunks: AsyncIterator[SpeechChunk], audio_format: str) -> AsyncIterator[bytes]:
+    """One continuous file of the chunks' audio, in pieces as they come."""
+    encoder = StreamEncoder(audio_format, first.sample_rate)
+    chunk: SpeechChunk | None = first
+    try:
+        while chunk is not None:
+            if data := await asyncio.to_thread(encoder.feed_bytes, chunk.audio):
+                yield data
+            try:
+                chunk = await anext(chunks, None)
+            except Exception as exc:
+                # Headers went out with 200; ending the body early is all HTTP leaves us.
+                raise RuntimeError(f"speech generation failed: {bounded(str(exc))}") from exc
+        if data := await asyncio.to_thread(encoder.close_bytes):
+            yield data
+    finally:
+        await chunks.aclose()  # the client going away stops the generation
+
+
+async def _sse(payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for data in payloads:
         event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
         yield f"data: {json.dumps(event)}\n\n".encode()
     yield f"data: {json.dumps({'type': 'speech.audio.done'})}\n\n".encode()

@@ -3,7 +3,8 @@
 Plain: `{"id", "status": "success", "output": {...}}`. With `input.stream: true`: a streamed body
 of such objects, one JSON object per line (NDJSON), each parseable on its own; or, when the client
 sends `Accept: text/event-stream`, the same objects as Server-Sent Events (`data: {...}`). Errors:
-`{"id", "status": "error", "error"}` with 400 (bad input), 401 (bad key), 500 (our fault).
+`{"id", "status": "error", "error"}` with the status of the error's kind (server/errors.py): 400 (bad
+input), 401 (bad key), 404 (an unknown saved voice), 429 (busy), 500 (our fault).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from fish_worker.errors import JobFailure
 from fish_worker.jobs.runner import RESULT_ROUTE_KEY
 from fish_worker.server.auth import require_api_key, tenant_of
-from fish_worker.server.errors import job_error_status
+from fish_worker.server.errors import status_of
 from fish_worker.server.json_body import dumps, json_response
 from fish_worker.server.limiter import JobLimiter, new_job_id
 from fish_worker.tenancy import TENANT_KEY
@@ -35,6 +37,10 @@ def error_response(job_id: str | None, status: int, message: str) -> JSONRespons
     return JSONResponse({"id": job_id, "status": "error", "error": message}, status_code=status)
 
 
+def failure_response(job_id: str, failure: JobFailure) -> JSONResponse:
+    return error_response(job_id, status_of(failure.kind), failure.message)
+
+
 @router.post("/run", summary="Run a job and answer with its output (or stream its chunks)")
 async def run(body: RunRequest, request: Request):
     runner: JobLimiter = request.app.state.runner
@@ -46,18 +52,18 @@ async def run(body: RunRequest, request: Request):
     first = await anext(chunks, None)
     if first is None:
         return error_response(job_id, 500, "internal error: the job produced no output")
-    if "error" in first:
+    if isinstance(first, JobFailure):
         await chunks.aclose()
-        return error_response(job_id, job_error_status(str(first["error"])), str(first["error"]))
+        return failure_response(job_id, first)
     if body.input.get("stream") is True:
         if wants_event_stream(request):  # the same objects as Server-Sent Events, one per `data:` line
             return StreamingResponse(_encoded(_objects(job_id, first, chunks), _sse_event),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return StreamingResponse(_encoded(_objects(job_id, first, chunks), _line), media_type="application/x-ndjson")
     rest = [chunk async for chunk in chunks]  # a plain job has one chunk; drain to let the runner finish
-    errors = [c for c in rest if "error" in c]
-    if errors:
-        return error_response(job_id, job_error_status(str(errors[0]["error"])), str(errors[0]["error"]))
+    failures = [c for c in rest if isinstance(c, JobFailure)]
+    if failures:
+        return failure_response(job_id, failures[0])
     return json_response({"id": job_id, "status": "success", "output": first})
 
 
@@ -65,12 +71,12 @@ def wants_event_stream(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
 
 
-async def _objects(job_id: str, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
+async def _objects(job_id: str, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any] | JobFailure],
                    ) -> AsyncIterator[dict[str, Any]]:
     yield {"id": job_id, "status": "success", "output": first}
     async for chunk in chunks:
-        if "error" in chunk:  # the status line has gone out already: the error is the last object
-            yield {"id": job_id, "status": "error", "error": str(chunk["error"])}
+        if isinstance(chunk, JobFailure):  # the status line has gone out already: the error is the last object
+            yield {"id": job_id, "status": "error", "error": chunk.message}
             return
         yield {"id": job_id, "status": "success", "output": chunk}
 
