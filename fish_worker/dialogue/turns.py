@@ -128,13 +128,13 @@ class ConversationService:
                 history + [{"role": "user", "content": request.message}],
                 temperature=request.temperature,
                 max_new_tokens=request.max_tokens,  # chat mode: max_tokens bounds the reply's LLM tokens
-                system_prompt=request.system_prompt or self.settings.chat_system_prompt or None,
+                system_prompt=request.system_prompt or self.settings.chat.system_prompt or None,
                 seed=request.seed,
             )
         except PromptTooLongError as exc:
             raise JobInputError("message", str(exc)) from None
         # ... and each spoken sentence gets the configured codec-frame budget instead.
-        speech = request.model_copy(update={"max_tokens": self.settings.chat_frames_per_sentence})
+        speech = request.model_copy(update={"max_tokens": self.settings.chat.frames_per_sentence})
 
         def speak(sentences, halt):
             return self.tts.synthesize(speech, halt, voice=voice, sentences=sentences, voices=self.voices)

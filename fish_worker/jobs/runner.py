@@ -45,7 +45,7 @@ class JobRunner:
         self.service = service
         # Default: no chat model, conversations kept in this process (what a worker without settings gets).
         self.conversations = conversations or ConversationService(service, make_conversation_store(
-            None, service.settings.conversation_ttl_s, service.settings.max_conversations))
+            None, service.settings.storage.conversation_ttl_s, service.settings.storage.max_conversations))
 
     async def result(self, job: dict[str, Any]) -> dict[str, Any]:
         """The job's one final result: the whole output, a streamed job's summary, or {"error": ...}."""

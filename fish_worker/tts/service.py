@@ -76,7 +76,7 @@ class TTSService:
         self.generator = generator
         self.codec = codec
         self.voice_cache = VoiceCodesCache(settings.reference_cache_size)
-        self.voices = VoiceStore(settings.voices_dir, settings.max_voices)
+        self.voices = VoiceStore(settings.storage.voices_dir, settings.storage.max_voices)
 
     @classmethod
     def load(cls, settings: Settings) -> "TTSService":

@@ -47,7 +47,7 @@ async def run(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[s
 async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[str, Any]:
     record = _registry(request).submit(body.input, route="runsync", tenant=tenant_of(request))
     try:
-        await asyncio.wait_for(asyncio.shield(record.done.wait()), request.app.state.server_settings.runsync_wait_s)
+        await asyncio.wait_for(asyncio.shield(record.done.wait()), request.app.state.settings.server.runsync_wait_s)
     except asyncio.TimeoutError:
         pass
     return record.status_json()
