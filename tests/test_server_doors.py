@@ -517,7 +517,7 @@ def test_too_many_jobs_get_429_with_retry_after(runner, app_settings):
 def test_stored_results_are_capped_oldest_first(runner, app_settings):
     capped = create_app(runner, app_settings(api_keys=KEY, max_stored_jobs=2))
 
-    async def steps(client, app_settings):
+    async def steps(client):
         ids = [(await client.post("/v2/ep/runsync", json={"input": JOB}, headers=AUTH)).json()["id"] for _ in range(3)]
         return [(await client.get(f"/v2/ep/status/{i}", headers=AUTH)).status_code for i in ids]
 
