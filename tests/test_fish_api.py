@@ -393,10 +393,10 @@ def bounded(runner, app_settings):
     from fish_worker.server.protocol import uvicorn_options
 
     settings = app_settings(api_keys=f"alice:{ALICE},bob:{BOB}", max_queued_jobs_per_tenant=1, retry_after_s=7,
-                              max_body_bytes=20_000, header_timeout_s=0.5, live_idle_timeout_s=1.0,
-                              live_max_session_s=2.5, live_max_text_chars=40)
+                            max_body_bytes=20_000, header_timeout_s=0.5, live_idle_timeout_s=1.0,
+                            live_max_session_s=2.5, live_max_text_chars=40)
     app = create_app(runner, settings)
-    with serving(app, **uvicorn_options(settings)) as url:
+    with serving(app, **uvicorn_options(settings.server)) as url:
         yield url, app.state.runner
 
 
