@@ -486,7 +486,7 @@ def test_tenant_data_lives_apart_on_disk(tenants_app, settings):
 
 def test_too_many_jobs_get_429_with_retry_after(runner, app_settings):
     bounded = create_app(runner, app_settings(api_keys="alice:key-of-alice,bob:key-of-bob", max_concurrent_jobs=1,
-                                                max_queued_jobs=3, max_queued_jobs_per_tenant=2, retry_after_s=7))
+                                              max_queued_jobs=3, max_queued_jobs_per_tenant=2, retry_after_s=7))
     # Streamed: a whole float result this long would be refused at once as too large for /run.
     long_job = {"message": " ".join(f"Sentence number {i}." for i in range(40)), "max_tokens": 200, "stream": True}
 
@@ -537,8 +537,8 @@ def test_stored_results_are_capped_oldest_first(runner, app_settings):
 def test_stress_random_schedules_every_job_ends_and_every_place_is_given_back(runner, app_settings):
     import random
     stressed = create_app(runner, app_settings(api_keys="alice:key-of-alice,bob:key-of-bob,carol:key-of-carol",
-                                                 max_queued_jobs=6, max_queued_jobs_per_tenant=3,
-                                                 max_stored_jobs=10))
+                                               max_queued_jobs=6, max_queued_jobs_per_tenant=3,
+                                               max_stored_jobs=10))
     who = [ALICE, BOB, {"Authorization": "Bearer key-of-carol"}]
     statuses = []
 
