@@ -22,7 +22,8 @@ from fish_worker.settings import Settings
 
 
 def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
-    """The app around `runner`, configured by `settings` (its `server` section; the limits the worker's)."""
+    """The app around `runner`, configured by `settings`: the Settings the runner was built from (the
+    server section, plus the worker's max_concurrency and reference_max_bytes that the defaults follow)."""
     server = settings.server
     docs = server.enable_docs
     app = FastAPI(
