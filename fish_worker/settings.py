@@ -1,17 +1,166 @@
-"""All configuration, read once from the environment (see README "Environment variables")."""
+"""All configuration, read once from the environment at an entry point (see README "Environment variables").
+
+One `Settings` with sections: the top level (model, request limits, worker), `server`, `storage`
+(`storage.s3`) and `chat`. Each section is its own BaseSettings, built when Settings is, so every
+variable keeps its flat name (FISH_API_KEYS, PORT, FISH_S3_BUCKET, REDIS_URL, FISH_CHAT_MODEL_DIR ...).
+Entry points build it once and pass it down; nothing below them reads the environment.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fish_worker.tenancy import TENANT_PATTERN
+
+# Room in a body for everything but the reference audio's base64 (text, prompts, field names).
+BODY_MARGIN_BYTES = 1024 * 1024
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FISH_", extra="ignore")
+def _empty_is_unset(value: object) -> object:
+    # Hosting templates leave optional variables as "": that means "not set", not an empty name.
+    return None if value == "" else value
+
+
+class _FlatEnvSource(EnvSettingsSource):
+    """The environment, less the sections: a section reads its own flat variables when it is built,
+    so a stray FISH_SERVER or FISH_S3 variable means nothing (as before there were sections)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[object, str, bool]:
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings):
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+class _WithSections(BaseSettings):
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _FlatEnvSource(settings_cls), dotenv_settings, file_secret_settings
+
+
+class ServerSettings(BaseSettings):
+    """The self-hosted server (`python -m fish_worker.server`)."""
+
+    # forbid: a misspelt keyword is an error (environment variables are read by field name only).
+    model_config = SettingsConfigDict(env_prefix="FISH_", extra="forbid")
+
+    # Comma-separated bearer keys, each its own tenant: "alice:KEY1,bob:KEY2", or plain "KEY1,KEY2"
+    # (tenant named by a short hash of the key). Requests without one of them get 401.
+    api_keys: str = ""
+    auth_disabled: bool = False  # the only way to serve without keys: it has to be said explicitly
+    enable_docs: bool = False  # /docs, /redoc and /openapi.json
+    host: str = "0.0.0.0"
+    # PORT / PORT_HEALTH: what RunPod load-balancing endpoints set. Health unset: /ping on `port`.
+    port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("port", "PORT", "FISH_PORT"))
+    port_health: int | None = Field(None, ge=1, le=65535,
+                                    validation_alias=AliasChoices("port_health", "PORT_HEALTH", "FISH_PORT_HEALTH"))
+    # Jobs generating at once, across all doors; unset: the worker's FISH_MAX_CONCURRENCY, so the
+    # server batches concurrent jobs exactly like a RunPod worker does.
+    max_concurrent_jobs: int | None = Field(None, ge=1)
+    # Jobs admitted (generating + waiting) on the whole server and per tenant; more get 429.
+    max_queued_jobs: int = Field(64, ge=1)
+    max_queued_jobs_per_tenant: int = Field(32, ge=1)
+    retry_after_s: int = Field(5, ge=1)  # the Retry-After of a 429
+    job_ttl_s: float = Field(1800, gt=0)  # /v2 results are kept this long, as RunPod keeps /run results 30 min
+    max_stored_jobs: int = Field(1000, ge=1)  # /v2 jobs kept at most (finished ones, oldest dropped first)
+    max_stored_result_bytes: int = Field(512 * 1024 * 1024, ge=1)  # ... and their results' JSON bytes at most
+    runsync_wait_s: float = Field(90, gt=0)  # /v2 runsync answers IN_PROGRESS after this, as RunPod does
+    # Largest request body; unset: base64 of FISH_REFERENCE_MAX_BYTES plus 1 MiB for the rest.
+    max_body_bytes: int | None = Field(None, ge=1)
+    header_timeout_s: float = Field(10, gt=0)  # a request's headers must arrive within this
+    body_timeout_s: float = Field(60, gt=0)  # ... and its body within this, once the headers are in
+    keep_alive_timeout_s: int = Field(5, ge=1)  # an idle keep-alive connection is closed after this
+    # Fish live WebSocket sessions (/v1/tts/live): each is one admitted job for its whole life.
+    live_idle_timeout_s: float = Field(60, gt=0)  # ended when nothing went either way for this long
+    live_max_session_s: float = Field(1800, gt=0)  # ended after this long, whatever is happening
+    live_max_text_chars: int = Field(100_000, ge=1)  # text one session may send, in all
+    playground: bool = True  # the browser playground at / (static, no secrets; its API calls need a key)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, value: str) -> str:
+        parse_api_keys(value)  # raises ValueError naming the bad entry
+        return value
+
+    @property
+    def tenant_keys(self) -> dict[str, str]:
+        """Each API key → its tenant's name."""
+        return parse_api_keys(self.api_keys)
+
+    @property
+    def key_set(self) -> frozenset[str]:
+        return frozenset(self.tenant_keys)
+
+    def body_limit(self, reference_max_bytes: int) -> int:
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return -(-reference_max_bytes // 3) * 4 + BODY_MARGIN_BYTES
+
+
+class S3Settings(BaseSettings):
+    """Results over RunPod's size limits go to this S3-compatible bucket when set (storage/s3.py).
+
+    Credentials left unset (or empty) come from boto3's usual chain (AWS_* variables).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FISH_S3_", extra="forbid")
+
+    bucket: str | None = None
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    region: str | None = None
+    key_prefix: str = "fish-speech"
+    url_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+
+    _unset_when_empty = field_validator("bucket", "endpoint_url", "access_key_id", "secret_access_key", "region",
+                                        mode="before")(_empty_is_unset)
+
+
+class StorageSettings(_WithSections):
+    """What outlives a job: saved voices, conversations, large results."""
+
+    model_config = SettingsConfigDict(env_prefix="FISH_", extra="forbid")
+
+    # Saved voices (fish_worker/tts/voices.py): a directory on the network volume, shared by workers.
+    voices_dir: Path = Path("/runpod-volume/voices")
+    max_voices: int = Field(1000, ge=1)  # save_voice of a new voice_id fails once this many are saved
+    # Conversations (fish_worker/conversations/): in-process, or in Redis when a URL is set.
+    # REDIS_URL as well: the name every Redis client and hosting template uses.
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("redis_url", "FISH_REDIS_URL", "REDIS_URL"))
+    conversation_ttl_s: int = Field(3600, ge=1)  # a conversation expires this long after its last turn
+    max_conversations: int = Field(1000, ge=1)  # in-process store only; Redis is bounded by its own policy
+    s3: S3Settings = Field(default_factory=S3Settings)
+
+    _unset_when_empty = field_validator("redis_url", mode="before")(_empty_is_unset)
+
+
+class ChatSettings(BaseSettings):
+    """Chat mode (fish_worker/dialogue/turns.py): on when a chat model directory is set."""
+
+    model_config = SettingsConfigDict(env_prefix="FISH_CHAT_", extra="forbid")
+
+    model_dir: Path | None = None  # FISH_CHAT_MODEL_DIR: a local Hugging Face chat model, loaded at start
+    system_prompt: str = (
+        "You are a friendly voice assistant. Your replies are spoken aloud: answer briefly, "
+        "in plain sentences, without lists, markup or emoji."
+    )
+    frames_per_sentence: int = Field(1000, ge=1)  # codec frames budget per spoken reply sentence
+
+    _unset_when_empty = field_validator("model_dir", mode="before")(_empty_is_unset)
+
+
+class Settings(_WithSections):
+    model_config = SettingsConfigDict(env_prefix="FISH_", extra="forbid")
 
     # Model
     checkpoint_dir: Path = Path("/runpod-volume/checkpoints/openaudio-s1-mini")
@@ -48,33 +197,28 @@ class Settings(BaseSettings):
     # and has not been measured on a GPU here; the warm-up job triggers the first compilation).
     compile: bool = False
 
-    # Chat mode and conversations (fish_worker/dialogue/turns.py)
-    chat_model_dir: Path | None = None  # a local Hugging Face chat model; set: loaded at start, chat mode on
-    chat_system_prompt: str = (
-        "You are a friendly voice assistant. Your replies are spoken aloud: answer briefly, "
-        "in plain sentences, without lists, markup or emoji."
-    )
-    chat_frames_per_sentence: int = Field(1000, ge=1)  # codec frames budget per spoken reply sentence
-    # REDIS_URL as well: the name every Redis client and hosting template uses.
-    redis_url: str | None = Field(None, validation_alias=AliasChoices("FISH_REDIS_URL", "REDIS_URL"))
-    conversation_ttl_s: int = Field(3600, ge=1)  # a conversation expires this long after its last turn
-    max_conversations: int = Field(1000, ge=1)  # in-process store only; Redis is bounded by its own policy
-
-    # Saved voices (fish_worker/tts/voices.py): a directory on the network volume, shared by workers.
-    voices_dir: Path = Path("/runpod-volume/voices")
-    max_voices: int = Field(1000, ge=1)  # save_voice of a new voice_id fails once this many are saved
-
-    # Results over RunPod's size limits go to this S3-compatible bucket when set (storage/s3.py);
-    # credentials left empty come from boto3's usual chain (AWS_* variables).
-    s3_bucket: str | None = None
-    s3_endpoint_url: str | None = None
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
-    s3_region: str | None = None
-    s3_key_prefix: str = "fish-speech"
-    s3_url_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    # Sections, each reading its own flat variables when Settings is built.
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()
+def parse_api_keys(text: str) -> dict[str, str]:
+    """"alice:KEY1,bob:KEY2,KEY3" → {KEY1: alice, KEY2: bob, KEY3: key-<hash>}.
+
+    An entry is named when the part before its first ":" is a tenant name; several keys may name one
+    tenant (e.g. while rotating keys). A plain key's tenant is a short hash of it, stable across restarts.
+    """
+    keys: dict[str, str] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, sep, key = entry.partition(":")
+        if sep and TENANT_PATTERN.fullmatch(name) and key.strip():
+            tenant, key = name, key.strip()
+        else:
+            tenant, key = "key-" + hashlib.sha256(entry.encode()).hexdigest()[:12], entry
+        if keys.get(key, tenant) != tenant:
+            raise ValueError(f"FISH_API_KEYS: one key is given to two tenants ({keys[key]!r} and {tenant!r})")
+        keys[key] = tenant
+    return keys

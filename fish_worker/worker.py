@@ -17,7 +17,7 @@ from fish_worker.conversations import ConversationStoreError, make_conversation_
 from fish_worker.engine.checkpoint import REQUIRED_FILES, CheckpointError, check_checkpoint_dir
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.tts.service import TTSService, resolve_device
-from fish_worker.settings import Settings, get_settings
+from fish_worker.settings import Settings
 
 # runpod logs every output chunk (audio included) at its default DEBUG level.
 os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
@@ -57,19 +57,20 @@ def build_runner(settings: Settings) -> JobRunner:
 def build_conversations(service: TTSService, settings: Settings) -> ConversationService:
     """The chat model (when FISH_CHAT_MODEL_DIR is set, loaded once here) and the conversation store."""
     chat = None
-    if settings.chat_model_dir is not None:
+    if settings.chat.model_dir is not None:
         started = time.perf_counter()
-        chat = ChatModel.load(settings.chat_model_dir, device=resolve_device(settings.device))
+        chat = ChatModel.load(settings.chat.model_dir, device=resolve_device(settings.device))
         log.info("chat model loaded from %s on %s in %.1f s", chat.source, chat.device, time.perf_counter() - started)
         if settings.warmup:
             chat.reply([{"role": "user", "content": "Hello."}], max_new_tokens=4, seed=0)
-    store = make_conversation_store(settings.redis_url, settings.conversation_ttl_s, settings.max_conversations)
+    storage = settings.storage
+    store = make_conversation_store(storage.redis_url, storage.conversation_ttl_s, storage.max_conversations)
     try:
         store.ping()
     except ConversationStoreError as exc:
         # Not fatal: jobs without a conversation_id still work, and those with one fail clearly.
         log.error("%s; jobs with a conversation_id fail until it is reachable", exc)
-    log.info("conversations: %s store, chat mode %s", "Redis" if settings.redis_url else "in-process",
+    log.info("conversations: %s store, chat mode %s", "Redis" if storage.redis_url else "in-process",
              "on" if chat else "off (no FISH_CHAT_MODEL_DIR)")
     return ConversationService(service, store, chat=chat, settings=settings)
 
@@ -104,7 +105,7 @@ async def run_local_job(runner: JobRunner, job: dict[str, Any]) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    settings = get_settings()
+    settings = Settings()  # the one read of the environment; passed down from here
     configure_logging(settings.log_level)
     local_job = _local_test_job(argv)
     try:

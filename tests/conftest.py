@@ -26,10 +26,21 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def settings(tiny_checkpoint, tmp_path_factory):
-    from fish_worker.settings import Settings
+    from fish_worker.settings import Settings, StorageSettings
 
     return Settings(checkpoint_dir=tiny_checkpoint, device="cpu", warmup=False, reference_max_seconds=5.0,
-                    voices_dir=tmp_path_factory.mktemp("voices"))
+                    storage=StorageSettings(voices_dir=tmp_path_factory.mktemp("voices")))
+
+
+@pytest.fixture(scope="session")
+def app_settings(settings):
+    """`app_settings(api_keys=KEY, ...)`: the test Settings with those server fields (the rest from FISH_*)."""
+    from fish_worker.settings import ServerSettings
+
+    def with_server(**server) -> "Settings":  # noqa: F821 (imported lazily, as every fixture here)
+        return settings.model_copy(update={"server": ServerSettings(**server)})
+
+    return with_server
 
 
 @pytest.fixture(scope="session")

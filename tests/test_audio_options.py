@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from fish_worker.server import ServerSettings, create_app
+from fish_worker.server import create_app
 
 KEY = "options-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def app(runner):
-    return create_app(runner, ServerSettings(api_keys=KEY))
+def app(runner, app_settings):
+    return create_app(runner, app_settings(api_keys=KEY))
 
 
 def call(app, method, url, **kwargs) -> httpx.Response:

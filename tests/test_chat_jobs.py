@@ -18,6 +18,7 @@ from fish_worker.engine.generation import VoicePrompt
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.jobs.inputs import JobInput
 from fish_worker.tts.requests import SynthesisRequest
+from fish_worker.settings import ChatSettings
 from fish_worker.tts.service import SpeechChunk
 from fish_worker.dialogue.spoken_reply import TextDelta
 from fish_worker.text.sentences import split_sentences
@@ -36,7 +37,7 @@ def chat_model(tiny_chat_model_dir):
 
 @pytest.fixture(scope="module")
 def chat_settings(settings, tiny_chat_model_dir):
-    return settings.model_copy(update={"chat_model_dir": tiny_chat_model_dir, "chat_frames_per_sentence": FRAMES})
+    return settings.model_copy(update={"chat": ChatSettings(model_dir=tiny_chat_model_dir, frames_per_sentence=FRAMES)})
 
 
 def make_runner(service, chat_settings, chat_model=None, store=None) -> JobRunner:
@@ -56,7 +57,7 @@ def chat_runner(service, chat_settings, chat_model, store):
 
 def expected_reply(chat_model, chat_settings, messages, seed, max_tokens=40) -> str:
     return chat_model.reply(messages, temperature=0.7, max_new_tokens=max_tokens,
-                            system_prompt=chat_settings.chat_system_prompt, seed=seed)
+                            system_prompt=chat_settings.chat.system_prompt, seed=seed)
 
 
 def expected_audio(service, text: str, seed: int, voice: VoicePrompt | None, frames: int = FRAMES) -> list[float]:

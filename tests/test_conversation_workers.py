@@ -17,6 +17,7 @@ from conftest import wav_b64
 from fish_worker.dialogue.llm import ChatModel
 from fish_worker.conversations import RedisConversationStore
 from fish_worker.jobs.runner import JobRunner
+from fish_worker.settings import ChatSettings
 from fish_worker.worker import build_conversations
 from test_chat_jobs import FRAMES, expected_audio, expected_reply, reference_prompt
 from test_conversation_store import start_redis_server, stop
@@ -33,14 +34,15 @@ def redis_url(tmp_path_factory):
 
 
 def worker_env(settings, redis_url: str) -> dict[str, str]:
-    return {**os.environ, "FISH_CHECKPOINT_DIR": str(settings.checkpoint_dir), "FISH_CHAT_MODEL_DIR": str(settings.chat_model_dir),
+    return {**os.environ, "FISH_CHECKPOINT_DIR": str(settings.checkpoint_dir), "FISH_CHAT_MODEL_DIR": str(settings.chat.model_dir),
             "FISH_DEVICE": "cpu", "FISH_WARMUP": "false", "FISH_CHAT_FRAMES_PER_SENTENCE": str(FRAMES),
             "REDIS_URL": redis_url, "FISH_REFERENCE_MAX_SECONDS": "5"}
 
 
 def test_turn_two_on_another_worker_continues_turn_one(service, tiny_chat_model_dir, settings, redis_url):
-    chat_settings = settings.model_copy(update={"chat_model_dir": tiny_chat_model_dir, "chat_frames_per_sentence": FRAMES,
-                                                "redis_url": redis_url})
+    chat_settings = settings.model_copy(update={
+        "chat": ChatSettings(model_dir=tiny_chat_model_dir, frames_per_sentence=FRAMES),
+        "storage": settings.storage.model_copy(update={"redis_url": redis_url})})
     reference = wav_b64(seconds=1.0, sample_rate=16000)
     turn_one = {"input": {"message": "What's the weather?", "conversation_id": "shared-1", "max_tokens": 20, "seed": 1,
                           "reference_audio": reference, "reference_text": "My own voice."}}

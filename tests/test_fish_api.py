@@ -23,7 +23,7 @@ from fishaudio.types import FlushEvent, Prosody, ReferenceAudio, TTSConfig
 from httpx_ws import WebSocketUpgradeError, connect_ws
 
 from conftest import wav_b64
-from fish_worker.server import ServerSettings, create_app
+from fish_worker.server import create_app
 from test_audio_formats import decode_ffmpeg
 
 KEY = "fish-test-key"
@@ -52,8 +52,8 @@ def serving(app, **options):
 
 
 @pytest.fixture(scope="module")
-def fish_app(runner):
-    return create_app(runner, ServerSettings(api_keys=KEY))
+def fish_app(runner, app_settings):
+    return create_app(runner, app_settings(api_keys=KEY))
 
 
 @pytest.fixture(scope="module")
@@ -341,8 +341,8 @@ def live_events(base_url, key, events, timeout=60):
 
 
 @pytest.fixture(scope="module")
-def tenants_url(runner):
-    with serving(create_app(runner, ServerSettings(api_keys=f"alice:{ALICE},bob:{BOB}"))) as url:
+def tenants_url(runner, app_settings):
+    with serving(create_app(runner, app_settings(api_keys=f"alice:{ALICE},bob:{BOB}"))) as url:
         yield url
 
 
@@ -388,15 +388,15 @@ def test_errors_have_the_fish_shape_for_both_sdks(tenants_url):
 
 
 @pytest.fixture(scope="module")
-def bounded(runner):
+def bounded(runner, app_settings):
     """One job per tenant; short live-session limits; uvicorn run as `python -m fish_worker.server` runs it."""
     from fish_worker.server.protocol import uvicorn_options
 
-    settings = ServerSettings(api_keys=f"alice:{ALICE},bob:{BOB}", max_queued_jobs_per_tenant=1, retry_after_s=7,
-                              max_body_bytes=20_000, header_timeout_s=0.5, live_idle_timeout_s=1.0,
-                              live_max_session_s=2.5, live_max_text_chars=40)
+    settings = app_settings(api_keys=f"alice:{ALICE},bob:{BOB}", max_queued_jobs_per_tenant=1, retry_after_s=7,
+                            max_body_bytes=20_000, header_timeout_s=0.5, live_idle_timeout_s=1.0,
+                            live_max_session_s=2.5, live_max_text_chars=40)
     app = create_app(runner, settings)
-    with serving(app, **uvicorn_options(settings)) as url:
+    with serving(app, **uvicorn_options(settings.server)) as url:
         yield url, app.state.runner
 
 

@@ -118,15 +118,14 @@ def test_job_frame_cap_bounds_the_whole_job(runner, service, monkeypatch):
     assert len(fits["audio"]) == 10 * 2048  # exactly at the cap, finished: no error
 
 
-def test_self_hosted_doors_answer_hostile_text_with_bounded_json_errors(runner):
+def test_self_hosted_doors_answer_hostile_text_with_bounded_json_errors(runner, app_settings):
     import json
 
     from fastapi.testclient import TestClient
 
     from fish_worker.server.app import create_app
-    from fish_worker.server.config import ServerSettings
 
-    client = TestClient(create_app(runner, ServerSettings(auth_disabled=True)))
+    client = TestClient(create_app(runner, app_settings(auth_disabled=True)))
 
     def post(path, body):  # json.dumps writes a lone surrogate as the (valid JSON) escape "\ud800"
         return client.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})

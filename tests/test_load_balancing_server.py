@@ -20,7 +20,8 @@ import httpx
 import pytest
 import soundfile as sf
 
-from fish_worker.server import ServerSettings, create_app
+from fish_worker.server import create_app
+from fish_worker.settings import ServerSettings
 from fish_worker.server.__main__ import LoadBalancingServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,8 +119,8 @@ def test_ping_is_503_with_the_reason_when_loading_fails():
 
 
 @pytest.fixture(scope="module")
-def server(runner):
-    with Running(lambda: create_app(runner, ServerSettings(api_keys=KEY))) as running:
+def server(runner, app_settings):
+    with Running(lambda: create_app(runner, app_settings(api_keys=KEY))) as running:
         wait_for_ping(running, 200)
         yield running
 

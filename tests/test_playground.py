@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 
 from conftest import wav_b64
-from fish_worker.server import ServerSettings, create_app
+from fish_worker.server import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -43,20 +43,21 @@ def chat_runner(service, settings, tiny_chat_model_dir):
     from fish_worker.dialogue.turns import ConversationService
     from fish_worker.conversations.memory_store import MemoryConversationStore
     from fish_worker.jobs.runner import JobRunner
+    from fish_worker.settings import ChatSettings
 
-    chat_settings = settings.model_copy(update={"chat_model_dir": tiny_chat_model_dir,
-                                                "chat_frames_per_sentence": FRAMES})
+    chat_settings = settings.model_copy(update={"chat": ChatSettings(model_dir=tiny_chat_model_dir,
+                                                                     frames_per_sentence=FRAMES)})
     chat = ChatModel.load(tiny_chat_model_dir, device="cpu")
     store = MemoryConversationStore(ttl_s=60, max_conversations=10)
     return JobRunner(service, ConversationService(service, store, chat=chat, settings=chat_settings))
 
 
 @pytest.fixture(scope="module")
-def base_url(chat_runner):
+def base_url(chat_runner, app_settings):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(chat_runner, ServerSettings(api_keys=f"{TENANT}:{KEY}"))
+    app = create_app(chat_runner, app_settings(api_keys=f"{TENANT}:{KEY}"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -206,8 +207,8 @@ def test_page_is_public_and_locked_down(base_url):
     assert httpx.post(base_url + "/run", json={"input": {"message": "Hi."}}).status_code == 401  # the API still needs a key
 
 
-def test_playground_can_be_turned_off(runner):
-    app = create_app(runner, ServerSettings(api_keys=KEY, playground=False))
+def test_playground_can_be_turned_off(runner, app_settings):
+    app = create_app(runner, app_settings(api_keys=KEY, playground=False))
 
     async def get():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:

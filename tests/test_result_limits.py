@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from fish_worker.jobs.outputs import estimated_result_bytes, result_too_large_error
-from fish_worker.settings import Settings
+from fish_worker.settings import S3Settings, Settings, StorageSettings
 
 SETTINGS = Settings()
 LONG = "word " * 400  # 2000 characters: at least ~100 s of speech
@@ -40,7 +40,7 @@ def test_limit_depends_on_format_and_route(fmt, route, fails):
 
 def test_no_check_without_a_limit_or_with_a_bucket():
     assert result_too_large_error(LONG, 20_000, "float", SETTINGS, None) is None  # self-hosted /run
-    assert result_too_large_error(LONG, 20_000, "float", SETTINGS.model_copy(update={"s3_bucket": "b"}), "run") is None
+    assert result_too_large_error(LONG, 20_000, "float", SETTINGS.model_copy(update={"storage": StorageSettings(s3=S3Settings(bucket="b"))}), "run") is None
 
 
 @pytest.mark.timeout(60)

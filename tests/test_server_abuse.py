@@ -14,22 +14,23 @@ import time
 import pytest
 import uvicorn
 
-from fish_worker.server import ServerSettings, create_app
+from fish_worker.server import create_app
 from fish_worker.server.protocol import uvicorn_options
 
 KEY = "abuse-test-key"
-LIMITS = ServerSettings(api_keys=KEY, max_body_bytes=1_000_000, header_timeout_s=1.0, body_timeout_s=1.0)
+LIMITS = dict(api_keys=KEY, max_body_bytes=1_000_000, header_timeout_s=1.0, body_timeout_s=1.0)
 MB = b"x" * 1_000_000
 
 
 @pytest.fixture(scope="module")
-def address(runner):
+def address(runner, app_settings):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(runner, LIMITS)
+    settings = app_settings(**LIMITS)
+    app = create_app(runner, settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           **uvicorn_options(LIMITS)))
+                                           **uvicorn_options(settings.server)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

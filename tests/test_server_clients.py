@@ -13,7 +13,7 @@ import runpod
 import soundfile
 import uvicorn
 
-from fish_worker.server import ServerSettings, create_app
+from fish_worker.server import create_app
 from test_audio_formats import decode_ffmpeg
 
 KEY = "client-test-key"
@@ -21,11 +21,11 @@ JOB = {"message": "Hello there. How are you?", "max_tokens": 6, "seed": 4}
 
 
 @pytest.fixture(scope="module")
-def base_url(runner):
+def base_url(runner, app_settings):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(runner, ServerSettings(api_keys=KEY))
+    app = create_app(runner, app_settings(api_keys=KEY))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

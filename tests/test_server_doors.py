@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from fish_worker.server import ServerSettings, create_app
+from fish_worker.server import create_app
+from fish_worker.settings import ServerSettings
 from test_audio_formats import decode_ffmpeg
 
 KEY = "test-key-1"
@@ -20,8 +21,8 @@ JOB = {"message": "Hello there. How are you?", "max_tokens": 6, "seed": 1}
 
 
 @pytest.fixture(scope="module")
-def app(runner):
-    return create_app(runner, ServerSettings(api_keys=f"other-key, {KEY}"))
+def app(runner, app_settings):
+    return create_app(runner, app_settings(api_keys=f"other-key, {KEY}"))
 
 
 def call(app, method, url, **kwargs):
@@ -104,17 +105,17 @@ def test_websockets_are_checked_before_the_handshake(extensions):
     assert asyncio.run(connect([(b"authorization", b"Bearer key-a")])) == [] and seen == ["alice"]
 
 
-def test_auth_is_off_only_when_disabled_explicitly(runner):
-    assert call(create_app(runner, ServerSettings(api_keys="")), "GET", "/v2/ep/health").status_code == 401
-    open_app = create_app(runner, ServerSettings(auth_disabled=True))
+def test_auth_is_off_only_when_disabled_explicitly(runner, app_settings):
+    assert call(create_app(runner, app_settings(api_keys="")), "GET", "/v2/ep/health").status_code == 401
+    open_app = create_app(runner, app_settings(auth_disabled=True))
     assert call(open_app, "GET", "/v2/ep/health").status_code == 200
     assert call(open_app, "POST", "/run", json={"input": JOB}).status_code == 200
 
 
-def test_docs_are_off_unless_enabled(app, runner):
+def test_docs_are_off_unless_enabled(app, runner, app_settings):
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert call(app, "GET", path, headers=AUTH).status_code == 404
-    docs_app = create_app(runner, ServerSettings(api_keys=KEY, enable_docs=True))
+    docs_app = create_app(runner, app_settings(api_keys=KEY, enable_docs=True))
     assert call(docs_app, "GET", "/docs").status_code == 200  # a browser page: no key to send
     schema = call(docs_app, "GET", "/openapi.json").json()
     assert {"/run", "/v2/{endpoint_id}/runsync", "/v1/audio/speech"} <= set(schema["paths"])
@@ -317,8 +318,8 @@ def test_malformed_json_is_a_readable_400(app, url):
     assert without_key.status_code == 401  # the key is checked first: the body is never parsed
 
 
-def test_oversized_bodies_are_413_by_length_or_while_streaming(runner):
-    small = create_app(runner, ServerSettings(api_keys=KEY, max_body_bytes=1000))
+def test_oversized_bodies_are_413_by_length_or_while_streaming(runner, app_settings):
+    small = create_app(runner, app_settings(api_keys=KEY, max_body_bytes=1000))
     declared = call(small, "POST", "/run", content=b"x" * 1001, headers=AUTH)
     assert declared.status_code == 413 and "FISH_MAX_BODY_BYTES" in declared.json()["error"]
     assert declared.headers["connection"] == "close"
@@ -335,8 +336,8 @@ def test_oversized_bodies_are_413_by_length_or_while_streaming(runner):
     assert ServerSettings().body_limit(16 << 20) > (16 << 20) * 4 // 3
 
 
-def test_a_body_that_never_arrives_is_408(runner):
-    slow = create_app(runner, ServerSettings(api_keys=KEY, body_timeout_s=0.3))
+def test_a_body_that_never_arrives_is_408(runner, app_settings):
+    slow = create_app(runner, app_settings(api_keys=KEY, body_timeout_s=0.3))
 
     async def stalled():
         yield b'{"input": '
@@ -393,12 +394,12 @@ ALICE, BOB = {"Authorization": "Bearer key-of-alice"}, {"Authorization": "Bearer
 
 
 @pytest.fixture(scope="module")
-def tenants_app(runner):
-    return create_app(runner, ServerSettings(api_keys="alice:key-of-alice,bob:key-of-bob"))
+def tenants_app(runner, app_settings):
+    return create_app(runner, app_settings(api_keys="alice:key-of-alice,bob:key-of-bob"))
 
 
 def test_plain_and_named_keys_are_tenants():
-    from fish_worker.server.config import parse_api_keys
+    from fish_worker.settings import parse_api_keys
     keys = parse_api_keys("alice:K1, bob:K2, K3, alice:K4")
     assert keys["K1"] == keys["K4"] == "alice" and keys["K2"] == "bob" and keys["K3"].startswith("key-")
     assert parse_api_keys("K3") == {"K3": keys["K3"]}  # a plain key's tenant is stable
@@ -476,16 +477,16 @@ def test_tenant_data_lives_apart_on_disk(tenants_app, settings):
     from conftest import wav_b64
     call(tenants_app, "POST", "/run", headers=BOB,
          json={"input": {"action": "save_voice", "voice_id": "bobs", "reference_audio": wav_b64(0.5)}})
-    assert (settings.voices_dir / "tenants" / "bob" / "bobs.npz").is_file()
-    assert not (settings.voices_dir / "bobs.npz").exists()
+    assert (settings.storage.voices_dir / "tenants" / "bob" / "bobs.npz").is_file()
+    assert not (settings.storage.voices_dir / "bobs.npz").exists()
 
 
 # ---- bounds -------------------------------------------------------------------------------------
 
 
-def test_too_many_jobs_get_429_with_retry_after(runner):
-    bounded = create_app(runner, ServerSettings(api_keys="alice:key-of-alice,bob:key-of-bob", max_concurrent_jobs=1,
-                                                max_queued_jobs=3, max_queued_jobs_per_tenant=2, retry_after_s=7))
+def test_too_many_jobs_get_429_with_retry_after(runner, app_settings):
+    bounded = create_app(runner, app_settings(api_keys="alice:key-of-alice,bob:key-of-bob", max_concurrent_jobs=1,
+                                              max_queued_jobs=3, max_queued_jobs_per_tenant=2, retry_after_s=7))
     # Streamed: a whole float result this long would be refused at once as too large for /run.
     long_job = {"message": " ".join(f"Sentence number {i}." for i in range(40)), "max_tokens": 200, "stream": True}
 
@@ -513,8 +514,8 @@ def test_too_many_jobs_get_429_with_retry_after(runner):
     assert out["after"].status_code == 200
 
 
-def test_stored_results_are_capped_oldest_first(runner):
-    capped = create_app(runner, ServerSettings(api_keys=KEY, max_stored_jobs=2))
+def test_stored_results_are_capped_oldest_first(runner, app_settings):
+    capped = create_app(runner, app_settings(api_keys=KEY, max_stored_jobs=2))
 
     async def steps(client):
         ids = [(await client.post("/v2/ep/runsync", json={"input": JOB}, headers=AUTH)).json()["id"] for _ in range(3)]
@@ -523,7 +524,7 @@ def test_stored_results_are_capped_oldest_first(runner):
     assert scenario(capped, steps) == [404, 200, 200]
     registry = capped.state.registry
     assert len(registry.jobs) == 2 and registry.stored_bytes > 0
-    by_bytes = create_app(runner, ServerSettings(api_keys=KEY, max_stored_result_bytes=registry.stored_bytes))
+    by_bytes = create_app(runner, app_settings(api_keys=KEY, max_stored_result_bytes=registry.stored_bytes))
 
     async def more(client):
         ids = [(await client.post("/v2/ep/runsync", json={"input": JOB}, headers=AUTH)).json()["id"] for _ in range(3)]
@@ -533,11 +534,11 @@ def test_stored_results_are_capped_oldest_first(runner):
 
 
 @pytest.mark.timeout(240)
-def test_stress_random_schedules_every_job_ends_and_every_place_is_given_back(runner):
+def test_stress_random_schedules_every_job_ends_and_every_place_is_given_back(runner, app_settings):
     import random
-    stressed = create_app(runner, ServerSettings(api_keys="alice:key-of-alice,bob:key-of-bob,carol:key-of-carol",
-                                                 max_queued_jobs=6, max_queued_jobs_per_tenant=3,
-                                                 max_stored_jobs=10))
+    stressed = create_app(runner, app_settings(api_keys="alice:key-of-alice,bob:key-of-bob,carol:key-of-carol",
+                                               max_queued_jobs=6, max_queued_jobs_per_tenant=3,
+                                               max_stored_jobs=10))
     who = [ALICE, BOB, {"Authorization": "Bearer key-of-carol"}]
     statuses = []
 

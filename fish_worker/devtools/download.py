@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from fish_worker.engine.checkpoint import REQUIRED_FILES
-from fish_worker.settings import get_settings
+from fish_worker.settings import Settings
 
 TTS_REPO = "fishaudio/openaudio-s1-mini"
 log = logging.getLogger("fish_worker.devtools.download")
@@ -53,13 +53,13 @@ def download(repo: str, target: Path, files: list[str] | None, timeout_s: float)
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = get_settings()
+    settings = Settings()
     parser = argparse.ArgumentParser(prog="python -m fish_worker.devtools.download", description=__doc__.split("\n")[0])
     parser.add_argument("--repo", default=TTS_REPO, help=f"TTS weights repo (default {TTS_REPO})")
     parser.add_argument("--checkpoint-dir", type=Path, default=settings.checkpoint_dir,
                         help="where the TTS weights go (default FISH_CHECKPOINT_DIR)")
     parser.add_argument("--chat-repo", help="also download this Hugging Face chat model (for chat mode)")
-    parser.add_argument("--chat-dir", type=Path, default=settings.chat_model_dir,
+    parser.add_argument("--chat-dir", type=Path, default=settings.chat.model_dir,
                         help="where the chat model goes (default FISH_CHAT_MODEL_DIR)")
     parser.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds")
     args = parser.parse_args(argv)

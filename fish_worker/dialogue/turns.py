@@ -131,7 +131,7 @@ class ConversationService:
                 history + [{"role": "user", "content": request.message}],
                 temperature=speech.temperature,
                 max_new_tokens=request.reply_tokens,
-                system_prompt=request.system_prompt or self.settings.chat_system_prompt or None,
+                system_prompt=request.system_prompt or self.settings.chat.system_prompt or None,
                 seed=speech.seed,
             )
         except PromptTooLongError as exc:

@@ -11,7 +11,7 @@ from fish_worker.audio.formats import AudioFormat
 from fish_worker.audio.postprocess import MAX_SAMPLE_RATE, MAX_SPEED, MAX_VOLUME_DB, MIN_SAMPLE_RATE, MIN_SPEED, MIN_VOLUME_DB
 from fish_worker.dialogue.requests import Mode, TurnRequest
 from fish_worker.errors import JobInputError, bounded, field_path
-from fish_worker.settings import Settings, get_settings
+from fish_worker.settings import Settings
 from fish_worker.tts.requests import SEED_LIMIT, ReferenceClip, check_text, SavedVoiceRef, SynthesisRequest, Voice
 from fish_worker.tts.voices import validate_voice_id
 
@@ -22,6 +22,10 @@ _DEFAULTS = SynthesisRequest()
 
 
 class JobInput(BaseModel):
+    """A job's `input`. The worker's limits (text length, sentences, max_tokens) are checked against the
+    Settings given in the validation context: `parse_job_input(raw, settings)` at every door. One built
+    in code (the warm-up job, tests) is trusted and checked for its shape only."""
+
     # strict: "0.7" is not a float and 1 is not a bool; forbid: a typo'd field is an error, not ignored.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -52,13 +56,18 @@ class JobInput(BaseModel):
     @field_validator("message")
     @classmethod
     def _message_has_text(cls, value: str, info: ValidationInfo) -> str:
-        return check_text(value, (info.context or {}).get("settings") or get_settings())
+        settings = _limits(info)
+        if settings is None:  # built in code, without settings: shape only (see the class docstring)
+            if not value.strip():
+                raise ValueError("must contain text")
+            return value
+        return check_text(value, settings)
 
     @field_validator("max_tokens")
     @classmethod
     def _max_tokens_capped(cls, value: int, info: ValidationInfo) -> int:
-        settings: Settings = (info.context or {}).get("settings") or get_settings()
-        if value > settings.max_tokens_limit:
+        settings = _limits(info)
+        if settings is not None and value > settings.max_tokens_limit:
             raise ValueError(f"must be at most {settings.max_tokens_limit}")
         return value
 
@@ -108,6 +117,10 @@ class JobInput(BaseModel):
                            system_prompt=self.system_prompt)
 
 
+def _limits(info: ValidationInfo) -> Settings | None:
+    return (info.context or {}).get("settings")
+
+
 def check_encodable(raw: Any) -> None:
     """Raise JobInputError naming the first string (value or key, at any depth) that is not valid unicode.
 
@@ -135,13 +148,13 @@ def _require_utf8(text: str, field: str, what: str) -> None:
         raise JobInputError(field, f"{what}contains invalid unicode (lone surrogate) at position {exc.start}") from None
 
 
-def parse_job_input(raw: Any, settings: Settings | None = None) -> JobInput:
-    """Validate a job's `input`, raising JobInputError("<field>: <what is wrong>")."""
+def parse_job_input(raw: Any, settings: Settings) -> JobInput:
+    """Validate a job's `input` within `settings`' limits, raising JobInputError("<field>: <what is wrong>")."""
     if not isinstance(raw, dict):
         raise JobInputError("input", f"must be a JSON object, got {type(raw).__name__}")
     check_encodable(raw)
     try:
-        return JobInput.model_validate(raw, context={"settings": settings or get_settings()})
+        return JobInput.model_validate(raw, context={"settings": settings})
     except ValidationError as exc:
         raise input_error(exc) from None
 

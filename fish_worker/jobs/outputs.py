@@ -27,7 +27,7 @@ from fish_worker.audio.formats import (
     split_payload,
 )
 from fish_worker.tts.requests import SpeechChunk
-from fish_worker.settings import Settings
+from fish_worker.settings import S3Settings, Settings
 from fish_worker.storage import S3Uploader
 
 
@@ -72,7 +72,7 @@ def result_too_large_error(text: str, frames_budget: int, fmt: str, settings: Se
 
     None when it may fit, when there is no limit (route None), or when S3 takes what does not fit.
     """
-    if route is None or settings.s3_bucket:
+    if route is None or settings.storage.s3.bucket:
         return None
     estimate, limit = estimated_result_bytes(text, frames_budget, fmt), result_limit_bytes(route)
     return ResultTooLargeError(estimate, limit, route, estimated=True) if estimate > limit else None
@@ -91,7 +91,7 @@ def within_result_limit(output: dict[str, Any], settings: Settings, route: str |
     size = json_size(output)
     if size <= limit:
         return output
-    uploader = uploader_from_settings(settings)
+    uploader = uploader_from_settings(settings.storage.s3)
     if uploader is None:
         raise ResultTooLargeError(size, limit, route)
     fmt = output["audio_format"]
@@ -126,18 +126,18 @@ def _float_audio_surely_fits(output: dict[str, Any], limit: int) -> bool:
     return rest + len(', "audio": []') + len(audio) * MAX_JSON_BYTES_PER_FLOAT <= limit
 
 
-def uploader_from_settings(settings: Settings) -> S3Uploader | None:
-    if not settings.s3_bucket:
+def uploader_from_settings(s3: S3Settings) -> S3Uploader | None:
+    if not s3.bucket:
         return None
-    # `or None`: an empty variable (as hub forms leave them) means "not set", boto3's defaults.
+    # Unset (or empty, as hub forms leave them: S3Settings reads "" as None): boto3's defaults.
     return S3Uploader(
-        settings.s3_bucket,
-        endpoint_url=settings.s3_endpoint_url or None,
-        key_prefix=settings.s3_key_prefix,
-        access_key_id=settings.s3_access_key_id or None,
-        secret_access_key=settings.s3_secret_access_key or None,
-        region_name=settings.s3_region or None,
-        url_expiry_s=settings.s3_url_expiry_s,
+        s3.bucket,
+        endpoint_url=s3.endpoint_url,
+        key_prefix=s3.key_prefix,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+        region_name=s3.region,
+        url_expiry_s=s3.url_expiry_s,
     )
 
 

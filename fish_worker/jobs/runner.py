@@ -50,7 +50,7 @@ class JobRunner:
         self.service = service
         # Default: no chat model, conversations kept in this process (what a worker without settings gets).
         self.conversations = conversations or ConversationService(service, make_conversation_store(
-            None, service.settings.conversation_ttl_s, service.settings.max_conversations))
+            None, service.settings.storage.conversation_ttl_s, service.settings.storage.max_conversations))
 
     async def result(self, job: dict[str, Any]) -> dict[str, Any]:
         """The job's one final result: the whole output, a streamed job's summary, or {"error": ...}."""
@@ -130,7 +130,7 @@ class JobRunner:
         if mode == "tts" and not request.stream:  # fail now, not after minutes of work
             self._check_result_fits(request, job.get(RESULT_ROUTE_KEY, "run"))
         if mode == "chat" or request.conversation_id:
-            turn = request.to_turn(mode, conversations.settings.chat_frames_per_sentence)
+            turn = request.to_turn(mode, conversations.settings.chat.frames_per_sentence)
             speech = lambda stop: conversations.turn(turn, stop)  # noqa: E731
         else:
             synthesis = request.to_synthesis()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ServerSettings", "create_app"]
+__all__ = ["create_app"]
 
 
 def __getattr__(name: str) -> Any:
@@ -13,8 +13,4 @@ def __getattr__(name: str) -> Any:
         from fish_worker.server.app import create_app
 
         return create_app
-    if name == "ServerSettings":
-        from fish_worker.server.config import ServerSettings
-
-        return ServerSettings
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,10 +15,9 @@ from collections.abc import Callable
 import uvicorn
 
 # Only light imports here: the port opens before torch and the models load (in app_builder's thread).
-from fish_worker.server.config import ServerSettings
 from fish_worker.server.health import ASGIApp, LoadingApp, PingApp, Readiness
 from fish_worker.server.protocol import uvicorn_options
-from fish_worker.settings import Settings, get_settings
+from fish_worker.settings import ServerSettings, Settings
 
 log = logging.getLogger("fish_worker.server")
 
@@ -55,23 +54,23 @@ class LoadBalancingServer:
             server.should_exit = True
 
 
-def app_builder(settings: Settings, server_settings: ServerSettings) -> Callable[[], ASGIApp]:
+def app_builder(settings: Settings) -> Callable[[], ASGIApp]:
     def build() -> ASGIApp:
         from fish_worker.server.app import create_app
         from fish_worker.worker import build_runner
 
-        return create_app(build_runner(settings), server_settings)
+        return create_app(build_runner(settings), settings)
 
     return build
 
 
 def main() -> None:
-    settings, server_settings = get_settings(), ServerSettings()
+    settings = Settings()  # the one read of the environment; passed down from here
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not server_settings.key_set and not server_settings.auth_disabled:
+    if not settings.server.key_set and not settings.server.auth_disabled:
         log.error("no API keys: set FISH_API_KEYS=key1,key2 (or FISH_AUTH_DISABLED=true to serve without auth)")
         sys.exit(2)
-    server = LoadBalancingServer(app_builder(settings, server_settings), server_settings, settings.log_level.lower())
+    server = LoadBalancingServer(app_builder(settings), settings.server, settings.log_level.lower())
     asyncio.run(server.serve())
 
 

@@ -15,15 +15,17 @@ from fish_worker.jobs.runner import JobRunner
 from fish_worker.server.routers import fish_live, fish_tts, openai_speech, playground, runpod_v2, seed
 from fish_worker.server.auth import AuthMiddleware
 from fish_worker.server.body_limits import BodyLimitMiddleware
-from fish_worker.server.config import ServerSettings
 from fish_worker.server.errors import install_error_handlers
 from fish_worker.server.limiter import JobLimiter
 from fish_worker.server.registry import JobRegistry
+from fish_worker.settings import Settings
 
 
-def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> FastAPI:
-    settings = settings or ServerSettings()
-    docs = settings.enable_docs
+def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
+    """The app around `runner`, configured by `settings`: the Settings the runner was built from (the
+    server section, plus the worker's max_concurrency and reference_max_bytes that the defaults follow)."""
+    server = settings.server
+    docs = server.enable_docs
     app = FastAPI(
         title="Fish Speech TTS",
         description="Self-hosted Fish Speech: the seed /run API, RunPod's /v2 API, OpenAI's /v1/audio/speech "
@@ -33,25 +35,25 @@ def create_app(runner: JobRunner, settings: ServerSettings | None = None) -> Fas
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
-    app.state.server_settings = settings
+    app.state.settings = settings
     app.state.runner = JobLimiter(
-        runner, settings.max_concurrent_jobs or runner.service.max_concurrency,
-        settings.max_queued_jobs, settings.max_queued_jobs_per_tenant, settings.retry_after_s)
-    app.state.registry = JobRegistry(app.state.runner, settings.job_ttl_s, settings.max_stored_jobs,
-                                     settings.max_stored_result_bytes)
+        runner, server.max_concurrent_jobs or runner.service.max_concurrency,
+        server.max_queued_jobs, server.max_queued_jobs_per_tenant, server.retry_after_s)
+    app.state.registry = JobRegistry(app.state.runner, server.job_ttl_s, server.max_stored_jobs,
+                                     server.max_stored_result_bytes)
     app.include_router(seed.router)
     app.include_router(runpod_v2.router)
     app.include_router(openai_speech.router)
     app.include_router(fish_tts.router)
     app.include_router(fish_live.router)
-    if settings.playground:
+    if server.playground:
         app.include_router(playground.router)
     app.add_api_route("/health", _health, methods=["GET"], tags=["health"], summary="Liveness (no key needed)")
     install_error_handlers(app)
     # Added last = outermost: authentication runs before anything reads the body.
-    max_body_bytes = settings.body_limit(runner.service.settings.reference_max_bytes)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=settings.body_timeout_s)
-    app.add_middleware(AuthMiddleware, settings=settings)
+    max_body_bytes = server.body_limit(settings.reference_max_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=server.body_timeout_s)
+    app.add_middleware(AuthMiddleware, settings=server)
     return app
 
 

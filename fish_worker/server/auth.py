@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fish_worker.server.config import ServerSettings
+from fish_worker.settings import ServerSettings
 from fish_worker.server.errors import ApiError, deny_websocket, error_response
 
 # Open to all, no key: liveness probes (they say nothing private).

@@ -14,6 +14,8 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from fish_worker.settings import ServerSettings
+
 
 class HeaderTimeoutH11Protocol(H11Protocol):
     header_timeout_s: float = 10.0
@@ -65,7 +67,7 @@ def protocol_with_header_timeout(header_timeout_s: float) -> type[HeaderTimeoutH
     return type("HeaderTimeoutH11Protocol", (HeaderTimeoutH11Protocol,), {"header_timeout_s": header_timeout_s})
 
 
-def uvicorn_options(settings) -> dict[str, Any]:
+def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
     """Keyword arguments for uvicorn.run / uvicorn.Config that bound slow and oversized clients."""
     return {
         "http": protocol_with_header_timeout(settings.header_timeout_s),

@@ -65,7 +65,7 @@ class TTSService:
         self.generator = generator
         self.codec = codec
         self.voice_cache = VoiceCodesCache(settings.reference_cache_size)
-        self.voices = VoiceStore(settings.voices_dir, settings.max_voices)
+        self.voices = VoiceStore(settings.storage.voices_dir, settings.storage.max_voices)
         self.memory_plan: kv_budget.KVBudget | None = None  # set by load(): KV pool size and concurrency
 
     @classmethod

@@ -42,7 +42,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from fish_worker.errors import WorkerError
 from fish_worker.server.auth import tenant_of
-from fish_worker.server.config import ServerSettings
+from fish_worker.settings import ServerSettings
 from fish_worker.server.errors import ApiError, deny_websocket
 from fish_worker.server.fish_models import FishTTSRequest
 from fish_worker.server.routers.fish_tts import validation_error
@@ -78,7 +78,7 @@ async def live(websocket: WebSocket) -> None:
     try:
         await websocket.accept()
         await LiveSession(websocket, runner.service, runner.service.voices.for_tenant(tenant),
-                          websocket.app.state.server_settings).run()
+                          websocket.app.state.settings.server).run()
     finally:
         admission.release()
 

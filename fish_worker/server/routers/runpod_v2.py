@@ -48,7 +48,7 @@ async def run(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[s
 async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> Response:
     record = _registry(request).submit(body.input, route="runsync", tenant=tenant_of(request))
     try:
-        await asyncio.wait_for(asyncio.shield(record.done.wait()), request.app.state.server_settings.runsync_wait_s)
+        await asyncio.wait_for(asyncio.shield(record.done.wait()), request.app.state.settings.server.runsync_wait_s)
     except asyncio.TimeoutError:
         pass
     return json_response(record.status_json())
