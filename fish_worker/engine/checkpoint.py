@@ -276,8 +276,9 @@ def load_codec(path: Path, device: torch.device):
     file = path / "codec.pth"
     config = compose_codec_config(path)  # CheckpointError for a bad overrides file
     try:
-        with _weightless():  # uninitialised: every tensor comes from the file (mmap), buffers included
-            codec = instantiate(config)
+        # Built with its own initialisation: under _SkipInit the DAC's trunc_normal_ init was seen to
+        # spin for minutes in torch's function-mode dispatch (after PyAV had been used in-process).
+        codec = instantiate(config)
     except Exception as exc:  # sizes that are numbers but do not make a codec (e.g. zero heads)
         raise CheckpointError(f"{codec_config_name(path)}: the codec cannot be built with these sizes: "
                               f"{type(exc).__name__}: {_first_line(exc)}") from None
