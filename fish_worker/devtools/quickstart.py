@@ -29,6 +29,7 @@ import soundfile as sf
 from fish_worker.conversations import ConversationStoreError
 from fish_worker.dialogue.llm import ChatModelError
 from fish_worker.engine.checkpoint import CheckpointError
+from fish_worker.jobs.runner import JobRunner
 from fish_worker.settings import Settings, get_settings
 from fish_worker.worker import build_runner, configure_logging, run_local_job
 
@@ -48,7 +49,7 @@ class Audio:
     sample_rate: int
 
 
-async def run_timed(runner, job: dict[str, Any]) -> TimedJob:
+async def run_timed(runner: JobRunner, job: dict[str, Any]) -> TimedJob:
     started = time.perf_counter()
     first_audio: list[float] = []
 
@@ -135,13 +136,14 @@ def is_tiny_checkpoint(settings: Settings) -> bool:
 
 
 def run(job: dict[str, Any], out_dir: Path, settings: Settings, raw: bool = False,
-        stdout: TextIO = sys.stdout) -> int:
-    """Load the worker, run `job`, write out_dir/quickstart.{json,wav}, print the summary; the exit code."""
+        stdout: TextIO = sys.stdout, runner: JobRunner | None = None) -> int:
+    """Load the worker (unless given its runner), run `job`, write out_dir/quickstart.{json,wav}, print
+    the summary; returns the exit code."""
     # The runpod SDK, imported now (after logging is set up, as handler.py does), not inside the job's timing.
     import fish_worker.jobs.runpod_adapter  # noqa: F401
 
     started = time.perf_counter()
-    runner = build_runner(settings)
+    runner = runner or build_runner(settings)
     load_s = time.perf_counter() - started
     timed = asyncio.run(run_timed(runner, job))
 
