@@ -5,7 +5,11 @@
 # Arguments go to python -m fish_worker.devtools.quickstart: --test_input '{...}', --raw, --out DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] && .venv/bin/python -c "import fish_speech, runpod" 2>/dev/null || bash scripts/setup_env.sh
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import fish_speech, runpod" 2>/dev/null; then
+  echo "using the existing .venv (bash scripts/setup_env.sh brings it up to date)"
+else
+  bash scripts/setup_env.sh
+fi
 if [ ! -f checkpoints/tiny/model.pth ]; then
   printf 'writing a tiny random checkpoint to checkpoints/tiny... '
   started=$SECONDS
