@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from fish_worker.dialogue.llm import ChatModel, ChatModelError
@@ -93,14 +94,16 @@ def queue_job_handler(runner: JobRunner):
     return QueueJobHandler(whole=runner.result, streamed=runner.run)
 
 
-async def run_local_job(runner: JobRunner, job: dict[str, Any]) -> dict[str, Any]:
+async def run_local_job(runner: JobRunner, job: dict[str, Any],
+                        on_stream: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """What the platform would store for this job, through the same per-job code as the worker loop.
 
     runpod's own `--test_input` mode does not iterate generators; ours is the queue's path exactly.
+    `on_stream` sees each stream chunk's body as it is posted.
     """
     from fish_worker.jobs.runpod_adapter import run_local
 
-    return await run_local(queue_job_handler(runner), job)
+    return await run_local(queue_job_handler(runner), job, on_stream)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,12 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 TORCHAUDIO_SPEC=${TORCHAUDIO_SPEC:-torchaudio==2.11.0}
 WITH_DEV=${WITH_DEV:-1}
 
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  printf 'creating the virtual environment %s... ' "$VENV"
+  started=$SECONDS
+  python3 -m venv "$VENV"
+  echo "done in $((SECONDS - started)) s"
+fi
 PY="$VENV/bin/python"
 LOG="$VENV/setup.log"
 : > "$LOG"

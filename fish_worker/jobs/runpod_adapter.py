@@ -103,16 +103,20 @@ def install(handler: QueueJobHandler) -> None:
     rp_scale.handle_job = handler
 
 
-async def run_local(handler: QueueJobHandler, job: dict[str, Any]) -> dict[str, Any]:
+async def run_local(handler: QueueJobHandler, job: dict[str, Any],
+                    on_stream: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """What the platform would store for `job`: the job-done body, plus `stream` for streamed jobs.
 
     `stream` is what GET /stream/{id} hands out over the job's life: the job-stream bodies, in order.
+    `on_stream` sees each of them as it is posted (the quick start times the first audio with it).
     """
     streamed: list[dict[str, Any]] = []
     done: dict[str, Any] = {}
 
     async def post_stream(body: dict[str, Any]) -> None:
         streamed.append(body)
+        if on_stream is not None:
+            on_stream(body)
 
     async def post_done(body: dict[str, Any], is_stream: bool) -> None:
         done.update(body)
