@@ -30,7 +30,7 @@ from fish_worker.conversations import ConversationStoreError
 from fish_worker.dialogue.llm import ChatModelError
 from fish_worker.engine.checkpoint import CheckpointError
 from fish_worker.jobs.runner import JobRunner
-from fish_worker.settings import Settings, get_settings
+from fish_worker.settings import Settings
 from fish_worker.worker import build_runner, configure_logging, run_local_job
 
 DEFAULT_JOB = Path("test_input.json")
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"cannot read the job: {exc}")
     if not isinstance(job, dict):
         sys.exit('the job must be a JSON object, {"input": {...}}')
-    settings = get_settings()
+    settings = Settings()
     quiet_loading(settings)
     try:
         sys.exit(run(job, args.out, settings, raw=args.raw))
