@@ -4,15 +4,15 @@
     for delta in model.stream_reply(history, temperature=0.7, max_new_tokens=200, system_prompt=None, seed=1):
         ...
 
-`generate()` runs on a background thread so the model keeps writing while the caller speaks the
-sentences it already has. Calls are serialised by a lock: one model instance serves one reply at a time.
+`generate()` runs on a background thread (`async_bridge.merge_threads`) so the model keeps writing
+while the caller speaks the sentences it already has. Calls are serialised by a lock: one model instance serves one reply at a time.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
+from fish_worker.async_bridge import Emit, merge_threads
 from fish_worker.dialogue.detokenize import IncrementalDetokenizer
 from fish_worker.dialogue.prompt import FittedPrompt, fit_prompt
 from fish_worker.dialogue.sampling import SeededSampler, make_generator
@@ -125,26 +126,18 @@ class ChatModel:
         return "".join(self.stream_reply(messages, **options))
 
     def _generate_deltas(self, fitted: FittedPrompt, temperature: float, seed: int | None, stats: ReplyStats):
-        with self._lock:
-            tokens: queue.Queue = queue.Queue()
-            cancelled = threading.Event()
-            worker = threading.Thread(
-                target=self._run_generate,
-                args=(fitted, temperature, seed, tokens, cancelled),
-                name="chat-generate",
-                daemon=True,
-            )
-            worker.start()
+        def generate(emit: Emit, cancelled: threading.Event) -> None:
+            self._run_generate(fitted, temperature, seed, emit, cancelled)
+
+        with self._lock, closing(merge_threads(generate, name="chat")) as tokens:
             detokenizer = IncrementalDetokenizer(self.tokenizer)
             eos_ids = set(self._eos_token_ids())
             try:
-                while (item := tokens.get()) is not _END:
-                    if isinstance(item, BaseException):
-                        raise item
+                for token_id in tokens:
                     stats.completion_tokens += 1
-                    if item in eos_ids:
+                    if token_id in eos_ids:
                         stats.finish_reason = "stop"
-                    if delta := detokenizer.push(item):
+                    if delta := detokenizer.push(token_id):
                         yield delta
                 if delta := detokenizer.flush():
                     yield delta
@@ -152,36 +145,30 @@ class ChatModel:
             finally:
                 if stats.finish_reason is None:
                     stats.finish_reason = "cancelled"
-                cancelled.set()
-                worker.join()
+            # Leaving the `with` sets `cancelled` (generate() stops at its next token) and joins the thread.
 
-    def _run_generate(self, fitted, temperature, seed, tokens: queue.Queue, cancelled: threading.Event) -> None:
-        try:
-            config = self.model.generation_config
-            input_ids = torch.tensor([fitted.token_ids], device=self.device)
-            samplers = []
-            if temperature > 0:
-                generator = make_generator(self.device, seed)
-                samplers.append(SeededSampler(generator, temperature, config.top_k, config.top_p))
-            self.model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                # Greedy on purpose: SeededSampler (last processor) has already chosen the token.
-                do_sample=False,
-                temperature=None,
-                top_k=None,
-                top_p=None,
-                max_new_tokens=fitted.max_new_tokens,
-                eos_token_id=self._eos_token_ids(),
-                pad_token_id=self._pad_token_id(),
-                logits_processor=samplers,
-                stopping_criteria=StoppingCriteriaList([_StopWhen(cancelled)]),
-                streamer=_TokenQueue(tokens),
-            )
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            tokens.put(exc)
-        finally:
-            tokens.put(_END)
+    def _run_generate(self, fitted, temperature, seed, emit: Emit, cancelled: threading.Event) -> None:
+        config = self.model.generation_config
+        input_ids = torch.tensor([fitted.token_ids], device=self.device)
+        samplers = []
+        if temperature > 0:
+            generator = make_generator(self.device, seed)
+            samplers.append(SeededSampler(generator, temperature, config.top_k, config.top_p))
+        self.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            # Greedy on purpose: SeededSampler (last processor) has already chosen the token.
+            do_sample=False,
+            temperature=None,
+            top_k=None,
+            top_p=None,
+            max_new_tokens=fitted.max_new_tokens,
+            eos_token_id=self._eos_token_ids(),
+            pad_token_id=self._pad_token_id(),
+            logits_processor=samplers,
+            stopping_criteria=StoppingCriteriaList([_StopWhen(cancelled)]),
+            streamer=_TokenEmitter(emit),
+        )
 
     def _eos_token_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -199,14 +186,11 @@ class ChatModel:
         return pad
 
 
-_END = object()
+class _TokenEmitter:
+    """The streamer `generate()` feeds: emits each new token id, skipping the initial prompt."""
 
-
-class _TokenQueue:
-    """The streamer `generate()` feeds: forwards each new token id, skipping the initial prompt."""
-
-    def __init__(self, tokens: queue.Queue):
-        self._tokens = tokens
+    def __init__(self, emit: Emit):
+        self._emit = emit
         self._seen_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -214,10 +198,10 @@ class _TokenQueue:
             self._seen_prompt = True
             return
         for token_id in value.reshape(-1).tolist():
-            self._tokens.put(token_id)
+            self._emit(token_id)
 
     def end(self) -> None:
-        pass  # _run_generate signals the end itself, also when generate() raises
+        pass  # the bridge reports the end itself, also when generate() raises
 
 
 class _StopWhen(StoppingCriteria):

@@ -36,10 +36,6 @@ log = logging.getLogger(__name__)
 RESULT_ROUTE_KEY = "result_route"
 
 
-def chunk_output(chunks: list[SpeechChunk], audio_format: str = "float") -> dict[str, Any]:
-    return whole_output(chunks, audio_format)
-
-
 class JobRunner:
     def __init__(self, service: TTSService, conversations: ConversationService | None = None):
         self.service = service
@@ -132,7 +128,7 @@ class JobRunner:
                 if not chunks and mode == "tts":
                     yield {"error": NO_AUDIO_ERROR}
                     return
-                output = chunk_output(chunks, request.audio_format)
+                output = whole_output(chunks, request.audio_format)
                 if mode == "chat":  # the whole reply, as written (sentence texts lose its line breaks)
                     output["text"] = "".join(e.text for e in events if isinstance(e, TextDelta))
                 yield await asyncio.to_thread(
