@@ -5,11 +5,10 @@ import io
 import re
 import wave
 
-import av
 import numpy as np
 import pytest
-import soundfile as sf
 
+from helpers import decode_ffmpeg, decode_soundfile, pcm16_of, rms
 from fish_worker.audio.formats import (
     AUDIO_FORMATS,
     MODEL_SAMPLE_RATE,
@@ -41,30 +40,6 @@ def speech_like(seconds=1.5, seed=0):
 
 
 AUDIO = speech_like()
-
-
-def rms(x):
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-
-
-def pcm16_of(x):
-    """What 16-bit formats store: the samples as int16."""
-    return np.frombuffer(encode_audio_bytes(x, "pcm16"), dtype="<i2")
-
-
-def decode_soundfile(data, dtype="float32"):
-    samples, rate = sf.read(io.BytesIO(data), dtype=dtype)
-    return samples, rate
-
-
-def decode_ffmpeg(data):
-    """Decode with ffmpeg (PyAV), an independent decoder of the kind clients and browsers use."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        frames = [frame.to_ndarray().reshape(-1) for frame in container.decode(stream)]
-        rate = stream.rate
-    samples = np.concatenate(frames)
-    return samples, rate
 
 
 def stream_encode(fmt, audio, piece=7_001):

@@ -169,7 +169,7 @@ def test_out_of_range_is_an_error_naming_the_field(runner, app, extra, field):
 
 @pytest.mark.parametrize("fmt, rate", [("mp3", 16000), ("opus", 48000), ("flac", 8000)])
 def test_compressed_formats_carry_the_rate(runner, fmt, rate):
-    from test_audio_formats import decode_ffmpeg
+    from helpers import decode_ffmpeg
 
     output = run_job(runner, {**JOB, "audio_format": fmt, "sample_rate": rate})[0]
     samples, decoded_rate = decode_ffmpeg(base64.b64decode(output["audio"]))

@@ -9,8 +9,6 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import wav_b64
-from fish_worker.audio.formats import encode_audio
 from fish_worker.dialogue.llm import ChatModel
 from fish_worker.dialogue.turns import ConversationService
 from fish_worker.conversations import ConversationStoreError, MemoryConversationStore, RedisConversationStore
@@ -20,10 +18,8 @@ from fish_worker.jobs.inputs import JobInput
 from fish_worker.tts.service import SpeechChunk
 from fish_worker.dialogue.spoken_reply import TextDelta
 from fish_worker.text.sentences import split_sentences
-from test_conversation_store import FakeClock, free_port
-from test_handler import run_job
+from helpers import FRAMES, FakeClock, expected_audio, expected_reply, free_port, reference_prompt, run_job, wav_b64
 
-FRAMES = 3  # codec frames per spoken reply sentence (the tiny checkpoint never ends a sentence itself)
 SAMPLES_PER_FRAME = 2048
 HELLO = "Hello, how are you?"
 
@@ -51,22 +47,6 @@ def store():
 @pytest.fixture
 def chat_runner(service, chat_settings, chat_model, store):
     return make_runner(service, chat_settings, chat_model, store)
-
-
-def expected_reply(chat_model, chat_settings, messages, seed, max_tokens=40) -> str:
-    return chat_model.reply(messages, temperature=0.7, max_new_tokens=max_tokens,
-                            system_prompt=chat_settings.chat_system_prompt, seed=seed)
-
-
-def expected_audio(service, text: str, seed: int, voice: VoicePrompt | None, frames: int = FRAMES) -> list[float]:
-    """What speaking `text` in `voice` with this seed sounds like, straight from the TTS service."""
-    request = JobInput(message=text, seed=seed, max_tokens=frames)
-    chunks = list(service.synthesize(request, voice=voice))
-    return encode_audio(np.concatenate([c.audio for c in chunks]), "float")  # as a float result carries it
-
-
-def reference_prompt(service, reference: str, text: str) -> VoicePrompt:
-    return service.reference_voice(JobInput(message="x", reference_audio=reference, reference_text=text))
 
 
 # --- chat turns ---------------------------------------------------------------------------------------------

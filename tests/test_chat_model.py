@@ -113,8 +113,11 @@ def test_same_seed_same_reply_other_seed_other_reply(chat):
     assert replies[0] != replies[2]
 
 
-def test_zero_temperature_is_greedy_and_repeatable(chat):
-    assert chat.reply(HELLO, temperature=0, max_new_tokens=10) == chat.reply(HELLO, temperature=0, max_new_tokens=10)
+def test_zero_temperature_is_greedy_whatever_the_seed(chat):
+    greedy = {chat.reply(HELLO, temperature=0, max_new_tokens=10, seed=seed) for seed in (None, 1, 2)}
+    sampled = {chat.reply(HELLO, temperature=1.0, max_new_tokens=10, seed=seed) for seed in (1, 2)}
+    assert len(greedy) == 1 and greedy.pop()
+    assert len(sampled) == 2  # the seeds do matter once sampling
 
 
 def test_max_new_tokens_bounds_the_reply(chat):
@@ -179,8 +182,12 @@ def test_long_history_drops_oldest_turns_and_keeps_the_system_prompt(chat):
     assert len(one_more.token_ids) + 100 > 512
 
     stream = chat.stream_reply(history, temperature=0.7, max_new_tokens=100, system_prompt="Be brief.", seed=0)
-    assert "".join(stream) is not None
+    reply = "".join(stream)
     assert stream.stats.dropped_messages == fitted.dropped_messages
+    # The model saw exactly the newest turns: sending only those gives the same reply.
+    kept = chat.reply(history[fitted.dropped_messages :], temperature=0.7, max_new_tokens=100,
+                      system_prompt="Be brief.", seed=0)
+    assert reply and reply == kept
     assert stream.stats.prompt_tokens + stream.stats.completion_tokens <= 512
 
 

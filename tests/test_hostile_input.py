@@ -8,7 +8,7 @@ import pytest
 from fish_worker.errors import MESSAGE_CHARS
 from fish_worker.jobs.inputs import SEED_LIMIT
 from fish_worker.tts.service import NO_AUDIO_ERROR
-from test_handler import run_job
+from helpers import run_job
 
 pytestmark = pytest.mark.timeout(300)
 

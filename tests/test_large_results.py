@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+import pytest
 
 from fish_worker.audio import formats
-from test_audio_formats import decode_soundfile, pcm16_of
-from test_handler import run_job
-from test_s3_upload import BUCKET, CREDENTIALS, endpoint, no_ambient_aws_config  # noqa: F401 (fixtures)
+from helpers import BUCKET, CREDENTIALS, decode_soundfile, pcm16_of, run_job
+
+pytestmark = pytest.mark.usefixtures("no_ambient_aws_config")
 
 JOB = {"message": "A result too large for RunPod.", "max_tokens": 6, "seed": 3}
 
 
-def test_large_float_result_is_uploaded_as_wav(runner, settings, endpoint, monkeypatch):  # noqa: F811
+def test_large_float_result_is_uploaded_as_wav(runner, settings, s3_endpoint, monkeypatch):
     [small] = run_job(runner, JOB)
     monkeypatch.setitem(formats.RESULT_LIMIT_BYTES, "run", 10_000)
     monkeypatch.setattr(settings, "s3_bucket", BUCKET)
-    monkeypatch.setattr(settings, "s3_endpoint_url", endpoint)
+    monkeypatch.setattr(settings, "s3_endpoint_url", s3_endpoint)
     monkeypatch.setattr(settings, "s3_access_key_id", CREDENTIALS["access_key_id"])
     monkeypatch.setattr(settings, "s3_secret_access_key", CREDENTIALS["secret_access_key"])
 
