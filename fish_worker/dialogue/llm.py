@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,31 +27,6 @@ from fish_worker.dialogue.sampling import SeededSampler, make_generator
 
 class ChatModelError(RuntimeError):
     """The chat model directory is missing or cannot be loaded."""
-
-
-@dataclass
-class ReplyStats:
-    """Filled in while a reply streams; final once the stream is exhausted."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    dropped_messages: int = 0  # history messages left out to fit the context
-    max_new_tokens: int = 0  # the budget actually used (lowered only if the latest message is huge)
-    finish_reason: str | None = None  # "stop" (end of turn), "length" (budget spent) or "cancelled"
-
-
-class ReplyStream(Iterator[str]):
-    """Iterates over a reply's text deltas; `stats` describes it. `close()` stops the generation."""
-
-    def __init__(self, deltas: Iterator[str], stats: ReplyStats):
-        self._deltas = deltas
-        self.stats = stats
-
-    def __next__(self) -> str:
-        return next(self._deltas)
-
-    def close(self) -> None:
-        self._deltas.close()
 
 
 class ChatModel:
@@ -98,12 +72,13 @@ class ChatModel:
         max_new_tokens: int = 256,
         system_prompt: str | None = None,
         seed: int | None = None,
-    ) -> ReplyStream:
+    ) -> Iterator[str]:
         """Reply to `messages` (ending with the user turn); yields text deltas as tokens are generated.
 
         temperature <= 0 means greedy decoding. The same seed (and inputs) gives the same reply.
         The history is shortened from its oldest turns so the prompt plus the reply fit the context.
         Raises ValueError (PromptTooLongError) up front for bad messages or an oversized last message.
+        `close()` on the returned iterator stops the generation.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -114,38 +89,25 @@ class ChatModel:
             max_new_tokens=max_new_tokens,
             context_tokens=self.context_tokens,
         )
-        stats = ReplyStats(
-            prompt_tokens=len(fitted.token_ids),
-            dropped_messages=fitted.dropped_messages,
-            max_new_tokens=fitted.max_new_tokens,
-        )
-        return ReplyStream(self._generate_deltas(fitted, temperature, seed, stats), stats)
+        return self._generate_deltas(fitted, temperature, seed)
 
     def reply(self, messages: list[dict], **options) -> str:
         """The whole reply at once (same options as stream_reply)."""
         return "".join(self.stream_reply(messages, **options))
 
-    def _generate_deltas(self, fitted: FittedPrompt, temperature: float, seed: int | None, stats: ReplyStats):
+    def _generate_deltas(self, fitted: FittedPrompt, temperature: float, seed: int | None) -> Iterator[str]:
         def generate(emit: Emit, cancelled: threading.Event) -> None:
             self._run_generate(fitted, temperature, seed, emit, cancelled)
 
         with self._lock, closing(merge_threads(generate, name="chat")) as tokens:
             detokenizer = IncrementalDetokenizer(self.tokenizer)
-            eos_ids = set(self._eos_token_ids())
-            try:
-                for token_id in tokens:
-                    stats.completion_tokens += 1
-                    if token_id in eos_ids:
-                        stats.finish_reason = "stop"
-                    if delta := detokenizer.push(token_id):
-                        yield delta
-                if delta := detokenizer.flush():
+            for token_id in tokens:
+                if delta := detokenizer.push(token_id):
                     yield delta
-                stats.finish_reason = stats.finish_reason or "length"
-            finally:
-                if stats.finish_reason is None:
-                    stats.finish_reason = "cancelled"
-            # Leaving the `with` sets `cancelled` (generate() stops at its next token) and joins the thread.
+            if delta := detokenizer.flush():
+                yield delta
+        # Leaving the `with` early (the stream closed) sets `cancelled`: generate() stops at its next
+        # token; the thread is joined before the lock is released.
 
     def _run_generate(self, fitted, temperature, seed, emit: Emit, cancelled: threading.Event) -> None:
         config = self.model.generation_config
