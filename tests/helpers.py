@@ -43,6 +43,17 @@ def wav_b64(seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1, a
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def asgi_call(app, method: str, url: str, **kwargs):
+    """One request against an ASGI app in process, on a fresh event loop (background jobs live in that loop)."""
+    import httpx
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.request(method, url, **kwargs)
+
+    return asyncio.run(go())
+
+
 # --- decoding what the worker returned ----------------------------------------------------------------------
 
 

@@ -7,7 +7,6 @@ maps it to the wrong one, fails here.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from fish_worker.server import ServerSettings, create_app
+from helpers import asgi_call, rms, run_job
 
 KEY = "options-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -32,18 +32,7 @@ def app(runner):
 
 
 def call(app, method, url, **kwargs) -> httpx.Response:
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            return await client.request(method, url, headers=AUTH, **kwargs)
-
-    return asyncio.run(go())
-
-
-def run_job(runner, job_input: dict) -> list[dict]:
-    async def go():
-        return [chunk async for chunk in runner.run({"id": "options", "input": job_input})]
-
-    return asyncio.run(go())
+    return asgi_call(app, method, url, headers=AUTH, **kwargs)
 
 
 def samples_of(chunks: list[dict]) -> tuple[np.ndarray, int]:
@@ -80,10 +69,6 @@ def speak(door: str, runner, app, extra: dict) -> tuple[np.ndarray, int]:
         raise AssertionError(door)
     assert all("error" not in c for c in chunks), chunks
     return samples_of(chunks)
-
-
-def rms(audio: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
 DOORS = ["job", "job-stream", "seed", "seed-stream", "v2"]

@@ -7,15 +7,14 @@ scripts/mutants.py breaks those mappings one line at a time to show these tests 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
-import httpx
 import pytest
 
 from fish_worker.server import ServerSettings, create_app
 from fish_worker.server.fish_models import FishTTSRequest
 from fish_worker.server.fish_synthesis import plan_speech
+from helpers import asgi_call as call
 from helpers import run_job, wav_b64
 
 TEXT = "Hello there. How are you?"
@@ -36,14 +35,6 @@ def saved_voice(runner) -> str:
                                "reference_text": "A voice to map.", "overwrite": True})
     assert saved["voice"]["voice_id"] == "mapper", saved
     return "mapper"
-
-
-def call(app, method: str, url: str, **kwargs) -> httpx.Response:
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            return await client.request(method, url, **kwargs)
-
-    return asyncio.run(go())
 
 
 def job_pcm(runner, **fields) -> bytes:
