@@ -161,8 +161,19 @@ MUTANTS = [
     Mutant("v2-runsync-drops-tenant", "fish_worker/server/routers/runpod_v2.py",
            'record = _registry(request).submit(body.input, route="runsync", tenant=tenant_of(request))',
            'record = _registry(request).submit(body.input, route="runsync", tenant=None)',
-           ("tests/test_server_doors.py::test_a_tenant_cannot_read_stream_cancel_or_purge_anothers_jobs",
-            f"{MAPPINGS}::test_v2_runsync_is_the_job")),
+           (f"{MAPPINGS}::test_a_tenants_saved_voice_speaks_through_every_door",)),
+    Mutant("v2-run-drops-tenant", "fish_worker/server/routers/runpod_v2.py",
+           'record = _registry(request).submit(body.input, route="run", tenant=tenant_of(request))',
+           'record = _registry(request).submit(body.input, route="run", tenant=None)',
+           ("tests/test_server_doors.py::test_a_tenant_cannot_read_stream_cancel_or_purge_anothers_jobs",)),
+    Mutant("openai-drops-tenant", "fish_worker/server/routers/openai_speech.py",
+           'chunks = runner.run({"id": new_job_id(), TENANT_KEY: tenant, "input": job_input, RESULT_ROUTE_KEY: None},',
+           'chunks = runner.run({"id": new_job_id(), TENANT_KEY: None, "input": job_input, RESULT_ROUTE_KEY: None},',
+           (f"{MAPPINGS}::test_a_tenants_saved_voice_speaks_through_every_door",)),
+    Mutant("fish-drops-tenant", "fish_worker/server/routers/fish_tts.py",
+           "plan = await _plan(fish_request, service, service.voices.for_tenant(tenant))",
+           "plan = await _plan(fish_request, service, service.voices)",
+           (f"{MAPPINGS}::test_a_tenants_saved_voice_speaks_through_every_door",)),
 ]
 
 

@@ -148,3 +148,27 @@ def test_fish_tts_audio_follows_format_and_sample_rate(app, service):
     assert response.status_code == 200 and response.headers["content-type"].startswith("audio/")
     samples = len(response.content) // 2
     assert abs(samples - 4 * service.codec.samples_per_frame / 2) <= 64, samples  # 4 frames at half the rate
+
+
+# ---- every door: the caller's tenant reaches the service (its saved voices) -----------------------------------
+
+
+def test_a_tenants_saved_voice_speaks_through_every_door(runner):
+    app = create_app(runner, ServerSettings(api_keys="carol:carol-key"))
+    carol = {"Authorization": "Bearer carol-key"}
+    saved = call(app, "POST", "/run", headers=carol, json={"input": {
+        "action": "save_voice", "voice_id": "carols", "reference_audio": REFERENCE, "reference_text": "Carol."}})
+    assert saved.status_code == 200, saved.text
+    job = {"message": "Hi.", "voice_id": "carols", "max_tokens": 3, "seed": 1, "audio_format": "pcm16"}
+
+    seed_run = call(app, "POST", "/run", headers=carol, json={"input": job})
+    assert seed_run.status_code == 200, seed_run.text
+    runsync = call(app, "POST", "/v2/ep/runsync", headers=carol, json={"input": job})
+    assert runsync.json()["status"] == "COMPLETED", runsync.text
+    assert runsync.json()["output"] == seed_run.json()["output"]
+    openai = call(app, "POST", "/v1/audio/speech", headers=carol, json={
+        "input": "Hi.", "voice": "carols", "response_format": "wav", "max_tokens": 3, "seed": 1})
+    assert openai.status_code == 200, openai.text
+    fish = call(app, "POST", "/v1/tts", headers=carol, json={"text": "Hi.", "reference_id": "carols",
+                                                              "format": "wav", "max_new_tokens": 3})
+    assert fish.status_code == 200, fish.text
