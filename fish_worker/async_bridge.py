@@ -37,6 +37,7 @@ class _Failed:
 
 
 _END = object()  # one producer has finished
+_NOTHING = object()  # no event arrived within poll_s
 
 
 def from_iterator(make_iterator: Callable[[threading.Event], Iterator[T]]) -> Producer:
@@ -89,8 +90,10 @@ def merge_threads(
             try:
                 event = events.get(timeout=poll_s if stop is not None else None)
             except queue.Empty:
-                if stop.is_set():
-                    return
+                event = _NOTHING  # nothing yet: look at the caller's stop
+            if stop is not None and stop.is_set():  # also while items keep coming
+                return
+            if event is _NOTHING:
                 continue
             if event is _END:
                 running -= 1

@@ -71,6 +71,11 @@ def test_the_callers_stop_ends_the_stream_and_every_producer():
 
 
 @pytest.mark.timeout(30)
+def test_none_is_an_item_like_any_other():
+    assert list(merge_threads(lambda emit, stop: [emit(None), emit(0)], stop=threading.Event(), poll_s=0.01)) == [None, 0]
+
+
+@pytest.mark.timeout(30)
 def test_a_producer_that_never_emits_still_ends_the_stream():
     assert list(merge_threads(lambda emit, stop: None, name="quiet")) == []
 
