@@ -1,14 +1,17 @@
-"""Shared fixtures: one tiny checkpoint and one loaded service per test session (CPU)."""
+"""Shared fixtures: one tiny checkpoint and one loaded service per test session (CPU), Redis, S3.
+
+Shared helper functions live in helpers.py.
+"""
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 
-import numpy as np
+import boto3
 import pytest
-import soundfile as sf
+from moto.server import ThreadedMotoServer
+
+from helpers import BUCKET, free_port, start_redis_server, stop
 
 os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
 
@@ -64,11 +67,33 @@ def tiny_chat_model_dir(tmp_path_factory):
     return write_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"), seed=0)
 
 
-def wav_b64(seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1, amplitude: float = 0.3,
-            subtype: str = "PCM_16", fmt: str = "WAV") -> str:
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    tone = amplitude * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) / 1.5
-    data = np.stack([tone] * channels, axis=1) if channels > 1 else tone
-    buf = io.BytesIO()
-    sf.write(buf, data, sample_rate, format=fmt, subtype=subtype)
-    return base64.b64encode(buf.getvalue()).decode()
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    process, url = start_redis_server(tmp_path_factory.mktemp("redis"))
+    yield url
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1",
+        aws_access_key_id="test-key", aws_secret_access_key="test-secret",
+    ).create_bucket(Bucket=BUCKET)
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def no_ambient_aws_config(monkeypatch, tmp_path):
+    """Only what the test passes counts: no AWS_* variables, profiles or instance metadata."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

@@ -2,13 +2,13 @@
 
 import base64
 import io
+import re
 import wave
 
-import av
 import numpy as np
 import pytest
-import soundfile as sf
 
+from helpers import decode_ffmpeg, decode_soundfile, pcm16_of, rms
 from fish_worker.audio.formats import (
     AUDIO_FORMATS,
     MODEL_SAMPLE_RATE,
@@ -16,13 +16,11 @@ from fish_worker.audio.formats import (
     ResultTooLargeError,
     StreamEncoder,
     audio_result,
-    check_result_size,
     clean_samples,
     encode_audio,
     encode_audio_bytes,
-    fits_result_limit,
     json_size,
-    max_samples_per_chunk,
+    result_limit_bytes,
     split_payload,
     streaming_wav_header,
 )
@@ -42,30 +40,6 @@ def speech_like(seconds=1.5, seed=0):
 
 
 AUDIO = speech_like()
-
-
-def rms(x):
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-
-
-def pcm16_of(x):
-    """What 16-bit formats store: the samples as int16."""
-    return np.frombuffer(encode_audio_bytes(x, "pcm16"), dtype="<i2")
-
-
-def decode_soundfile(data, dtype="float32"):
-    samples, rate = sf.read(io.BytesIO(data), dtype=dtype)
-    return samples, rate
-
-
-def decode_ffmpeg(data):
-    """Decode with ffmpeg (PyAV), an independent decoder of the kind clients and browsers use."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        frames = [frame.to_ndarray().reshape(-1) for frame in container.decode(stream)]
-        rate = stream.rate
-    samples = np.concatenate(frames)
-    return samples, rate
 
 
 def stream_encode(fmt, audio, piece=7_001):
@@ -255,26 +229,9 @@ def test_split_float_payload_pieces_fit_and_rejoin():
     assert split_payload([]) == []
 
 
-@pytest.mark.parametrize("fmt", AUDIO_FORMATS)
-def test_max_samples_per_chunk_keeps_full_scale_noise_under_the_chunk_limit(fmt):
-    limit = 300_000
-    n = max_samples_per_chunk(fmt, max_json_bytes=limit)
-    noise = np.random.default_rng(3).uniform(-1, 1, 3 * n).astype(np.float32)
-    if fmt == "float":
-        noise = -np.abs(noise) * 0.9 - 0.1  # longest JSON per sample ("-0.12345")
-    encoder = StreamEncoder(fmt)
-    payloads = [encoder.feed(noise[i : i + n]) for i in range(0, len(noise), n)] + [encoder.close()]
-    assert max(json_size(p) for p in payloads) <= limit
-
-
-def test_result_size_check_against_run_and_runsync_limits():
-    small = {"audio": "x" * 1000}
-    big = {"audio": "x" * 12_000_000}
-    assert fits_result_limit(small, "run") and fits_result_limit(big, "runsync")
-    assert not fits_result_limit(big, "run")
-    check_result_size(big, "runsync")
-    with pytest.raises(ResultTooLargeError, match=r"/run;.*S3") as caught:
-        check_result_size(big, "run")
-    assert caught.value.limit == 10_000_000 and caught.value.size > caught.value.limit
+def test_result_limits_per_route_and_the_error_names_the_ways_out():
+    assert result_limit_bytes("run") == 10_000_000 and result_limit_bytes("runsync") == 20_000_000
     with pytest.raises(ValueError, match="route"):
-        check_result_size(small, "stream")
+        result_limit_bytes("stream")
+    error = ResultTooLargeError(12_000_000, result_limit_bytes("run"), "run")
+    assert re.search(r"12.0 MB, over .*/run;.*compressed audio_format.*S3", str(error))

@@ -7,7 +7,6 @@ maps it to the wrong one, fails here.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from fish_worker.server import create_app
+from helpers import asgi_call, rms, run_job
 
 KEY = "options-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -32,18 +32,7 @@ def app(runner, app_settings):
 
 
 def call(app, method, url, **kwargs) -> httpx.Response:
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            return await client.request(method, url, headers=AUTH, **kwargs)
-
-    return asyncio.run(go())
-
-
-def run_job(runner, job_input: dict) -> list[dict]:
-    async def go():
-        return [chunk async for chunk in runner.run({"id": "options", "input": job_input})]
-
-    return asyncio.run(go())
+    return asgi_call(app, method, url, headers=AUTH, **kwargs)
 
 
 def samples_of(chunks: list[dict]) -> tuple[np.ndarray, int]:
@@ -80,10 +69,6 @@ def speak(door: str, runner, app, extra: dict) -> tuple[np.ndarray, int]:
         raise AssertionError(door)
     assert all("error" not in c for c in chunks), chunks
     return samples_of(chunks)
-
-
-def rms(audio: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
 DOORS = ["job", "job-stream", "seed", "seed-stream", "v2"]
@@ -169,7 +154,7 @@ def test_out_of_range_is_an_error_naming_the_field(runner, app, extra, field):
 
 @pytest.mark.parametrize("fmt, rate", [("mp3", 16000), ("opus", 48000), ("flac", 8000)])
 def test_compressed_formats_carry_the_rate(runner, fmt, rate):
-    from test_audio_formats import decode_ffmpeg
+    from helpers import decode_ffmpeg
 
     output = run_job(runner, {**JOB, "audio_format": fmt, "sample_rate": rate})[0]
     samples, decoded_rate = decode_ffmpeg(base64.b64decode(output["audio"]))

@@ -7,8 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from conftest import wav_b64
-from test_handler import run_job
+from helpers import run_job, wav_b64
 
 GOOD = {"message": "Still serving.", "max_tokens": 4, "seed": 0}
 

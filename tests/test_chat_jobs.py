@@ -9,23 +9,18 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import wav_b64
-from fish_worker.audio.formats import encode_audio
 from fish_worker.dialogue.llm import ChatModel
 from fish_worker.dialogue.turns import ConversationService
 from fish_worker.conversations import ConversationStoreError, MemoryConversationStore, RedisConversationStore
 from fish_worker.engine.generation import VoicePrompt
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.jobs.inputs import JobInput
-from fish_worker.tts.requests import SynthesisRequest
 from fish_worker.settings import ChatSettings
-from fish_worker.tts.service import SpeechChunk
+from fish_worker.tts.requests import SpeechChunk
 from fish_worker.dialogue.spoken_reply import TextDelta
 from fish_worker.text.sentences import split_sentences
-from test_conversation_store import FakeClock, free_port
-from test_handler import run_job
+from helpers import FRAMES, FakeClock, expected_audio, expected_reply, free_port, reference_prompt, run_job, wav_b64
 
-FRAMES = 3  # codec frames per spoken reply sentence (the tiny checkpoint never ends a sentence itself)
 SAMPLES_PER_FRAME = 2048
 HELLO = "Hello, how are you?"
 
@@ -53,22 +48,6 @@ def store():
 @pytest.fixture
 def chat_runner(service, chat_settings, chat_model, store):
     return make_runner(service, chat_settings, chat_model, store)
-
-
-def expected_reply(chat_model, chat_settings, messages, seed, max_tokens=40) -> str:
-    return chat_model.reply(messages, temperature=0.7, max_new_tokens=max_tokens,
-                            system_prompt=chat_settings.chat.system_prompt, seed=seed)
-
-
-def expected_audio(service, text: str, seed: int, voice: VoicePrompt | None, frames: int = FRAMES) -> list[float]:
-    """What speaking `text` in `voice` with this seed sounds like, straight from the TTS service."""
-    request = SynthesisRequest(text=text, seed=seed, frames_per_sentence=frames, voice=voice)
-    chunks = list(service.synthesize(request))
-    return encode_audio(np.concatenate([c.audio for c in chunks]), "float")  # as a float result carries it
-
-
-def reference_prompt(service, reference: str, text: str) -> VoicePrompt:
-    return service.encode_reference(reference, text)
 
 
 # --- chat turns ---------------------------------------------------------------------------------------------
@@ -114,7 +93,7 @@ def test_first_sentence_is_spoken_while_the_model_is_still_writing(service, chat
 
     chat = ScriptedChat()
     conversations = ConversationService(service, store, chat=chat, settings=chat_settings)
-    request = JobInput(message=HELLO, seed=1, mode="chat").to_turn("chat", chat_settings.chat_frames_per_sentence)
+    request = JobInput(message=HELLO, seed=1, mode="chat").to_turn("chat", chat_settings.chat.frames_per_sentence)
     events = []
     for event in conversations.turn(request, threading.Event()):
         events.append(event)

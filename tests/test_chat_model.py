@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
+import torch
 
 from fish_worker.dialogue.detokenize import IncrementalDetokenizer
 from fish_worker.dialogue.llm import ChatModel, ChatModelError
@@ -103,8 +105,6 @@ def test_stream_deltas_concatenate_to_the_reply(chat):
     deltas = list(stream)
     assert len(deltas) > 1 and all(deltas)
     assert "".join(deltas) == chat.reply(HELLO, temperature=0.7, max_new_tokens=30, system_prompt=None, seed=7)
-    assert stream.stats.finish_reason in {"stop", "length"}
-    assert 0 < stream.stats.completion_tokens <= 30
 
 
 def test_same_seed_same_reply_other_seed_other_reply(chat):
@@ -113,20 +113,33 @@ def test_same_seed_same_reply_other_seed_other_reply(chat):
     assert replies[0] != replies[2]
 
 
-def test_zero_temperature_is_greedy_and_repeatable(chat):
-    assert chat.reply(HELLO, temperature=0, max_new_tokens=10) == chat.reply(HELLO, temperature=0, max_new_tokens=10)
+def test_zero_temperature_is_greedy_whatever_the_seed(chat):
+    greedy = {chat.reply(HELLO, temperature=0, max_new_tokens=10, seed=seed) for seed in (None, 1, 2)}
+    sampled = {chat.reply(HELLO, temperature=1.0, max_new_tokens=10, seed=seed) for seed in (1, 2)}
+    assert len(greedy) == 1 and greedy.pop()
+    assert len(sampled) == 2  # the seeds do matter once sampling
+
+
+def hf_greedy_reply(chat, messages, max_new_tokens: int, system_prompt=None) -> str:
+    """Hugging Face's own greedy generate() on the same prompt: the reference for a temperature-0 reply."""
+    fitted = fit_prompt(chat.tokenizer, messages, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
+                        context_tokens=chat.context_tokens)
+    input_ids = torch.tensor([fitted.token_ids])
+    output = chat.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                                 temperature=None, top_k=None, top_p=None, max_new_tokens=max_new_tokens,
+                                 pad_token_id=chat.tokenizer.eos_token_id)
+    new_ids = output[0, input_ids.shape[1]:].tolist()
+    return chat.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 def test_max_new_tokens_bounds_the_reply(chat):
+    # A greedy reply of this random model never ends on its own, so it is exactly max_new_tokens long:
+    # the same text as Hugging Face's greedy generate() with that budget.
     for limit in (1, 5, 12):
-        stream = chat.stream_reply(HELLO, temperature=0.7, max_new_tokens=limit, seed=11)
-        "".join(stream)
-        assert 1 <= stream.stats.completion_tokens <= limit
-        assert stream.stats.max_new_tokens == limit
-    # A greedy reply of this random model never ends on its own, so it stops exactly at the limit.
-    stream = chat.stream_reply(HELLO, temperature=0, max_new_tokens=12)
-    "".join(stream)
-    assert stream.stats.completion_tokens == 12 and stream.stats.finish_reason == "length"
+        assert chat.reply(HELLO, temperature=0, max_new_tokens=limit) == hf_greedy_reply(chat, HELLO, limit)
+    # Sampled: a smaller budget gives a prefix of the same seed's longer reply.
+    short, longer = (chat.reply(HELLO, temperature=0.7, max_new_tokens=n, seed=11) for n in (5, 12))
+    assert longer.startswith(short) and len(longer) > len(short)
 
 
 def test_tiny_model_writes_printable_text(chat):
@@ -134,19 +147,26 @@ def test_tiny_model_writes_printable_text(chat):
     assert reply and all(ch.isprintable() or ch in " \n" for ch in reply)
 
 
-def test_system_prompt_changes_the_prompt(chat):
-    plain = chat.stream_reply(HELLO, temperature=0, max_new_tokens=1)
-    with_system = chat.stream_reply(HELLO, temperature=0, max_new_tokens=1, system_prompt="Answer in French.")
-    list(plain), list(with_system)
-    assert with_system.stats.prompt_tokens > plain.stats.prompt_tokens
+def test_system_prompt_is_part_of_the_prompt(chat):
+    fitted = fit_prompt(chat.tokenizer, HELLO, system_prompt="Answer in French.", max_new_tokens=20,
+                        context_tokens=chat.context_tokens)
+    assert "Answer in French." in chat.tokenizer.decode(fitted.token_ids)
+    # Same seed, same sampler: only the prompt differs, and so does the reply.
+    with_system = chat.reply(HELLO, temperature=1.0, max_new_tokens=20, seed=3, system_prompt="Answer in French.")
+    assert with_system != chat.reply(HELLO, temperature=1.0, max_new_tokens=20, seed=3)
 
 
 def test_closing_a_stream_stops_generation_and_frees_the_model(chat):
-    stream = chat.stream_reply(HELLO, temperature=0.7, max_new_tokens=400, seed=1)
-    next(stream)
-    stream.close()
-    assert stream.stats.finish_reason == "cancelled"
-    assert stream.stats.completion_tokens < 400
+    steps = []
+    hook = chat.model.register_forward_hook(lambda *_: steps.append(1))  # one forward pass per token
+    try:
+        stream = chat.stream_reply(HELLO, temperature=0.7, max_new_tokens=400, seed=1)
+        next(stream)
+        stream.close()  # joins the generation thread, which stops at its next token
+    finally:
+        hook.remove()
+    assert not [t for t in threading.enumerate() if t.name.startswith("chat-")]
+    assert 1 <= len(steps) < 400
     assert chat.reply(HELLO, temperature=0.7, max_new_tokens=5, seed=1)  # the lock was released
 
 
@@ -179,9 +199,11 @@ def test_long_history_drops_oldest_turns_and_keeps_the_system_prompt(chat):
     assert len(one_more.token_ids) + 100 > 512
 
     stream = chat.stream_reply(history, temperature=0.7, max_new_tokens=100, system_prompt="Be brief.", seed=0)
-    assert "".join(stream) is not None
-    assert stream.stats.dropped_messages == fitted.dropped_messages
-    assert stream.stats.prompt_tokens + stream.stats.completion_tokens <= 512
+    reply = "".join(stream)
+    # The model saw exactly the newest turns: sending only those gives the same reply.
+    kept = chat.reply(history[fitted.dropped_messages :], temperature=0.7, max_new_tokens=100,
+                      system_prompt="Be brief.", seed=0)
+    assert reply and reply == kept
 
 
 def test_short_history_is_kept_whole(chat):

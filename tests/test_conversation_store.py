@@ -3,8 +3,6 @@ across store instances and processes, TTL, atomic concurrent turns, failures rep
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +25,7 @@ from fish_worker.conversations import (
     RedisConversationStore,
     make_conversation_store,
 )
+from helpers import FakeClock, free_port, start_redis_server, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,14 +33,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def voice(seed: int = 0, source: str = "reference") -> ConversationVoice:
     codes = np.random.default_rng(seed).integers(0, 4096, size=(10, 37), dtype=np.int64)
     return ConversationVoice(codes=codes, text=f"reference transcript {seed}", source=source)
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- the record -------------------------------------------------------------------------------------------
@@ -248,54 +239,6 @@ def test_factory_picks_memory_without_url_and_redis_with_one(redis_url):
 
 
 # --- Redis: a real server per test module -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis_server(directory: Path) -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server); Redis store tests need a real one")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"redis-server did not start on port {port}")
-            time.sleep(0.02)
-    client.close()
-    return process, url
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    process, url = start_redis_server(tmp_path_factory.mktemp("redis"))
-    yield url
-    stop(process)
 
 
 @pytest.fixture

@@ -13,24 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import wav_b64
 from fish_worker.dialogue.llm import ChatModel
 from fish_worker.conversations import RedisConversationStore
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.settings import ChatSettings
 from fish_worker.worker import build_conversations
-from test_chat_jobs import FRAMES, expected_audio, expected_reply, reference_prompt
-from test_conversation_store import start_redis_server, stop
-from test_handler import run_job
+from helpers import FRAMES, expected_audio, expected_reply, reference_prompt, run_job, wav_b64
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    process, url = start_redis_server(tmp_path_factory.mktemp("redis"))
-    yield url
-    stop(process)
+def redis_url(redis_server):
+    return redis_server
 
 
 def worker_env(settings, redis_url: str) -> dict[str, str]:

@@ -22,9 +22,8 @@ from fishaudio.exceptions import APIError, AuthenticationError, NotFoundError, R
 from fishaudio.types import FlushEvent, Prosody, ReferenceAudio, TTSConfig
 from httpx_ws import WebSocketUpgradeError, connect_ws
 
-from conftest import wav_b64
 from fish_worker.server import create_app
-from test_audio_formats import decode_ffmpeg
+from helpers import decode_ffmpeg, wav_b64
 
 KEY = "fish-test-key"
 MAX_FRAMES = 6  # codec frames per sentence: keeps each synthesis short on the tiny checkpoint

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 
-from conftest import wav_b64
+from helpers import run_job, wav_b64
 
 FRAME = 2048  # codec samples per token frame
-
-
-def run_job(runner, job_input: dict) -> list[dict]:
-    async def collect():
-        return [chunk async for chunk in runner.run({"id": "t", "input": job_input})]
-
-    return asyncio.run(collect())
 
 
 def test_plain_job_returns_text_and_audio(runner):

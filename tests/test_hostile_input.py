@@ -8,7 +8,7 @@ import pytest
 from fish_worker.errors import MESSAGE_CHARS
 from fish_worker.jobs.inputs import SEED_LIMIT
 from fish_worker.tts.service import NO_AUDIO_ERROR
-from test_handler import run_job
+from helpers import run_job
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,7 +43,7 @@ def test_lone_surrogates_are_rejected_naming_field_and_position(runner, job_inpu
 def test_a_result_chunk_that_cannot_be_json_becomes_a_job_error(runner, monkeypatch):
     import fish_worker.jobs.runner
 
-    monkeypatch.setattr(fish_worker.jobs.runner, "chunk_output", lambda chunks, fmt: {"text": LONE, "audio": [float("nan")]})
+    monkeypatch.setattr(fish_worker.jobs.runner, "whole_output", lambda chunks, fmt: {"text": LONE, "audio": [float("nan")]})
     error = only_error(run_job(runner, GOOD))
     assert error.startswith("internal error: a result chunk cannot be sent as JSON"), error
     monkeypatch.undo()

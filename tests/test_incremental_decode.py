@@ -36,12 +36,11 @@ def test_without_left_context_the_joins_differ(service):
     assert np.max(np.abs(joined - whole)) > 1e-3
 
 
-def test_last_chunk_is_never_empty_and_carries_the_codes(service):
+def test_last_chunk_is_never_empty(service):
     codes = random_codes(service, 8)  # exactly one first window
     decoder = IncrementalDecoder(service.codec, first=8)
     assert all(decoder.push(frame) is None for frame in codes.T)
     assert len(decoder.flush()) == 8 * service.codec.samples_per_frame
-    assert torch.equal(decoder.codes, codes)
 
 
 def test_streamed_request_yields_audio_before_the_sentence_ends(service):

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from fish_worker.audio import formats
-from test_audio_formats import decode_ffmpeg, decode_soundfile, pcm16_of, rms
-from test_handler import run_job
+from helpers import decode_ffmpeg, decode_soundfile, pcm16_of, rms, run_job
 
 JOB = {"message": "One sentence here. And another one.", "max_tokens": 6, "seed": 7}
 

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+import pytest
 
 from fish_worker.audio import formats
 from fish_worker.settings import S3Settings
-from test_audio_formats import decode_soundfile, pcm16_of
-from test_handler import run_job
-from test_s3_upload import BUCKET, CREDENTIALS, endpoint, no_ambient_aws_config  # noqa: F401 (fixtures)
+from helpers import BUCKET, CREDENTIALS, decode_soundfile, pcm16_of, run_job
+
+pytestmark = pytest.mark.usefixtures("no_ambient_aws_config")
 
 JOB = {"message": "A result too large for RunPod.", "max_tokens": 6, "seed": 3}
 
 
-def test_large_float_result_is_uploaded_as_wav(runner, settings, endpoint, monkeypatch):  # noqa: F811
+def test_large_float_result_is_uploaded_as_wav(runner, settings, s3_endpoint, monkeypatch):
     [small] = run_job(runner, JOB)
     monkeypatch.setitem(formats.RESULT_LIMIT_BYTES, "run", 10_000)
     # The runner's service holds this very Settings object: its S3 section is what the job reads.
-    monkeypatch.setattr(settings.storage, "s3", S3Settings(bucket=BUCKET, endpoint_url=endpoint, **CREDENTIALS))
+    monkeypatch.setattr(settings.storage, "s3", S3Settings(bucket=BUCKET, endpoint_url=s3_endpoint, **CREDENTIALS))
 
     [out] = run_job(runner, JOB)
 

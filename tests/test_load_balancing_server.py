@@ -10,7 +10,6 @@ import importlib.util
 import io
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ import soundfile as sf
 from fish_worker.server import create_app
 from fish_worker.settings import ServerSettings
 from fish_worker.server.__main__ import LoadBalancingServer
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "lb-key"
@@ -36,12 +36,6 @@ def example_client():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Running:

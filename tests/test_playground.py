@@ -20,7 +20,7 @@ import httpx
 import pytest
 import uvicorn
 
-from conftest import wav_b64
+from helpers import wav_b64
 from fish_worker.server import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

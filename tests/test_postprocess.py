@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor, adjust_audio
+from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
 
 RATE = 44100
 
@@ -28,7 +28,6 @@ def streamed(audio, adjustments, piece=3001):
 def test_defaults_change_nothing():
     audio = tone()
     assert AudioAdjustments().is_identity
-    np.testing.assert_array_equal(adjust_audio(audio, RATE, AudioAdjustments()), audio)
     np.testing.assert_array_equal(streamed(audio, AudioAdjustments()), audio)
 
 
@@ -45,7 +44,6 @@ def test_sample_rate_resamples_in_stream(rate):
     out = streamed(tone(1.0), adjustments)
     assert len(out) == pytest.approx(rate, abs=2)
     assert peak_hz(out, rate) == pytest.approx(220, abs=2)
-    assert len(adjust_audio(tone(1.0), RATE, adjustments)) == len(out)
 
 
 def test_volume_in_decibels():

@@ -1,53 +1,19 @@
 """S3 upload against a real S3-compatible HTTP server (moto in server mode) started here."""
 
-import socket
 from urllib.parse import parse_qs, urlparse
 
-import boto3
 import httpx
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 
 from fish_worker.storage import S3UploadError, S3Uploader
+from helpers import BUCKET, CREDENTIALS, free_port
 
-BUCKET = "fish-results"
-CREDENTIALS = {"access_key_id": "test-key", "secret_access_key": "test-secret"}
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = pytest.mark.usefixtures("no_ambient_aws_config")
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    boto3.client(
-        "s3", endpoint_url=url, region_name="us-east-1",
-        aws_access_key_id="test-key", aws_secret_access_key="test-secret",
-    ).create_bucket(Bucket=BUCKET)
-    yield url
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_ambient_aws_config(monkeypatch, tmp_path):
-    """Only what the test passes counts: no AWS_* variables, profiles or instance metadata."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
-def test_upload_returns_a_presigned_url_that_downloads_the_same_bytes(endpoint):
-    uploader = S3Uploader(BUCKET, endpoint_url=endpoint, key_prefix="/jobs/", url_expiry_s=600, **CREDENTIALS)
+def test_upload_returns_a_presigned_url_that_downloads_the_same_bytes(s3_endpoint):
+    uploader = S3Uploader(BUCKET, endpoint_url=s3_endpoint, key_prefix="/jobs/", url_expiry_s=600, **CREDENTIALS)
     data = np.random.default_rng(0).bytes(3_000_000)  # bigger than a streamed chunk may be
 
     uploaded = uploader.upload(data, suffix=".wav", content_type="audio/wav")
@@ -62,16 +28,16 @@ def test_upload_returns_a_presigned_url_that_downloads_the_same_bytes(endpoint):
     assert response.headers["content-type"] == "audio/wav"
 
 
-def test_each_upload_gets_its_own_key(endpoint):
-    uploader = S3Uploader(BUCKET, endpoint_url=endpoint, **CREDENTIALS)
+def test_each_upload_gets_its_own_key(s3_endpoint):
+    uploader = S3Uploader(BUCKET, endpoint_url=s3_endpoint, **CREDENTIALS)
     first, second = uploader.upload(b"one"), uploader.upload(b"two")
     assert first.key != second.key and "/" not in first.key
     assert httpx.get(first.url).content == b"one"
     assert httpx.get(second.url).content == b"two"
 
 
-def test_missing_bucket_is_a_clear_error(endpoint):
-    uploader = S3Uploader("no-such-bucket", endpoint_url=endpoint, **CREDENTIALS)
+def test_missing_bucket_is_a_clear_error(s3_endpoint):
+    uploader = S3Uploader("no-such-bucket", endpoint_url=s3_endpoint, **CREDENTIALS)
     with pytest.raises(S3UploadError, match=r"'no-such-bucket'.*NoSuchBucket"):
         uploader.upload(b"data")
 
@@ -83,8 +49,8 @@ def test_unreachable_endpoint_is_a_clear_error():
         uploader.upload(b"data")
 
 
-def test_missing_credentials_is_a_clear_error(endpoint):
-    uploader = S3Uploader(BUCKET, endpoint_url=endpoint)
+def test_missing_credentials_is_a_clear_error(s3_endpoint):
+    uploader = S3Uploader(BUCKET, endpoint_url=s3_endpoint)
     with pytest.raises(S3UploadError, match="credentials"):
         uploader.upload(b"data")
 

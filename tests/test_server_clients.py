@@ -14,7 +14,7 @@ import soundfile
 import uvicorn
 
 from fish_worker.server import create_app
-from test_audio_formats import decode_ffmpeg
+from helpers import decode_ffmpeg
 
 KEY = "client-test-key"
 JOB = {"message": "Hello there. How are you?", "max_tokens": 6, "seed": 4}

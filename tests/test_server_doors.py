@@ -13,7 +13,7 @@ import pytest
 
 from fish_worker.server import create_app
 from fish_worker.settings import ServerSettings
-from test_audio_formats import decode_ffmpeg
+from helpers import decode_ffmpeg, run_job, wav_b64
 
 KEY = "test-key-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -131,7 +131,6 @@ def test_seed_run_answers_id_status_output(app, runner):
     body = response.json()
     assert body.keys() == {"id", "status", "output"} and body["status"] == "success"
     assert body["output"]["text"] == JOB["message"] and len(body["output"]["audio"]) > 0
-    from test_handler import run_job
     assert body["output"]["audio"] == run_job(runner, JOB)[0]["audio"]  # the same runner, same result
 
 
@@ -174,7 +173,6 @@ def test_seed_server_fault_is_500(app, runner, monkeypatch):
 
 
 def test_seed_voice_actions_go_through_the_same_runner(app):
-    from conftest import wav_b64
     save = {"action": "save_voice", "voice_id": "door-voice", "reference_audio": wav_b64(1.0)}
     assert call(app, "POST", "/run", json={"input": save}, headers=AUTH).json()["output"]["voice"]["voice_id"] \
         == "door-voice"
@@ -260,7 +258,6 @@ def test_openai_speech_returns_one_audio_file(app, response_format, rate):
 
 
 def test_openai_speech_sse_and_saved_voice(app):
-    from conftest import wav_b64
     call(app, "POST", "/run", headers=AUTH,
          json={"input": {"action": "save_voice", "voice_id": "narrator", "reference_audio": wav_b64(1.0)}})
     body = {"model": "tts-1", "input": "Hi there.", "voice": "narrator", "response_format": "pcm",
@@ -408,7 +405,6 @@ def test_plain_and_named_keys_are_tenants():
 
 
 def test_a_tenant_cannot_use_list_or_delete_anothers_voices(tenants_app):
-    from conftest import wav_b64
 
     def action(headers, **job_input):
         return call(tenants_app, "POST", "/run", json={"input": job_input}, headers=headers)
@@ -474,7 +470,6 @@ def test_a_tenant_cannot_read_stream_cancel_or_purge_anothers_jobs(tenants_app):
 
 
 def test_tenant_data_lives_apart_on_disk(tenants_app, settings):
-    from conftest import wav_b64
     call(tenants_app, "POST", "/run", headers=BOB,
          json={"input": {"action": "save_voice", "voice_id": "bobs", "reference_audio": wav_b64(0.5)}})
     assert (settings.storage.voices_dir / "tenants" / "bob" / "bobs.npz").is_file()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import wav_b64
-from test_handler import run_job
+from helpers import run_job, wav_b64
 
 REFERENCE = wav_b64(seconds=1.2, sample_rate=22050)
 JOB = {"message": "Speak as the saved voice.", "max_tokens": 6, "seed": 9}

@@ -24,7 +24,7 @@ length is unknown when its header goes out, streamed files carry "length unknown
           decoders that estimate duration from the first frame's bitrate get it right.
     opus  nothing special: Ogg pages are written strictly in order.
 
-RunPod limits what a job may return; `split_payload` and `check_result_size` keep within them.
+RunPod limits what a job may return; `split_payload` keeps stream chunks within them (`jobs.outputs.within_result_limit` whole results).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args
@@ -45,7 +44,6 @@ from fish_worker.errors import ErrorKind, WorkerError
 
 AudioFormat = Literal["float", "pcm16", "wav", "flac", "mp3", "opus"]
 AUDIO_FORMATS: tuple[str, ...] = get_args(AudioFormat)
-DEFAULT_AUDIO_FORMAT: AudioFormat = "float"
 
 # Fish Speech's codec (DAC) decodes at 44.1 kHz.
 MODEL_SAMPLE_RATE = 44_100
@@ -401,17 +399,6 @@ def result_limit_bytes(route: Literal["run", "runsync"]) -> int:
         raise ValueError(f"route must be one of {', '.join(RESULT_LIMIT_BYTES)}; got {route!r}") from None
 
 
-def fits_result_limit(output: Any, route: Literal["run", "runsync"] = "run") -> bool:
-    return json_size(output) <= result_limit_bytes(route)
-
-
-def check_result_size(output: Any, route: Literal["run", "runsync"] = "run") -> None:
-    """Raise ResultTooLargeError when `output` would be over the route's result limit."""
-    size, limit = json_size(output), result_limit_bytes(route)
-    if size > limit:
-        raise ResultTooLargeError(size, limit, route)
-
-
 def split_payload(
     payload: Payload,
     max_json_bytes: int = STREAM_CHUNK_LIMIT_BYTES - STREAM_ENVELOPE_ALLOWANCE_BYTES,
@@ -429,22 +416,3 @@ def split_payload(
     if per_piece <= 0:
         raise ValueError(f"max_json_bytes={max_json_bytes} is too small for any audio")
     return [payload[i : i + per_piece] for i in range(0, len(payload), per_piece)]
-
-
-def max_samples_per_chunk(
-    fmt: str,
-    max_json_bytes: int = STREAM_CHUNK_LIMIT_BYTES - STREAM_ENVELOPE_ALLOWANCE_BYTES,
-) -> int:
-    """How many input samples one streamed chunk may hold and stay under `max_json_bytes`.
-
-    Worst case per format: 10 JSON bytes per rounded float; 2 bytes of PCM per sample (WAV adds its
-    44-byte header once) for pcm16/wav/flac (FLAC never stores more than verbatim PCM plus
-    frame headers); MP3 at 128 kbit/s and Opus are far below that, so PCM's bound covers them.
-    Base64 costs 4/3.
-    """
-    fmt = validate_audio_format(fmt)
-    if fmt == "float":
-        return max(1, (max_json_bytes - 2) // MAX_JSON_BYTES_PER_FLOAT)
-    # Keep 10% for FLAC/MP3/Ogg framing and headers.
-    raw_bytes = (max_json_bytes - 2) * 3 // 4 * 9 // 10
-    return max(1, math.floor(raw_bytes / 2))

@@ -84,14 +84,6 @@ class AudioPostProcessor:
         return audio.astype(np.float32, copy=False)
 
 
-def adjust_audio(audio: np.ndarray, model_rate: int, adjustments: AudioAdjustments) -> np.ndarray:
-    """A whole clip, adjusted at once."""
-    if adjustments.is_identity:
-        return np.asarray(audio, dtype=np.float32)
-    processor = AudioPostProcessor(adjustments, model_rate)
-    return np.concatenate([processor.process(audio), processor.flush()])
-
-
 # Samples per frame pushed into atempo (23 ms at 44.1 kHz).
 _STRETCH_FRAME = 1024
 

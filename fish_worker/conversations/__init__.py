@@ -9,6 +9,7 @@ Two backends behind one Protocol: in-process (default; bounded, TTL) and Redis (
 Any failure of the store raises ConversationStoreError; history is never silently dropped.
 """
 
+from fish_worker.conversations.factory import make_conversation_store
 from fish_worker.conversations.memory_store import MemoryConversationStore
 from fish_worker.conversations.model import (
     MAX_CONVERSATION_ID_LENGTH,
@@ -23,7 +24,6 @@ from fish_worker.conversations.store import (
     DEFAULT_MAX_MESSAGES,
     ConversationStore,
     ConversationStoreError,
-    make_conversation_store,
 )
 
 __all__ = [

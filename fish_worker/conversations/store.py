@@ -1,4 +1,4 @@
-"""The interface both conversation stores implement, its error, and the factory that picks one."""
+"""The interface both conversation stores implement, its error, and the limits they share."""
 
 from __future__ import annotations
 
@@ -50,26 +50,6 @@ class ConversationStore(Protocol):
 
     def for_tenant(self, tenant: str | None) -> "ConversationStore":
         """The store of `tenant`'s conversations, apart from every other tenant's; None: the default one."""
-
-
-def make_conversation_store(
-    redis_url: str | None,
-    ttl_s: int,
-    max_conversations: int,
-    *,
-    max_messages: int = DEFAULT_MAX_MESSAGES,
-) -> ConversationStore:
-    """Redis when `redis_url` is set (shared by all workers), else in-process.
-
-    `max_conversations` bounds only the in-process store; Redis is bounded by its own memory policy.
-    """
-    # Imported here: the modules import this one for ConversationStoreError.
-    from fish_worker.conversations.memory_store import MemoryConversationStore
-    from fish_worker.conversations.redis_store import RedisConversationStore
-
-    if redis_url:
-        return RedisConversationStore(redis_url, ttl_s=ttl_s, max_messages=max_messages)
-    return MemoryConversationStore(ttl_s=ttl_s, max_conversations=max_conversations, max_messages=max_messages)
 
 
 def check_limits(ttl_s: int, max_messages: int) -> int:

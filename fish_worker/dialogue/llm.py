@@ -4,22 +4,22 @@
     for delta in model.stream_reply(history, temperature=0.7, max_new_tokens=200, system_prompt=None, seed=1):
         ...
 
-`generate()` runs on a background thread so the model keeps writing while the caller speaks the
-sentences it already has. Calls are serialised by a lock: one model instance serves one reply at a time.
+`generate()` runs on a background thread (`async_bridge.merge_threads`) so the model keeps writing
+while the caller speaks the sentences it already has. Calls are serialised by a lock: one model instance serves one reply at a time.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import closing
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
+from fish_worker.async_bridge import Emit, merge_threads
 from fish_worker.dialogue.detokenize import IncrementalDetokenizer
 from fish_worker.dialogue.prompt import FittedPrompt, fit_prompt
 from fish_worker.dialogue.sampling import SeededSampler, make_generator
@@ -27,31 +27,6 @@ from fish_worker.dialogue.sampling import SeededSampler, make_generator
 
 class ChatModelError(RuntimeError):
     """The chat model directory is missing or cannot be loaded."""
-
-
-@dataclass
-class ReplyStats:
-    """Filled in while a reply streams; final once the stream is exhausted."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    dropped_messages: int = 0  # history messages left out to fit the context
-    max_new_tokens: int = 0  # the budget actually used (lowered only if the latest message is huge)
-    finish_reason: str | None = None  # "stop" (end of turn), "length" (budget spent) or "cancelled"
-
-
-class ReplyStream(Iterator[str]):
-    """Iterates over a reply's text deltas; `stats` describes it. `close()` stops the generation."""
-
-    def __init__(self, deltas: Iterator[str], stats: ReplyStats):
-        self._deltas = deltas
-        self.stats = stats
-
-    def __next__(self) -> str:
-        return next(self._deltas)
-
-    def close(self) -> None:
-        self._deltas.close()
 
 
 class ChatModel:
@@ -97,12 +72,13 @@ class ChatModel:
         max_new_tokens: int = 256,
         system_prompt: str | None = None,
         seed: int | None = None,
-    ) -> ReplyStream:
+    ) -> Iterator[str]:
         """Reply to `messages` (ending with the user turn); yields text deltas as tokens are generated.
 
         temperature <= 0 means greedy decoding. The same seed (and inputs) gives the same reply.
         The history is shortened from its oldest turns so the prompt plus the reply fit the context.
         Raises ValueError (PromptTooLongError) up front for bad messages or an oversized last message.
+        `close()` on the returned iterator stops the generation.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -113,75 +89,48 @@ class ChatModel:
             max_new_tokens=max_new_tokens,
             context_tokens=self.context_tokens,
         )
-        stats = ReplyStats(
-            prompt_tokens=len(fitted.token_ids),
-            dropped_messages=fitted.dropped_messages,
-            max_new_tokens=fitted.max_new_tokens,
-        )
-        return ReplyStream(self._generate_deltas(fitted, temperature, seed, stats), stats)
+        return self._generate_deltas(fitted, temperature, seed)
 
     def reply(self, messages: list[dict], **options) -> str:
         """The whole reply at once (same options as stream_reply)."""
         return "".join(self.stream_reply(messages, **options))
 
-    def _generate_deltas(self, fitted: FittedPrompt, temperature: float, seed: int | None, stats: ReplyStats):
-        with self._lock:
-            tokens: queue.Queue = queue.Queue()
-            cancelled = threading.Event()
-            worker = threading.Thread(
-                target=self._run_generate,
-                args=(fitted, temperature, seed, tokens, cancelled),
-                name="chat-generate",
-                daemon=True,
-            )
-            worker.start()
-            detokenizer = IncrementalDetokenizer(self.tokenizer)
-            eos_ids = set(self._eos_token_ids())
-            try:
-                while (item := tokens.get()) is not _END:
-                    if isinstance(item, BaseException):
-                        raise item
-                    stats.completion_tokens += 1
-                    if item in eos_ids:
-                        stats.finish_reason = "stop"
-                    if delta := detokenizer.push(item):
-                        yield delta
-                if delta := detokenizer.flush():
-                    yield delta
-                stats.finish_reason = stats.finish_reason or "length"
-            finally:
-                if stats.finish_reason is None:
-                    stats.finish_reason = "cancelled"
-                cancelled.set()
-                worker.join()
+    def _generate_deltas(self, fitted: FittedPrompt, temperature: float, seed: int | None) -> Iterator[str]:
+        def generate(emit: Emit, cancelled: threading.Event) -> None:
+            self._run_generate(fitted, temperature, seed, emit, cancelled)
 
-    def _run_generate(self, fitted, temperature, seed, tokens: queue.Queue, cancelled: threading.Event) -> None:
-        try:
-            config = self.model.generation_config
-            input_ids = torch.tensor([fitted.token_ids], device=self.device)
-            samplers = []
-            if temperature > 0:
-                generator = make_generator(self.device, seed)
-                samplers.append(SeededSampler(generator, temperature, config.top_k, config.top_p))
-            self.model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                # Greedy on purpose: SeededSampler (last processor) has already chosen the token.
-                do_sample=False,
-                temperature=None,
-                top_k=None,
-                top_p=None,
-                max_new_tokens=fitted.max_new_tokens,
-                eos_token_id=self._eos_token_ids(),
-                pad_token_id=self._pad_token_id(),
-                logits_processor=samplers,
-                stopping_criteria=StoppingCriteriaList([_StopWhen(cancelled)]),
-                streamer=_TokenQueue(tokens),
-            )
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            tokens.put(exc)
-        finally:
-            tokens.put(_END)
+        with self._lock, closing(merge_threads(generate, name="chat")) as tokens:
+            detokenizer = IncrementalDetokenizer(self.tokenizer)
+            for token_id in tokens:
+                if delta := detokenizer.push(token_id):
+                    yield delta
+            if delta := detokenizer.flush():
+                yield delta
+        # Leaving the `with` early (the stream closed) sets `cancelled`: generate() stops at its next
+        # token; the thread is joined before the lock is released.
+
+    def _run_generate(self, fitted, temperature, seed, emit: Emit, cancelled: threading.Event) -> None:
+        config = self.model.generation_config
+        input_ids = torch.tensor([fitted.token_ids], device=self.device)
+        samplers = []
+        if temperature > 0:
+            generator = make_generator(self.device, seed)
+            samplers.append(SeededSampler(generator, temperature, config.top_k, config.top_p))
+        self.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            # Greedy on purpose: SeededSampler (last processor) has already chosen the token.
+            do_sample=False,
+            temperature=None,
+            top_k=None,
+            top_p=None,
+            max_new_tokens=fitted.max_new_tokens,
+            eos_token_id=self._eos_token_ids(),
+            pad_token_id=self._pad_token_id(),
+            logits_processor=samplers,
+            stopping_criteria=StoppingCriteriaList([_StopWhen(cancelled)]),
+            streamer=_TokenEmitter(emit),
+        )
 
     def _eos_token_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -199,14 +148,11 @@ class ChatModel:
         return pad
 
 
-_END = object()
+class _TokenEmitter:
+    """The streamer `generate()` feeds: emits each new token id, skipping the initial prompt."""
 
-
-class _TokenQueue:
-    """The streamer `generate()` feeds: forwards each new token id, skipping the initial prompt."""
-
-    def __init__(self, tokens: queue.Queue):
-        self._tokens = tokens
+    def __init__(self, emit: Emit):
+        self._emit = emit
         self._seen_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -214,10 +160,10 @@ class _TokenQueue:
             self._seen_prompt = True
             return
         for token_id in value.reshape(-1).tolist():
-            self._tokens.put(token_id)
+            self._emit(token_id)
 
     def end(self) -> None:
-        pass  # _run_generate signals the end itself, also when generate() raises
+        pass  # the bridge reports the end itself, also when generate() raises
 
 
 class _StopWhen(StoppingCriteria):

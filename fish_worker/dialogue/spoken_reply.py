@@ -1,7 +1,7 @@
 """Speak a chat reply while the chat model is still writing it.
 
-Two helper threads feed one ordered event stream. The writer pulls text deltas from the chat model
-and cuts them into sentences; the speaker synthesises each sentence as soon as the writer hands it
+Two helper threads feed one ordered event stream (`async_bridge.merge_threads`). The writer pulls
+text deltas from the chat model and cuts them into sentences; the speaker synthesises each sentence as soon as the writer hands it
 over. The caller gets every delta as it is written and each sentence's audio as soon as it is
 spoken, so the first sentence can play while the rest of the reply is still being generated.
 A sentence's text always comes before its audio (it is queued only after its deltas).
@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from fish_worker.async_bridge import Emit, merge_threads
 from fish_worker.tts.requests import SpeechChunk
 from fish_worker.text.sentence_stream import SentenceStream
 
@@ -21,7 +22,6 @@ from fish_worker.text.sentence_stream import SentenceStream
 STOP_POLL_S = 0.1
 
 _NO_MORE = object()  # end of the sentence queue
-_DONE = object()  # one helper thread has finished
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,13 @@ def speak_while_writing(
     `stop` set by the caller (job cancelled) ends both helpers; so does an error in either one,
     which is re-raised here. `deltas.close()`, if it has one, is called when the writer ends.
     """
-    events: queue.Queue = queue.Queue()
     sentences: queue.Queue = queue.Queue()
-    halt = threading.Event()  # set when the caller stops, or this reply is over (done or failed)
 
-    def write() -> None:
+    def write(emit: Emit, halt: threading.Event) -> None:
         cutter = SentenceStream(max_sentence_chars)
         try:
             for delta in deltas:
-                events.put(TextDelta(delta))
+                emit(TextDelta(delta))
                 for sentence in cutter.push(delta):
                     sentences.put(sentence)
                 if halt.is_set():
@@ -63,44 +61,9 @@ def speak_while_writing(
                 deltas.close()  # stops the model's generation if the reply was abandoned
             sentences.put(_NO_MORE)
 
-    def say() -> None:
+    def say(emit: Emit, halt: threading.Event) -> None:
         for chunk in speak(iter(sentences.get, _NO_MORE), halt):
-            events.put(chunk)
+            emit(chunk)
 
-    helpers = [threading.Thread(target=_reporting(job, events), name=f"reply-{job.__name__}", daemon=True)
-               for job in (write, say)]
-    for helper in helpers:
-        helper.start()
-    running = len(helpers)
-    try:
-        while running:
-            try:
-                event = events.get(timeout=STOP_POLL_S)
-            except queue.Empty:
-                if stop.is_set():
-                    return
-                continue
-            if event is _DONE:
-                running -= 1
-            elif isinstance(event, BaseException):
-                raise event
-            else:
-                yield event
-    finally:
-        halt.set()
-        for helper in helpers:
-            helper.join()
-
-
-def _reporting(job: Callable[[], None], events: queue.Queue) -> Callable[[], None]:
-    """`job`, handing any exception and then its end to the merger through `events`."""
-
-    def run() -> None:
-        try:
-            job()
-        except BaseException as exc:
-            events.put(exc)
-        finally:
-            events.put(_DONE)
-
-    return run
+    # halt (the bridge's stop) is set when the caller stops, or this reply is over (done or failed).
+    return merge_threads(write, say, stop=stop, name="reply", poll_s=STOP_POLL_S)

@@ -44,6 +44,8 @@ class _Sequence:
     caller_stop: threading.Event | None  # the job's: set when its consumer goes away
     left: bool = False  # set by the consumer when its generate() call returns or is closed
     done: bool = False  # set by the engine, once, when the sequence's last item is queued
+    # Not async_bridge.merge_threads: one engine thread, shared by every sequence, feeds one queue per
+    # sequence and outlives each consumer, so no producer thread belongs to (or is joined by) a consumer.
     frames: queue.Queue = field(default_factory=queue.Queue)  # frames, then an exception or _END
     slot: int = -1
     step: int = 0

@@ -43,10 +43,6 @@ class IncrementalDecoder:
         """The audio of the frames not yet decoded."""
         return self._decode(len(self._frames)) if len(self._frames) > self._done else np.zeros(0, np.float32)
 
-    @property
-    def codes(self) -> torch.Tensor:
-        return torch.stack(self._frames, dim=1)
-
     def _decode(self, end: int) -> np.ndarray:
         start = max(0, self._done - self.context)
         audio = self.codec.decode(torch.stack(self._frames[start:end], dim=1))

@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 RESULT_ROUTE_KEY = "result_route"
 
 
-def chunk_output(chunks: list[SpeechChunk], audio_format: str = "float") -> dict[str, Any]:
-    return whole_output(chunks, audio_format)
-
-
 class JobRunner:
     def __init__(self, service: TTSService, conversations: ConversationService | None = None):
         self.service = service
@@ -156,7 +152,7 @@ class JobRunner:
             chunks = [e for e in events if isinstance(e, SpeechChunk)]
             if not chunks and mode == "tts":
                 raise WorkerError(NO_AUDIO_ERROR, kind=ErrorKind.BAD_INPUT)
-            output = chunk_output(chunks, request.audio_format)
+            output = whole_output(chunks, request.audio_format)
             if mode == "chat":  # the whole reply, as written (sentence texts lose its line breaks)
                 output["text"] = "".join(e.text for e in events if isinstance(e, TextDelta))
             yield await asyncio.to_thread(

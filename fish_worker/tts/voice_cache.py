@@ -14,8 +14,7 @@ class VoiceCodesCache:
         self.max_items = max_items
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # reused encodings (read by tests and for debugging)
 
     @staticmethod
     def key(reference_b64: str) -> str:
@@ -25,7 +24,6 @@ class VoiceCodesCache:
         with self._lock:
             codes = self._items.get(key)
             if codes is None:
-                self.misses += 1
                 return None
             self._items.move_to_end(key)
             self.hits += 1

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""Break each door's field mapping one line at a time and check that a test notices.
+
+    .venv/bin/python scripts/mutants.py                 # every mutant (one pytest run each, ~1 min apiece)
+    .venv/bin/python scripts/mutants.py --list          # names, files, and whether each line is still there
+    .venv/bin/python scripts/mutants.py openai-drops-voice_id service-hard-codes-sampling
+
+Each mutant is (file, the exact original line, its replacement, the tests to run). The line is looked
+up stripped of indentation and must occur exactly once; a line that has changed since the mutant was
+written is reported as SKIPPED (pattern not found), so refresh the mutant, never the code. Mutants are
+applied to a copy of the repository in a temporary folder, never to the working tree.
+
+Exit status: 0 when every applicable mutant was killed, 1 when one survived, 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("fish_worker", "tests", "pytest.ini", "handler.py")
+
+MAPPINGS = "tests/test_field_mappings.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository root
+    original: str  # one line, compared without its indentation
+    replacement: str  # indented like the original
+    tests: tuple[str, ...] = field(default=(MAPPINGS,))  # pytest arguments: files, node ids, -k ...
+
+
+MUTANTS = [
+    # -- the service: what every door ends in --
+    Mutant("service-hard-codes-sampling", "fish_worker/tts/service.py",
+           "params = SamplingParams(request.temperature, request.top_p, request.repetition_penalty, budget)",
+           "params = SamplingParams(0.7, 0.8, 1.1, budget)",
+           ("tests/test_equivalence.py::test_tokens_and_audio_equal_fish_speech",)),
+    Mutant("service-ignores-top_p", "fish_worker/tts/service.py",
+           "params = SamplingParams(request.temperature, request.top_p, request.repetition_penalty, budget)",
+           "params = SamplingParams(request.temperature, 0.8, request.repetition_penalty, budget)",
+           ("tests/test_equivalence.py::test_tokens_and_audio_equal_fish_speech",)),
+    Mutant("service-ignores-seed", "fish_worker/tts/service.py",
+           "seed = request.seed if request.seed is not None else draw_seed()",
+           "seed = draw_seed()",
+           ("tests/test_handler.py::test_same_seed_same_audio_different_seed_different_audio",)),
+    Mutant("service-ignores-voice_id", "fish_worker/tts/service.py",
+           "return self.saved_voice(request.voice_id, voices)",
+           "return None",
+           (f"{MAPPINGS}::test_job_reference_text_and_voice_id_reach_the_voice_prompt",)),
+    Mutant("service-drops-reference_text", "fish_worker/tts/service.py",
+           'return VoicePrompt(text=request.reference_text or "", codes=codes)',
+           'return VoicePrompt(text="", codes=codes)',
+           (f"{MAPPINGS}::test_job_reference_text_and_voice_id_reach_the_voice_prompt",)),
+    Mutant("service-ignores-max_tokens", "fish_worker/tts/service.py",
+           "budget = min(request.max_tokens, frames_left)",
+           "budget = frames_left",
+           (f"{MAPPINGS}::test_job_max_tokens_bounds_each_sentence",)),
+    # -- the RunPod job: jobs/runner.py, jobs/output_adjustments.py --
+    Mutant("job-drops-audio_format-whole", "fish_worker/jobs/runner.py",
+           "output = whole_output(chunks, request.audio_format)",
+           'output = whole_output(chunks, "float")',
+           (f"{MAPPINGS}::test_job_audio_format_is_the_output_format_whole_and_streamed",)),
+    Mutant("job-drops-audio_format-streamed", "fish_worker/jobs/runner.py",
+           "streamed = StreamedOutput(request.audio_format)",
+           'streamed = StreamedOutput("float")',
+           (f"{MAPPINGS}::test_job_audio_format_is_the_output_format_whole_and_streamed",)),
+    Mutant("job-ignores-tenant-voices", "fish_worker/jobs/runner.py",
+           "speech = lambda stop: self.service.synthesize(request, stop, voices=conversations.voices)  # noqa: E731",
+           "speech = lambda stop: self.service.synthesize(request, stop)  # noqa: E731",
+           ("tests/test_server_doors.py::test_a_tenant_cannot_use_list_or_delete_anothers_voices",)),
+    Mutant("job-drops-volume", "fish_worker/jobs/output_adjustments.py",
+           "return AudioAdjustments(sample_rate=rate, speed=request.speed, volume_db=request.volume)",
+           "return AudioAdjustments(sample_rate=rate, speed=request.speed)",
+           ("tests/test_audio_options.py::test_volume_scales_rms",)),
+    Mutant("job-drops-speed", "fish_worker/jobs/output_adjustments.py",
+           "return AudioAdjustments(sample_rate=rate, speed=request.speed, volume_db=request.volume)",
+           "return AudioAdjustments(sample_rate=rate, volume_db=request.volume)",
+           ("tests/test_audio_options.py::test_speed_changes_duration",)),
+    Mutant("job-drops-sample_rate", "fish_worker/jobs/output_adjustments.py",
+           "return AudioAdjustments(sample_rate=rate, speed=request.speed, volume_db=request.volume)",
+           "return AudioAdjustments(speed=request.speed, volume_db=request.volume)",
+           ("tests/test_audio_options.py::test_sample_rate_resamples_and_is_reported",)),
+    # -- OpenAI /v1/audio/speech --
+    Mutant("openai-drops-voice_id", "fish_worker/server/routers/openai_speech.py",
+           'job_input["voice_id"] = voice_id',
+           "pass",
+           (f"{MAPPINGS}::test_openai_speech_is_the_job_with_the_same_voice_seed_speed_and_rate",)),
+    Mutant("openai-drops-seed", "fish_worker/server/routers/openai_speech.py",
+           'job_input.update({k: v for k, v in {"seed": body.seed, "max_tokens": body.max_tokens}.items() if v is not None})',
+           'job_input.update({k: v for k, v in {"max_tokens": body.max_tokens}.items() if v is not None})',
+           (f"{MAPPINGS}::test_openai_speech_is_the_job_with_the_same_voice_seed_speed_and_rate",)),
+    Mutant("openai-drops-max_tokens", "fish_worker/server/routers/openai_speech.py",
+           'job_input.update({k: v for k, v in {"seed": body.seed, "max_tokens": body.max_tokens}.items() if v is not None})',
+           'job_input.update({k: v for k, v in {"seed": body.seed}.items() if v is not None})',
+           (f"{MAPPINGS}::test_openai_speech_is_the_job_with_the_same_voice_seed_speed_and_rate",)),
+    Mutant("openai-drops-speed", "fish_worker/server/routers/openai_speech.py",
+           '"speed": body.speed}',
+           "}",
+           (f"{MAPPINGS}::test_openai_speech_is_the_job_with_the_same_voice_seed_speed_and_rate",)),
+    Mutant("openai-ignores-sample_rate", "fish_worker/server/routers/openai_speech.py",
+           'job_input["sample_rate"] = body.sample_rate or OPENAI_PCM_SAMPLE_RATE',
+           'job_input["sample_rate"] = OPENAI_PCM_SAMPLE_RATE',
+           (f"{MAPPINGS}::test_openai_speech_is_the_job_with_the_same_voice_seed_speed_and_rate",)),
+    Mutant("openai-ignores-response_format", "fish_worker/server/routers/openai_speech.py",
+           "audio_format = _FORMATS.get(body.response_format)",
+           'audio_format = "mp3" if body.response_format in _FORMATS else None',
+           (f"{MAPPINGS}::test_openai_response_format_is_the_file_format",)),
+    # -- Fish Audio /v1/tts and the live socket: server/fish_synthesis.py, fish_models.py, routers/fish_tts.py --
+    Mutant("fish-hard-codes-temperature-top_p", "fish_worker/server/fish_synthesis.py",
+           'message=request.text or " ", temperature=request.temperature, top_p=request.top_p,',
+           'message=request.text or " ", temperature=0.7, top_p=0.8,',
+           (f"{MAPPINGS}::test_fish_request_fields_reach_the_synthesis_plan",)),
+    Mutant("fish-hard-codes-repetition_penalty", "fish_worker/server/fish_synthesis.py",
+           "repetition_penalty=request.repetition_penalty, max_tokens=max_tokens, seed=None, stream=True,",
+           "repetition_penalty=1.1, max_tokens=max_tokens, seed=None, stream=True,",
+           (f"{MAPPINGS}::test_fish_request_fields_reach_the_synthesis_plan",)),
+    Mutant("fish-ignores-max_new_tokens", "fish_worker/server/fish_synthesis.py",
+           "max_tokens = request.max_new_tokens",
+           "max_tokens = 0",
+           (f"{MAPPINGS}::test_fish_request_fields_reach_the_synthesis_plan",)),
+    Mutant("fish-ignores-reference_id", "fish_worker/server/fish_synthesis.py",
+           "voice = service.saved_voice(voice_id, voices)",
+           "voice = None",
+           (f"{MAPPINGS}::test_fish_request_fields_reach_the_synthesis_plan",)),
+    Mutant("fish-drops-reference-text", "fish_worker/server/fish_synthesis.py",
+           "probe = JobInput.model_construct(reference_audio=base64.b64encode(wav).decode(), reference_text=ref.text)",
+           "probe = JobInput.model_construct(reference_audio=base64.b64encode(wav).decode())",
+           (f"{MAPPINGS}::test_fish_references_keep_their_transcripts",)),
+    Mutant("fish-drops-prosody-volume", "fish_worker/server/fish_models.py",
+           "return AudioAdjustments(sample_rate=rate, speed=prosody.speed, volume_db=prosody.volume)",
+           "return AudioAdjustments(sample_rate=rate, speed=prosody.speed)",
+           (f"{MAPPINGS}::test_fish_request_fields_reach_the_synthesis_plan",)),
+    Mutant("fish-ignores-sample_rate", "fish_worker/server/fish_models.py",
+           'rate = None if self.format == "opus" else self.sample_rate',
+           "rate = None",
+           (f"{MAPPINGS}::test_fish_tts_audio_follows_format_and_sample_rate",)),
+    Mutant("fish-ignores-format", "fish_worker/server/fish_synthesis.py",
+           "return FishAudioEncoder(self.request.audio_format, self.adjustments, model_rate, self.request.bitrate_kbps)",
+           'return FishAudioEncoder("wav", self.adjustments, model_rate, self.request.bitrate_kbps)',
+           (f"{MAPPINGS}::test_fish_tts_audio_follows_format_and_sample_rate",)),
+    # -- seed /run and RunPod /v2 --
+    Mutant("seed-run-never-streams", "fish_worker/server/routers/seed.py",
+           'if body.input.get("stream") is True:',
+           "if False:",
+           (f"{MAPPINGS}::test_seed_run_is_the_job",)),
+    Mutant("seed-run-drops-tenant", "fish_worker/server/routers/seed.py",
+           'chunks = runner.run({"id": job_id, TENANT_KEY: tenant, "input": body.input, RESULT_ROUTE_KEY: None}, admission)',
+           'chunks = runner.run({"id": job_id, TENANT_KEY: None, "input": body.input, RESULT_ROUTE_KEY: None}, admission)',
+           ("tests/test_server_doors.py::test_a_tenant_cannot_use_list_or_delete_anothers_voices",)),
+    Mutant("v2-runsync-drops-tenant", "fish_worker/server/routers/runpod_v2.py",
+           'record = _registry(request).submit(body.input, route="runsync", tenant=tenant_of(request))',
+           'record = _registry(request).submit(body.input, route="runsync", tenant=None)',
+           (f"{MAPPINGS}::test_a_tenants_saved_voice_speaks_through_every_door",)),
+    Mutant("v2-run-drops-tenant", "fish_worker/server/routers/runpod_v2.py",
+           'record = _registry(request).submit(body.input, route="run", tenant=tenant_of(request))',
+           'record = _registry(request).submit(body.input, route="run", tenant=None)',
+           ("tests/test_server_doors.py::test_a_tenant_cannot_read_stream_cancel_or_purge_anothers_jobs",)),
+    Mutant("openai-drops-tenant", "fish_worker/server/routers/openai_speech.py",
+           'chunks = runner.run({"id": new_job_id(), TENANT_KEY: tenant, "input": job_input, RESULT_ROUTE_KEY: None},',
+           'chunks = runner.run({"id": new_job_id(), TENANT_KEY: None, "input": job_input, RESULT_ROUTE_KEY: None},',
+           (f"{MAPPINGS}::test_a_tenants_saved_voice_speaks_through_every_door",)),
+    Mutant("fish-drops-tenant", "fish_worker/server/routers/fish_tts.py",
+           "plan = await _plan(fish_request, service, service.voices.for_tenant(tenant))",
+           "plan = await _plan(fish_request, service, service.voices)",
+           (f"{MAPPINGS}::test_a_tenants_saved_voice_speaks_through_every_door",)),
+]
+
+
+def locate(text: str, mutant: Mutant) -> tuple[int | None, str]:
+    """The index of the mutant's line in `text`'s lines, or None and why not."""
+    lines = text.splitlines(keepends=True)
+    hits = [i for i, line in enumerate(lines) if line.strip() == mutant.original.strip()]
+    if not hits:
+        return None, "pattern not found (the line has changed: refresh this mutant)"
+    if len(hits) > 1:
+        return None, f"pattern ambiguous ({len(hits)} lines match: make it unique)"
+    return hits[0], ""
+
+
+def mutate(text: str, mutant: Mutant, index: int) -> str:
+    lines = text.splitlines(keepends=True)
+    line = lines[index]
+    indent = line[: len(line) - len(line.lstrip())]
+    newline = "\n" if line.endswith("\n") else ""
+    lines[index] = indent + mutant.replacement.strip() + newline
+    return "".join(lines)
+
+
+def copy_repository(target: Path) -> None:
+    for name in COPIED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif source.exists():
+            shutil.copy2(source, target / name)
+
+
+def run_mutant(mutant: Mutant, copy: Path, timeout_s: int) -> tuple[str, str]:
+    target = copy / mutant.path
+    original = target.read_text()
+    index, why = locate(original, mutant)
+    if index is None:
+        return "SKIPPED", why
+    target.write_text(mutate(original, mutant, index))
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests]
+    try:
+        result = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=timeout_s,
+                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    except subprocess.TimeoutExpired:
+        return "KILLED", f"the tests timed out after {timeout_s} s"
+    finally:
+        target.write_text(original)
+    summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
+    if result.returncode == 0:
+        return "SURVIVED", summary
+    if result.returncode in (1,):  # a test failed
+        return "KILLED", summary
+    return "ERROR", f"pytest exit {result.returncode}: {summary}"  # collection error, usage: not a real kill
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="run only these mutants (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and whether each still applies")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per mutant's test run (default 600)")
+    args = parser.parse_args()
+
+    known = {m.name for m in MUTANTS}
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        print(f"unknown mutant(s): {', '.join(unknown)}; see --list", file=sys.stderr)
+        return 2
+    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+
+    if args.list:
+        for m in chosen:
+            index, why = locate((ROOT / m.path).read_text(), m)
+            where = f"line {index + 1}" if index is not None else why
+            print(f"{m.name:40} {m.path}: {where}")
+        return 0
+
+    results: dict[str, list[str]] = {"KILLED": [], "SURVIVED": [], "SKIPPED": [], "ERROR": []}
+    with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
+        copy = Path(tmp)
+        copy_repository(copy)
+        for m in chosen:
+            started = time.monotonic()
+            outcome, detail = run_mutant(m, copy, args.timeout)
+            results[outcome].append(m.name)
+            print(f"{outcome:8} {m.name:40} {time.monotonic() - started:5.0f} s  {detail}", flush=True)
+    print()
+    for outcome, names in results.items():
+        print(f"{outcome.lower():8} {len(names)}" + (f": {', '.join(names)}" if names and outcome != "KILLED" else ""))
+    return 1 if results["SURVIVED"] or results["ERROR"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Helpers shared by several test modules (fixtures shared by several live in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import av
+import numpy as np
+import pytest
+import redis
+import soundfile as sf
+
+from fish_worker.audio.formats import encode_audio, encode_audio_bytes
+
+if TYPE_CHECKING:
+    from fish_worker.engine.generation import VoicePrompt
+
+# --- jobs ----------------------------------------------------------------------------------------------------
+
+
+def run_job(runner, job_input: dict) -> list[dict]:
+    async def collect():
+        return [chunk async for chunk in runner.run({"id": "t", "input": job_input})]
+
+    return asyncio.run(collect())
+
+
+def wav_b64(seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1, amplitude: float = 0.3,
+            subtype: str = "PCM_16", fmt: str = "WAV") -> str:
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    tone = amplitude * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) / 1.5
+    data = np.stack([tone] * channels, axis=1) if channels > 1 else tone
+    buf = io.BytesIO()
+    sf.write(buf, data, sample_rate, format=fmt, subtype=subtype)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def asgi_call(app, method: str, url: str, **kwargs):
+    """One request against an ASGI app in process, on a fresh event loop (background jobs live in that loop)."""
+    import httpx
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.request(method, url, **kwargs)
+
+    return asyncio.run(go())
+
+
+# --- decoding what the worker returned ----------------------------------------------------------------------
+
+
+def rms(x):
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def pcm16_of(x):
+    """What 16-bit formats store: the samples as int16."""
+    return np.frombuffer(encode_audio_bytes(x, "pcm16"), dtype="<i2")
+
+
+def decode_soundfile(data, dtype="float32"):
+    samples, rate = sf.read(io.BytesIO(data), dtype=dtype)
+    return samples, rate
+
+
+def decode_ffmpeg(data):
+    """Decode with ffmpeg (PyAV), an independent decoder of the kind clients and browsers use."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        frames = [frame.to_ndarray().reshape(-1) for frame in container.decode(stream)]
+        rate = stream.rate
+    samples = np.concatenate(frames)
+    return samples, rate
+
+
+# --- chat: what a reply should be, straight from the models --------------------------------------------------
+
+FRAMES = 3  # codec frames per spoken reply sentence (the tiny checkpoint never ends a sentence itself)
+
+
+def expected_reply(chat_model, chat_settings, messages, seed, max_tokens=40) -> str:
+    return chat_model.reply(messages, temperature=0.7, max_new_tokens=max_tokens,
+                            system_prompt=chat_settings.chat.system_prompt, seed=seed)
+
+
+def expected_audio(service, text: str, seed: int, voice: VoicePrompt | None, frames: int = FRAMES) -> list[float]:
+    """What speaking `text` in `voice` with this seed sounds like, straight from the TTS service."""
+    from fish_worker.tts.requests import SynthesisRequest
+
+    request = SynthesisRequest(text=text, seed=seed, frames_per_sentence=frames, voice=voice)
+    chunks = list(service.synthesize(request))
+    return encode_audio(np.concatenate([c.audio for c in chunks]), "float")  # as a float result carries it
+
+
+def reference_prompt(service, reference: str, text: str) -> VoicePrompt:
+    return service.encode_reference(reference, text)
+
+
+# --- servers the tests start ---------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis_server(directory: Path) -> tuple[subprocess.Popen, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server); Redis store tests need a real one")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            time.sleep(0.02)
+    client.close()
+    return process, url
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+BUCKET = "fish-results"
+CREDENTIALS = {"access_key_id": "test-key", "secret_access_key": "test-secret"}

@@ -1,0 +1,175 @@
+"""Every door hands each of its fields to the service: the same request through two doors, same seed, same audio.
+
+The RunPod job (run_job) is the reference; a door that drops or hard-codes a field (voice, seed, speed,
+sample rate, format, sampling settings, reference transcript) gives other audio and fails here.
+scripts/mutants.py breaks those mappings one line at a time to show these tests notice.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from fish_worker.server import create_app
+from fish_worker.server.fish_models import FishTTSRequest
+from fish_worker.server.fish_synthesis import plan_speech
+from helpers import asgi_call as call
+from helpers import run_job, wav_b64
+
+TEXT = "Hello there. How are you?"
+REFERENCE = wav_b64(seconds=1.0)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def app(runner, app_settings):
+    # No keys, so no tenants: the doors see the voices run_job saves (tenancy is tested in test_server_doors).
+    return create_app(runner, app_settings(auth_disabled=True))
+
+
+@pytest.fixture(scope="module")
+def saved_voice(runner) -> str:
+    [saved] = run_job(runner, {"action": "save_voice", "voice_id": "mapper", "reference_audio": REFERENCE,
+                               "reference_text": "A voice to map.", "overwrite": True})
+    assert saved["voice"]["voice_id"] == "mapper", saved
+    return "mapper"
+
+
+def job_pcm(runner, **fields) -> bytes:
+    """What the RunPod job gives for these fields, as 16-bit PCM bytes."""
+    [out] = run_job(runner, {"message": TEXT, "max_tokens": 6, "audio_format": "pcm16", **fields})
+    assert "error" not in out, out
+    return base64.b64decode(out["audio"])
+
+
+# ---- the RunPod job itself: fields the service must use -----------------------------------------------------
+
+
+def test_job_reference_text_and_voice_id_reach_the_voice_prompt(runner, saved_voice):
+    with_text = job_pcm(runner, seed=2, reference_audio=REFERENCE, reference_text="A voice to map.")
+    without_text = job_pcm(runner, seed=2, reference_audio=REFERENCE)
+    assert with_text != without_text  # the transcript is part of the prompt
+    assert job_pcm(runner, seed=2, voice_id=saved_voice) == with_text  # the saved voice is that prompt
+    assert job_pcm(runner, seed=2) not in (with_text, without_text)
+
+
+def test_job_max_tokens_bounds_each_sentence(runner):
+    [one] = run_job(runner, {"message": "Hello there.", "max_tokens": 3, "seed": 1})
+    [four] = run_job(runner, {"message": "Hello there.", "max_tokens": 4, "seed": 1})
+    assert len(one["audio"]) == 3 * 2048 and len(four["audio"]) == 4 * 2048
+
+
+def test_job_audio_format_is_the_output_format_whole_and_streamed(runner):
+    [whole] = run_job(runner, {"message": TEXT, "max_tokens": 4, "seed": 1, "audio_format": "wav"})
+    streamed = run_job(runner, {"message": TEXT, "max_tokens": 4, "seed": 1, "audio_format": "wav", "stream": True})
+    assert whole["audio_format"] == "wav" and base64.b64decode(whole["audio"])[:4] == b"RIFF"
+    assert streamed[0]["audio_format"] == "wav" and base64.b64decode(streamed[0]["audio"])[:4] == b"RIFF"
+
+
+# ---- OpenAI /v1/audio/speech ---------------------------------------------------------------------------------
+
+
+def openai_pcm(app, **fields) -> bytes:
+    body = {"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "pcm", "max_tokens": 6, **fields}
+    response = call(app, "POST", "/v1/audio/speech", json=body)
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def test_openai_speech_is_the_job_with_the_same_voice_seed_speed_and_rate(app, runner, saved_voice):
+    # OpenAI's pcm is 24 kHz; voice is a saved voice id; speed and seed carry over.
+    same = dict(seed=4, sample_rate=24_000, mode="tts")
+    assert openai_pcm(app, seed=4) == job_pcm(runner, **same)
+    assert openai_pcm(app, seed=4, voice=saved_voice) == job_pcm(runner, **same, voice_id=saved_voice)
+    assert openai_pcm(app, seed=4, speed=1.5) == job_pcm(runner, **same, speed=1.5)
+    assert openai_pcm(app, seed=4, sample_rate=16_000) == job_pcm(runner, **{**same, "sample_rate": 16_000})
+    assert openai_pcm(app, seed=4, max_tokens=3) == job_pcm(runner, **same, max_tokens=3)
+    assert openai_pcm(app, seed=4, voice=saved_voice) != openai_pcm(app, seed=4)
+
+
+def test_openai_response_format_is_the_file_format(app):
+    response = call(app, "POST", "/v1/audio/speech",
+                    json={"input": TEXT, "voice": "alloy", "response_format": "wav", "max_tokens": 4, "seed": 1})
+    assert response.status_code == 200 and response.content[:4] == b"RIFF"
+    assert response.headers["content-type"] == "audio/wav"
+
+
+# ---- seed /run and RunPod /v2: the job input as given ----------------------------------------------------------
+
+
+def test_seed_run_is_the_job(app, runner, saved_voice):
+    fields = {"message": TEXT, "max_tokens": 6, "seed": 7, "audio_format": "pcm16", "voice_id": saved_voice,
+              "speed": 1.25, "volume": -3.0, "sample_rate": 22050, "temperature": 0.4, "top_p": 0.5,
+              "repetition_penalty": 1.5}
+    response = call(app, "POST", "/run", json={"input": fields})
+    assert response.status_code == 200, response.text
+    assert response.json()["output"] == run_job(runner, fields)[0]
+    streamed = call(app, "POST", "/run", json={"input": {**fields, "stream": True}})
+    assert streamed.headers["content-type"].startswith("application/x-ndjson")
+
+
+def test_v2_runsync_is_the_job(app, runner, saved_voice):
+    fields = {"message": TEXT, "max_tokens": 6, "seed": 8, "audio_format": "pcm16", "voice_id": saved_voice,
+              "speed": 0.8, "temperature": 0.4}
+    response = call(app, "POST", "/v2/ep/runsync", json={"input": fields})
+    assert response.json()["status"] == "COMPLETED", response.text
+    assert response.json()["output"] == run_job(runner, fields)[0]
+
+
+# ---- Fish Audio /v1/tts: the request's fields in the plan the service runs --------------------------------------
+
+
+def test_fish_request_fields_reach_the_synthesis_plan(service, saved_voice):
+    request = FishTTSRequest.model_validate({
+        "text": TEXT, "temperature": 0.35, "top_p": 0.45, "repetition_penalty": 1.55, "max_new_tokens": 17,
+        "format": "wav", "sample_rate": 16_000, "prosody": {"speed": 1.3, "volume": -4.0},
+        "reference_id": saved_voice})
+    plan = plan_speech(request, service, service.voices)
+    assert (plan.speech.temperature, plan.speech.top_p, plan.speech.repetition_penalty) == (0.35, 0.45, 1.55)
+    assert plan.speech.frames_per_sentence == 17
+    assert (plan.adjustments.sample_rate, plan.adjustments.speed, plan.adjustments.volume_db) == (16_000, 1.3, -4.0)
+    saved = service.saved_voice(saved_voice)
+    assert plan.speech.voice.text == saved.text and plan.speech.voice.codes.equal(saved.codes)
+
+
+def test_fish_references_keep_their_transcripts(service):
+    request = FishTTSRequest.model_validate({
+        "text": TEXT, "references": [{"audio": REFERENCE, "text": "First clip."},
+                                     {"audio": REFERENCE, "text": "Second clip."}]})
+    plan = plan_speech(request, service, service.voices)
+    assert plan.speech.voice.text == "First clip. Second clip."
+
+
+def test_fish_tts_audio_follows_format_and_sample_rate(app, service):
+    body = {"text": "Hello there.", "format": "pcm", "max_new_tokens": 4, "sample_rate": 22050, "chunk_length": 100}
+    response = call(app, "POST", "/v1/tts", json=body)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("audio/")
+    assert not response.content.startswith(b"RIFF")  # raw PCM, no header
+    samples = len(response.content) // 2
+    assert abs(samples - 4 * service.codec.samples_per_frame / 2) <= 16, samples  # 4 frames at half the rate
+
+
+# ---- every door: the caller's tenant reaches the service (its saved voices) -----------------------------------
+
+
+def test_a_tenants_saved_voice_speaks_through_every_door(runner, app_settings):
+    app = create_app(runner, app_settings(api_keys="carol:carol-key"))
+    carol = {"Authorization": "Bearer carol-key"}
+    saved = call(app, "POST", "/run", headers=carol, json={"input": {
+        "action": "save_voice", "voice_id": "carols", "reference_audio": REFERENCE, "reference_text": "Carol."}})
+    assert saved.status_code == 200, saved.text
+    job = {"message": "Hi.", "voice_id": "carols", "max_tokens": 3, "seed": 1, "audio_format": "pcm16"}
+
+    seed_run = call(app, "POST", "/run", headers=carol, json={"input": job})
+    assert seed_run.status_code == 200, seed_run.text
+    runsync = call(app, "POST", "/v2/ep/runsync", headers=carol, json={"input": job})
+    assert runsync.json()["status"] == "COMPLETED", runsync.text
+    assert runsync.json()["output"] == seed_run.json()["output"]
+    openai = call(app, "POST", "/v1/audio/speech", headers=carol, json={
+        "input": "Hi.", "voice": "carols", "response_format": "wav", "max_tokens": 3, "seed": 1})
+    assert openai.status_code == 200, openai.text
+    fish = call(app, "POST", "/v1/tts", headers=carol, json={"text": "Hi.", "reference_id": "carols",
+                                                              "format": "wav", "max_new_tokens": 3})
+    assert fish.status_code == 200, fish.text
