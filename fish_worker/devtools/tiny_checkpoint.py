@@ -61,14 +61,15 @@ TEXT2SEMANTIC_CONFIG = dict(
 )
 
 # Overrides of fish-speech's `modded_dac_vq` codec config: same classes and hop (2048 samples per
-# frame at 44.1 kHz), far smaller widths.
-_TINY_TRANSFORMER = {"block_size": 512, "n_layer": 1, "n_head": 1, "dim": 64, "intermediate_size": 128, "head_dim": 64}
+# frame at 44.1 kHz), far smaller widths. block_size bounds the frames one decode call may hold (its RoPE
+# table): 4096 as the released quantizer's, above max_tokens_limit (512 failed on a 1000-frame sentence).
+_TINY_TRANSFORMER = {"block_size": 4096, "n_layer": 1, "n_head": 1, "dim": 64, "intermediate_size": 128, "head_dim": 64}
 CODEC_OVERRIDES = {
     "encoder_dim": 4,
     "decoder_dim": 64,  # fish-speech gives its codec transformers dim // 64 heads: keep >= 64
     "encoder_transformer_layers": [0, 0, 0, 1],
     "decoder_transformer_layers": [1, 0, 0, 0],
-    "transformer_general_config": {"block_size": 512},
+    "transformer_general_config": {"block_size": 4096},
     "quantizer": {
         "input_dim": 64,
         "n_codebooks": NUM_CODEBOOKS - 1,
