@@ -10,7 +10,8 @@ import pytest
 from fish_worker.audio.formats import ResultTooLargeError
 from fish_worker.conversations import ConversationStoreError
 from fish_worker.errors import ErrorKind, JobFailure, JobInputError, NotFoundError, WorkerError
-from fish_worker.server import ServerSettings, create_app
+from fish_worker.server import create_app
+from fish_worker.settings import ServerSettings
 from fish_worker.server.errors import STATUS_OF_KIND
 
 JOB = {"message": "Hello there.", "max_tokens": 4, "seed": 1}
@@ -24,8 +25,8 @@ EXPECTED_STATUS = {ErrorKind.BAD_INPUT: 400, ErrorKind.NOT_FOUND: 404, ErrorKind
 
 
 @pytest.fixture(scope="module")
-def app(runner):
-    return create_app(runner, ServerSettings(auth_disabled=True))
+def app(runner, settings):
+    return create_app(runner, settings.model_copy(update={"server": ServerSettings(auth_disabled=True)}))
 
 
 def call(app, method, url, **kwargs):
