@@ -114,7 +114,7 @@ def test_first_sentence_is_spoken_while_the_model_is_still_writing(service, chat
 
     chat = ScriptedChat()
     conversations = ConversationService(service, store, chat=chat, settings=chat_settings)
-    request = JobInput(message=HELLO, seed=1, mode="chat").to_turn("chat", chat_settings.chat_frames_per_sentence)
+    request = JobInput(message=HELLO, seed=1, mode="chat").to_turn("chat", chat_settings.chat.frames_per_sentence)
     events = []
     for event in conversations.turn(request, threading.Event()):
         events.append(event)

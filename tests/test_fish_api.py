@@ -315,11 +315,11 @@ def test_live_sessions_under_random_schedules_all_end(base_url, service, fish_ap
     gate = fish_app.state.runner
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (
-            service.generator.free_slots < service.settings.max_concurrency
+            service.generator.free_slots < service.max_concurrency
             or any(t.name == "synthesis" for t in threading.enumerate()) or gate.admitted or gate.running):
         time.sleep(0.05)
     assert gate.admitted == 0 and gate.running == 0
-    assert service.generator.free_slots == service.settings.max_concurrency
+    assert service.generator.free_slots == service.max_concurrency
     assert not any(t.name == "synthesis" for t in threading.enumerate())
 
 

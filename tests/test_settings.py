@@ -31,6 +31,7 @@ VARIABLES = {
     "FISH_REFERENCE_CACHE_SIZE": ("16", lambda s: s.reference_cache_size, 16),
     "FISH_LOG_LEVEL": ("DEBUG", lambda s: s.log_level, "DEBUG"),
     "FISH_MAX_CONCURRENCY": ("3", lambda s: s.max_concurrency, 3),
+    "FISH_KV_CACHE_TOKENS": ("4096", lambda s: s.kv_cache_tokens, 4096),
     "FISH_STREAM_FIRST_FRAMES": ("17", lambda s: s.stream_first_frames, 17),
     "FISH_STREAM_CONTEXT_FRAMES": ("18", lambda s: s.stream_context_frames, 18),
     "FISH_COMPILE": ("true", lambda s: s.compile, True),
@@ -116,7 +117,7 @@ def test_defaults_without_any_variable(clean_env):
     assert settings.server.port == 8000 and settings.server.port_health is None and settings.server.api_keys == ""
     assert settings.storage.voices_dir == Path("/runpod-volume/voices") and settings.storage.redis_url is None
     assert settings.storage.s3.bucket is None and settings.storage.s3.key_prefix == "fish-speech"
-    assert settings.chat.model_dir is None and settings.max_concurrency == 4
+    assert settings.chat.model_dir is None and settings.max_concurrency is None  # from device memory at load
 
 
 def test_empty_variables_mean_unset(clean_env):
