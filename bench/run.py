@@ -237,12 +237,13 @@ def _server_times(runner, jobs: list[dict]) -> tuple[float, float]:
     import uvicorn
 
     from fish_worker.server.app import create_app
-    from fish_worker.server.config import ServerSettings
+    from fish_worker.settings import ServerSettings
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(runner, ServerSettings(auth_disabled=True, max_concurrent_jobs=len(jobs)))
+    app = create_app(runner, runner.service.settings.model_copy(
+        update={"server": ServerSettings(auth_disabled=True, max_concurrent_jobs=len(jobs))}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

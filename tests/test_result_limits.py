@@ -20,7 +20,7 @@ def test_ordinary_float_request_is_let_through():
 
 def test_long_float_request_fails_naming_the_estimate_and_the_ways_out():
     error = result_too_large_error(LONG, 1000 * 20, "float", SETTINGS, "run")
-    assert str(error).startswith("result would be at least 30.9 MB, over RunPod's ~10 MB limit for /run")
+    assert str(error).startswith("audio_format: the result would be at least 30.9 MB, over RunPod's ~10 MB limit for /run")
     assert "mp3" in str(error) and "stream" in str(error) and "S3" in str(error)
 
 
@@ -50,4 +50,4 @@ def test_the_job_fails_before_synthesis(runner, monkeypatch):
 
     monkeypatch.setattr(runner.service, "synthesize", no_synthesis)
     result = asyncio.run(runner.result({"id": "big", "input": {"message": LONG}}))
-    assert result["error"].startswith("result would be at least")
+    assert result["error"].startswith("audio_format: the result would be at least")

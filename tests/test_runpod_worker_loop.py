@@ -102,7 +102,7 @@ def test_bad_input_fails_job_with_field_error(queue):
 
 def test_result_that_cannot_fit_fails_before_synthesis(queue):
     error = queue.done["too-big"]["error"]
-    assert error.startswith("result would be at least") and "limit for /run" in error
+    assert error.startswith("audio_format: the result would be at least") and "limit for /run" in error
 
 
 def test_worker_keeps_serving_after_a_failed_job(queue):

@@ -379,7 +379,9 @@ class ResultTooLargeError(WorkerError, ValueError):
 
     def __init__(self, size: int, limit: int, route: str, estimated: bool = False) -> None:
         self.size, self.limit, self.route, self.estimated = size, limit, route, estimated
-        what = f"result would be at least {size / 1e6:.1f} MB" if estimated else f"result is {size / 1e6:.1f} MB"
+        # Estimated before synthesis, it is a rejection of the request: it names the field that fixes it.
+        what = (f"audio_format: the result would be at least {size / 1e6:.1f} MB" if estimated
+                else f"result is {size / 1e6:.1f} MB")
         super().__init__(
             f"{what}, over RunPod's ~{limit / 1e6:.0f} MB limit for /{route}; "
             "ask for a compressed audio_format (mp3, opus, flac), use streaming, "
