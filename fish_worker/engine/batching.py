@@ -2,7 +2,8 @@
 
 Each request becomes a sequence with its own row ("slot"), KV-cache pages, position, sampling
 settings and `torch.Generator`. Between steps, waiting sequences join (their prompt is prefilled
-alone, with fish-speech's own `forward_generate`, then copied into their pages) and finished or
+alone, with fish-speech's own `forward_generate` over a cache as long as the prompt, then copied
+into their pages) and finished or
 cancelled ones leave. A sequence joins only when the page pool holds its prompt plus token budget
 (reserved whole, so it never runs out mid-way); until then it waits, in arrival order. A sequence's tokens do not depend on who shares its steps: every per-row op in
 `BatchedStep` is row-independent and each row draws from its own generator.
@@ -19,8 +20,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fish_worker.engine.batched_forward import BatchedStep, PagedKVCache
-from fish_worker.engine.generation import REPETITION_WINDOW, PromptTooLongError, SemanticGenerator, VoicePrompt
+from fish_worker.engine.batched_forward import BatchedStep, PagedKVCache, attended_length
+from fish_worker.engine.generation import (
+    REPETITION_WINDOW,
+    PromptTooLongError,
+    SemanticGenerator,
+    VoicePrompt,
+    short_prefill_cache,
+)
 from fish_worker.engine.sampling import RowSampling, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -203,9 +210,13 @@ class BatchScheduler:
             rows, prompt_len = seq.prompt.shape
             temperature, top_p, penalty = seq.params.as_tensors(self.device)
             input_pos = torch.arange(0, prompt_len, device=self.device)
-            token = self.single._decode_one(seq.prompt.view(1, rows, prompt_len), input_pos, temperature, top_p,
-                                            penalty, seq.generator, seq.audio_masks, seq.audio_parts, window=None)
-            self.caches.load_prefill(self.model, seq.slot, prompt_len)
+            # The prompt's own length (whole pages), not the model's whole context: see short_prefill_cache.
+            length = attended_length(prompt_len - 1, self.model.max_seq_len)
+            with self.single.lock, short_prefill_cache(self.model, length):
+                token = self.single._decode_one(seq.prompt.view(1, rows, prompt_len), input_pos, temperature,
+                                                top_p, penalty, seq.generator, seq.audio_masks, seq.audio_parts,
+                                                window=None)
+                self.caches.load_prefill(self.model, seq.slot, prompt_len)
         except Exception as exc:
             log.exception("prefill failed for one sequence")
             _release_memory(exc)

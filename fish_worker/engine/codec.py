@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from fish_worker.engine.codec_batching import DecodeBatcher
+
 
 class Codec:
-    def __init__(self, model: torch.nn.Module, device: torch.device, precision: torch.dtype):
+    """`batch_frames` > 0: concurrent decodes share padded batches of at most that many frames
+    (engine/codec_batching.py), on a CUDA stream of their own so they overlap the decoding steps."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: torch.dtype,
+                 batch_frames: int = 0):
         self.model = model
         self.device = device
         self.precision = precision
+        self.batcher = DecodeBatcher(self._decode_on_stream, batch_frames) if batch_frames > 0 else None
+        self._stream = torch.cuda.Stream(device) if batch_frames > 0 and device.type == "cuda" else None
 
     def _autocast(self):
         # fish-speech decodes under autocast in the serving precision on GPU; fp32 on CPU.
@@ -37,11 +46,32 @@ class Codec:
             codes, _ = self.model.encode(wav, lengths)
         return codes[0].to(device="cpu", dtype=torch.int)
 
-    @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """Codes [num_codebooks, frames] → mono float32 audio (frames × samples_per_frame samples)."""
-        codes = codes.to(device=self.device, dtype=torch.long)
-        lengths = torch.tensor([codes.shape[1]], device=self.device)
+        if self.batcher is not None:
+            return self.batcher.decode(codes)
+        return self.decode_many([codes])[0]
+
+    @torch.inference_mode()
+    def decode_many(self, codes: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        """One decode call for several code sequences, right-padded to the longest (the decoder is
+        causal: each row's samples are those it has alone, to float rounding)."""
+        lengths = [c.shape[1] for c in codes]
+        batch = torch.zeros((len(codes), codes[0].shape[0], max(lengths)), dtype=torch.long, device=self.device)
+        for row, c in enumerate(codes):
+            batch[row, :, : c.shape[1]] = c.to(device=self.device, dtype=torch.long)
         with self._autocast():
-            audio, _ = self.model.decode(indices=codes[None], feature_lengths=lengths)
-        return audio[0].squeeze().float().cpu().numpy()
+            audio, _ = self.model.decode(indices=batch, feature_lengths=torch.tensor(lengths, device=self.device))
+        audio = audio[:, 0].float().cpu().numpy()
+        if len(codes) == 1:
+            return [audio[0, : lengths[0] * self.samples_per_frame]]
+        # Copies, so a job's audio does not keep the whole batch's array alive.
+        return [audio[row, : n * self.samples_per_frame].copy() for row, n in enumerate(lengths)]
+
+    def _decode_on_stream(self, codes: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        if self._stream is None:
+            return self.decode_many(codes)
+        # The codes were written on the engine's stream: wait for it, then decode beside it.
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._stream):
+            return self.decode_many(codes)

@@ -26,6 +26,9 @@ from fish_worker.tts.voice_cache import VoiceCodesCache
 from fish_worker.tts.voices import VoiceNotFoundError, VoiceStore
 
 log = logging.getLogger(__name__)
+# FISH_CODEC_BATCH_FRAMES when unset on a GPU: a batch of concurrent decodes holds at most half the
+# frames one long sentence's decode may (max_tokens_limit, 2048), so batching adds no memory peak.
+GPU_CODEC_BATCH_FRAMES = 1024
 
 # Not the caller's fault and no field to blame: the model sampled its end token before any audio.
 NO_AUDIO_ERROR = "the model produced no audio for this text (it ended at once); try another seed or wording"
@@ -81,7 +84,10 @@ class TTSService:
         # Concurrent requests share decoding steps (one engine thread) instead of queueing on a lock.
         generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), budget.max_concurrency,
                                    compile=settings.compile, kv_tokens=budget.kv_tokens)
-        service = cls(settings, generator, Codec(models.codec, device, precision))
+        batch_frames = settings.codec_batch_frames
+        if batch_frames is None:
+            batch_frames = GPU_CODEC_BATCH_FRAMES if device.type == "cuda" else 0
+        service = cls(settings, generator, Codec(models.codec, device, precision, batch_frames))
         service.memory_plan = budget
         log.info("models loaded from %s on %s/%s in %.1f s", settings.checkpoint_dir, device, precision,
                  time.perf_counter() - started)
