@@ -3,10 +3,10 @@
 Each request becomes a sequence with its own row ("slot"), KV-cache pages, position, sampling
 settings and `torch.Generator`. Between steps, waiting sequences join (their prompt is prefilled
 alone, with fish-speech's own `forward_generate` over a cache as long as the prompt, then copied
-into their pages) and finished or
-cancelled ones leave. A sequence joins only when the page pool holds its prompt plus token budget
-(reserved whole, so it never runs out mid-way); until then it waits, in arrival order. A sequence's tokens do not depend on who shares its steps: every per-row op in
-`BatchedStep` is row-independent and each row draws from its own generator.
+into their pages) and finished or cancelled ones leave. A sequence joins only when the page pool
+holds its prompt plus token budget (reserved whole, so it never runs out mid-way); until then it
+waits, in arrival order. A sequence's tokens do not depend on who shares its steps: every per-row
+op in `BatchedStep` is row-independent and each row draws from its own generator.
 """
 
 from __future__ import annotations
