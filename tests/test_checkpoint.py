@@ -149,3 +149,22 @@ def test_worker_with_a_bad_codec_config_stops_saying_so(broken_copy):
     assert result.returncode == 2
     assert "cannot start: codec_config.yaml: _target_: not a codec size" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_models_are_built_uninitialised_and_take_the_files_weights(tiny_checkpoint):
+    """Skipping init must not hang torch's trunc_normal_ (it redraws until every value is in range)
+    and must leave no trace: every parameter is the file's."""
+    from fish_worker.engine.checkpoint import _weightless
+
+    with _weightless(zero_normal=True):
+        weight = torch.nn.Linear(512, 512).weight
+        torch.nn.init.trunc_normal_(weight, std=0.02)
+    models = load_models(tiny_checkpoint, torch.device("cpu"), torch.float32)
+    for model, file in ((models.text2semantic, "model.pth"), (models.codec, "codec.pth")):
+        stored = torch.load(tiny_checkpoint / file, map_location="cpu", weights_only=True)
+        stored = {k.removeprefix("model."): v for k, v in stored.items()}
+        params = dict(model.named_parameters())
+        assert set(params) <= set(stored), file
+        for name, param in params.items():
+            assert torch.equal(param.detach().float(), stored[name].float()), name

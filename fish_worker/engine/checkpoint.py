@@ -164,24 +164,35 @@ class _SkipInit(TorchFunctionMode):
     """Module construction without random initialisation: the file's weights replace every parameter.
 
     (Initialising ~0.7 B parameters costs seconds; on the meta device, `normal_` and any arithmetic
-    import torch._dynamo, seconds more.)"""
+    import torch._dynamo, seconds more.) `zero_normal`: `normal_` fills zeros instead of leaving the
+    memory as it was. torch's `trunc_normal_` (the codec's quantizer init) redraws with `normal_` until
+    every value lies within its bounds, so over untouched memory it would loop forever; zeros end it at
+    once, for the price of a memset."""
 
     _INIT = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_, torch.nn.init.uniform_,
              torch.nn.init.trunc_normal_, torch.nn.init.kaiming_uniform_}
 
+    def __init__(self, zero_normal: bool = False):
+        super().__init__()
+        self.zero_normal = zero_normal
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in self._INIT:
-            return args[0] if args else kwargs["tensor"]  # torch.nn.init passes it by name
+            tensor = args[0] if args else kwargs["tensor"]  # torch.nn.init passes it by name
+            if self.zero_normal and func is torch.Tensor.normal_:
+                with torch.no_grad():
+                    tensor.zero_()
+            return tensor
         return func(*args, **kwargs)
 
 
-def _weightless(device: str | None = None):
+def _weightless(device: str | None = None, zero_normal: bool = False):
     """Build modules without initialising their parameters (on `device`, e.g. "meta", if given)."""
     stack = contextlib.ExitStack()
     if device is not None:
         stack.enter_context(torch.device(device))
-    stack.enter_context(_SkipInit())
+    stack.enter_context(_SkipInit(zero_normal))
     return stack
 
 
@@ -276,9 +287,10 @@ def load_codec(path: Path, device: torch.device):
     file = path / "codec.pth"
     config = compose_codec_config(path)  # CheckpointError for a bad overrides file
     try:
-        # Built with its own initialisation: under _SkipInit the DAC's trunc_normal_ init was seen to
-        # spin for minutes in torch's function-mode dispatch (after PyAV had been used in-process).
-        codec = instantiate(config)
+        # Uninitialised, as the text model: the codec's own init costs ~8 s at the released size on
+        # the CPU (where it is built, whatever the device), and every weight is replaced below.
+        with _weightless(zero_normal=True):
+            codec = instantiate(config)
     except Exception as exc:  # sizes that are numbers but do not make a codec (e.g. zero heads)
         raise CheckpointError(f"{codec_config_name(path)}: the codec cannot be built with these sizes: "
                               f"{type(exc).__name__}: {_first_line(exc)}") from None
