@@ -141,3 +141,9 @@ def test_random_schedules_every_caller_gets_its_own_audio(seed):
     for lengths in seen_batches:
         assert len(lengths) == 1 or max(lengths) * len(lengths) <= cap
     assert batcher.requests >= len(calls)  # retried rows count again
+
+
+def test_the_cpu_decodes_each_job_on_its_own_thread_by_default(service):
+    """Unset FISH_CODEC_BATCH_FRAMES: off on the CPU (a batch measured slower there than one by one)."""
+    assert service.settings.codec_batch_frames is None
+    assert service.codec.batcher is None

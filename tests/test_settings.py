@@ -35,6 +35,7 @@ VARIABLES = {
     "FISH_STREAM_FIRST_FRAMES": ("17", lambda s: s.stream_first_frames, 17),
     "FISH_STREAM_CONTEXT_FRAMES": ("18", lambda s: s.stream_context_frames, 18),
     "FISH_COMPILE": ("true", lambda s: s.compile, True),
+    "FISH_CODEC_BATCH_FRAMES": ("256", lambda s: s.codec_batch_frames, 256),
     # server
     "FISH_API_KEYS": ("alice:k1,k2", lambda s: s.server.api_keys, "alice:k1,k2"),
     "FISH_AUTH_DISABLED": ("true", lambda s: s.server.auth_disabled, True),
