@@ -217,7 +217,9 @@ def bench_end_to_end(service, max_tokens: int, n: int) -> dict:
     runner_seq = _timed(lambda: asyncio.run(sequential()))
     runner_par = _timed(lambda: asyncio.run(together()))
     server_seq, server_par = _server_times(runner, jobs)
-    return {"jobs": n, "max_tokens": max_tokens,
+    batcher = service.codec.batcher  # FISH_CODEC_BATCH_FRAMES: decodes per batched codec call, over the whole run
+    codec = {"decodes": batcher.requests, "batches": batcher.batches} if batcher is not None else None
+    return {"jobs": n, "max_tokens": max_tokens, "codec_batching": codec,
             "job_runner": {"sequential_s": runner_seq, "concurrent_s": runner_par, "ratio": runner_seq / runner_par},
             "server": {"sequential_s": server_seq, "concurrent_s": server_par, "ratio": server_seq / server_par}}
 
@@ -357,6 +359,9 @@ def print_table(results: dict) -> None:
           f"{kv['typical_job_bytes_bf16'] / 1e6:.0f} MB; typical jobs per card {kv['typical_jobs_per_card']} "
           f"(full context per job: {kv['full_context_jobs_per_card']})")
     print(f"peak memory: {results['memory']}")
+    codec = (results.get("end_to_end") or {}).get("codec_batching")
+    if codec:
+        print(f"codec: {codec['decodes']} decodes in {codec['batches']} batched calls (FISH_CODEC_BATCH_FRAMES)")
 
 
 def main() -> None:
