@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, TypeAdapter
 
+from fish_worker.dialogue.chat_template import render_prompt
+
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
@@ -54,7 +56,7 @@ def fit_prompt(
     dropped = 0
     while True:
         kept = system + turns[dropped:]
-        token_ids = _render(tokenizer, kept)
+        token_ids = render_prompt(tokenizer, kept)
         room = context_tokens - len(token_ids)
         if room >= max_new_tokens or dropped == len(turns) - 1:
             break
@@ -67,9 +69,3 @@ def fit_prompt(
             f"and the model's context holds {context_tokens}"
         )
     return FittedPrompt(token_ids, kept, dropped, min(max_new_tokens, room))
-
-
-def _render(tokenizer, messages: list[dict]) -> list[int]:
-    # Render to text, then tokenize: apply_chat_template(tokenize=True) changed its return type in v5.
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
