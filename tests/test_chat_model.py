@@ -232,3 +232,13 @@ def test_detokenizer_never_splits_a_character(chat):
     deltas = [detokenizer.push(token_id) for token_id in ids] + [detokenizer.flush()]
     assert "".join(deltas) == text
     assert not any("\ufffd" in delta for delta in deltas)
+
+
+def test_load_with_a_slow_tokenizer_is_refused(tmp_path, monkeypatch):
+    """Prompts keep message text plain through the tokenizer's character offsets, which only fast ones give."""
+    from transformers import PreTrainedTokenizerFast
+
+    write_tiny_chat_model(tmp_path, seed=0)
+    monkeypatch.setattr(PreTrainedTokenizerFast, "is_fast", property(lambda self: False))
+    with pytest.raises(ChatModelError, match="slow"):
+        ChatModel.load(tmp_path)

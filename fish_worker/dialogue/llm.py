@@ -57,6 +57,9 @@ class ChatModel:
             raise ChatModelError(f"cannot load the chat model's tokenizer from {path}: {exc}") from exc
         if not tokenizer.chat_template:
             raise ChatModelError(f"the tokenizer in {path} has no chat template (is it a chat/instruct model?)")
+        if not tokenizer.is_fast:  # prompts keep message text plain using its character offsets (chat_template.py)
+            raise ChatModelError(f"the tokenizer in {path} is a slow (Python) tokenizer; chat mode needs a fast "
+                                 "one (a tokenizer.json)")
         try:
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **{_DTYPE_KWARG: dtype})
         except Exception as exc:
