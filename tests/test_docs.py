@@ -1,5 +1,6 @@
 """The documentation cannot rot: every shell block in README.md and docs/*.md is run, or says why not,
-and docs/configuration.md lists every variable the code reads, with its default.
+and docs/configuration.md lists every variable the code reads, with its default; every relative link
+(file and heading) resolves.
 
 Each fenced bash/sh block is preceded by a marker, `<!-- commands: KIND -->`:
 
@@ -241,3 +242,36 @@ def test_configuration_lists_every_variable_with_its_default():
             assert cell.startswith("none") or "a short" in cell, f"{name}: default is unset, the docs say {cell!r}"
         elif len(rendered(default)) <= 60:  # not the chat system prompt
             assert f"`{rendered(default)}`" in cell, f"{name}: default {rendered(default)!r}, the docs say {cell!r}"
+
+
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """GitHub's anchors for a file's headings: lowercased, punctuation dropped, spaces become hyphens."""
+    anchors, in_fence = set(), False
+    for line in path.read_text().splitlines():
+        if FENCE.match(line):
+            in_fence = not in_fence
+        elif not in_fence and (m := re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)):
+            text = re.sub(r"[`*_]", "", m.group(1)).lower()
+            anchors.add(re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", text)))
+    return anchors
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_points_at_something(doc):
+    """Links between the docs (and to files of the repository) resolve, anchors included."""
+    broken = []
+    for number, line in enumerate(doc.read_text().splitlines(), 1):
+        for match in LINK.finditer(line):
+            target = match.group(1) or match.group(2)
+            if re.match(r"^[a-z]+:", target):  # http(s):, mailto: ... (not checked: no network in tests)
+                continue
+            file, _, anchor = target.partition("#")
+            path = (doc.parent / file).resolve() if file else doc
+            if not path.exists():
+                broken.append(f"{doc.name}:{number}: {target} (no such file)")
+            elif anchor and path.suffix == ".md" and anchor not in heading_anchors(path):
+                broken.append(f"{doc.name}:{number}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
