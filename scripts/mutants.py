@@ -174,6 +174,23 @@ MUTANTS = [
            "plan = await _plan(fish_request, service, service.voices.for_tenant(tenant))",
            "plan = await _plan(fish_request, service, service.voices)",
            (f"{MAPPINGS}::test_a_tenants_saved_voice_speaks_through_every_door",)),
+    # Engine and codec (real size round): batched codec rows, the short prefill cache, chat prompts.
+    Mutant("codec-batch-mixes-rows", "fish_worker/engine/codec_batching.py",
+           "for request, audio in zip(batch, results, strict=True):",
+           "                for request, audio in zip(batch, reversed(results), strict=True):",
+           ("tests/test_codec_batching.py",)),
+    Mutant("codec-batch-keeps-padding", "fish_worker/engine/codec.py",
+           "return [audio[row, : n * self.samples_per_frame].copy() for row, n in enumerate(lengths)]",
+           "        return [audio[row].copy() for row, n in enumerate(lengths)]",
+           ("tests/test_codec_batching.py",)),
+    Mutant("prefill-cache-not-restored", "fish_worker/engine/generation.py",
+           "model.max_seq_len = full_length",
+           "        model.max_seq_len = length",
+           ("tests/test_batching.py", "tests/test_equivalence.py")),
+    Mutant("chat-prompt-reads-control-tokens", "fish_worker/dialogue/chat_template.py",
+           'return _encode_guarded(tokenizer, pieces, control) if injected else encoded["input_ids"]',
+           '    return encoded["input_ids"]',
+           ("tests/test_chat_prompt_injection.py",)),
 ]
 
 
