@@ -528,6 +528,23 @@ def test_stored_results_are_capped_oldest_first(runner, app_settings):
     assert scenario(by_bytes, more) == [404, 200, 200]  # two results' bytes fit, the third pushes out the first
 
 
+def test_a_tenant_flooding_the_store_pushes_out_its_own_results_first(runner, app_settings):
+    """Past either cap, results go from the tenant holding the most: a quiet tenant's result stays."""
+    async def alice_once_then_bob_four_times(client):
+        alices = (await client.post("/v2/ep/runsync", json={"input": JOB}, headers=ALICE)).json()["id"]
+        bobs = [(await client.post("/v2/ep/runsync", json={"input": JOB}, headers=BOB)).json()["id"]
+                for _ in range(4)]
+        return ((await client.get(f"/v2/ep/status/{alices}", headers=ALICE)).status_code,
+                [(await client.get(f"/v2/ep/status/{i}", headers=BOB)).status_code for i in bobs])
+
+    tenants = "alice:key-of-alice,bob:key-of-bob"
+    by_count = create_app(runner, app_settings(api_keys=tenants, max_stored_jobs=3))
+    assert scenario(by_count, alice_once_then_bob_four_times) == (200, [404, 404, 200, 200])
+    one_result = max(r.result_bytes for r in by_count.state.registry.jobs.values())  # the same job each time
+    by_bytes = create_app(runner, app_settings(api_keys=tenants, max_stored_result_bytes=3 * one_result))
+    assert scenario(by_bytes, alice_once_then_bob_four_times) == (200, [404, 404, 200, 200])
+
+
 @pytest.mark.timeout(240)
 def test_stress_random_schedules_every_job_ends_and_every_place_is_given_back(runner, app_settings):
     import random

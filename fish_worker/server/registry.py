@@ -5,13 +5,16 @@ As on this worker's RunPod queue endpoints (fish_worker/jobs/runpod_adapter.py),
 
 Each job belongs to the tenant that submitted it: to any other tenant it does not exist (lookups
 answer None, so the door answers 404 and ids never leak). Finished jobs are kept for `ttl_s`, and
-at most `max_jobs` of them holding at most `max_bytes` of results: past that the oldest go first.
+at most `max_jobs` of them holding at most `max_bytes` of results. Past a limit, results go from the
+tenant holding the most of what is over (jobs or bytes), its oldest first: a tenant that floods the
+server pushes out its own results, never a quieter tenant's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +156,12 @@ class JobRegistry:
 
     def _forget_over_limits(self) -> None:
         while self._finished and (len(self.jobs) > self.max_jobs or self.stored_bytes > self.max_bytes):
-            self._forget(next(iter(self._finished.values())))
+            over_jobs = len(self.jobs) > self.max_jobs
+            held: Counter = Counter()
+            for record in self._finished.values():
+                held[record.tenant] += 1 if over_jobs else record.result_bytes
+            heaviest = max(held, key=held.__getitem__)  # ties: the first to finish, as Counter keeps order
+            self._forget(next(r for r in self._finished.values() if r.tenant == heaviest))
 
     def _forget(self, record: JobRecord) -> None:
         del self._finished[record.id]
