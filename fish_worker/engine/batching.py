@@ -94,7 +94,7 @@ class BatchScheduler:
         self.device = generator.device
         self.max_batch = max_batch
         dtype = next(self.model.parameters()).dtype
-        kv_tokens = kv_tokens if kv_tokens is not None else max_batch * self.model.max_seq_len
+        kv_tokens = kv_tokens if kv_tokens is not None else max_batch * self.model.config.max_seq_len
         pages = -(-kv_tokens // PagedKVCache.page_size_for(self.model))
         self.caches = PagedKVCache(self.model, max_batch, pages, dtype, self.device)
         self.step_fn = BatchedStep(self.model, self.caches, compile=compile)
@@ -211,7 +211,7 @@ class BatchScheduler:
             temperature, top_p, penalty = seq.params.as_tensors(self.device)
             input_pos = torch.arange(0, prompt_len, device=self.device)
             # The prompt's own length (whole pages), not the model's whole context: see short_prefill_cache.
-            length = attended_length(prompt_len - 1, self.model.max_seq_len)
+            length = attended_length(prompt_len - 1, self.model.config.max_seq_len)
             with self.single.lock, short_prefill_cache(self.model, length):
                 token = self.single._decode_one(seq.prompt.view(1, rows, prompt_len), input_pos, temperature,
                                                 top_p, penalty, seq.generator, seq.audio_masks, seq.audio_parts,
