@@ -147,6 +147,8 @@ class SemanticGenerator:
     def _full_context_cache(self) -> None:
         """fish-speech's batch-1 cache at the model's whole context, as its own generate() sets it up
         (the loader leaves it small: the batched engine never uses it; this loop is the reference)."""
+        if self.model.max_seq_len >= self.config.max_seq_len:
+            return  # already (setup_caches would also renew the fast caches, for nothing)
         with torch.device(self.device):
             self.model.setup_caches(max_batch_size=1, max_seq_len=self.config.max_seq_len,
                                     dtype=next(self.model.parameters()).dtype)
