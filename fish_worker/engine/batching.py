@@ -126,7 +126,8 @@ class BatchScheduler:
         generator: torch.Generator,
         stop: threading.Event | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield codec frames ([num_codebooks] int tensors) until <|im_end|>, the token budget or `stop`."""
+        """Yield codec frames ([num_codebooks] int tensors, on the CPU) until <|im_end|>, the token budget
+        or `stop`."""
         prompt, audio_masks, audio_parts, budget = self.single.prepare(text, voices, params)
         seq = _Sequence(prompt.to(self.device), audio_masks, audio_parts, params, generator, budget, stop)
         thread = self._submit(seq)
@@ -222,7 +223,7 @@ class BatchScheduler:
             _release_memory(exc)
             return self._end(seq, exc)
         seq.history = torch.zeros((rows, max(seq.budget, REPETITION_WINDOW)), dtype=torch.int, device=self.device)
-        self._emit(seq, token[:, 0])
+        self._emit(seq, token[:, 0], token[:, 0].cpu())
 
     def _step_rows(self, seqs: list[_Sequence], retried: bool = False) -> None:
         """One decoding step for `seqs`. If it raises, each half is retried, and a lone row once more,
@@ -250,10 +251,11 @@ class BatchScheduler:
             self._step_rows(seqs[:half])
             self._step_rows(seqs[half:])
             return
-        for seq, frame in zip(seqs, frames):
+        on_cpu = frames.cpu()
+        for seq, frame, frame_on_cpu in zip(seqs, frames, on_cpu):
             seq.history[:, seq.step] = frame
             seq.step += 1
-            self._emit(seq, frame)
+            self._emit(seq, frame, frame_on_cpu)
 
     def _decode_step(self, seqs: list[_Sequence]) -> torch.Tensor:
         tokens = torch.stack([s.token for s in seqs])
@@ -266,11 +268,14 @@ class BatchScheduler:
         self.rows_decoded += len(seqs)
         return frames
 
-    def _emit(self, seq: _Sequence, token: torch.Tensor) -> None:
-        """Hand out a new frame, or end the sequence (the checks of fish-speech's loop, in its order)."""
-        if int(token[0]) == self.single.im_end_id:
+    def _emit(self, seq: _Sequence, token: torch.Tensor, on_cpu: torch.Tensor) -> None:
+        """Hand out a new frame, or end the sequence (the checks of fish-speech's loop, in its order).
+
+        `token` stays on the device as the next step's input; `on_cpu` is its copy, read here and
+        handed out, so a step costs one device-to-host copy rather than a sync per row."""
+        if int(on_cpu[0]) == self.single.im_end_id:
             return self._end(seq, _END)
-        seq.frames.put(token[1:].clone())
+        seq.frames.put(on_cpu[1:].clone())
         if seq.step == seq.budget - 1 or seq.stopped:
             return self._end(seq, _END)
         seq.token = token
