@@ -11,6 +11,7 @@ op in `BatchedStep` is row-independent and each row draws from its own generator
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -55,6 +56,7 @@ class _Sequence:
     # sequence and outlives each consumer, so no producer thread belongs to (or is joined by) a consumer.
     frames: queue.Queue = field(default_factory=queue.Queue)  # frames, then an exception or _END
     slot: int = -1
+    number: int = field(default_factory=itertools.count().__next__)  # unique for the process's life
     step: int = 0
     token: torch.Tensor | None = None  # the last frame produced, [rows]; input of the next step
     history: torch.Tensor | None = None  # [rows, max(budget, window)]: the repetition-penalty source
@@ -106,6 +108,10 @@ class BatchScheduler:
         self.steps = 0  # batched steps run, and rows decoded in them (for logs and the benchmark)
         self.rows_decoded = 0
         self.step_failures = 0  # batched steps that raised (each then retried in halves)
+        # The rows' sampling tensors, rebuilt only when the rows change (a join or a leave), not every
+        # step: on a GPU each row's settings are three host-to-device copies. Keyed by sequence
+        # numbers, never id(): a finished sequence's id can come back as a new one's.
+        self._sampling: tuple[tuple[int, ...], RowSampling] | None = None
 
     @property
     def num_codebooks(self) -> int:
@@ -262,7 +268,10 @@ class BatchScheduler:
         positions = torch.tensor([s.position for s in seqs], device=self.device)
         slots = torch.tensor([s.slot for s in seqs], device=self.device)
         windows = torch.stack([s.window() for s in seqs])
-        sampling = RowSampling.of([s.params for s in seqs], [s.generator for s in seqs], self.device)
+        rows = tuple(s.number for s in seqs)
+        if self._sampling is None or self._sampling[0] != rows:
+            self._sampling = rows, RowSampling.of([s.params for s in seqs], [s.generator for s in seqs], self.device)
+        sampling = self._sampling[1]
         frames = self.step_fn(tokens, positions, slots, sampling, windows)
         self.steps += 1
         self.rows_decoded += len(seqs)
