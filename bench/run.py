@@ -288,14 +288,14 @@ def kv_memory(service) -> dict:
     typical = kv_budget.TYPICAL_JOB_TOKENS
     weights_bf16 = sum(p.numel() for p in model.parameters()) * 2
     codec_bytes = sum(t.nbytes for t in service.codec.model.state_dict().values())  # float32, as served
-    prefill_cache = model.max_seq_len * per_token_bf16  # fish-speech's batch-1 cache, for prefills
-    fixed = weights_bf16 + codec_bytes + prefill_cache
+    # A prefill's batch-1 cache is as long as its prompt and lives only while it runs: in the workspace.
+    fixed = weights_bf16 + codec_bytes
     cards = {f"{gb}GB": int(kv_budget.jobs_that_fit(gb * 10**9, fixed, per_token_bf16)) for gb in (24, 48, 80)}
-    full_context = {f"{gb}GB": int(kv_budget.jobs_that_fit(gb * 10**9, fixed, per_token_bf16, model.max_seq_len))
+    full_context = {f"{gb}GB": int(kv_budget.jobs_that_fit(gb * 10**9, fixed, per_token_bf16, model.config.max_seq_len))
                     for gb in (24, 48, 80)}
     return {"bytes_per_token_bf16": per_token_bf16, "bytes_per_token_this_run": int(measured_per_token),
             "typical_job_tokens": typical, "typical_job_bytes_bf16": typical * per_token_bf16,
-            "text2semantic_bf16_bytes": weights_bf16, "codec_bytes": codec_bytes, "prefill_cache_bf16_bytes": prefill_cache,
+            "text2semantic_bf16_bytes": weights_bf16, "codec_bytes": codec_bytes,
             "typical_jobs_per_card": cards, "full_context_jobs_per_card": full_context,
             "pool_tokens": pool.pages * pool.page_size, "max_concurrency": service.max_concurrency}
 

@@ -79,10 +79,10 @@ class PagedKVCache:
     def __init__(self, model, slots: int, pages: int, dtype: torch.dtype, device: torch.device,
                  page_size: int = KEY_BLOCK):
         cfg = model.config
-        if model.max_seq_len % page_size:
-            raise ValueError(f"max_seq_len {model.max_seq_len} is not a multiple of the page size {page_size}")
+        if cfg.max_seq_len % page_size:
+            raise ValueError(f"max_seq_len {cfg.max_seq_len} is not a multiple of the page size {page_size}")
         self.page_size = page_size
-        self.max_pages_per_seq = model.max_seq_len // page_size
+        self.max_pages_per_seq = cfg.max_seq_len // page_size
         shape = (pages + 1, cfg.n_local_heads, page_size, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in model.layers]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in model.layers]
@@ -219,7 +219,7 @@ class BatchedStep:
         """windows [B, rows, 16]: each row's repetition-penalty window (fish-speech's `previous_tokens`)."""
         model, cfg = self.model, self.model.config
         with sdpa_kernel(SDPBackend.MATH):
-            length = attended_length(int(positions.max()), model.max_seq_len)
+            length = attended_length(int(positions.max()), cfg.max_seq_len)
             pages = self.caches.table[slots, : length // self.caches.page_size]
             logits, hidden = self.slow(tokens, positions, pages)
         # fish-speech penalises the window's first column (one token per codebook row) for the semantic token.

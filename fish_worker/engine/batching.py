@@ -11,6 +11,7 @@ op in `BatchedStep` is row-independent and each row draws from its own generator
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -55,6 +56,7 @@ class _Sequence:
     # sequence and outlives each consumer, so no producer thread belongs to (or is joined by) a consumer.
     frames: queue.Queue = field(default_factory=queue.Queue)  # frames, then an exception or _END
     slot: int = -1
+    number: int = field(default_factory=itertools.count().__next__)  # unique for the process's life
     step: int = 0
     token: torch.Tensor | None = None  # the last frame produced, [rows]; input of the next step
     history: torch.Tensor | None = None  # [rows, max(budget, window)]: the repetition-penalty source
@@ -94,7 +96,7 @@ class BatchScheduler:
         self.device = generator.device
         self.max_batch = max_batch
         dtype = next(self.model.parameters()).dtype
-        kv_tokens = kv_tokens if kv_tokens is not None else max_batch * self.model.max_seq_len
+        kv_tokens = kv_tokens if kv_tokens is not None else max_batch * self.model.config.max_seq_len
         pages = -(-kv_tokens // PagedKVCache.page_size_for(self.model))
         self.caches = PagedKVCache(self.model, max_batch, pages, dtype, self.device)
         self.step_fn = BatchedStep(self.model, self.caches, compile=compile)
@@ -106,6 +108,10 @@ class BatchScheduler:
         self.steps = 0  # batched steps run, and rows decoded in them (for logs and the benchmark)
         self.rows_decoded = 0
         self.step_failures = 0  # batched steps that raised (each then retried in halves)
+        # The rows' sampling tensors, rebuilt only when the rows change (a join or a leave), not every
+        # step: on a GPU each row's settings are three host-to-device copies. Keyed by sequence
+        # numbers, never id(): a finished sequence's id can come back as a new one's.
+        self._sampling: tuple[tuple[int, ...], RowSampling] | None = None
 
     @property
     def num_codebooks(self) -> int:
@@ -126,7 +132,8 @@ class BatchScheduler:
         generator: torch.Generator,
         stop: threading.Event | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield codec frames ([num_codebooks] int tensors) until <|im_end|>, the token budget or `stop`."""
+        """Yield codec frames ([num_codebooks] int tensors, on the CPU) until <|im_end|>, the token budget
+        or `stop`."""
         prompt, audio_masks, audio_parts, budget = self.single.prepare(text, voices, params)
         seq = _Sequence(prompt.to(self.device), audio_masks, audio_parts, params, generator, budget, stop)
         thread = self._submit(seq)
@@ -211,7 +218,7 @@ class BatchScheduler:
             temperature, top_p, penalty = seq.params.as_tensors(self.device)
             input_pos = torch.arange(0, prompt_len, device=self.device)
             # The prompt's own length (whole pages), not the model's whole context: see short_prefill_cache.
-            length = attended_length(prompt_len - 1, self.model.max_seq_len)
+            length = attended_length(prompt_len - 1, self.model.config.max_seq_len)
             with self.single.lock, short_prefill_cache(self.model, length):
                 token = self.single._decode_one(seq.prompt.view(1, rows, prompt_len), input_pos, temperature,
                                                 top_p, penalty, seq.generator, seq.audio_masks, seq.audio_parts,
@@ -222,7 +229,7 @@ class BatchScheduler:
             _release_memory(exc)
             return self._end(seq, exc)
         seq.history = torch.zeros((rows, max(seq.budget, REPETITION_WINDOW)), dtype=torch.int, device=self.device)
-        self._emit(seq, token[:, 0])
+        self._emit(seq, token[:, 0], token[:, 0].cpu())
 
     def _step_rows(self, seqs: list[_Sequence], retried: bool = False) -> None:
         """One decoding step for `seqs`. If it raises, each half is retried, and a lone row once more,
@@ -250,27 +257,34 @@ class BatchScheduler:
             self._step_rows(seqs[:half])
             self._step_rows(seqs[half:])
             return
-        for seq, frame in zip(seqs, frames):
+        on_cpu = frames.cpu()
+        for seq, frame, frame_on_cpu in zip(seqs, frames, on_cpu):
             seq.history[:, seq.step] = frame
             seq.step += 1
-            self._emit(seq, frame)
+            self._emit(seq, frame, frame_on_cpu)
 
     def _decode_step(self, seqs: list[_Sequence]) -> torch.Tensor:
         tokens = torch.stack([s.token for s in seqs])
         positions = torch.tensor([s.position for s in seqs], device=self.device)
         slots = torch.tensor([s.slot for s in seqs], device=self.device)
         windows = torch.stack([s.window() for s in seqs])
-        sampling = RowSampling.of([s.params for s in seqs], [s.generator for s in seqs], self.device)
+        rows = tuple(s.number for s in seqs)
+        if self._sampling is None or self._sampling[0] != rows:
+            self._sampling = rows, RowSampling.of([s.params for s in seqs], [s.generator for s in seqs], self.device)
+        sampling = self._sampling[1]
         frames = self.step_fn(tokens, positions, slots, sampling, windows)
         self.steps += 1
         self.rows_decoded += len(seqs)
         return frames
 
-    def _emit(self, seq: _Sequence, token: torch.Tensor) -> None:
-        """Hand out a new frame, or end the sequence (the checks of fish-speech's loop, in its order)."""
-        if int(token[0]) == self.single.im_end_id:
+    def _emit(self, seq: _Sequence, token: torch.Tensor, on_cpu: torch.Tensor) -> None:
+        """Hand out a new frame, or end the sequence (the checks of fish-speech's loop, in its order).
+
+        `token` stays on the device as the next step's input; `on_cpu` is its copy, read here and
+        handed out, so a step costs one device-to-host copy rather than a sync per row."""
+        if int(on_cpu[0]) == self.single.im_end_id:
             return self._end(seq, _END)
-        seq.frames.put(token[1:].clone())
+        seq.frames.put(on_cpu[1:].clone())
         if seq.step == seq.budget - 1 or seq.stopped:
             return self._end(seq, _END)
         seq.token = token

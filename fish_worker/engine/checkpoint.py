@@ -216,6 +216,9 @@ def _import_dual_ar():
             del sys.modules["transformers"]
 
 
+SMALL_PREFILL_CACHE = 8  # positions of fish-speech's batch-1 cache until its own loop grows it
+
+
 def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype, max_batch_size: int = 1):
     """The dual-AR model with the file's weights, built without a random initialisation.
 
@@ -245,8 +248,12 @@ def load_text2semantic(path: Path, device: torch.device, precision: torch.dtype,
     del weights
     _require_materialised(model, path_hint=str(path / "model.pth"))
     model = model.to(device=device, dtype=precision).eval()
+    # fish-speech's batch-1 KV cache starts small instead of a full context (0.94 GB at S1-mini in bf16):
+    # a prefill brings one as long as its prompt (short_prefill_cache), and fish-speech's own loop, the
+    # reference (SemanticGenerator.generate, fish-speech's generate()), grows it to the full context
+    # when it first runs. The fast transformer's caches (one position per codebook) are set up here.
     with torch.device(device):
-        model.setup_caches(max_batch_size=max_batch_size, max_seq_len=model.config.max_seq_len, dtype=precision)
+        model.setup_caches(max_batch_size=max_batch_size, max_seq_len=SMALL_PREFILL_CACHE, dtype=precision)
     return model
 
 

@@ -35,13 +35,15 @@ class PromptTooLongError(ValueError):
 
 @contextlib.contextmanager
 def short_prefill_cache(model: torch.nn.Module, length: int) -> Iterator[None]:
-    """fish-speech's batch-1 KV cache cut to `length` positions while a prompt is prefilled.
+    """A batch-1 KV cache of `length` positions for fish-speech's `forward_generate` while a prompt is prefilled.
 
-    `forward_generate` attends over its whole cache (`max_seq_len`, 8,192 at S1-mini), so a short
-    prompt's prefill mostly multiplies masked zeros: measured on the bench checkpoint, 100 of a
-    join's 178 ms. With a cache as long as the prompt rounded up to a page, it attends over what it
-    holds (same tokens: the masked keys only ever added zeros; tests/test_batching.py). The caller
-    must own the model (the engine thread, under the generator's lock); the full caches come back after.
+    `forward_generate` attends over its whole cache (`max_seq_len`, 8,192 at S1-mini, as fish-speech's
+    own loop sets it up), so a short prompt's prefill mostly multiplies masked zeros: measured on the
+    bench checkpoint, 100 of a join's 178 ms. With a cache as long as the prompt rounded up to a page,
+    it attends over what it holds (same tokens: the masked keys only ever added zeros;
+    tests/test_batching.py, tests/test_equivalence.py), and no full-context batch-1 cache stays
+    resident. The caller must own the model (the engine thread, under the generator's lock); the
+    model's own caches come back after.
     """
     from fish_speech.models.text2semantic.llama import KVCache
 
@@ -122,6 +124,7 @@ class SemanticGenerator:
         history = torch.zeros((rows, budget), dtype=torch.int, device=self.device)
 
         with self.lock:
+            self._full_context_cache()
             x = prompt.to(self.device).view(1, rows, prompt_len)
             input_pos = torch.arange(0, prompt_len, device=self.device)
             token = self._decode_one(x, input_pos, temperature, top_p, repetition_penalty, generator,
@@ -140,6 +143,15 @@ class SemanticGenerator:
                                              repetition_penalty, generator, audio_masks, audio_parts, window)
                 input_pos += 1
                 history[:, step : step + 1] = token
+
+    def _full_context_cache(self) -> None:
+        """fish-speech's batch-1 cache at the model's whole context, as its own generate() sets it up
+        (the loader leaves it small: the batched engine never uses it; this loop is the reference)."""
+        if self.model.max_seq_len >= self.config.max_seq_len:
+            return  # already (setup_caches would also renew the fast caches, for nothing)
+        with torch.device(self.device):
+            self.model.setup_caches(max_batch_size=1, max_seq_len=self.config.max_seq_len,
+                                    dtype=next(self.model.parameters()).dtype)
 
     def _decode_one(self, x, input_pos, temperature, top_p, repetition_penalty, generator,
                     audio_masks, audio_parts, window) -> torch.Tensor:

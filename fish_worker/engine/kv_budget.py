@@ -21,7 +21,7 @@ from fish_worker.engine.batched_forward import PagedKVCache
 TYPICAL_JOB_TOKENS = 1792
 CPU_DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 64  # the settings' upper bound
-# Left free on a GPU for activations, the codec decode and the allocator's slack.
+# Left free on a GPU for activations, the codec decode, a prefill's batch-1 cache and the allocator's slack.
 GPU_WORKSPACE_BYTES = 2 * 1024**3
 GPU_WORKSPACE_FRACTION = 0.05
 
@@ -46,10 +46,10 @@ def plan(model, dtype: torch.dtype, device: torch.device, max_concurrency: int |
         if device.type == "cuda":
             free, total = torch.cuda.mem_get_info(device)
             usable = free - GPU_WORKSPACE_BYTES - int(GPU_WORKSPACE_FRACTION * total)
-            kv_tokens = max(usable // per_token, model.max_seq_len)
+            kv_tokens = max(usable // per_token, model.config.max_seq_len)
         else:
             kv_tokens = (max_concurrency or CPU_DEFAULT_CONCURRENCY) * TYPICAL_JOB_TOKENS
-    kv_tokens = max(kv_tokens, model.max_seq_len)  # one job of any size always fits
+    kv_tokens = max(kv_tokens, model.config.max_seq_len)  # one job of any size always fits
     if max_concurrency is None:
         if device.type == "cuda":
             max_concurrency = max(1, min(MAX_CONCURRENCY, kv_tokens // TYPICAL_JOB_TOKENS))
@@ -59,6 +59,6 @@ def plan(model, dtype: torch.dtype, device: torch.device, max_concurrency: int |
 
 
 def jobs_that_fit(card_bytes: int, fixed_bytes: int, bytes_per_token: int, job_tokens: int = TYPICAL_JOB_TOKENS) -> int:
-    """Concurrent jobs of `job_tokens` on a card, after `fixed_bytes` (weights, prefill cache) and the workspace."""
+    """Concurrent jobs of `job_tokens` on a card, after `fixed_bytes` (the weights) and the workspace."""
     usable = card_bytes - fixed_bytes - GPU_WORKSPACE_BYTES - int(GPU_WORKSPACE_FRACTION * card_bytes)
     return max(0, usable // (job_tokens * bytes_per_token))
