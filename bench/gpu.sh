@@ -17,7 +17,7 @@
 #
 #   VENV (.venv-gpu)  SITE (/tmp/site)  CKPT (/tmp/fish-s1-mini)  OUT (bench/results-gpu; a device
 #   call's own $OUT when set)  MODES (eager,compile)  MAX_TOKENS (200 frames per job; 100 with .whl/)
-#   LEVELS (1,8,16)  FISH_JOBS (4, 2 with .whl/: fish-speech baseline jobs run one after another)
+#   LEVELS (1,8,16)  BASELINE_JOBS (4, 2 with .whl/: fish-speech baseline jobs run one after another)
 #   DEADLINE_S (none; 560 with .whl/: each run is stopped when the script has run this long, so a device
 #   call's 600 s limit still returns the log and the finished runs' JSON)
 set -euo pipefail
@@ -40,7 +40,7 @@ elif [ -d .whl ] && python3 -c "import torch; assert torch.cuda.is_available()" 
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
   PY=python3
   MAX_TOKENS=${MAX_TOKENS:-100}
-  FISH_JOBS=${FISH_JOBS:-2}
+  BASELINE_JOBS=${BASELINE_JOBS:-2}
   DEADLINE_S=${DEADLINE_S:-560}
 else
   VENV="$VENV" TORCH_SPEC=${TORCH_SPEC:-torch==2.8.0} TORCHAUDIO_SPEC=${TORCHAUDIO_SPEC:-torchaudio==2.8.0} \
@@ -49,7 +49,7 @@ else
   PY="$VENV/bin/python"
 fi
 MAX_TOKENS=${MAX_TOKENS:-200}
-FISH_JOBS=${FISH_JOBS:-4}
+BASELINE_JOBS=${BASELINE_JOBS:-4}
 DEADLINE_S=${DEADLINE_S:-0}
 
 until_deadline() {  # until_deadline command...: runs it, stopped (exit 124) once DEADLINE_S have passed
@@ -62,9 +62,9 @@ until_deadline() {  # until_deadline command...: runs it, stopped (exit 124) onc
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 [ -f "$CKPT/model.pth" ] || "$PY" -m fish_worker.devtools.tiny_checkpoint "$CKPT" --size s1-mini
-echo "results in $OUT (max tokens $MAX_TOKENS, levels $LEVELS, fish-speech jobs $FISH_JOBS, modes $MODES)"
+echo "results in $OUT (max tokens $MAX_TOKENS, levels $LEVELS, fish-speech jobs $BASELINE_JOBS, modes $MODES)"
 common=(--device cuda --size s1-mini --checkpoint "$CKPT" --levels "$LEVELS" --max-tokens "$MAX_TOKENS"
-        --fish-jobs "$FISH_JOBS")
+        --fish-jobs "$BASELINE_JOBS")
 status=0
 if [[ ",$MODES," == *,eager,* ]]; then
   echo "== eager =="
