@@ -270,7 +270,9 @@ def test_every_relative_link_points_at_something(doc):
                 continue
             file, _, anchor = target.partition("#")
             path = (doc.parent / file).resolve() if file else doc
-            if not path.exists():
+            if not path.is_relative_to(ROOT):  # exists on one machine, not in a clone
+                broken.append(f"{doc.name}:{number}: {target} (outside the repository)")
+            elif not path.exists():
                 broken.append(f"{doc.name}:{number}: {target} (no such file)")
             elif anchor and path.suffix == ".md" and anchor not in heading_anchors(path):
                 broken.append(f"{doc.name}:{number}: {target} (no such heading)")
