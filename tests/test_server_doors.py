@@ -315,6 +315,17 @@ def test_malformed_json_is_a_readable_400(app, url):
     assert without_key.status_code == 401  # the key is checked first: the body is never parsed
 
 
+@pytest.mark.parametrize("body", [b'{"input": {"message": "hi \xff\xfe"}}', b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"input": {"message": "hi", "seed": ' + b"9" * 5000 + b"}}"],
+                         ids=["not-utf8", "nested-too-deep", "5000-digit-number"])
+@pytest.mark.parametrize("url", ["/run", "/v1/audio/speech"])
+def test_bodies_json_cannot_read_say_so(app, url, body):
+    response = call(app, "POST", url, content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    message = response.json()["error"]["message"] if url.startswith("/v1") else response.json()["error"]
+    assert message.startswith("body: is not valid JSON"), message
+
+
 def test_oversized_bodies_are_413_by_length_or_while_streaming(runner, app_settings):
     small = create_app(runner, app_settings(api_keys=KEY, max_body_bytes=1000))
     declared = call(small, "POST", "/run", content=b"x" * 1001, headers=AUTH)
@@ -543,6 +554,29 @@ def test_a_tenant_flooding_the_store_pushes_out_its_own_results_first(runner, ap
     one_result = max(r.result_bytes for r in by_count.state.registry.jobs.values())  # the same job each time
     by_bytes = create_app(runner, app_settings(api_keys=tenants, max_stored_result_bytes=3 * one_result))
     assert scenario(by_bytes, alice_once_then_bob_four_times) == (200, [404, 404, 200, 200])
+
+
+def test_a_tenants_jobs_in_flight_never_push_out_another_tenants_result(runner, app_settings):
+    """The cap counts stored (finished) results: bob's burst, queued and running, is not one."""
+    app = create_app(runner, app_settings(api_keys="alice:key-of-alice,bob:key-of-bob", max_stored_jobs=4,
+                                          max_queued_jobs=8, max_queued_jobs_per_tenant=8))
+
+    async def alice_stored_then_bobs_burst(client):
+        alices = (await client.post("/v2/ep/runsync", json={"input": JOB}, headers=ALICE)).json()["id"]
+        bobs = [(await client.post("/v2/ep/run", json={"input": JOB}, headers=BOB)).json()["id"] for _ in range(6)]
+        alice_during = []
+        for _ in range(600):  # until bob's burst has finished (each check sees alice's result, or not)
+            alice_during.append((await client.get(f"/v2/ep/status/{alices}", headers=ALICE)).status_code)
+            if all(r.status in ("COMPLETED", "FAILED") for r in app.state.registry.of_tenant("bob")) and \
+                    len(app.state.registry.of_tenant("bob")) == 3:
+                break
+            await asyncio.sleep(0.05)
+        bob_after = [(await client.get(f"/v2/ep/status/{i}", headers=BOB)).status_code for i in bobs]
+        return set(alice_during), bob_after
+
+    alice_during, bob_after = scenario(app, alice_stored_then_bobs_burst)
+    assert alice_during == {200}
+    assert sorted(bob_after) == [200] * 3 + [404] * 3  # 7 results, 4 kept: bob's first three to finish went
 
 
 @pytest.mark.timeout(240)

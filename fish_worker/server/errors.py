@@ -103,9 +103,16 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
                           headers=exc.headers)
 
 
+# FastAPI's answer when reading a body raises anything but json.JSONDecodeError: invalid UTF-8
+# (UnicodeDecodeError), deep nesting (RecursionError), a 5000-digit integer (ValueError).
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 404 and exc.detail == "Not Found":  # the router's: no such path
         message = f"no such path: {request.method} {request.url.path[:_MAX_ECHO]}"
+    elif exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:  # not json.JSONDecodeError
+        message = "body: is not valid JSON (not UTF-8, nested too deep, or a number too long to read)"
     elif exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         message = f"method {request.method} is not allowed on {request.url.path[:_MAX_ECHO]}" + (

@@ -155,8 +155,10 @@ class JobRegistry:
             self._forget(oldest)
 
     def _forget_over_limits(self) -> None:
-        while self._finished and (len(self.jobs) > self.max_jobs or self.stored_bytes > self.max_bytes):
-            over_jobs = len(self.jobs) > self.max_jobs
+        # Finished jobs only: queued and running ones are bounded by the queue limits (JobLimiter), and
+        # counting them here would let one tenant's burst in flight push out another's stored result.
+        while self._finished and (len(self._finished) > self.max_jobs or self.stored_bytes > self.max_bytes):
+            over_jobs = len(self._finished) > self.max_jobs
             held: Counter = Counter()
             for record in self._finished.values():
                 held[record.tenant] += 1 if over_jobs else record.result_bytes
