@@ -194,16 +194,20 @@ class TTSService:
             except PromptTooLongError as exc:
                 raise JobInputError("reference_audio" if reference else "message", str(exc)) from None
             frames_left -= len(frames)
+            stopped = stop is not None and stop.is_set()
             # Cut by the job's limit rather than the sentence's own: its audio still goes out, then the error.
-            cut = len(frames) == budget < request.frames_per_sentence and not (stop is not None and stop.is_set())
+            cut = len(frames) == budget < request.frames_per_sentence and not stopped
             if not frames:
-                log.warning("sentence %d produced no audio frames", index)
+                if stopped:  # cancelled or its client went away before the first frame: nothing to report
+                    log.info("sentence %d stopped before its first frame", index + 1)
+                    return
+                log.warning("sentence %d produced no audio frames", index + 1)
                 continue
             codes = torch.stack(frames, dim=1)
             audio = decoder.flush() if decoder is not None else self.codec.decode(codes)
-            log.info("sentence %d: %d frames in %d chunk(s), %.2f s audio in %.2f s", index + 1, codes.shape[1],
+            log.info("sentence %d: %d frames in %d chunk(s), %.2f s audio in %.2f s%s", index + 1, codes.shape[1],
                      parts + 1, codes.shape[1] * self.codec.samples_per_frame / self.sample_rate,
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, " (stopped: cancelled or the client left)" if stopped else "")
             previous = VoicePrompt(text=sentence, codes=codes.cpu())
             # The sentence's last chunk carries its codes (and the whole sentence, for conversations).
             yield SpeechChunk(index=index, text=sentence if parts == 0 else "", audio=audio,
