@@ -176,8 +176,8 @@ MUTANTS = [
            (f"{MAPPINGS}::test_a_tenants_saved_voice_speaks_through_every_door",)),
     # Engine and codec (real size round): batched codec rows, the short prefill cache, chat prompts.
     Mutant("codec-batch-mixes-rows", "fish_worker/engine/codec_batching.py",
-           "for request, audio in zip(batch, results, strict=True):",
-           "                for request, audio in zip(batch, reversed(results), strict=True):",
+           "for request, audio in zip(batch, self._decode_many([r.codes for r in batch]), strict=True):",
+           "                    for request, audio in zip(batch, self._decode_many([r.codes for r in batch])[::-1], strict=True):",
            ("tests/test_codec_batching.py",)),
     Mutant("codec-batch-keeps-padding", "fish_worker/engine/codec.py",
            "return [audio[row, : n * self.samples_per_frame].copy() for row, n in enumerate(lengths)]",

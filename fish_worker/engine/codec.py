@@ -57,9 +57,12 @@ class Codec:
         """One decode call for several code sequences, right-padded to the longest (the decoder is
         causal: each row's samples are those it has alone, to float rounding)."""
         lengths = [c.shape[1] for c in codes]
-        batch = torch.zeros((len(codes), codes[0].shape[0], max(lengths)), dtype=torch.long, device=self.device)
-        for row, c in enumerate(codes):
-            batch[row, :, : c.shape[1]] = c.to(device=self.device, dtype=torch.long)
+        if len(codes) == 1:  # the common case (no batching, or a lone request): nothing to pad
+            batch = codes[0].to(device=self.device, dtype=torch.long)[None]
+        else:
+            batch = torch.zeros((len(codes), codes[0].shape[0], max(lengths)), dtype=torch.long, device=self.device)
+            for row, c in enumerate(codes):
+                batch[row, :, : c.shape[1]] = c.to(device=self.device, dtype=torch.long)
         with self._autocast():
             audio, _ = self.model.decode(indices=batch, feature_lengths=torch.tensor(lengths, device=self.device))
         audio = audio[:, 0].float().cpu().numpy()

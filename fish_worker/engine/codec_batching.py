@@ -87,29 +87,21 @@ class DecodeBatcher:
         return batch
 
     def _run(self, batch: list[_Request]) -> None:
+        self.batches += 1
+        self.requests += len(batch)
         try:
-            self.batches += 1
-            self.requests += len(batch)
-            try:
-                results = self._decode_many([r.codes for r in batch])
-            except Exception:
-                if len(batch) == 1:
-                    raise
-                results = None
-            if results is not None:
-                for request, audio in zip(batch, results, strict=True):
-                    request.finish(result=audio)
-                return
-            for request in batch:  # retried alone: only the request that fails alone gets the error
+            if len(batch) > 1:
+                try:
+                    for request, audio in zip(batch, self._decode_many([r.codes for r in batch]), strict=True):
+                        request.finish(result=audio)
+                except Exception:
+                    pass  # retried alone below: only a request that fails alone gets an error
+            for request in (r for r in batch if not r.done):
                 try:
                     request.finish(result=self._decode_many([request.codes])[0])
                 except Exception as exc:
                     request.finish(error=exc)
-        except Exception as exc:
-            for request in batch:
-                if not request.done:
-                    request.finish(error=exc)
-        finally:
+        finally:  # anything else (an interrupt) must not leave the batch's callers waiting
             for request in batch:
                 if not request.done:
                     request.finish(error=CodecDecodeInterrupted("the codec decode was interrupted"))
