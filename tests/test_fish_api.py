@@ -470,3 +470,13 @@ def test_fish_bodies_over_the_limit_are_413(bounded):
     response = httpx.post(f"{url}/v1/tts", content=big, headers={"Authorization": f"Bearer {ALICE}",
                                                                  "Content-Type": "application/msgpack"})
     assert response.status_code == 413 and response.json()["status"] == 413
+
+
+def test_fish_routes_not_served_here_answer_in_fish_shape(client, base_url):
+    # The SDK's account and ASR calls reach paths this server does not serve: a Fish-shaped 404 that the
+    # SDK turns into its NotFoundError with our message, never a parse failure.
+    with pytest.raises(NotFoundError) as caught:
+        client.account.get_credits()
+    assert "no such path: GET /wallet/self/api-credit" in str(caught.value)
+    body = httpx.post(f"{base_url}/v1/asr", headers={"Authorization": f"Bearer {KEY}"}, json={}).json()
+    assert body == {"status": 404, "message": "no such path: POST /v1/asr"}
