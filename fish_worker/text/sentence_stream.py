@@ -2,14 +2,14 @@
 
 Where a sentence ends is sentencex's call (text/segmenter.py), asked about one line at a time. While
 text arrives, an end can only be told once some of what follows it is there ("It costs 5." may go on
-as "5.50"; "Mr." is followed by a name). So the first sentence of the text not cut yet is decided on
-windows of that text that end just after the first character of a word (or of a letter right after a
-mark, for scripts written without spaces): the first window in which sentencex ends a sentence before
-the window's last word decides where it ends. A window is a fixed piece of the text, so the sentences
-do not depend on how the text was cut into pieces: split_sentences (all the text at once) is this
-stream fed one piece. A sentence is handed out once the first character of the next has arrived, or
-once a longer look made sentencex end it (after an abbreviation, "U.S.A. They"). A quote that is
-still open when a window decides does not hold its sentences together.
+as "5.50"; after "U.S.A." a name or a new sentence may come). So the first sentence of the text not
+cut yet is decided on windows of that text, each ending at the first letter or digit of a word (or
+right after a mark, for scripts written without spaces), shortest first: the first window in which
+sentencex ends a sentence decides where it ends. A window is a fixed piece of the text, so the
+sentences do not depend on how the text was cut into pieces: split_sentences (all the text at once)
+is this stream fed one piece. A sentence is handed out once the first letter of the next has come,
+or later where sentencex needs more of it ("U.S.A. They"). A quote still open when a window decides
+does not hold its sentences together, and an opening quote belongs to the sentence after it.
 
 Besides sentencex's ends:
 - a line break ends a sentence;
