@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 import struct
 import time
 import tracemalloc
@@ -96,6 +97,35 @@ def test_channels_are_averaged_not_summed():
     left = tone(1.0, RATE)
     audio = decode_audio_file(wav_bytes(np.stack([left, np.zeros_like(left)], axis=1), RATE), RATE, 5.0)
     assert rms(audio) == pytest.approx(rms(left) / 2, rel=0.01)
+
+
+def test_too_many_channels_are_refused_before_decoding():
+    with pytest.raises(JobInputError, match=r"^reference_audio: has 33 channels; at most 32 are accepted$"):
+        decode_audio_file(soundfile_bytes("WAV", "PCM_16", 8000, 33, seconds=0.1), RATE, 5.0)
+
+
+@pytest.mark.parametrize(("name", "maker", "rate", "channels"), [f[:4] for f in FORMATS], ids=[f[0] for f in FORMATS])
+def test_damaged_files_are_refused_or_read_never_an_other_error(name, maker, rate, channels):
+    """Bytes flipped, files cut short, headers overwritten: a clip or a JobInputError, nothing else."""
+    rng = random.Random(name)
+    data = maker(rate, channels)
+    for _ in range(25):
+        damaged = bytearray(data)
+        kind = rng.randrange(3)
+        if kind == 0:
+            for _ in range(rng.randrange(1, 20)):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        elif kind == 1:
+            damaged = damaged[: rng.randrange(len(damaged))]
+        else:
+            at = rng.randrange(min(200, len(damaged)))
+            damaged[at:at + 4] = rng.randbytes(4)
+        try:
+            audio = decode_audio_file(bytes(damaged), RATE, 5.0)
+        except JobInputError as exc:
+            assert str(exc).startswith("reference_audio: "), exc
+        else:
+            assert audio.dtype == np.float32 and np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
 
 
 def test_containers_that_are_not_audio_files_are_refused_before_their_header_is_read():

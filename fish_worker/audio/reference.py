@@ -6,7 +6,7 @@ POST /model, the live socket's start), so they accept the same files and refuse 
   text      base64, line breaks and spaces allowed, optionally a `data:<type>;base64,` URI
   files     whatever FFmpeg (PyAV) decodes in WAV, AIFF, FLAC, MP3, Ogg (Vorbis/Opus), WebM/Matroska,
             MP4/M4A (AAC) or ADTS AAC; other containers are refused before their header is read
-  rates     1 kHz to 768 kHz, any channel count (mixed to mono), resampled with soxr as it decodes
+  rates     1 kHz to 768 kHz, up to 32 channels (averaged to mono), resampled with soxr as it decodes
 
 Decoding is incremental and the limits are checked while it runs: a file whose container states
 a duration over the limit is refused before any decoding, and decoding stops at the first frame
@@ -32,6 +32,7 @@ SILENCE_PEAK = 1e-4  # below this the clip carries no voice to clone
 # none that opens other files or URLs (HLS, concat, ...).
 DEMUXERS = "wav,w64,aiff,flac,mp3,ogg,matroska,webm,mov,mp4,m4a,aac"
 MIN_RATE, MAX_RATE = 1_000, 768_000  # Hz; outside, a header is lying or the clip is no voice
+MAX_CHANNELS = 32
 # Stated durations can be estimates (an MP3 without a Xing header) and include encoder padding;
 # the decoded length, checked exactly, is what counts. Only a clearly longer claim is refused up front.
 STATED_SLACK_S = 0.5
@@ -99,9 +100,14 @@ def _decode_mono(container: av.container.InputContainer, sample_rate: int, max_s
     if not container.streams.audio:
         raise JobInputError(field, "contains no audio stream")
     stream = container.streams.audio[0]
-    rate = stream.rate or 0
+    codec = stream.codec_context
+    if codec is None:  # a codec FFmpeg has no decoder for
+        raise JobInputError(field, UNREADABLE)
+    rate = codec.sample_rate or 0
     if not MIN_RATE <= rate <= MAX_RATE:
         raise JobInputError(field, f"has a sample rate of {rate} Hz; {MIN_RATE}-{MAX_RATE} Hz are accepted")
+    if codec.channels > MAX_CHANNELS:  # decoding time grows with channels, whatever the length
+        raise JobInputError(field, f"has {codec.channels} channels; at most {MAX_CHANNELS} are accepted")
     stated = _stated_seconds(container, stream)
     if stated is not None and stated > max_seconds + STATED_SLACK_S:
         raise JobInputError(field, f"is {stated:.1f} s long, the limit is {max_seconds:g} s")
@@ -116,7 +122,8 @@ def _decode_mono(container: av.container.InputContainer, sample_rate: int, max_s
         if decoded > max_frames:  # checked before the frame is converted: at most one frame over
             raise JobInputError(field, f"is longer than the limit of {max_seconds:g} s")
         for planar in to_float.resample(frame):
-            mono = planar.to_ndarray().mean(axis=0, dtype=np.float32)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf are refused just below
+                mono = planar.to_ndarray().mean(axis=0, dtype=np.float32)
             if not np.isfinite(mono).all():
                 raise JobInputError(field, "contains NaN or infinite samples")
             pieces.append(resampler.resample_chunk(mono) if resampler is not None else mono)
