@@ -17,6 +17,7 @@ import numpy as np
 import ormsgpack
 import pytest
 import soundfile as sf
+import soxr
 from fastapi.testclient import TestClient
 
 from fish_worker.audio.reference import decode_audio_file, decode_reference_audio, reference_bytes
@@ -91,6 +92,16 @@ def test_every_format_decodes_to_mono_at_the_codec_rate(maker, rate, channels, l
     assert rms(audio) == pytest.approx(rms(tone(1.0, RATE)), rel=0.02 if lossless else 0.2)
     if lossless and rate == RATE:  # same rate, no codec loss: the very samples, to 16-bit rounding
         np.testing.assert_allclose(audio, tone(1.0, RATE), atol=1e-4)
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(16000, 1), (48000, 2), (22050, 2)])
+def test_wav_decodes_to_the_same_samples_as_reading_it_whole(rate, channels):
+    """Streaming (PyAV + soxr.ResampleStream) gives what a whole read + one soxr call gave before,
+    so a voice encoded from a WAV clip has the same codes as it had."""
+    data = soundfile_bytes("WAV", "PCM_16", rate, channels, seconds=2.0)
+    whole, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    expected = soxr.resample(whole.mean(axis=1), rate, RATE, quality="HQ").astype(np.float32)
+    np.testing.assert_array_equal(decode_audio_file(data, RATE, 5.0), np.clip(expected, -1, 1))
 
 
 def test_channels_are_averaged_not_summed():
