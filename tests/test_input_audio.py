@@ -289,8 +289,14 @@ def live_finish(client, *events, text_frames: bool = False) -> dict:
         return event
 
 
-@pytest.mark.parametrize(("data", "problem"), ZERO_SIZE[:3], ids=["1-frame-96k", "2-GHz", "0-frames"])
-def test_every_door_answers_a_zero_size_clip_with_a_400_naming_the_field(client, runner, data, problem):
+UNUSABLE = [*ZERO_SIZE[:3],
+            (constant_flac(600), "is 600.0 s long, the limit is 5 s"),
+            (constant_flac(600, state_length=False), "is longer than the limit of 5 s")]
+
+
+@pytest.mark.parametrize(("data", "problem"), UNUSABLE,
+                         ids=["1-frame-96k", "2-GHz", "0-frames", "bomb-stated", "bomb-hidden"])
+def test_every_door_answers_a_zero_size_clip_or_a_bomb_with_a_400_naming_the_field(client, runner, data, problem):
     b64 = base64.b64encode(data).decode()
     job = client.post("/run", json={"input": {"message": "Hi.", "max_tokens": 2, "reference_audio": b64}})
     assert job.status_code == 400 and job.json()["error"] == f"reference_audio: {problem}"
