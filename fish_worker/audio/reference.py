@@ -20,11 +20,15 @@ import base64
 import binascii
 import io
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soxr
 
 from fish_worker.errors import JobInputError
+
+if TYPE_CHECKING:
+    import av
 
 FIELD = "reference_audio"
 SILENCE_PEAK = 1e-4  # below this the clip carries no voice to clone
