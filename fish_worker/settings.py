@@ -9,6 +9,7 @@ Entry points build it once and pass it down; nothing below them reads the enviro
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,18 @@ from fish_worker.tenancy import TENANT_PATTERN
 
 # Room in a body for everything but the reference audio's base64 (text, prompts, field names).
 BODY_MARGIN_BYTES = 1024 * 1024
+
+
+RUNPOD_VOLUME = Path("/runpod-volume")
+
+
+def default_voices_dir() -> Path:
+    """The network volume's voices folder on RunPod (where the volume is mounted); elsewhere the user's
+    data directory, so a self-hosted server never creates folders at the filesystem root."""
+    if RUNPOD_VOLUME.is_dir():
+        return RUNPOD_VOLUME / "voices"
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "fish-worker" / "voices"
 
 
 def _empty_is_unset(value: object) -> object:
@@ -132,7 +145,7 @@ class StorageSettings(_WithSections):
     model_config = SettingsConfigDict(env_prefix="FISH_", extra="forbid")
 
     # Saved voices (fish_worker/tts/voices.py): a directory on the network volume, shared by workers.
-    voices_dir: Path = Path("/runpod-volume/voices")
+    voices_dir: Path = Field(default_factory=default_voices_dir)
     max_voices: int = Field(1000, ge=1)  # save_voice of a new voice_id fails once this many are saved
     # Conversations (fish_worker/conversations/): in-process, or in Redis when a URL is set.
     # REDIS_URL as well: the name every Redis client and hosting template uses.

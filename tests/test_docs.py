@@ -277,3 +277,11 @@ def test_every_relative_link_points_at_something(doc):
             elif anchor and path.suffix == ".md" and anchor not in heading_anchors(path):
                 broken.append(f"{doc.name}:{number}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.kind not in NOT_RUNNABLE], ids=lambda b: b.name)
+def test_commands_name_the_interpreter_a_reader_needs(block):
+    # A fresh clone's system python has neither torch nor httpx: commands run with the project's venv.
+    bare = [command for command in block.commands()
+            if re.search(r"(^|[\s;&|=])(python3?|pip3?)\s", command.split("#")[0])]
+    assert not bare, f"{block.name}: use .venv/bin/python (the venv the quick start makes): {bare}"

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from fish_worker.errors import JobInputError
 from fish_worker.jobs.inputs import JobInput, parse_job_input
 from fish_worker.jobs.outputs import uploader_from_settings
-from fish_worker.settings import S3Settings, ServerSettings, Settings, StorageSettings
+from fish_worker import settings as settings_module
+from fish_worker.settings import S3Settings, ServerSettings, Settings, StorageSettings, default_voices_dir
 
 # name → (value to set, where Settings shows it, the value read back)
 VARIABLES = {
@@ -116,7 +117,7 @@ def test_every_documented_variable_is_in_the_table():
 def test_defaults_without_any_variable(clean_env):
     settings = Settings()
     assert settings.server.port == 8000 and settings.server.port_health is None and settings.server.api_keys == ""
-    assert settings.storage.voices_dir == Path("/runpod-volume/voices") and settings.storage.redis_url is None
+    assert settings.storage.voices_dir == default_voices_dir() and settings.storage.redis_url is None
     assert settings.storage.s3.bucket is None and settings.storage.s3.key_prefix == "fish-speech"
     # Concurrency and the KV pool are planned from the device when unset (TTSService.max_concurrency).
     assert settings.chat.model_dir is None and settings.max_concurrency is None and settings.kv_cache_tokens is None
@@ -171,3 +172,11 @@ def test_validation_limits_come_from_the_given_settings_not_the_environment(clea
         parse_job_input({"message": "Hello there."}, tight)
     # Built in code (warm-up job, tests): trusted, shape only; no environment read.
     assert JobInput(message="Hello there.", max_tokens=50).max_tokens == 50
+
+
+def test_voices_stay_off_the_filesystem_root_without_a_runpod_volume(clean_env, monkeypatch, tmp_path):
+    monkeypatch.setattr(settings_module, "RUNPOD_VOLUME", tmp_path / "absent")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert Settings().storage.voices_dir == tmp_path / "data" / "fish-worker" / "voices"
+    monkeypatch.setattr(settings_module, "RUNPOD_VOLUME", tmp_path)  # a mounted volume: shared by workers
+    assert Settings().storage.voices_dir == tmp_path / "voices"

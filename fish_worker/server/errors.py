@@ -59,8 +59,13 @@ def api_error(exc: WorkerError, fields: Mapping[str, str] | None = None) -> ApiE
     return ApiError(status_of(exc.kind), message, param=field)
 
 
+# Fish Audio's API paths, served or not (/v1/asr and /wallet are the SDK's, answered 404 here): an
+# error on any of them is Fish-shaped, so the SDK reports the message rather than failing to parse it.
+_FISH_PATHS = ("/v1/tts", "/model", "/v1/asr", "/wallet")
+
+
 def is_fish_path(path: str) -> bool:
-    return path in ("/v1/tts", "/model") or path.startswith(("/v1/tts/", "/model/"))
+    return path in _FISH_PATHS or path.startswith(tuple(f"{prefix}/" for prefix in _FISH_PATHS))
 
 
 def error_body(path: str, status: int, message: str, param: str | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fish_worker.audio.reference import base64_audio
 from fish_worker.errors import JobInputError
@@ -80,6 +80,20 @@ class FishTTSRequest(BaseModel):
     min_chunk_length: int = 50
     condition_on_previous_chunks: bool = True  # we always condition on the previous sentence
     early_stop_threshold: float = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _opus_bitrate_in_kbps(cls, data: Any) -> Any:
+        # Fish's opus_bitrate is kbit/s, but clients also send bit/s (LiveKit's plugin: 64000) and send it
+        # whatever the format: read bit/s as kbit/s, and ignore it unless the audio is Opus.
+        if not isinstance(data, dict) or "opus_bitrate" not in data:
+            return data
+        if data.get("format", "mp3") != "opus":
+            return {key: value for key, value in data.items() if key != "opus_bitrate"}
+        bitrate = data["opus_bitrate"]
+        if isinstance(bitrate, int) and not isinstance(bitrate, bool) and bitrate >= 1000 and bitrate % 1000 == 0:
+            return {**data, "opus_bitrate": bitrate // 1000}
+        return data
 
     @field_validator("references", mode="before")
     @classmethod

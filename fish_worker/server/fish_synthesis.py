@@ -18,7 +18,7 @@ import torch
 from fish_worker.audio.formats import MEDIA_TYPES, StreamEncoder
 from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
 from fish_worker.engine.generation import VoicePrompt
-from fish_worker.errors import JobInputError
+from fish_worker.errors import JobInputError, NotFoundError
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
 from fish_worker.tts.requests import SpeechChunk, SynthesisRequest
 from fish_worker.tts.service import TTSService
@@ -67,7 +67,10 @@ def plan_speech(request: FishTTSRequest, service: TTSService, voices: VoiceStore
             raise JobInputError("reference_id", "is not a voice id (1-64 letters, digits, '_', '.' or '-')") from None
         try:
             voice = service.saved_voice(voice_id, voices)
-        except JobInputError as exc:  # missing (NotFoundError), or saved with another model: same kind
+        except NotFoundError as exc:  # e.g. a Fish cloud voice id, which a client library may default to
+            raise NotFoundError("reference_id", f"{exc.problem} on this server (Fish cloud voices are not here): "
+                                                "list its voices with GET /model, create one with POST /model") from None
+        except JobInputError as exc:  # saved with another model: the same kind, our field name
             raise type(exc)("reference_id", exc.problem) from None
     else:
         voice = encode_references(request.references, service)
