@@ -327,6 +327,12 @@ def test_the_fish_doors_take_wrapped_base64_and_data_uris(client, runner):
     assert runner.service.voice_cache.hits == hits + 1  # the same file, however it was written: one encoding
 
 
+def test_fish_json_with_bad_base64_names_the_clip(client):
+    response = client.post("/v1/tts", json={"text": "Hi.", "references": [{"audio": "not base64!!"}]})
+    assert response.status_code == 400 and response.json()["message"] == (
+        "references[0].audio: is not valid base64 (audio is bytes: base64 text in JSON)")
+
+
 # ---- lone surrogates on the Fish doors ------------------------------------------------------------
 
 
