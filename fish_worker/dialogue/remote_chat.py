@@ -28,7 +28,7 @@ from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletionChunk
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fish_worker.dialogue.backend import ChatBackendError
 from fish_worker.dialogue.prompt import arrange_messages
@@ -180,18 +180,41 @@ class RemoteChatBackend:
                                 f"({type(exc).__name__}: {engine_says})")
 
 
+class _Delta(BaseModel):
+    content: str | None = None
+
+
+class _Choice(BaseModel):
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _Chunk(BaseModel):
+    """What a reply needs from a stream chunk, checked (the client builds chunks unchecked); the rest
+    (id, model, usage, logprobs ...) is not read, so engines that leave it out still work."""
+
+    choices: list[_Choice] = []
+
+
 def _read_chunk(chunk: ChatCompletionChunk) -> tuple[str, str | None]:
-    """(text, finish_reason) of a stream chunk, checked against the API's own type (the client does not)."""
-    checked = ChatCompletionChunk.model_validate(chunk.to_dict(warnings=False))
+    """(text, finish_reason) of a stream chunk; raises ValidationError for one of the wrong shape."""
+    checked = _Chunk.model_validate(chunk.to_dict(warnings=False))
     if not checked.choices:
         return "", None  # e.g. a usage-only chunk
-    choice = checked.choices[0]
-    return choice.delta.content or "", choice.finish_reason
+    choice = checked.choices[0]  # one choice asked for (n = 1)
+    return (choice.delta.content or "") if choice.delta else "", choice.finish_reason
 
 
 def _engine_message(exc: Exception) -> str:
-    if isinstance(exc, openai.APIError) and exc.message:
+    """The engine's own words for an error answer, else the exception's."""
+    if isinstance(exc, openai.APIError):
+        body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            return body["message"]
         return exc.message
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
     return str(exc)
 
 
