@@ -89,11 +89,12 @@ def remote(engine):
 
 
 def engine_reply(engine: str, model: str, messages: list[dict], *, seed: int, max_tokens: int) -> str:
-    """What the engine writes for these messages, asked directly with the official client."""
+    """What the engine streams for these messages, asked directly with the official client. (Streamed, as
+    the worker asks: `transformers serve`'s whole answer drops a leading space its stream keeps.)"""
     with openai.OpenAI(base_url=engine, api_key="none", timeout=60) as client:
-        answer = client.chat.completions.create(model=model, messages=messages, temperature=0.7,
-                                                max_tokens=max_tokens, seed=seed)
-    return answer.choices[0].message.content
+        stream = client.chat.completions.create(model=model, messages=messages, temperature=0.7,
+                                                max_tokens=max_tokens, seed=seed, stream=True)
+        return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 
 
 @pytest.mark.timeout(ENGINE_START_S + 120)

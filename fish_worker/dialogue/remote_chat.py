@@ -25,6 +25,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai.types.chat import ChatCompletionChunk
@@ -58,6 +59,14 @@ class RemoteChatBackend:
         )
         self._model_lock = asyncio.Lock()
 
+    @property
+    def shown_url(self) -> str:
+        """The engine's URL as logs and job errors show it: no user:password, query or fragment."""
+        parts = urlsplit(self.base_url)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address
+        return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
+
     @classmethod
     def from_settings(cls, settings: ChatSettings) -> RemoteChatBackend:
         return cls(settings.base_url, api_key=settings.api_key, model=settings.model,
@@ -67,7 +76,7 @@ class RemoteChatBackend:
     @property
     def description(self) -> str:
         model = repr(self._model) if self._model else "the first one it lists (asked at the first reply)"
-        return f"remote OpenAI-compatible engine at {self.base_url}, model {model}; no chat weights loaded here"
+        return f"remote OpenAI-compatible engine at {self.shown_url}, model {model}; no chat weights loaded here"
 
     def stream_reply(
         self,
@@ -93,19 +102,13 @@ class RemoteChatBackend:
             params["seed"] = seed
 
         async def write(push: Callable[[str], None]) -> None:
-            wrote = False
-
-            def push_delta(text: str) -> None:
-                nonlocal wrote
-                wrote = True
-                push(text)
-
+            progress = _Progress()
             try:
-                await self._stream(params, push_delta)
+                await self._stream(params, push, progress)
             except ChatBackendError:
                 raise
             except (openai.OpenAIError, ValidationError, ValueError, TypeError, AttributeError) as exc:
-                raise self._explained(exc, wrote=wrote) from exc
+                raise self._explained(exc, progress) from exc
 
         return RemoteReply(self._loop, write)
 
@@ -118,19 +121,21 @@ class RemoteChatBackend:
         self._thread.join(timeout=10)
         self._loop.close()
 
-    async def _stream(self, params: dict[str, Any], push: Callable[[str], None]) -> None:
+    async def _stream(self, params: dict[str, Any], push: Callable[[str], None], progress: _Progress) -> None:
         model = await self._model_name()
         stream = await self._client.chat.completions.create(model=model, stream=True, **params)
+        progress.answered = True
         try:
             async for chunk in stream:
                 delta, finish_reason = _read_chunk(chunk)
                 if delta:
+                    progress.wrote = True
                     push(delta)
                 if finish_reason is not None:
                     return  # the reply is whole; what may follow (a usage chunk, [DONE]) is not needed
         finally:
             await stream.close()
-        raise ChatBackendError(f"chat backend unavailable: the stream from {self.base_url} ended before the reply "
+        raise ChatBackendError(f"chat backend unavailable: the stream from {self.shown_url} ended before the reply "
                                "did (no finish_reason): the engine stopped mid-reply")
 
     async def _model_name(self) -> str:
@@ -140,25 +145,26 @@ class RemoteChatBackend:
                 page = await self._client.models.list()
                 names = [entry.id for entry in page.data]
                 if not names:
-                    raise ChatBackendError(f"chat backend unavailable: {self.base_url}/models lists no model; "
+                    raise ChatBackendError(f"chat backend unavailable: {self.shown_url}/models lists no model; "
                                            "set FISH_CHAT_MODEL")
                 self._model = names[0]
-                log.info("chat backend: using model %r, the first one %s lists", self._model, self.base_url)
+                log.info("chat backend: using model %r, the first one %s lists", self._model, self.shown_url)
             return self._model
 
-    def _explained(self, exc: Exception, *, wrote: bool) -> ChatBackendError:
+    def _explained(self, exc: Exception, progress: _Progress) -> ChatBackendError:
         """`exc` as the job error: what failed, in words an operator can act on."""
-        url = self.base_url
+        url = self.shown_url
         engine_says = bounded(_engine_message(exc), ENGINE_TEXT_CHARS)
+        when = "mid-reply" if progress.wrote else "before the reply"
         if isinstance(exc, openai.APITimeoutError):
             if "connect" in type(exc.__cause__).__name__.lower():
                 return ChatBackendError(f"chat backend unavailable: cannot connect to {url} within "
                                         f"{self.connect_timeout_s:g} s (FISH_CHAT_CONNECT_TIMEOUT_S)")
             return ChatBackendError(f"chat backend unavailable: {url} sent nothing for {self.read_timeout_s:g} s "
-                                    f"{'mid-reply' if wrote else 'before the reply'} (FISH_CHAT_READ_TIMEOUT_S)")
+                                    f"{when} (FISH_CHAT_READ_TIMEOUT_S)")
         if isinstance(exc, openai.APIConnectionError):
-            if wrote:
-                return ChatBackendError(f"chat backend unavailable: the stream from {url} broke off mid-reply "
+            if progress.answered:
+                return ChatBackendError(f"chat backend unavailable: the stream from {url} broke off {when} "
                                         f"({_cause(exc)})")
             return ChatBackendError(f"chat backend unavailable: cannot reach {url} ({_cause(exc)})")
         if isinstance(exc, openai.RateLimitError):
@@ -221,6 +227,14 @@ def _engine_message(exc: Exception) -> str:
 def _cause(exc: Exception) -> str:
     cause = exc.__cause__ or exc.__context__
     return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+
+
+@dataclass
+class _Progress:
+    """How far a reply got, which says what a failure means: no answer, or a stream cut short."""
+
+    answered: bool = False  # the engine accepted the request and the stream began
+    wrote: bool = False  # some of the reply's text arrived
 
 
 @dataclass(frozen=True)
