@@ -12,7 +12,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from fish_worker.dialogue.backend import make_chat_backend
+from fish_worker.dialogue.make_backend import make_chat_backend
 from fish_worker.dialogue.llm import ChatModel, ChatModelError
 from fish_worker.dialogue.turns import ConversationService
 from fish_worker.conversations import ConversationStoreError, make_conversation_store

@@ -29,7 +29,8 @@ from transformers import AutoTokenizer
 
 from chat_engine_stub import REPLY, StubEngine
 from fish_worker.conversations import MemoryConversationStore
-from fish_worker.dialogue.backend import ChatBackend, ChatBackendError, make_chat_backend
+from fish_worker.dialogue.backend import ChatBackend, ChatBackendError
+from fish_worker.dialogue.make_backend import make_chat_backend
 from fish_worker.dialogue.llm import ChatModel
 from fish_worker.dialogue.remote_chat import RemoteChatBackend
 from fish_worker.dialogue.spoken_reply import TextDelta

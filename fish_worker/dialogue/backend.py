@@ -1,6 +1,6 @@
 """What writes a chat reply: one interface, a local model (llm.py) or a remote engine (remote_chat.py).
 
-    chat = make_chat_backend(settings.chat, device="cuda")    # None: no chat backend configured
+    chat = make_chat_backend(settings.chat, device="cuda")    # make_backend.py; None: no chat configured
     log.info("chat: %s", chat.description)
     for delta in chat.stream_reply(history, temperature=0.7, max_new_tokens=200, system_prompt=None, seed=1):
         ...
@@ -19,12 +19,9 @@ The contract every backend keeps, so turns.py and spoken_reply.py never ask whic
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from fish_worker.errors import ErrorKind, WorkerError
-
-if TYPE_CHECKING:
-    from fish_worker.settings import ChatSettings
 
 
 class ChatBackendError(WorkerError, RuntimeError):
@@ -51,17 +48,3 @@ class ChatBackend(Protocol):
         seed: int | None = None,
     ) -> Iterator[str]:
         """Reply to `messages` (ending with the user turn); yields text deltas as they are written."""
-
-
-def make_chat_backend(settings: ChatSettings, device: str | None = None) -> ChatBackend | None:
-    """The backend the settings choose: the remote engine at FISH_CHAT_BASE_URL (no weights loaded here),
-    the local model in FISH_CHAT_MODEL_DIR (loaded now, on `device`), or None (no chat mode)."""
-    if settings.base_url is not None:
-        from fish_worker.dialogue.remote_chat import RemoteChatBackend
-
-        return RemoteChatBackend.from_settings(settings)
-    if settings.model_dir is not None:
-        from fish_worker.dialogue.llm import ChatModel
-
-        return ChatModel.load(settings.model_dir, device=device)
-    return None
