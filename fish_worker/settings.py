@@ -171,7 +171,7 @@ class ChatSettings(BaseSettings):
     model: str | None = None  # the model name sent; unset: the first one the engine lists at /models
     connect_timeout_s: float = Field(10.0, gt=0)  # to open a connection to the engine
     read_timeout_s: float = Field(60.0, gt=0)  # longest wait for the reply's first or next piece
-    max_retries: int = Field(1, ge=0, le=10)  # a request refused before any text (connection, 429, 5xx)
+    max_retries: int = Field(1, ge=0, le=10)  # of a request failing before its answer starts (never mid-stream)
     system_prompt: str = (
         "You are a friendly voice assistant. Your replies are spoken aloud: answer briefly, "
         "in plain sentences, without lists, markup or emoji."

@@ -5,12 +5,12 @@
         ...
 
 Chat mode: the chat backend (a local model or a remote engine, backend.py) answers `message` given
-the conversation's history, and the reply is
-spoken sentence by sentence while it is being written (spoken_reply.py). TTS mode: `message` is
-spoken as is. Either way a conversation keeps one voice: the reference given once (audio or a saved
-voice_id), else the first sentence its first reply was spoken in; later turns are conditioned on it,
-so they need no reference. Store failures raise ConversationStoreError; nothing is silently dropped.
-A turn whose reply fails (ChatBackendError: the engine broke off) or is stopped stores nothing.
+the conversation's history, and the reply is spoken sentence by sentence while it is being written
+(spoken_reply.py). TTS mode: `message` is spoken as is. Either way a conversation keeps one voice:
+the reference given once (audio or a saved voice_id), else the first sentence its first reply was
+spoken in; later turns are conditioned on it, so they need no reference. Store failures raise
+ConversationStoreError; nothing is silently dropped. A turn whose reply fails (ChatBackendError: the
+engine broke off) or is stopped stores nothing.
 """
 
 from __future__ import annotations
