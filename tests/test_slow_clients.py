@@ -9,12 +9,14 @@ per-job frame cap mid-stream ends the stream the door's documented way, with no 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import os
 import socket
 import threading
 import time
+import wave
 
 import httpx
 import ormsgpack
@@ -163,7 +165,8 @@ def test_streamed_answers_that_are_never_read_are_dropped_and_their_places_freed
 
 WHOLE = {  # every door that answers only once the work is done (or its first audio, for /v1/tts)
     "seed /run": ("/run", {"input": {"message": LONG_TEXT[:1900], "max_tokens": 1000}}),
-    "/v2 runsync": ("/v2/any/runsync", {"input": {"message": LONG_TEXT[:1900], "max_tokens": 1000}}),
+    "/v2 runsync": ("/v2/any/runsync", {"input": {"message": LONG_TEXT[:1900], "max_tokens": 1000,
+                                                   "audio_format": "mp3"}}),  # within /runsync's result limit
     "openai whole file": ("/v1/audio/speech", {"input": LONG_TEXT[:1900], "response_format": "wav",
                                                "max_tokens": 1000}),
     # The first sentence is awaited whole before the answer starts (a bad voice is still a 400).
@@ -184,12 +187,87 @@ def test_a_client_that_hangs_up_before_a_whole_answer_stops_its_generation(serve
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.02)
     time.sleep(0.5)
-    with caplog.at_level(logging.INFO, logger="fish_worker.server.disconnect"):
-        sock.close()
-        waited = wait_released(limiter, 3)
-        deadline = time.monotonic() + 3
-        while synthesis_threads():
-            assert time.monotonic() < deadline, "the generation went on after the client left"
-            time.sleep(0.02)
+    caplog.set_level(logging.INFO, logger="fish_worker")
+    caplog.clear()
+    sock.close()
+    waited = wait_released(limiter, 3)  # the place comes back at once
+    deadline = time.monotonic() + 15  # a codec decode already running finishes (seconds on a busy CPU)
+    while synthesis_threads():
+        assert time.monotonic() < deadline, "the generation went on after the client left"
+        time.sleep(0.02)
     assert "the client left before its answer was ready; its generation was stopped" in caplog.text
+    finished = [r for r in caplog.records if r.name == "fish_worker.tts.service" and "frames in" in r.message]
+    assert len(finished) <= 1, [r.message for r in finished]  # at most the sentence whose decode was running
     print(f"{door}: place freed {waited:.2f} s after the client left")
+
+
+# ---- limits met mid-stream, and nesting bombs ------------------------------------------------------------
+
+
+@pytest.fixture
+def server_log(caplog):
+    """Everything logged, uvicorn's own errors ("Exception in ASGI application") included."""
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    uvicorn_errors.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO)
+    yield caplog
+    uvicorn_errors.removeHandler(caplog.handler)
+
+
+def http(server) -> httpx.Client:
+    (host, port), _ = server
+    return httpx.Client(base_url=f"http://{host}:{port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+
+
+CAP_TEXT = " ".join(f"Short sentence number {i} here." for i in range(8))  # far more than 12 frames
+
+
+def test_the_frame_cap_mid_stream_ends_each_door_as_documented(server, server_log, service, monkeypatch):
+    monkeypatch.setattr(service.settings, "max_job_frames", 12)
+    cap = "the speech reached the per-job limit of 12 codec frames"
+    with http(server) as client:
+        fish = client.post("/v1/tts", json={"text": CAP_TEXT, "format": "wav", "max_new_tokens": 8})
+        raw = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "response_format": "wav", "stream": True,
+                                                    "max_tokens": 8})
+        sse = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "stream_format": "sse", "max_tokens": 8,
+                                                    "response_format": "wav"})
+        whole = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "response_format": "wav", "max_tokens": 8})
+    # Raw audio bodies: the status went out first, so the file ends, complete, at the cap.
+    for answer in (fish, raw):
+        assert answer.status_code == 200
+        with wave.open(io.BytesIO(answer.content)) as w:
+            assert w.readframes(w.getnframes())  # a readable file with the audio up to the cap
+    # SSE: OpenAI's error event in place of speech.audio.done.
+    events = [json.loads(line[6:]) for line in sse.text.splitlines() if line.startswith("data: ")]
+    assert sse.status_code == 200 and events[0]["type"] == "speech.audio.delta"
+    assert events[-1]["type"] == "error" and cap in events[-1]["error"]["message"]
+    assert events[-1]["error"]["param"] == "input" and "speech.audio.done" not in sse.text
+    # A whole file is never passed off as the full text.
+    assert whole.status_code == 400 and cap in whole.json()["error"]["message"]
+    assert "Exception in ASGI application" not in server_log.text and "Traceback" not in server_log.text
+    assert server_log.text.count("ended early, its audio complete up to there") == 3
+
+
+NESTED = [("application/json", b"[" * 100_000), ("text/plain", b"[" * 100_000),
+          ("application/msgpack", b"\x91" * 100_000)]
+
+
+@pytest.mark.parametrize("content_type, body", NESTED, ids=[c for c, _ in NESTED])
+def test_nesting_bombs_on_the_fish_door_are_400(server, server_log, content_type, body):
+    with http(server) as client:
+        answer = client.post("/v1/tts", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 400 and answer.json()["message"].startswith("body: is not valid")
+    assert "nested too deep" in answer.json()["message"]
+    assert "Traceback" not in server_log.text
+
+
+@pytest.mark.parametrize("message", [{"bytes": b"\x91" * 100_000}, {"text": "[" * 100_000}], ids=["msgpack", "json"])
+def test_a_nesting_bomb_on_the_live_socket_ends_the_session_with_a_message(server, server_log, message):
+    from httpx_ws import connect_ws
+
+    with http(server) as client, connect_ws("/v1/tts/live", client=client) as ws:
+        ws.send_bytes(message["bytes"]) if "bytes" in message else ws.send_text(message["text"])
+        finish = ormsgpack.unpackb(ws.receive_bytes(timeout=30))
+    assert finish == {"event": "finish", "reason": "error",
+                      "message": "event: is not valid msgpack (or JSON), or is nested too deep"}
+    assert "Traceback" not in server_log.text
