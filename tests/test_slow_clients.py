@@ -176,7 +176,11 @@ WHOLE = {  # every door that answers only once the work is done (or its first au
 
 
 @pytest.mark.parametrize("door", WHOLE)
-def test_a_client_that_hangs_up_before_a_whole_answer_stops_its_generation(server, door, caplog):
+def test_a_client_that_hangs_up_before_a_whole_answer_stops_its_generation(server, door, server_log, service,
+                                                                            monkeypatch):
+    caplog = server_log
+    # /v1/tts: its first audio (what is awaited before answering) comes at the first sentence's end.
+    monkeypatch.setattr(service.settings, "stream_first_frames", 100_000)
     address, limiter = server
     wait_released(limiter, 10)
     path, body = WHOLE[door]
@@ -189,15 +193,22 @@ def test_a_client_that_hangs_up_before_a_whole_answer_stops_its_generation(serve
     time.sleep(0.5)
     caplog.set_level(logging.INFO, logger="fish_worker")
     caplog.clear()
+    sock.setblocking(False)
+    try:  # the model may end /v1/tts's first sentence at once: its answer has begun, and streams
+        answered = bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        answered = False
     sock.close()
     waited = wait_released(limiter, 3)  # the place comes back at once
     deadline = time.monotonic() + 15  # a codec decode already running finishes (seconds on a busy CPU)
     while synthesis_threads():
         assert time.monotonic() < deadline, "the generation went on after the client left"
         time.sleep(0.02)
-    assert "the client left before its answer was ready; its generation was stopped" in caplog.text
+    if not answered or door != "fish /v1/tts":
+        assert "the client left before its answer was ready; its generation was stopped" in caplog.text
     finished = [r for r in caplog.records if r.name == "fish_worker.tts.service" and "frames in" in r.message]
     assert len(finished) <= 1, [r.message for r in finished]  # at most the sentence whose decode was running
+    assert "Traceback" not in caplog.text and "Exception in ASGI" not in caplog.text
     print(f"{door}: place freed {waited:.2f} s after the client left")
 
 
@@ -248,26 +259,29 @@ def test_the_frame_cap_mid_stream_ends_each_door_as_documented(server, server_lo
     assert server_log.text.count("ended early, its audio complete up to there") == 3
 
 
-NESTED = [("application/json", b"[" * 100_000), ("text/plain", b"[" * 100_000),
-          ("application/msgpack", b"\x91" * 100_000)]
+NESTED = [("application/json", b"[" * 100_000, "body: is not valid JSON: nested too deep"),
+          ("text/plain", b"[" * 100_000, "body: is not valid JSON: nested too deep"),
+          ("application/msgpack", b"\x91" * 100_000, "body: is not valid msgpack")]
 
 
-@pytest.mark.parametrize("content_type, body", NESTED, ids=[c for c, _ in NESTED])
-def test_nesting_bombs_on_the_fish_door_are_400(server, server_log, content_type, body):
+@pytest.mark.parametrize("content_type, body, message", NESTED, ids=[c for c, _, _ in NESTED])
+def test_nesting_bombs_on_the_fish_door_are_400(server, server_log, content_type, body, message):
     with http(server) as client:
         answer = client.post("/v1/tts", content=body, headers={"Content-Type": content_type})
-    assert answer.status_code == 400 and answer.json()["message"].startswith("body: is not valid")
-    assert "nested too deep" in answer.json()["message"]
+    assert answer.status_code == 400 and answer.json() == {"status": 400, "message": message}
     assert "Traceback" not in server_log.text
 
 
-@pytest.mark.parametrize("message", [{"bytes": b"\x91" * 100_000}, {"text": "[" * 100_000}], ids=["msgpack", "json"])
-def test_a_nesting_bomb_on_the_live_socket_ends_the_session_with_a_message(server, server_log, message):
+LIVE_NESTED = [({"bytes": b"\x91" * 100_000}, "event: is not valid msgpack (or JSON)"),
+               ({"text": "[" * 100_000}, "event: is not valid JSON: nested too deep")]
+
+
+@pytest.mark.parametrize("message, said", LIVE_NESTED, ids=["msgpack", "json"])
+def test_a_nesting_bomb_on_the_live_socket_ends_the_session_with_a_message(server, server_log, message, said):
     from httpx_ws import connect_ws
 
     with http(server) as client, connect_ws("/v1/tts/live", client=client) as ws:
         ws.send_bytes(message["bytes"]) if "bytes" in message else ws.send_text(message["text"])
         finish = ormsgpack.unpackb(ws.receive_bytes(timeout=30))
-    assert finish == {"event": "finish", "reason": "error",
-                      "message": "event: is not valid msgpack (or JSON), or is nested too deep"}
+    assert finish == {"event": "finish", "reason": "error", "message": said}
     assert "Traceback" not in server_log.text

@@ -146,7 +146,8 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         self._header_deadline = None
         if not self.transport.is_closing():
             self.transport.close()  # flushes the last response first, if the client has not read it yet
-            _abort_if_still_flushing(self.transport, self.loop, self.send_timeout_s)
+        # Closed by this or earlier (the keep-alive timeout): a client that never reads is reset later.
+        _abort_if_still_flushing(self.transport, self.loop, self.send_timeout_s)
 
 
 def protocol_with_header_timeout(header_timeout_s: float,

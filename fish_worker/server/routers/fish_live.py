@@ -252,8 +252,10 @@ class LiveSession:
                 event = ormsgpack.unpackb(message["bytes"])
             else:
                 event = json.loads(message.get("text") or "")
-        except (ormsgpack.MsgpackDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
-            raise SessionError("event: is not valid msgpack (or JSON), or is nested too deep") from None
+        except RecursionError:  # json's; ormsgpack says ValueError at its own depth limit
+            raise SessionError("event: is not valid JSON: nested too deep") from None
+        except (ormsgpack.MsgpackDecodeError, ValueError):
+            raise SessionError("event: is not valid msgpack (or JSON)") from None
         if not isinstance(event, dict):
             raise SessionError("event: must be an object with an 'event' field")
         return event

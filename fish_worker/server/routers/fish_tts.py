@@ -71,11 +71,13 @@ async def tts(request: Request):
 
 
 def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
+    kind = "msgpack" if "msgpack" in content_type else "JSON"
     try:
         data = ormsgpack.unpackb(body) if "msgpack" in content_type else json.loads(body)
-    except (ormsgpack.MsgpackDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
-        kind = "msgpack" if "msgpack" in content_type else "JSON"
-        raise ApiError(400, f"body: is not valid {kind} (or is nested too deep)", param="body") from None
+    except RecursionError:  # json's; ormsgpack says ValueError at its own depth limit
+        raise ApiError(400, f"body: is not valid {kind}: nested too deep", param="body") from None
+    except (ormsgpack.MsgpackDecodeError, ValueError):
+        raise ApiError(400, f"body: is not valid {kind}", param="body") from None
     if not isinstance(data, dict):
         raise ApiError(400, "body: must be a TTSRequest object", param="body")
     try:
