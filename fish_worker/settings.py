@@ -92,6 +92,8 @@ class ServerSettings(BaseSettings):
     header_timeout_s: float = Field(10, gt=0)  # a request's headers must arrive within this
     body_timeout_s: float = Field(60, gt=0)  # ... and its body within this, once the headers are in
     keep_alive_timeout_s: int = Field(5, ge=1)  # an idle keep-alive connection is closed after this
+    # A client that reads nothing of its answer (HTTP body, WebSocket message) for this long is disconnected.
+    send_timeout_s: float = Field(30, gt=0)
     # Fish live WebSocket sessions (/v1/tts/live): each is one admitted job for its whole life.
     live_idle_timeout_s: float = Field(60, gt=0)  # ended when nothing went either way for this long
     live_max_session_s: float = Field(1800, gt=0)  # ended after this long, whatever is happening

@@ -56,6 +56,7 @@ VARIABLES = {
     "FISH_HEADER_TIMEOUT_S": ("27", lambda s: s.server.header_timeout_s, 27.0),
     "FISH_BODY_TIMEOUT_S": ("28", lambda s: s.server.body_timeout_s, 28.0),
     "FISH_KEEP_ALIVE_TIMEOUT_S": ("29", lambda s: s.server.keep_alive_timeout_s, 29),
+    "FISH_SEND_TIMEOUT_S": ("33.5", lambda s: s.server.send_timeout_s, 33.5),
     "FISH_LIVE_IDLE_TIMEOUT_S": ("30", lambda s: s.server.live_idle_timeout_s, 30.0),
     "FISH_LIVE_MAX_SESSION_S": ("31", lambda s: s.server.live_max_session_s, 31.0),
     "FISH_LIVE_MAX_TEXT_CHARS": ("32", lambda s: s.server.live_max_text_chars, 32),

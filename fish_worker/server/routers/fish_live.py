@@ -260,6 +260,8 @@ class LiveSession:
                 event = ormsgpack.unpackb(message["bytes"])
             else:
                 event = json.loads(message.get("text") or "")
+        except RecursionError:  # json's; ormsgpack says ValueError at its own depth limit
+            raise SessionError("event: is not valid JSON: nested too deep") from None
         except (ormsgpack.MsgpackDecodeError, ValueError):
             raise SessionError("event: is not valid msgpack (or JSON)") from None
         if not isinstance(event, dict):

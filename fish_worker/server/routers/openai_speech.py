@@ -31,7 +31,8 @@ from fish_worker.errors import ErrorKind, JobInputError, WorkerError, bounded, s
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.jobs.output_adjustments import adjusted_speech, output_adjustments
 from fish_worker.server.auth import require_api_key, tenant_of
-from fish_worker.server.errors import ApiError, api_error, status_of
+from fish_worker.server.disconnect import while_connected
+from fish_worker.server.errors import ApiError, api_error, error_body, status_of
 from fish_worker.server.limiter import JobLimiter
 from fish_worker.settings import Settings
 from fish_worker.tts.requests import SEED_LIMIT, SavedVoiceRef, SpeechChunk, SynthesisRequest, check_text
@@ -117,16 +118,14 @@ async def speech(body: SpeechRequest, request: Request):
     chunks = runner.speech(admission, lambda stop: adjusted_speech(
         service.synthesize(synthesis, stop, voices=voices), adjusted))
     # The first chunk is awaited before answering, so a bad voice or text is an error status, not a cut stream.
-    first = await _next(chunks)
+    first = await while_connected(request, _next(chunks), chunks.aclose)  # hanging up stops the generation
     if first is None:
         raise ApiError(status_of(ErrorKind.BAD_INPUT), NO_AUDIO_ERROR)
     if body.stream_format == "sse":
         return StreamingResponse(_sse(_encoded(first, chunks, audio_format)), media_type="text/event-stream")
     if body.streamed:
-        return StreamingResponse(_encoded(first, chunks, audio_format), media_type=MEDIA_TYPES[audio_format])
-    spoken = [first]
-    while (chunk := await _next(chunks)) is not None:
-        spoken.append(chunk)
+        return StreamingResponse(_audio(_encoded(first, chunks, audio_format)), media_type=MEDIA_TYPES[audio_format])
+    spoken = [first] + await while_connected(request, _rest(chunks), chunks.aclose)
     audio = np.concatenate([c.audio for c in spoken])
     data = await asyncio.to_thread(encode_audio_bytes, audio, audio_format, first.sample_rate)
     return Response(data, media_type=MEDIA_TYPES[audio_format])
@@ -157,31 +156,61 @@ async def _next(chunks: AsyncIterator[SpeechChunk]) -> SpeechChunk | None:
         raise ApiError(500, bounded(f"internal error: {type(exc).__name__}: {exc}")) from None
 
 
+async def _rest(chunks: AsyncIterator[SpeechChunk]) -> list[SpeechChunk]:
+    spoken = []
+    while (chunk := await _next(chunks)) is not None:
+        spoken.append(chunk)
+    return spoken
+
+
 def _api_error(exc: WorkerError) -> ApiError:
     return api_error(exc, _FIELDS)  # in this request's words: "input", not the service's "message"
 
 
-async def _encoded(first: SpeechChunk, chunks: AsyncIterator[SpeechChunk], audio_format: str) -> AsyncIterator[bytes]:
-    """One continuous file of the chunks' audio, in pieces as they come."""
+async def _encoded(first: SpeechChunk, chunks: AsyncIterator[SpeechChunk],
+                   audio_format: str) -> AsyncIterator[bytes | ApiError]:
+    """One continuous file of the chunks' audio, in pieces as they come.
+
+    A limit met mid-stream (FISH_MAX_JOB_FRAMES; a WorkerError) ends the file there, complete, and
+    comes last, as this door's error: the status went out with the headers, so the body must say it.
+    """
     encoder = StreamEncoder(audio_format, first.sample_rate)
     chunk: SpeechChunk | None = first
+    ended_early: ApiError | None = None
     try:
         while chunk is not None:
             if data := await asyncio.to_thread(encoder.feed_bytes, chunk.audio):
                 yield data
             try:
                 chunk = await anext(chunks, None)
+            except WorkerError as exc:
+                log.warning("speech ended early, its audio complete up to there: %s", exc.message)
+                ended_early = _api_error(exc)
+                break
             except Exception as exc:
-                # Headers went out with 200; ending the body early is all HTTP leaves us.
+                # A fault of ours after the 200: the body is cut (the client sees it incomplete).
                 raise RuntimeError(f"speech generation failed: {bounded(str(exc))}") from exc
         if data := await asyncio.to_thread(encoder.close_bytes):
             yield data
+        if ended_early is not None:
+            yield ended_early
     finally:
         await chunks.aclose()  # the client going away stops the generation
 
 
-async def _sse(payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _audio(payloads: AsyncIterator[bytes | ApiError]) -> AsyncIterator[bytes]:
+    """A raw audio body: an early end is the end of the file (the reason is logged, see `_encoded`)."""
     async for data in payloads:
+        if isinstance(data, bytes):
+            yield data
+
+
+async def _sse(payloads: AsyncIterator[bytes | ApiError]) -> AsyncIterator[bytes]:
+    async for data in payloads:
+        if isinstance(data, ApiError):  # OpenAI's error event, in place of speech.audio.done
+            event = {"type": "error", **error_body("/v1/audio/speech", data.status, data.message, data.param)}
+            yield f"data: {json.dumps(event)}\n\n".encode()
+            return
         event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
         yield f"data: {json.dumps(event)}\n\n".encode()
     yield f"data: {json.dumps({'type': 'speech.audio.done'})}\n\n".encode()

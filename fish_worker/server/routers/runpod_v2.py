@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from fish_worker.server.auth import require_api_key, tenant_of
+from fish_worker.server.disconnect import while_connected
 from fish_worker.server.errors import ApiError
 from fish_worker.server.json_body import json_response
 from fish_worker.server.registry import FINAL, JobRecord, JobRegistry
@@ -46,9 +47,15 @@ async def run(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[s
 
 @router.post("/runsync", summary="Run a job and wait for it (IN_PROGRESS after FISH_RUNSYNC_WAIT_S)")
 async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> Response:
-    record = _registry(request).submit(body.input, route="runsync", tenant=tenant_of(request))
+    registry = _registry(request)
+    record = registry.submit(body.input, route="runsync", tenant=tenant_of(request))
+
+    async def cancel() -> None:  # the client hung up before learning the job's id: nobody can fetch it
+        registry.cancel(record)
+
     try:
-        await asyncio.wait_for(asyncio.shield(record.done.wait()), request.app.state.settings.server.runsync_wait_s)
+        await while_connected(request, asyncio.wait_for(
+            asyncio.shield(record.done.wait()), request.app.state.settings.server.runsync_wait_s), cancel)
     except asyncio.TimeoutError:
         pass
     return json_response(record.status_json())
