@@ -158,7 +158,8 @@ def test_a_waiting_body_is_admitted_when_a_permit_comes_back(runner, app_setting
         holding = held_body(address, ALICE, 900_000)
         wait_for(lambda: app.state.body_budget.in_use == 900_000)
         answers = []
-        waiter = threading.Thread(target=lambda: answers.append(post(address, ALICE, {"input": JOB})))
+        padded = {"input": JOB, "padding": "x" * 200_000}  # 900 kB + 200 kB: over Alice's 1 MB share
+        waiter = threading.Thread(target=lambda: answers.append(post(address, ALICE, padded)))
         waiter.start()
         time.sleep(0.5)
         assert waiter.is_alive()  # waiting for Alice's permit

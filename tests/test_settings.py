@@ -53,6 +53,9 @@ VARIABLES = {
     "FISH_RUNSYNC_WAIT_S": ("25", lambda s: s.server.runsync_wait_s, 25.0),
     "FISH_MAX_BODY_BYTES": ("26", lambda s: s.server.max_body_bytes, 26),
     "FISH_HEADER_TIMEOUT_S": ("27", lambda s: s.server.header_timeout_s, 27.0),
+    "FISH_BODY_BUDGET_BYTES": ("271", lambda s: s.server.body_budget_bytes, 271),
+    "FISH_BODY_BUDGET_PER_TENANT_BYTES": ("272", lambda s: s.server.body_budget_per_tenant_bytes, 272),
+    "FISH_BODY_PERMIT_WAIT_S": ("273", lambda s: s.server.body_permit_wait_s, 273.0),
     "FISH_BODY_TIMEOUT_S": ("28", lambda s: s.server.body_timeout_s, 28.0),
     "FISH_KEEP_ALIVE_TIMEOUT_S": ("29", lambda s: s.server.keep_alive_timeout_s, 29),
     "FISH_LIVE_IDLE_TIMEOUT_S": ("30", lambda s: s.server.live_idle_timeout_s, 30.0),
@@ -171,3 +174,10 @@ def test_validation_limits_come_from_the_given_settings_not_the_environment(clea
         parse_job_input({"message": "Hello there."}, tight)
     # Built in code (warm-up job, tests): trusted, shape only; no environment read.
     assert JobInput(message="Hello there.", max_tokens=50).max_tokens == 50
+
+
+def test_body_budget_defaults_follow_the_largest_body(clean_env):
+    server = ServerSettings(max_body_bytes=1000)
+    assert server.body_budget(16 * 1024 * 1024) == (8000, 4000)
+    assert ServerSettings(max_body_bytes=1000, body_budget_bytes=3000).body_budget(0) == (3000, 3000)  # share <= total
+    assert ServerSettings(body_budget_bytes=10, body_budget_per_tenant_bytes=5).body_budget(0) == (10, 5)
