@@ -3,8 +3,7 @@
 Outermost first, a request meets: HeaderLimitMiddleware (431 for headers over 16 KiB), AuthMiddleware
 (401 from the headers, body unread), BodyAdmissionMiddleware (a permit from the byte budget for bodies
 before one is read: waits, or 429), BodyLimitMiddleware (413 / 408 while the body streams in), then the
-doors. Every error, wherever it
-is raised, is answered in its door's shape (errors.py).
+doors. Every error, wherever it is raised, is answered in its door's shape (errors.py).
 """
 
 from __future__ import annotations
