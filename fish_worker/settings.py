@@ -9,10 +9,11 @@ Entry points build it once and pass it down; nothing below them reads the enviro
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -20,6 +21,18 @@ from fish_worker.tenancy import TENANT_PATTERN
 
 # Room in a body for everything but the reference audio's base64 (text, prompts, field names).
 BODY_MARGIN_BYTES = 1024 * 1024
+
+
+RUNPOD_VOLUME = Path("/runpod-volume")
+
+
+def default_voices_dir() -> Path:
+    """The network volume's voices folder on RunPod (where the volume is mounted); elsewhere the user's
+    data directory, so a self-hosted server never creates folders at the filesystem root."""
+    if RUNPOD_VOLUME.is_dir():
+        return RUNPOD_VOLUME / "voices"
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "fish-worker" / "voices"
 
 
 def _empty_is_unset(value: object) -> object:
@@ -144,7 +157,7 @@ class StorageSettings(_WithSections):
     model_config = SettingsConfigDict(env_prefix="FISH_", extra="forbid")
 
     # Saved voices (fish_worker/tts/voices.py): a directory on the network volume, shared by workers.
-    voices_dir: Path = Path("/runpod-volume/voices")
+    voices_dir: Path = Field(default_factory=default_voices_dir)
     max_voices: int = Field(1000, ge=1)  # save_voice of a new voice_id fails once this many are saved
     # Conversations (fish_worker/conversations/): in-process, or in Redis when a URL is set.
     # REDIS_URL as well: the name every Redis client and hosting template uses.
@@ -157,18 +170,41 @@ class StorageSettings(_WithSections):
 
 
 class ChatSettings(BaseSettings):
-    """Chat mode (fish_worker/dialogue/turns.py): on when a chat model directory is set."""
+    """Chat mode (fish_worker/dialogue/turns.py): on when a chat backend is set, a local model directory
+    or a remote OpenAI-compatible engine's URL (fish_worker/dialogue/backend.py), never both."""
 
     model_config = SettingsConfigDict(env_prefix="FISH_CHAT_", extra="forbid")
 
     model_dir: Path | None = None  # FISH_CHAT_MODEL_DIR: a local Hugging Face chat model, loaded at start
+    # FISH_CHAT_BASE_URL: an OpenAI-compatible engine (vLLM, SGLang, RunPod's /openai/v1, transformers serve)
+    # that writes the replies instead; the worker then loads no chat weights.
+    base_url: str | None = None
+    api_key: str | None = Field(None, repr=False)  # sent as `Authorization: Bearer ...`
+    model: str | None = None  # the model name sent; unset: the first one the engine lists at /models
+    connect_timeout_s: float = Field(10.0, gt=0)  # to open a connection to the engine
+    read_timeout_s: float = Field(60.0, gt=0)  # longest wait for the reply's first or next piece
+    max_retries: int = Field(1, ge=0, le=10)  # of a request failing before its answer starts (never mid-stream)
     system_prompt: str = (
         "You are a friendly voice assistant. Your replies are spoken aloud: answer briefly, "
         "in plain sentences, without lists, markup or emoji."
     )
     frames_per_sentence: int = Field(1000, ge=1)  # codec frames budget per spoken reply sentence
 
-    _unset_when_empty = field_validator("model_dir", mode="before")(_empty_is_unset)
+    _unset_when_empty = field_validator("model_dir", "base_url", "api_key", "model", mode="before")(_empty_is_unset)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("FISH_CHAT_BASE_URL must be an http:// or https:// URL (the engine's /v1 root)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> "ChatSettings":
+        if self.model_dir is not None and self.base_url is not None:
+            raise ValueError("set FISH_CHAT_MODEL_DIR (a local chat model) or FISH_CHAT_BASE_URL (a remote engine), "
+                             "not both")
+        return self
 
 
 class Settings(_WithSections):

@@ -12,6 +12,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+from fish_worker.dialogue.make_backend import make_chat_backend
 from fish_worker.dialogue.llm import ChatModel, ChatModelError
 from fish_worker.dialogue.turns import ConversationService
 from fish_worker.conversations import ConversationStoreError, make_conversation_store
@@ -56,14 +57,14 @@ def build_runner(settings: Settings) -> JobRunner:
 
 
 def build_conversations(service: TTSService, settings: Settings) -> ConversationService:
-    """The chat model (when FISH_CHAT_MODEL_DIR is set, loaded once here) and the conversation store."""
-    chat = None
-    if settings.chat.model_dir is not None:
-        started = time.perf_counter()
-        chat = ChatModel.load(settings.chat.model_dir, device=resolve_device(settings.device))
-        log.info("chat model loaded from %s on %s in %.1f s", chat.source, chat.device, time.perf_counter() - started)
-        if settings.warmup:
-            chat.reply([{"role": "user", "content": "Hello."}], max_new_tokens=4, seed=0)
+    """The chat backend (a local model in FISH_CHAT_MODEL_DIR, loaded once here, or the remote engine at
+    FISH_CHAT_BASE_URL) and the conversation store."""
+    started = time.perf_counter()
+    chat = make_chat_backend(settings.chat, device=resolve_device(settings.device))
+    if chat is not None:
+        log.info("chat backend: %s (ready in %.1f s)", chat.description, time.perf_counter() - started)
+    if isinstance(chat, ChatModel) and settings.warmup:
+        chat.reply([{"role": "user", "content": "Hello."}], max_new_tokens=4, seed=0)
     storage = settings.storage
     store = make_conversation_store(storage.redis_url, storage.conversation_ttl_s, storage.max_conversations)
     try:
@@ -72,7 +73,7 @@ def build_conversations(service: TTSService, settings: Settings) -> Conversation
         # Not fatal: jobs without a conversation_id still work, and those with one fail clearly.
         log.error("%s; jobs with a conversation_id fail until it is reachable", exc)
     log.info("conversations: %s store, chat mode %s", "Redis" if storage.redis_url else "in-process",
-             "on" if chat else "off (no FISH_CHAT_MODEL_DIR)")
+             "on" if chat else "off (no FISH_CHAT_MODEL_DIR or FISH_CHAT_BASE_URL)")
     return ConversationService(service, store, chat=chat, settings=settings)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a file you can play, on CPU: set up .venv, write the tiny checkpoint,
 # run test_input.json through the worker as `python handler.py --test_input` does, write
-# out/quickstart.wav and out/quickstart.json (what RunPod stores) and print a short summary.
+# out/quickstart.wav (or .mp3/.opus/.flac, as the job's audio_format) and out/quickstart.json (what
+# RunPod stores) and print a short summary.
 # Arguments go to python -m fish_worker.devtools.quickstart: --test_input '{...}', --raw, --out DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."

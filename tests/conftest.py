@@ -20,6 +20,27 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: minutes on CPU (real-size checkpoint); the normal suite runs it once")
 
 
+# What CI installs for the groups that skip without it (.ci/run installs them when missing).
+SKIPPED_GROUP_FIX = "apt-get install redis-server chromium chromium-driver nodejs (.ci/run installs the first three when missing)"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Skips are said out loud, even under -q: a green run that skipped the Redis or browser tests
+    did not run what CI runs."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.write_sep("-", f"{len(skipped)} tests skipped: this run is not all that CI runs")
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"  {count:3d} × {reason}")
+    terminalreporter.write_line(f"  to run them: {SKIPPED_GROUP_FIX}")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint

@@ -226,6 +226,8 @@ def rendered(default: object) -> str:
         return str(default).lower()
     if isinstance(default, float) and default.is_integer():
         return str(int(default))
+    if isinstance(default, Path) and default.is_relative_to(Path.home()):  # a per-user default
+        return f"~/{default.relative_to(Path.home())}"
     return str(default)
 
 
@@ -277,3 +279,11 @@ def test_every_relative_link_points_at_something(doc):
             elif anchor and path.suffix == ".md" and anchor not in heading_anchors(path):
                 broken.append(f"{doc.name}:{number}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.kind not in NOT_RUNNABLE], ids=lambda b: b.name)
+def test_commands_name_the_interpreter_a_reader_needs(block):
+    # A fresh clone's system python has neither torch nor httpx: commands run with the project's venv.
+    bare = [command for command in block.commands()
+            if re.search(r"(^|[\s;&|=])(python3?|pip3?)\s", command.split("#")[0])]
+    assert not bare, f"{block.name}: use .venv/bin/python (the venv the quick start makes): {bare}"

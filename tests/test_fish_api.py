@@ -470,3 +470,34 @@ def test_fish_bodies_over_the_limit_are_413(bounded):
     response = httpx.post(f"{url}/v1/tts", content=big, headers={"Authorization": f"Bearer {ALICE}",
                                                                  "Content-Type": "application/msgpack"})
     assert response.status_code == 413 and response.json()["status"] == 413
+
+
+def test_fish_routes_not_served_here_answer_in_fish_shape(client, base_url):
+    # The SDK's account and ASR calls reach paths this server does not serve: a Fish-shaped 404 that the
+    # SDK turns into its NotFoundError with our message, never a parse failure.
+    with pytest.raises(NotFoundError) as caught:
+        client.account.get_credits()
+    assert "no such path: GET /wallet/self/api-credit" in str(caught.value)
+    body = httpx.post(f"{base_url}/v1/asr", headers={"Authorization": f"Bearer {KEY}"}, json={}).json()
+    assert body == {"status": 404, "message": "no such path: POST /v1/asr"}
+
+
+@pytest.mark.parametrize("fmt, bitrate", [("wav", 64000), ("mp3", 64000), ("opus", 64000), ("opus", 24)])
+def test_opus_bitrate_in_bits_per_second_or_for_other_formats_is_accepted(base_url, fmt, bitrate):
+    # LiveKit's Fish plugin sends opus_bitrate=64000 (bit/s) with every request, whatever the format.
+    body = {"text": "Hi.", "format": fmt, "opus_bitrate": bitrate, "max_new_tokens": MAX_FRAMES}
+    response = httpx.post(f"{base_url}/v1/tts", headers={"Authorization": f"Bearer {KEY}"}, json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert len(response.content) > 0
+
+
+def test_an_opus_bitrate_that_is_neither_is_refused_naming_the_field(base_url):
+    body = {"text": "Hi.", "format": "opus", "opus_bitrate": 50}
+    response = httpx.post(f"{base_url}/v1/tts", headers={"Authorization": f"Bearer {KEY}"}, json=body, timeout=60)
+    assert response.status_code == 400 and "opus_bitrate" in response.json()["message"]
+
+
+def test_an_unknown_reference_id_says_how_to_find_local_voices(client):
+    with pytest.raises(NotFoundError) as caught:
+        client.tts.convert(text="Hello.", config=CONFIG, reference_id="802e3bc2b27e49c2995d23ef70e6ac89")
+    assert "GET /model" in str(caught.value) and "POST /model" in str(caught.value)

@@ -83,3 +83,18 @@ def test_result_over_the_run_limit_without_a_bucket_is_a_clear_error(runner, mon
 def test_unknown_format_is_rejected(runner):
     [out] = run_job(runner, {**JOB, "audio_format": "aac"})
     assert out["error"].startswith("audio_format: Input should be 'float'")
+
+
+@pytest.mark.parametrize("fmt", ["float", "pcm16", "wav"])
+def test_split_chunk_parts_each_report_their_own_duration(fmt):
+    from fish_worker.jobs.outputs import StreamedOutput
+    from fish_worker.tts.requests import SpeechChunk
+
+    rate = 44100
+    audio = (0.1 * np.sin(np.arange(12 * rate) / 7)).astype(np.float32)  # 12 s: over 1 MB in every format here
+    parts = StreamedOutput(fmt).chunks(SpeechChunk(0, "Long.", audio, rate, seed=1))
+    assert len(parts) >= 2 and [p["part"] for p in parts] == list(range(len(parts)))
+    assert abs(sum(p["duration_s"] for p in parts) - 12.0) < 1e-6  # the parts add up to the window
+    for p in parts:
+        samples = len(p["audio"]) if fmt == "float" else len(base64.b64decode(p["audio"])) / 2
+        assert p["duration_s"] == pytest.approx(samples / rate, abs=0.002)  # each its own share

@@ -3,6 +3,7 @@ WAV, a short summary, and the full stored result beside them (the venv set-up is
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -84,3 +85,13 @@ def test_encoded_stream_chunks_join_into_one_clip(fmt):
     seconds = len(audio.samples) / audio.sample_rate
     assert abs(seconds - 1.0) < 0.1  # lossy codecs pad by a frame or so
     assert 0.15 < float(np.sqrt(np.mean(audio.samples ** 2))) < 0.25  # the tone's level (0.3 / sqrt 2)
+
+
+@pytest.mark.timeout(120)
+def test_an_mp3_job_writes_the_mp3_it_returned(settings, runner, tmp_path):
+    job = {"input": {"message": "Quick one.", "max_tokens": 6, "seed": 3, "audio_format": "mp3"}}
+    assert quickstart.run(job, tmp_path, settings, stdout=io.StringIO(), runner=runner) == 0
+    stored = json.loads((tmp_path / "quickstart.json").read_text())
+    written = (tmp_path / "quickstart.mp3").read_bytes()
+    assert written == base64.b64decode(stored["output"]["audio"])  # the client's bytes, as they came
+    assert not (tmp_path / "quickstart.wav").exists()

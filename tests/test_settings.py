@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from fish_worker.errors import JobInputError
 from fish_worker.jobs.inputs import JobInput, parse_job_input
 from fish_worker.jobs.outputs import uploader_from_settings
-from fish_worker.settings import S3Settings, ServerSettings, Settings, StorageSettings
+from fish_worker import settings as settings_module
+from fish_worker.settings import S3Settings, ServerSettings, Settings, StorageSettings, default_voices_dir
 
 # name → (value to set, where Settings shows it, the value read back)
 VARIABLES = {
@@ -79,7 +80,15 @@ VARIABLES = {
     "FISH_CHAT_MODEL_DIR": ("/chat", lambda s: s.chat.model_dir, Path("/chat")),
     "FISH_CHAT_SYSTEM_PROMPT": ("Be brief.", lambda s: s.chat.system_prompt, "Be brief."),
     "FISH_CHAT_FRAMES_PER_SENTENCE": ("37", lambda s: s.chat.frames_per_sentence, 37),
+    "FISH_CHAT_BASE_URL": ("http://engine:8000/v1", lambda s: s.chat.base_url, "http://engine:8000/v1"),
+    "FISH_CHAT_API_KEY": ("chat-key", lambda s: s.chat.api_key, "chat-key"),
+    "FISH_CHAT_MODEL": ("Qwen/Qwen2.5-1.5B-Instruct", lambda s: s.chat.model, "Qwen/Qwen2.5-1.5B-Instruct"),
+    "FISH_CHAT_CONNECT_TIMEOUT_S": ("3.5", lambda s: s.chat.connect_timeout_s, 3.5),
+    "FISH_CHAT_READ_TIMEOUT_S": ("38", lambda s: s.chat.read_timeout_s, 38.0),
+    "FISH_CHAT_MAX_RETRIES": ("2", lambda s: s.chat.max_retries, 2),
 }
+# Set together with the rest they would clash: each is read alone.
+ALONE = {"FISH_CHAT_MODEL_DIR"}
 # The other spellings that name the same thing.
 ALIASES = {"FISH_PORT": "PORT", "FISH_PORT_HEALTH": "PORT_HEALTH", "FISH_REDIS_URL": "REDIS_URL"}
 
@@ -94,11 +103,30 @@ def clean_env(monkeypatch):
 
 
 def test_every_variable_is_read_into_its_section(clean_env):
-    for name, (value, _, _) in VARIABLES.items():
+    together = {name: entry for name, entry in VARIABLES.items() if name not in ALONE}
+    for name, (value, _, _) in together.items():
         clean_env.setenv(name, value)
     settings = Settings()
-    read = {name: where(settings) for name, (_, where, _) in VARIABLES.items()}
-    assert read == {name: expected for name, (_, _, expected) in VARIABLES.items()}
+    read = {name: where(settings) for name, (_, where, _) in together.items()}
+    assert read == {name: expected for name, (_, _, expected) in together.items()}
+    clean_env.delenv("FISH_CHAT_BASE_URL")  # the other chat backend
+    for name in ALONE:
+        value, where, expected = VARIABLES[name]
+        clean_env.setenv(name, value)
+        assert where(Settings()) == expected
+
+
+def test_one_chat_backend_and_an_http_url(clean_env):
+    clean_env.setenv("FISH_CHAT_MODEL_DIR", "/chat")
+    clean_env.setenv("FISH_CHAT_BASE_URL", "http://engine:8000/v1")
+    with pytest.raises(ValidationError, match="FISH_CHAT_MODEL_DIR .* or FISH_CHAT_BASE_URL .*, not both"):
+        Settings()
+    clean_env.delenv("FISH_CHAT_MODEL_DIR")
+    clean_env.setenv("FISH_CHAT_BASE_URL", "engine:8000/v1")
+    with pytest.raises(ValidationError, match="must be an http:// or https:// URL"):
+        Settings()
+    clean_env.setenv("FISH_CHAT_BASE_URL", "")  # a template's empty value: no remote engine
+    assert Settings().chat.base_url is None
 
 
 @pytest.mark.parametrize("alias, name", ALIASES.items())
@@ -119,7 +147,7 @@ def test_every_documented_variable_is_in_the_table():
 def test_defaults_without_any_variable(clean_env):
     settings = Settings()
     assert settings.server.port == 8000 and settings.server.port_health is None and settings.server.api_keys == ""
-    assert settings.storage.voices_dir == Path("/runpod-volume/voices") and settings.storage.redis_url is None
+    assert settings.storage.voices_dir == default_voices_dir() and settings.storage.redis_url is None
     assert settings.storage.s3.bucket is None and settings.storage.s3.key_prefix == "fish-speech"
     # Concurrency and the KV pool are planned from the device when unset (TTSService.max_concurrency).
     assert settings.chat.model_dir is None and settings.max_concurrency is None and settings.kv_cache_tokens is None
@@ -174,6 +202,14 @@ def test_validation_limits_come_from_the_given_settings_not_the_environment(clea
         parse_job_input({"message": "Hello there."}, tight)
     # Built in code (warm-up job, tests): trusted, shape only; no environment read.
     assert JobInput(message="Hello there.", max_tokens=50).max_tokens == 50
+
+
+def test_voices_stay_off_the_filesystem_root_without_a_runpod_volume(clean_env, monkeypatch, tmp_path):
+    monkeypatch.setattr(settings_module, "RUNPOD_VOLUME", tmp_path / "absent")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert Settings().storage.voices_dir == tmp_path / "data" / "fish-worker" / "voices"
+    monkeypatch.setattr(settings_module, "RUNPOD_VOLUME", tmp_path)  # a mounted volume: shared by workers
+    assert Settings().storage.voices_dir == tmp_path / "voices"
 
 
 def test_body_budget_defaults_follow_the_largest_body(clean_env):

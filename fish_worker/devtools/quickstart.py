@@ -83,6 +83,20 @@ def joined_audio(chunks: list[dict[str, Any]]) -> Audio | None:
     return _decode_file(data)
 
 
+# Encoded formats are written as the client received them (the joined chunks are one file); float
+# and pcm16 carry bare samples, so they become a WAV.
+FILE_EXTENSIONS = {"mp3": "mp3", "opus": "opus", "flac": "flac"}
+
+
+def encoded_bytes(chunks: list[dict[str, Any]]) -> tuple[str, bytes] | None:
+    """(extension, the file's bytes) for a job in an encoded format, else None."""
+    with_audio = [c for c in chunks if "audio" in c]
+    fmt = with_audio[0].get("audio_format", "float") if with_audio else None
+    if fmt not in FILE_EXTENSIONS:
+        return None
+    return FILE_EXTENSIONS[fmt], b"".join(base64.b64decode(c["audio"]) for c in with_audio)
+
+
 def _decode_file(data: bytes) -> Audio:
     import av  # wav/flac/mp3/opus, decoded by FFmpeg as players do
 
@@ -99,7 +113,7 @@ def write_wav(audio: Audio, path: Path) -> None:
     sf.write(path, np.clip(audio.samples, -1.0, 1.0), audio.sample_rate, subtype="PCM_16")
 
 
-def summary_lines(timed: TimedJob, load_s: float, wav: Path | None, audio: Audio | None,
+def summary_lines(timed: TimedJob, load_s: float, audio_path: Path | None, audio: Audio | None,
                   json_path: Path, tiny: bool) -> list[str]:
     stored = timed.stored
     if "error" in stored:
@@ -108,9 +122,9 @@ def summary_lines(timed: TimedJob, load_s: float, wav: Path | None, audio: Audio
     chunks = outputs(stored)
     lines = ["one job through the worker, as `python handler.py --test_input` runs it:",
              f"  text          {output.get('text', '')}"]
-    if audio is not None and wav is not None:
+    if audio is not None and audio_path is not None:
         seconds = len(audio.samples) / audio.sample_rate
-        lines.append(f"  audio         {wav}  ({seconds:.2f} s at {audio.sample_rate} Hz)")
+        lines.append(f"  audio         {audio_path}  ({seconds:.2f} s at {audio.sample_rate} Hz)")
     elif output.get("audio_url"):
         lines.append(f"  audio         {output['audio_url']} (too large for a result: uploaded)")
     else:
@@ -137,7 +151,8 @@ def is_tiny_checkpoint(settings: Settings) -> bool:
 
 def run(job: dict[str, Any], out_dir: Path, settings: Settings, raw: bool = False,
         stdout: TextIO = sys.stdout, runner: JobRunner | None = None) -> int:
-    """Load the worker (unless given its runner), run `job`, write out_dir/quickstart.{json,wav}, print
+    """Load the worker (unless given its runner), run `job`, write out_dir/quickstart.json and the audio
+    (quickstart.wav, or .mp3/.opus/.flac as the job's audio_format), print
     the summary; returns the exit code."""
     # The runpod SDK, imported now (after logging is set up, as handler.py does), not inside the job's timing.
     import fish_worker.jobs.runpod_adapter  # noqa: F401
@@ -151,12 +166,19 @@ def run(job: dict[str, Any], out_dir: Path, settings: Settings, raw: bool = Fals
     json_path = out_dir / "quickstart.json"
     stored_json = json.dumps(timed.stored)
     json_path.write_text(stored_json + "\n")
-    audio = None if "error" in timed.stored else joined_audio(outputs(timed.stored))
-    wav = out_dir / "quickstart.wav" if audio is not None else None
+    chunks = [] if "error" in timed.stored else outputs(timed.stored)
+    audio = joined_audio(chunks) if chunks else None
+    audio_path = None
     if audio is not None:
-        write_wav(audio, wav)
+        encoded = encoded_bytes(chunks)
+        if encoded is None:
+            audio_path = out_dir / "quickstart.wav"
+            write_wav(audio, audio_path)
+        else:
+            audio_path = out_dir / f"quickstart.{encoded[0]}"
+            audio_path.write_bytes(encoded[1])
 
-    lines = summary_lines(timed, load_s, wav, audio, json_path, is_tiny_checkpoint(settings))
+    lines = summary_lines(timed, load_s, audio_path, audio, json_path, is_tiny_checkpoint(settings))
     print("\n".join(lines), file=sys.stderr if raw else stdout)
     if raw:
         print(stored_json, file=stdout)
@@ -166,7 +188,7 @@ def run(job: dict[str, Any], out_dir: Path, settings: Settings, raw: bool = Fals
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fish_worker.devtools.quickstart", description=__doc__.split("\n")[0])
     parser.add_argument("--test_input", help="the job as JSON, {\"input\": {...}} (default: ./test_input.json)")
-    parser.add_argument("--out", type=Path, default=Path("out"), help="where quickstart.wav/.json go (default: out)")
+    parser.add_argument("--out", type=Path, default=Path("out"), help="where quickstart.json and the audio file go (default: out)")
     parser.add_argument("--raw", action="store_true", help="also print what the platform stores, as one JSON line")
     return parser.parse_args(argv)
 

@@ -1,4 +1,5 @@
 """The chat model: a local Hugging Face causal LM with a chat template, loaded once, replying in deltas.
+One of the two chat backends (backend.py); the other asks a remote engine (remote_chat.py).
 
     model = ChatModel.load("/models/qwen2.5-1.5b-instruct")     # bf16 on CUDA, float32 on CPU
     for delta in model.stream_reply(history, temperature=0.7, max_new_tokens=200, system_prompt=None, seed=1):
@@ -40,6 +41,10 @@ class ChatModel:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def description(self) -> str:  # the ChatBackend protocol (backend.py)
+        return f"local model {self.source} on {self.device} (one reply at a time)"
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> ChatModel:

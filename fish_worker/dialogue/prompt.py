@@ -30,6 +30,21 @@ class FittedPrompt:
     max_new_tokens: int  # the reply budget, lowered only when the latest message leaves less room
 
 
+def arrange_messages(messages: list[dict], system_prompt: str | None) -> tuple[list[dict], list[dict]]:
+    """The system messages (`system_prompt` first) and the turns, checked; every backend sends these.
+
+    Raises ValueError unless each message is a role and a text, and the turns end with the user's.
+    """
+    parsed = [m.model_dump() for m in _MESSAGES.validate_python(messages)]
+    system = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        m for m in parsed if m["role"] == "system"
+    ]
+    turns = [m for m in parsed if m["role"] != "system"]
+    if not turns or turns[-1]["role"] != "user":
+        raise ValueError("messages must end with the user message to reply to")
+    return system, turns
+
+
 def fit_prompt(
     tokenizer,
     messages: list[dict],
@@ -45,13 +60,7 @@ def fit_prompt(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    parsed = [m.model_dump() for m in _MESSAGES.validate_python(messages)]
-    system = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        m for m in parsed if m["role"] == "system"
-    ]
-    turns = [m for m in parsed if m["role"] != "system"]
-    if not turns or turns[-1]["role"] != "user":
-        raise ValueError("messages must end with the user message to reply to")
+    system, turns = arrange_messages(messages, system_prompt)
 
     dropped = 0
     while True:

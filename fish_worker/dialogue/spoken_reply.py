@@ -42,8 +42,11 @@ def speak_while_writing(
 
     `stop` set by the caller (job cancelled) ends both helpers; so does an error in either one,
     which is re-raised here. `deltas.close()`, if it has one, is called when the writer ends.
+    `deltas.abort()`, if it has one (a remote reply, callable from any thread), is called as soon as
+    the reply is stopped, so a writer waiting on a silent engine is woken instead of waiting it out.
     """
     sentences: queue.Queue = queue.Queue()
+    written = threading.Event()
 
     def write(emit: Emit, halt: threading.Event) -> None:
         cutter = SentenceStream(max_sentence_chars)
@@ -57,6 +60,7 @@ def speak_while_writing(
             for sentence in cutter.finish():
                 sentences.put(sentence)
         finally:
+            written.set()
             if hasattr(deltas, "close"):
                 deltas.close()  # stops the model's generation if the reply was abandoned
             sentences.put(_NO_MORE)
@@ -65,5 +69,12 @@ def speak_while_writing(
         for chunk in speak(iter(sentences.get, _NO_MORE), halt):
             emit(chunk)
 
+    def guard(emit: Emit, halt: threading.Event) -> None:
+        while not written.is_set():
+            if halt.wait(STOP_POLL_S):
+                deltas.abort()
+                return
+
     # halt (the bridge's stop) is set when the caller stops, or this reply is over (done or failed).
-    return merge_threads(write, say, stop=stop, name="reply", poll_s=STOP_POLL_S)
+    producers = (write, say, guard) if hasattr(deltas, "abort") else (write, say)
+    return merge_threads(*producers, stop=stop, name="reply", poll_s=STOP_POLL_S)

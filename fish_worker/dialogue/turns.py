@@ -1,14 +1,16 @@
 """One conversation turn: look the conversation up, write the reply, speak it, store the turn.
 
-    service = ConversationService(tts, store, chat=ChatModel.load(path), settings=settings)
+    service = ConversationService(tts, store, chat=make_chat_backend(settings.chat), settings=settings)
     for event in service.turn(TurnRequest(...), stop):   # TextDelta | SpeechChunk
         ...
 
-Chat mode: the chat model answers `message` given the conversation's history, and the reply is
-spoken sentence by sentence while it is being written (spoken_reply.py). TTS mode: `message` is
-spoken as is. Either way a conversation keeps one voice: the reference given once (audio or a saved
-voice_id), else the first sentence its first reply was spoken in; later turns are conditioned on it,
-so they need no reference. Store failures raise ConversationStoreError; nothing is silently dropped.
+Chat mode: the chat backend (a local model or a remote engine, backend.py) answers `message` given
+the conversation's history, and the reply is spoken sentence by sentence while it is being written
+(spoken_reply.py). TTS mode: `message` is spoken as is. Either way a conversation keeps one voice:
+the reference given once (audio or a saved voice_id), else the first sentence its first reply was
+spoken in; later turns are conditioned on it, so they need no reference. Store failures raise
+ConversationStoreError; nothing is silently dropped. A turn whose reply fails (ChatBackendError: the
+engine broke off) or is stopped stores nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fish_worker.dialogue.llm import ChatModel
+from fish_worker.dialogue.backend import ChatBackend
 from fish_worker.dialogue.prompt import PromptTooLongError
 from fish_worker.conversations import Conversation, ConversationStore, ConversationVoice
 from fish_worker.engine.generation import VoicePrompt
@@ -52,7 +54,7 @@ def is_conversation_action(raw: Any) -> bool:
 
 
 class ConversationService:
-    def __init__(self, tts: TTSService, store: ConversationStore, *, chat: ChatModel | None = None,
+    def __init__(self, tts: TTSService, store: ConversationStore, *, chat: ChatBackend | None = None,
                  settings: Settings | None = None, voices: VoiceStore | None = None):
         self.tts = tts
         self.store = store
@@ -68,10 +70,10 @@ class ConversationService:
                                    voices=self.tts.voices.for_tenant(tenant))
 
     def mode(self, asked: Mode | None, system_prompt: str | None = None) -> Mode:
-        """The request's mode: as `asked`, else chat when a chat model is loaded."""
+        """The request's mode: as `asked`, else chat when a chat backend is set."""
         mode = asked or ("chat" if self.chat is not None else "tts")
         if mode == "chat" and self.chat is None:
-            raise JobInputError("mode", "chat needs a chat model; set FISH_CHAT_MODEL_DIR")
+            raise JobInputError("mode", "chat needs a chat model; set FISH_CHAT_MODEL_DIR or FISH_CHAT_BASE_URL")
         if mode == "tts" and system_prompt is not None:
             raise JobInputError("system_prompt", "is only used in chat mode")
         return mode

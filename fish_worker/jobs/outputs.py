@@ -205,16 +205,27 @@ class StreamedOutput:
                 keep_empty: bool = True) -> list[dict[str, Any]]:
         # An empty payload (the encoder is buffering a frame) still carries the sentence's text.
         pieces = split_payload(payload) or ([payload] if keep_empty else [])
+        durations = _shares(duration_s, [len(piece) for piece in pieces])
         return [
             {
                 "text": text if part == 0 else "",
                 "audio": piece,
                 "audio_format": self.audio_format,
                 "sample_rate": self._encoder.sample_rate,
-                "duration_s": duration_s if part == 0 else 0.0,
+                "duration_s": durations[part],
                 "seed": speech.seed,
                 "index": speech.index,
                 **({"part": part} if len(pieces) > 1 else {}),
             }
             for part, piece in enumerate(pieces)
         ]
+
+
+def _shares(duration_s: float, sizes: list[int]) -> list[float]:
+    """A window's duration split over its parts by their size (exact for float and pcm16, by bytes for
+    the encoded formats), rounded to ms so that the parts add up to the window's duration_s."""
+    total = sum(sizes)
+    if len(sizes) <= 1 or total == 0:
+        return [duration_s] * len(sizes)
+    ends = [round(duration_s * sum(sizes[: i + 1]) / total, 3) for i in range(len(sizes))]
+    return [round(end - start, 3) for start, end in zip([0.0, *ends[:-1]], ends)]

@@ -59,8 +59,13 @@ def api_error(exc: WorkerError, fields: Mapping[str, str] | None = None) -> ApiE
     return ApiError(status_of(exc.kind), message, param=field)
 
 
+# Fish Audio's API paths, served or not (/v1/asr and /wallet are the SDK's, answered 404 here): an
+# error on any of them is Fish-shaped, so the SDK reports the message rather than failing to parse it.
+_FISH_PATHS = ("/v1/tts", "/model", "/v1/asr", "/wallet")
+
+
 def is_fish_path(path: str) -> bool:
-    return path in ("/v1/tts", "/model") or path.startswith(("/v1/tts/", "/model/"))
+    return path in _FISH_PATHS or path.startswith(tuple(f"{prefix}/" for prefix in _FISH_PATHS))
 
 
 def error_body(path: str, status: int, message: str, param: str | None = None,
@@ -136,6 +141,11 @@ def _validation_message(first: dict[str, Any]) -> tuple[str, str]:
         at = f" at character {where}" if where is not None else ""
         return f"body: invalid JSON{at}: {reason}", "body"
     where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    if first.get("type") == "string_unicode" and isinstance(first.get("input"), str):
+        try:  # a lone surrogate (a form's charset can make one): said as every door says it
+            first["input"].encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"{where}: contains invalid unicode (lone surrogate) at position {exc.start}", where
     return f"{where}: {first['msg']}", where
 
 

@@ -7,21 +7,18 @@ sample rate) and encoded into one continuous stream in the requested format.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from fish_worker.audio.formats import MEDIA_TYPES, StreamEncoder
 from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
 from fish_worker.engine.generation import VoicePrompt
-from fish_worker.errors import JobInputError
+from fish_worker.errors import JobInputError, NotFoundError
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
 from fish_worker.tts.requests import SpeechChunk, SynthesisRequest
 from fish_worker.tts.service import TTSService
@@ -70,7 +67,10 @@ def plan_speech(request: FishTTSRequest, service: TTSService, voices: VoiceStore
             raise JobInputError("reference_id", "is not a voice id (1-64 letters, digits, '_', '.' or '-')") from None
         try:
             voice = service.saved_voice(voice_id, voices)
-        except JobInputError as exc:  # missing (NotFoundError), or saved with another model: same kind
+        except NotFoundError as exc:  # e.g. a Fish cloud voice id, which a client library may default to
+            raise NotFoundError("reference_id", f"{exc.problem} on this server (Fish cloud voices are not here): "
+                                                "list its voices with GET /model, create one with POST /model") from None
+        except JobInputError as exc:  # saved with another model: the same kind, our field name
             raise type(exc)("reference_id", exc.problem) from None
     else:
         voice = encode_references(request.references, service)
@@ -89,30 +89,14 @@ def encode_references(references: list[ReferenceAudio], service: TTSService,
     """One voice prompt from one or more clips: their codes and transcripts, in order."""
     prompts = []
     for i, ref in enumerate(references):
-        wav = as_wav(ref.audio, f"{field}[{i}].audio")
-        try:
-            prompts.append(service.encode_reference(base64.b64encode(wav).decode(), ref.text))
+        try:  # decoded by the one reader every door uses (fish_worker/audio/reference.py)
+            prompts.append(service.encode_reference(ref.audio, ref.text))
         except JobInputError as exc:
             raise JobInputError(f"{field}[{i}].audio", exc.problem) from None
     if not prompts:
         return None
     return VoicePrompt(text=" ".join(p.text for p in prompts if p.text),
                        codes=torch.cat([p.codes for p in prompts], dim=1))
-
-
-def as_wav(audio: bytes, field: str) -> bytes:
-    """The clip as WAV bytes (the service's reference reader takes WAV); other readable files are converted."""
-    if audio[:4] == b"RIFF":
-        return audio
-    try:
-        with sf.SoundFile(io.BytesIO(audio)) as clip:
-            samples = clip.read(dtype="float32", always_2d=True)
-            rate = clip.samplerate
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        raise JobInputError(field, "is not a readable audio file (WAV, FLAC, MP3 or Ogg)") from None
-    out = io.BytesIO()
-    sf.write(out, samples, rate, format="WAV", subtype="FLOAT")
-    return out.getvalue()
 
 
 class FishAudioEncoder:
