@@ -89,6 +89,12 @@ class ServerSettings(BaseSettings):
     runsync_wait_s: float = Field(90, gt=0)  # /v2 runsync answers IN_PROGRESS after this, as RunPod does
     # Largest request body; unset: base64 of FISH_REFERENCE_MAX_BYTES plus 1 MiB for the rest.
     max_body_bytes: int | None = Field(None, ge=1)
+    # Bodies being read or served at once (admission before parsing, server/body_admission.py): their
+    # bytes (Content-Length, or the largest body when chunked) on the whole server and per tenant; a body
+    # that does not fit waits up to body_permit_wait_s, then 429. Unset: 8 and 4 of the largest body.
+    body_budget_bytes: int | None = Field(None, ge=1)
+    body_budget_per_tenant_bytes: int | None = Field(None, ge=1)
+    body_permit_wait_s: float = Field(10, ge=0)
     header_timeout_s: float = Field(10, gt=0)  # a request's headers must arrive within this
     body_timeout_s: float = Field(60, gt=0)  # ... and its body within this, once the headers are in
     keep_alive_timeout_s: int = Field(5, ge=1)  # an idle keep-alive connection is closed after this
@@ -119,6 +125,12 @@ class ServerSettings(BaseSettings):
         if self.max_body_bytes is not None:
             return self.max_body_bytes
         return -(-reference_max_bytes // 3) * 4 + BODY_MARGIN_BYTES
+
+    def body_budget(self, reference_max_bytes: int) -> tuple[int, int]:
+        """(server, per-tenant) bytes of request bodies in flight at once."""
+        largest = self.body_limit(reference_max_bytes)
+        total = self.body_budget_bytes or 8 * largest
+        return total, min(total, self.body_budget_per_tenant_bytes or 4 * largest)
 
 
 class S3Settings(BaseSettings):

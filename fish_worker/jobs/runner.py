@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 # Which RunPod result limit a whole result must fit ("run", "runsync"); None: none (self-hosted).
 RESULT_ROUTE_KEY = "result_route"
 
+# Actions that synthesise nothing and run no model: they need no generation slot, so they never wait
+# behind other jobs' generations. save_voice is not one: it runs the codec's encoder (GPU memory and
+# time like a generation's), so it takes a slot like a job.
+SLOTLESS_ACTIONS = ("list_voices", "delete_voice", "end_conversation")
+
+
+def needs_generation_slot(job_input: Any) -> bool:
+    return not (isinstance(job_input, dict) and job_input.get("action") in SLOTLESS_ACTIONS)
+
 
 class JobRunner:
     def __init__(self, service: TTSService, conversations: ConversationService | None = None):
