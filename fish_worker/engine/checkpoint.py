@@ -307,8 +307,28 @@ def load_codec(path: Path, device: torch.device):
     _require_matching_weights(codec, weights, file, config=codec_config_name(path))
     codec.load_state_dict(weights, strict=False, assign=True)
     _require_materialised(codec, path_hint=str(file))
+    _fp32_rotary_tables(codec)
     # Weights stay float32, as fish-speech keeps them; GPU decoding runs under bf16 autocast.
     return codec.to(device=device).eval()
+
+
+def _fp32_rotary_tables(codec: torch.nn.Module) -> None:
+    """Recompute the codec transformers' rotary tables (`freqs_cis`) in float32.
+
+    fish-speech computes them in bf16 (`precompute_freqs_cis`'s default) and codec.pth stores them so;
+    `apply_rotary_emb` multiplies in float32 anyway. A bf16 angle's cos/sin are off by up to ~4e-3, an
+    error that depends on the absolute position: a windowed decode at positions 300-400 then differs
+    from the one-shot decode by ~7e-4 where an fp32 table gives ~1e-5 (engine/codec_stream.py). The
+    table is a function of the config alone, so nothing trained is replaced.
+    """
+    from fish_speech.models.dac.modded_dac import precompute_freqs_cis
+
+    for module in codec.modules():
+        table = getattr(module, "freqs_cis", None)
+        if isinstance(table, torch.Tensor) and hasattr(module, "config"):
+            config = module.config
+            module.freqs_cis = precompute_freqs_cis(config.block_size, config.head_dim, config.rope_base,
+                                                    dtype=torch.float32).to(table.device)
 
 
 def load_models(path: Path, device: torch.device, precision: torch.dtype, max_batch_size: int = 1) -> LoadedModels:
