@@ -315,11 +315,13 @@ def load_codec(path: Path, device: torch.device):
 def _fp32_rotary_tables(codec: torch.nn.Module) -> None:
     """Recompute the codec transformers' rotary tables (`freqs_cis`) in float32.
 
-    fish-speech computes them in bf16 (`precompute_freqs_cis`'s default) and codec.pth stores them so;
-    `apply_rotary_emb` multiplies in float32 anyway. A bf16 angle's cos/sin are off by up to ~4e-3, an
-    error that depends on the absolute position: a windowed decode at positions 300-400 then differs
-    from the one-shot decode by ~7e-4 where an fp32 table gives ~1e-5 (engine/codec_stream.py). The
-    table is a function of the config alone, so nothing trained is replaced.
+    fish-speech computes them in bf16 (`precompute_freqs_cis`'s default dtype, shared with its bf16 text
+    model) and codec.pth stores them so, although `apply_rotary_emb` rotates in float32: the table's
+    rounding (up to 2e-3 in each cos/sin) was the one bf16 step of a CPU decode, and it makes attention
+    depend a little on a frame's absolute position instead of its distance alone. Streamed windows use
+    the same absolute positions as the one-shot decode (engine/codec_stream.py), so they agree with
+    either table; this keeps the fp32 decode fp32 throughout. The table is a function of the config
+    alone: nothing trained is replaced. (On the tiny test codec the audio moves by ~1e-6.)
     """
     from fish_speech.models.dac.modded_dac import precompute_freqs_cis
 
