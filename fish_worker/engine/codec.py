@@ -102,12 +102,12 @@ class Codec:
     def _decode_mixed(self, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
         """A batcher's turn: codes (integer) of whole sentences and streamed windows' latents (float)."""
         windows = [i for i, x in enumerate(inputs) if x.is_floating_point()]
+        sentences = [i for i, x in enumerate(inputs) if not x.is_floating_point()]
         if not windows:
             return self.decode_many(inputs)
-        if len(windows) == len(inputs):
+        if not sentences:
             return self.decode_windows_many(inputs)
         audio: list[np.ndarray | None] = [None] * len(inputs)
-        sentences = [i for i in range(len(inputs)) if i not in set(windows)]
         for rows, decode in ((windows, self.decode_windows_many), (sentences, self.decode_many)):
             for i, a in zip(rows, decode([inputs[i] for i in rows]), strict=True):
                 audio[i] = a
