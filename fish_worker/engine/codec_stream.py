@@ -3,9 +3,10 @@
 fish-speech's decode (`DAC.decode`) is `quantizer.decode` (codebook embeddings, then the `post_module`,
 a causal transformer whose attention is limited to a window: 8 layers × 128 frames at S1-mini, so a
 frame's latent depends on up to 8 × 127 = 1,016 frames before it) followed by convolutions (the
-quantizer's `upsample` and the `decoder`), all causal, whose reach is ~10 frames. Decoding a window with
-a few frames of left context is exact for the convolutions and wrong for the transformer, so the
-stream keeps the transformer's state instead:
+quantizer's `upsample` and the `decoder`), all causal, whose reach is 9 frames (a latent frame
+changes the audio of the 8.6 frames after it, nothing beyond). Decoding a window with a few frames of
+left context is exact for the convolutions and wrong for the transformer, so the stream keeps the
+transformer's state instead:
 
 - per layer, that layer's input over the last window − 1 positions (what its keys and values are
   computed from): a window's frames run through fish-speech's own `TransformerBlock`s with the
@@ -32,7 +33,7 @@ class CodecStream:
 
     def __init__(self, codec: Codec, context: int = 16):
         self.codec = codec
-        self.context = context  # latent frames of left context for the convolutions (their reach: ~10)
+        self.context = context  # latent frames of left context for the convolutions (their reach: 9)
         self._quantizer = codec.model.quantizer
         post = self._quantizer.post_module
         self._post = post if hasattr(post, "layers") else None  # nn.Identity: nothing to carry
