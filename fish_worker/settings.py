@@ -240,7 +240,9 @@ class Settings(_WithSections):
     # Unset: on a GPU the memory free after loading, less a workspace; CPU: max_concurrency typical jobs.
     kv_cache_tokens: int | None = Field(None, ge=64)
     # Streamed jobs: first audio after this many codec frames (~46 ms each), later chunks 2×, 4× ... up to
-    # 64 frames; each window is decoded with this many frames of left context so the joins are seamless.
+    # 64 frames. Each sentence's codec stream carries its transformer's state from window to window and
+    # gives the convolutions this many frames of left context (their reach: 9), so the windows join into
+    # the one-shot decode (engine/codec_stream.py); below 9 the joins differ.
     stream_first_frames: int = Field(8, ge=1)
     stream_context_frames: int = Field(16, ge=0)
     # Concurrent jobs' codec decodes run as one padded batch of at most this many frames (rows × the
