@@ -47,6 +47,7 @@ async def main() -> None:
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--voice", help="a saved voice id (default: the service's default, none)")
     parser.add_argument("--text", action="append", help="one turn's text (repeatable)")
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds of silence between turns")
     args = parser.parse_args()
     texts = args.text or ["Hello there. How are you today?", "Fine, thanks."]
 
@@ -83,7 +84,9 @@ async def main() -> None:
 
     async def speak() -> None:
         await asyncio.wait_for(started.wait(), timeout=30)
-        for text in texts:
+        for number, text in enumerate(texts):
+            if number:
+                await asyncio.sleep(args.pause)
             turns.append({"frames": 0, "bytes": 0, "samples": 0, "sample_rate": None})
             turn_done.clear()
             await worker.queue_frame(TTSSpeakFrame(text))

@@ -23,8 +23,10 @@ A connection waits at most FISH_LIVE_MAX_SESSION_S for that `start`, then closes
 
 The key is checked by AuthMiddleware on the upgrade request; the connection is then one admitted job of
 the caller's tenant (limiter.py; over the bound: 429 before the handshake) for as long as it lasts,
-sessions and the waits between them, and uses that tenant's saved voices. A session ends with an error when nothing went either way for FISH_LIVE_IDLE_TIMEOUT_S, when
-it has lasted FISH_LIVE_MAX_SESSION_S, or when its text passes FISH_LIVE_MAX_TEXT_CHARS.
+sessions and the waits between them, and uses that tenant's saved voices. A session ends with an error
+when nothing went either way for FISH_LIVE_IDLE_TIMEOUT_S (long by default: pipecat keeps one session
+open for a whole conversation, silent while the user speaks), when it has lasted FISH_LIVE_MAX_SESSION_S,
+or when its text passes FISH_LIVE_MAX_TEXT_CHARS.
 """
 
 from __future__ import annotations
