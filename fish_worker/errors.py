@@ -35,10 +35,14 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     return bounded(repr(value), limit + 30)
 
 
-def field_path(parts: tuple | list) -> str:
-    """Where in the input: "message", "extra.deep.1"; a key that is not a plain name is quoted ("''.x")."""
+def field_path(parts: tuple | list, *, brackets: bool = False) -> str:
+    """Where in the input: "message", "extra.deep.1"; a key that is not a plain name is quoted ("''.x").
+    `brackets`: list indexes as the Fish doors write them, "references[0].audio"."""
     shown_parts = [str(p) if isinstance(p, int) or _PLAIN_NAME.fullmatch(str(p)) else shown(str(p), 40)
                    for p in parts]
+    if brackets:
+        return "".join(f"[{s}]" if isinstance(p, int) else f".{s}" for p, s in zip(parts, shown_parts)).lstrip(".") \
+            or "input"
     return ".".join(shown_parts) or "input"
 
 

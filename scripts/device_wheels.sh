@@ -36,6 +36,8 @@ WHEELS=(
   # audio formats, conversation store and result uploads (imported by fish_worker.jobs.runner)
   soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0
   redis==8.1.0 boto3==1.44.8 botocore==1.44.8 s3transfer==0.19.3 jmespath==1.1.0
+  # sentence ends (fish_worker.text.segmenter)
+  sentencex==1.0.32
 )
 # Published as source only (pure Python): built into py3-none-any wheels here.
 SOURCE_ONLY=(randomname==0.2.1 argbind==0.3.9 antlr4-python3-runtime==4.9.3)

@@ -50,8 +50,9 @@ BAD_INPUTS = [
     ({"message": "hi", "reference_audio": "not base64!!"}, "reference_audio: is not valid base64"),
     ({"message": "hi", "reference_audio": ""}, "reference_audio: is empty"),
     ({"message": "hi", "reference_audio": base64.b64encode(b"RIFFjunkjunk").decode()},
-     "reference_audio: is not a readable WAV file"),
-    ({"message": "hi", "reference_audio": wav_b64(fmt="FLAC", subtype="PCM_16")}, "reference_audio: must be a WAV file, got FLAC"),
+     "reference_audio: is not a readable audio file (WAV, FLAC, MP3, Ogg, WebM or M4A)"),
+    ({"message": "hi", "reference_audio": wav_b64(seconds=1 / 96000, sample_rate=96000)},  # 1 frame: 0 at 44.1 kHz
+     "reference_audio: contains no samples"),
     ({"message": "hi", "reference_audio": silent_wav()}, "reference_audio: is silent"),
     ({"message": "hi", "reference_audio": nan_wav()}, "reference_audio: contains NaN or infinite samples"),
     ({"message": "hi", "reference_audio": wav_b64(seconds=6.0)}, "reference_audio: is 6.0 s long, the limit is 5 s"),

@@ -226,6 +226,8 @@ def rendered(default: object) -> str:
         return str(default).lower()
     if isinstance(default, float) and default.is_integer():
         return str(int(default))
+    if isinstance(default, Path) and default.is_relative_to(Path.home()):  # a per-user default
+        return f"~/{default.relative_to(Path.home())}"
     return str(default)
 
 

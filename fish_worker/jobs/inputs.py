@@ -121,21 +121,22 @@ def _limits(info: ValidationInfo) -> Settings | None:
     return (info.context or {}).get("settings")
 
 
-def check_encodable(raw: Any) -> None:
+def check_encodable(raw: Any, *, brackets: bool = False) -> None:
     """Raise JobInputError naming the first string (value or key, at any depth) that is not valid unicode.
 
     JSON may carry lone surrogates ("\\ud800"); Python decodes them, but they cannot be written back
     as UTF-8, so a job echoing one could never post its result. They are refused before any work.
+    `brackets`: name list items as the Fish doors do ("references[0].text", see field_path).
     """
     stack: list[tuple[tuple, Any]] = [((), raw)]
     while stack:
         path, value = stack.pop()
         if isinstance(value, str):
-            _require_utf8(value, field_path(path), "")
+            _require_utf8(value, field_path(path, brackets=brackets), "")
         elif isinstance(value, dict):
             for key in value:
                 if isinstance(key, str):
-                    _require_utf8(key, field_path(path + (key,)), "the field name ")
+                    _require_utf8(key, field_path(path + (key,), brackets=brackets), "the field name ")
             stack.extend(reversed([(path + (key,), item) for key, item in value.items()]))  # in input order
         elif isinstance(value, (list, tuple)):
             stack.extend(reversed([(path + (i,), item) for i, item in enumerate(value)]))

@@ -141,6 +141,11 @@ def _validation_message(first: dict[str, Any]) -> tuple[str, str]:
         at = f" at character {where}" if where is not None else ""
         return f"body: invalid JSON{at}: {reason}", "body"
     where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    if first.get("type") == "string_unicode" and isinstance(first.get("input"), str):
+        try:  # a lone surrogate (a form's charset can make one): said as every door says it
+            first["input"].encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"{where}: contains invalid unicode (lone surrogate) at position {exc.start}", where
     return f"{where}: {first['msg']}", where
 
 

@@ -7,15 +7,12 @@ sample rate) and encoded into one continuous stream in the requested format.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from fish_worker.audio.formats import MEDIA_TYPES, StreamEncoder
@@ -92,30 +89,14 @@ def encode_references(references: list[ReferenceAudio], service: TTSService,
     """One voice prompt from one or more clips: their codes and transcripts, in order."""
     prompts = []
     for i, ref in enumerate(references):
-        wav = as_wav(ref.audio, f"{field}[{i}].audio")
-        try:
-            prompts.append(service.encode_reference(base64.b64encode(wav).decode(), ref.text))
+        try:  # decoded by the one reader every door uses (fish_worker/audio/reference.py)
+            prompts.append(service.encode_reference(ref.audio, ref.text))
         except JobInputError as exc:
             raise JobInputError(f"{field}[{i}].audio", exc.problem) from None
     if not prompts:
         return None
     return VoicePrompt(text=" ".join(p.text for p in prompts if p.text),
                        codes=torch.cat([p.codes for p in prompts], dim=1))
-
-
-def as_wav(audio: bytes, field: str) -> bytes:
-    """The clip as WAV bytes (the service's reference reader takes WAV); other readable files are converted."""
-    if audio[:4] == b"RIFF":
-        return audio
-    try:
-        with sf.SoundFile(io.BytesIO(audio)) as clip:
-            samples = clip.read(dtype="float32", always_2d=True)
-            rate = clip.samplerate
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        raise JobInputError(field, "is not a readable audio file (WAV, FLAC, MP3 or Ogg)") from None
-    out = io.BytesIO()
-    sf.write(out, samples, rate, format="WAV", subtype="FLOAT")
-    return out.getvalue()
 
 
 class FishAudioEncoder:

@@ -45,7 +45,7 @@ def check_text(text: str, settings: Settings) -> str:
 
 @dataclass(frozen=True)
 class ReferenceClip:
-    """A voice to clone: base64 WAV and its transcript (encoded to codec tokens, cached)."""
+    """A voice to clone: an audio file as base64 text, and its transcript (encoded to codec tokens, cached)."""
 
     audio_b64: str
     text: str = ""

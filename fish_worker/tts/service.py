@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from fish_worker.audio.reference import decode_reference_audio
+from fish_worker.audio.reference import decode_audio_file, reference_bytes
 from fish_worker.engine import kv_budget
 from fish_worker.engine.batching import BatchScheduler
 from fish_worker.engine.checkpoint import load_models
@@ -119,15 +119,14 @@ class TTSService:
             return self.encode_reference(voice.audio_b64, voice.text)
         return voice
 
-    def encode_reference(self, audio_b64: str, text: str = "") -> VoicePrompt:
-        """A voice prompt from base64 WAV and its transcript (cached by the audio);
-        JobInputError("reference_audio: ...") when the audio is unusable."""
-        key = VoiceCodesCache.key(audio_b64)
+    def encode_reference(self, audio: str | bytes, text: str = "") -> VoicePrompt:
+        """A voice prompt from an audio file (bytes, or base64 text) and its transcript (cached by
+        the file's bytes); JobInputError("reference_audio: ...") when the audio is unusable."""
+        raw = reference_bytes(audio, self.settings.reference_max_bytes)
+        key = VoiceCodesCache.key(raw)
         codes = self.voice_cache.get(key)
         if codes is None:
-            audio = decode_reference_audio(
-                audio_b64, self.sample_rate, self.settings.reference_max_seconds, self.settings.reference_max_bytes,
-            )
+            audio = decode_audio_file(raw, self.sample_rate, self.settings.reference_max_seconds)
             codes = self.codec.encode(audio)
             self.voice_cache.put(key, codes)
             log.info("encoded reference voice: %.1f s → %d frames", len(audio) / self.sample_rate, codes.shape[1])

@@ -17,8 +17,8 @@ class VoiceCodesCache:
         self.hits = 0  # reused encodings (read by tests and for debugging)
 
     @staticmethod
-    def key(reference_b64: str) -> str:
-        return hashlib.sha256(reference_b64.strip().encode()).hexdigest()
+    def key(reference: bytes) -> str:
+        return hashlib.sha256(reference).hexdigest()
 
     def get(self, key: str) -> torch.Tensor | None:
         with self._lock:

@@ -46,7 +46,8 @@ from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from fish_worker.errors import WorkerError
+from fish_worker.errors import JobInputError, WorkerError
+from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.auth import tenant_of
 from fish_worker.settings import ServerSettings
 from fish_worker.server.errors import ApiError, deny_websocket
@@ -159,7 +160,10 @@ class LiveSession:
         if event.get("event") != "start":
             raise SessionError(f"event: the first event must be 'start', got {str(event.get('event'))[:100]!r}")
         try:
+            check_encodable(event, brackets=True)  # lone surrogates: "request.text: contains invalid unicode ..."
             request = FishTTSRequest.model_validate(event.get("request") or {})
+        except JobInputError as exc:
+            raise SessionError(str(exc)) from None
         except ValidationError as exc:
             raise SessionError("request." + validation_error(exc).message) from None
         self._count_text(request.text)
@@ -180,6 +184,10 @@ class LiveSession:
                 text = event.get("text")
                 if not isinstance(text, str):
                     raise SessionError("text: must be a string")
+                try:
+                    check_encodable({"text": text})  # a lone surrogate could never be sent back
+                except JobInputError as exc:
+                    raise SessionError(str(exc)) from None
                 self._count_text(text)
                 self._queue(stream.push(text))
                 stream = self._bounded(stream, chunk_length)

@@ -23,7 +23,8 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from fish_worker.errors import WorkerError
+from fish_worker.errors import JobInputError, WorkerError, field_path
+from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.errors import ApiError, api_error, status_of
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
@@ -78,6 +79,10 @@ def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
     if not isinstance(data, dict):
         raise ApiError(400, "body: must be a TTSRequest object", param="body")
     try:
+        check_encodable(data, brackets=True)  # lone surrogates, refused as on every door
+    except JobInputError as exc:
+        raise api_error(exc) from None
+    try:
         fish_request = FishTTSRequest.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
@@ -88,7 +93,7 @@ def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
 
 def validation_error(exc: ValidationError) -> ApiError:
     first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "body"
+    field = field_path(first["loc"], brackets=True) if first["loc"] else "body"  # references[0].audio
     return ApiError(400, f"{field}: {first['msg'].removeprefix('Value error, ')}", param=field)
 
 
@@ -176,6 +181,11 @@ async def create_voice(
         raise ApiError(400, "type: only 'tts' voices can be created", param="type")
     if len(texts) > len(voices):
         raise ApiError(400, "texts: more transcripts than voices", param="texts")
+    try:  # a form's charset can make lone surrogates (FastAPI lets them through); refused as on every door
+        check_encodable({"title": title, "texts": texts, "description": description, "visibility": visibility,
+                         "train_mode": train_mode, "tags": tags}, brackets=True)
+    except JobInputError as exc:
+        raise api_error(exc) from None
     clips = [ReferenceAudio(audio=await f.read(), text=texts[i] if i < len(texts) else "")
              for i, f in enumerate(voices)]
     voice_id = uuid.uuid4().hex  # Fish's ids are 32 hex digits too
