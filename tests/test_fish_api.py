@@ -272,27 +272,27 @@ def test_live_sessions_under_random_schedules_all_end(base_url, service, fish_ap
 
     words = "one two three. four five, six seven! eight nine ten? eleven twelve.".split(" ")
 
-    async def session(seed: int) -> str:
+    async def session(seed: int) -> str:  # 1-3 sessions, one after another on one connection
         rng = random.Random(seed)
-        abort = rng.random() < 0.4
         async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
             async with aconnect_ws("/v1/tts/live", client=http) as ws:
-                request = {"text": "", "format": "pcm", "max_new_tokens": rng.choice([3, 6, 40])}
-                await ws.send_bytes(ormsgpack.packb({"event": "start", "request": request}))
-                for word in words[: rng.randint(1, len(words))]:
-                    await ws.send_bytes(ormsgpack.packb({"event": "text", "text": word + " "}))
-                    if rng.random() < 0.2:
-                        await ws.send_bytes(ormsgpack.packb({"event": "flush"}))
-                    await asyncio.sleep(rng.random() * 0.03)
-                if abort:
-                    await asyncio.sleep(rng.random() * 0.5)
-                    return "aborted"  # leaving the block closes the socket mid-session
-                await ws.send_bytes(ormsgpack.packb({"event": "stop"}))
-                audio = b""
-                while (event := ormsgpack.unpackb(await ws.receive_bytes(timeout=120)))["event"] == "audio":
-                    audio += event["audio"]
-                assert event["reason"] == "stop" and len(audio) % 2 == 0
-                return "finished"
+                for _ in range(rng.randint(1, 3)):
+                    request = {"text": "", "format": "pcm", "max_new_tokens": rng.choice([3, 6, 40])}
+                    await ws.send_bytes(ormsgpack.packb({"event": "start", "request": request}))
+                    for word in words[: rng.randint(1, len(words))]:
+                        await ws.send_bytes(ormsgpack.packb({"event": "text", "text": word + " "}))
+                        if rng.random() < 0.2:
+                            await ws.send_bytes(ormsgpack.packb({"event": "flush"}))
+                        await asyncio.sleep(rng.random() * 0.03)
+                    if rng.random() < 0.3:
+                        await asyncio.sleep(rng.random() * 0.5)
+                        return "aborted"  # leaving the block closes the socket mid-session
+                    await ws.send_bytes(ormsgpack.packb({"event": "stop"}))
+                    audio = b""
+                    while (event := ormsgpack.unpackb(await ws.receive_bytes(timeout=120)))["event"] == "audio":
+                        audio += event["audio"]
+                    assert event["reason"] == "stop" and len(audio) % 2 == 0
+                return "finished"  # leaving the block closes the socket between two sessions
 
     async def tts(seed: int) -> str:
         rng = random.Random(seed)

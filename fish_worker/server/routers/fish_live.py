@@ -93,8 +93,9 @@ async def live(websocket: WebSocket) -> None:
                 break
     finally:
         admission.release()
-        with suppress(RuntimeError, WebSocketDisconnect):
-            await websocket.close()
+        if websocket.client_state == WebSocketState.CONNECTED:  # not after the client's own close
+            with suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close()
 
 
 class LiveSession:
