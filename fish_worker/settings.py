@@ -101,7 +101,9 @@ class ServerSettings(BaseSettings):
     # A client that reads nothing of its answer (HTTP body, WebSocket message) for this long is disconnected.
     send_timeout_s: float = Field(30, gt=0)
     # Fish live WebSocket sessions (/v1/tts/live): each is one admitted job for its whole life.
-    live_idle_timeout_s: float = Field(60, gt=0)  # ended when nothing went either way for this long
+    # Ended when nothing went either way for this long. pipecat keeps one session per conversation,
+    # silent while the user talks: a short bound ends it mid-conversation (an error, a reconnect).
+    live_idle_timeout_s: float = Field(600, gt=0)
     live_max_session_s: float = Field(1800, gt=0)  # ended after this long, whatever is happening
     live_max_text_chars: int = Field(100_000, ge=1)  # text one session may send, in all
     playground: bool = True  # the browser playground at / (static, no secrets; its API calls need a key)
