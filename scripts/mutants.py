@@ -42,6 +42,14 @@ class Mutant:
 
 MUTANTS = [
     # -- the service: what every door ends in --
+    Mutant("job-drops-language", "fish_worker/jobs/inputs.py",
+           "stream=self.stream, voice=self.voice, language=self.language,",
+           "stream=self.stream, voice=self.voice,",
+           ("tests/test_handler.py::test_the_jobs_language_decides_where_its_sentences_end",)),
+    Mutant("service-ignores-language", "fish_worker/tts/service.py",
+           "sentences = split_sentences(request.text, self.settings.sentence_max_chars, request.language)",
+           "sentences = split_sentences(request.text, self.settings.sentence_max_chars)",
+           ("tests/test_handler.py::test_the_jobs_language_decides_where_its_sentences_end",)),
     Mutant("service-hard-codes-sampling", "fish_worker/tts/service.py",
            "params = SamplingParams(request.temperature, request.top_p, request.repetition_penalty, budget)",
            "params = SamplingParams(0.7, 0.8, 1.1, budget)",

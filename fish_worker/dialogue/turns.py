@@ -142,7 +142,8 @@ class ConversationService:
         def speak(sentences, halt):
             return self.tts.synthesize(dataclasses.replace(speech, sentences=sentences), halt, voices=self.voices)
 
-        return speak_while_writing(deltas, speak, max_sentence_chars=self.settings.sentence_max_chars, stop=stop)
+        return speak_while_writing(deltas, speak, max_sentence_chars=self.settings.sentence_max_chars, stop=stop,
+                                   language=speech.language)
 
 
 def first_reply_voice(chunk: SpeechChunk) -> ConversationVoice:

@@ -17,6 +17,8 @@ from fish_worker.tts.voices import validate_voice_id
 
 # conversation_id: letters, digits and '_', '.', ':', '-' (safe in a Redis key).
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+# A BCP 47 language tag ("en", "de-DE", "zh-Hant"): only its primary subtag is used (text/segmenter.py).
+LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$"
 # The service's defaults are the job's: one place says what an unset field means.
 _DEFAULTS = SynthesisRequest()
 
@@ -29,6 +31,10 @@ class JobInput(BaseModel):
     # strict: "0.7" is not a float and 1 is not a bool; forbid: a typo'd field is an error, not ignored.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    # Declared before message: the sentence count that message's check makes is the language's.
+    language: str | None = Field(None, max_length=35, pattern=LANGUAGE_PATTERN,
+                                 description="The text's language (e.g. de, ja): where its sentences end. "
+                                             "Default: English rules.")
     message: str = Field(description="Text to speak.")
     conversation_id: str | None = Field(None, min_length=1, max_length=128, pattern=CONVERSATION_ID_PATTERN)
     temperature: float = Field(_DEFAULTS.temperature, ge=0.1, le=1.0)
@@ -61,7 +67,7 @@ class JobInput(BaseModel):
             if not value.strip():
                 raise ValueError("must contain text")
             return value
-        return check_text(value, settings)
+        return check_text(value, settings, info.data.get("language"))
 
     @field_validator("max_tokens")
     @classmethod
@@ -104,7 +110,7 @@ class JobInput(BaseModel):
         request = SynthesisRequest(
             text=self.message, temperature=self.temperature, top_p=self.top_p,
             repetition_penalty=self.repetition_penalty, frames_per_sentence=self.max_tokens, seed=self.seed,
-            stream=self.stream, voice=self.voice,
+            stream=self.stream, voice=self.voice, language=self.language,
         )
         return dataclasses.replace(request, **changes) if changes else request
 

@@ -69,7 +69,8 @@ class JobRunner:
 
     def _check_result_fits(self, request: JobInput, route: str | None) -> None:
         settings = self.service.settings
-        frames_budget = request.max_tokens * len(split_sentences(request.message, settings.sentence_max_chars))
+        sentences = split_sentences(request.message, settings.sentence_max_chars, request.language)
+        frames_budget = request.max_tokens * len(sentences)
         error = result_too_large_error(request.message, frames_budget, request.audio_format, settings, route)
         if error is not None:
             raise error

@@ -159,7 +159,7 @@ class TTSService:
         """
         sentences = request.sentences
         if sentences is None:
-            sentences = split_sentences(request.text, self.settings.sentence_max_chars)
+            sentences = split_sentences(request.text, self.settings.sentence_max_chars, request.language)
         reference = self.resolve_voice(request.voice, voices)
         seed = request.seed if request.seed is not None else draw_seed()
         rng = torch.Generator(device=self.generator.device).manual_seed(seed)
