@@ -84,7 +84,7 @@ def good_clip() -> bytes:
 
 def _constant_file(path: Path, seconds: int, rate: int, audio_format: str, subtype: str) -> bytes:
     if not path.exists():
-        part = path.with_suffix(".part")
+        part = path.with_suffix(f".{os.getpid()}.part")  # several probes may fill one cache at once
         block = np.full(rate * 10, 0.25, dtype=np.float32)
         with sf.SoundFile(part, "w", rate, 1, format=audio_format, subtype=subtype) as out:
             for _ in range(seconds // 10):
@@ -99,15 +99,15 @@ def flac_bomb(cache: Path) -> bytes:
 
 
 def mp3_bomb(cache: Path, rate: int) -> bytes:
-    """10 minutes of one value: ~0.6 MB of MP3 at 16 kHz (short mode), 2.4 MB at 44.1 kHz."""
+    """10 minutes of one value: ~0.8 MB of MP3 at 22.05 kHz (short mode), 2.4 MB at 44.1 kHz."""
     return _constant_file(cache / f"bomb-10min-{rate}.mp3", 600, rate, "MP3", "MPEG_LAYER_III")
 
 
 def bad_clips(cache: Path, mp3_rate: int) -> dict[str, Callable[[], bytes]]:
     """Audio-field payloads by case name (made when first used)."""
-    return {
-        "flac-bomb": lambda: flac_bomb(cache),
+    return {  # the smaller bomb first: memory the larger one leaves in the allocator would hide its growth
         "mp3-bomb": lambda: mp3_bomb(cache, mp3_rate),
+        "flac-bomb": lambda: flac_bomb(cache),
         "empty-wav": lambda: wav_bytes(np.zeros(0, dtype=np.float32), 16_000),
         "wav-1-frame-96k": lambda: wav_bytes(np.full(1, 0.25, dtype=np.float32), 96_000),
     }
@@ -205,7 +205,7 @@ class Door:
         return "long" in self.docs
 
 
-V2 = "/v2/probe"
+V2 = "/v2/probe"  # RunPod's /v2/{endpoint_id}: any id is this server's one endpoint
 
 
 def _seed(**extra: Any) -> dict[str, Any]:
@@ -278,6 +278,9 @@ def build_doors(clip: bytes) -> list[Door]:
     ]
 
 
+DOOR_NAMES = tuple(door.name for door in build_doors(b""))
+
+
 # ---- configuration and results -------------------------------------------------------------------
 
 
@@ -291,10 +294,10 @@ class ProbeConfig:
     send_timeout_s: float = 30.0  # the server's send deadline (FISH_SEND_TIMEOUT_S)
     slot_bound_s: float | None = None  # after a case, slots free within this (default: send deadline + 5 s)
     stop_bound_s: float = 4.0  # an abandoned request's generation stops within this
-    memory_budget_mb: float = 150.0  # peak RSS growth allowed by one decompression bomb
-    bodies_budget_mb: float = 300.0  # ... by the concurrent maximal bodies
-    max_body_bytes: int = 16 * 1024 * 1024 // 3 * 4 + 1024 * 1024  # FISH_MAX_BODY_BYTES
-    concurrent_bodies: int | None = None  # default: 8 short, 30 long
+    memory_budget_mb: float = 100.0  # peak RSS growth allowed by one decompression bomb
+    bodies_budget_mb: float = 250.0  # ... by the concurrent maximal bodies
+    max_body_bytes: int = -(-16 * 1024 * 1024 // 3) * 4 + 1024 * 1024  # FISH_MAX_BODY_BYTES (its default)
+    concurrent_bodies: int | None = None  # default: 12 short, 30 long
     cache_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "fish-probe-payloads")
     doors: tuple[str, ...] = ()  # only these (default: all)
     cases: tuple[str, ...] = ()  # only cases whose name starts with one of these
@@ -543,7 +546,7 @@ class Probe:
         self.http = httpx.Client(base_url=cfg.base_url, timeout=30,
                                  headers={"Authorization": f"Bearer {cfg.key}"})
         self.watch = ServerWatch(cfg.pid, cfg.log_path)
-        self.clips = bad_clips(cfg.cache_dir, 16_000 if cfg.short else 44_100)
+        self.clips = bad_clips(cfg.cache_dir, 22_050 if cfg.short else 44_100)
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         self.doors = build_doors(good_clip())
 
@@ -772,7 +775,7 @@ class Probe:
         return Outcome(False, f"a {size // 1000} kB header: {answer.status or answer.error}")
 
     def case_big_bodies(self, door: Door) -> Outcome:
-        count = self.cfg.concurrent_bodies or (8 if self.cfg.short else 30)
+        count = self.cfg.concurrent_bodies or (12 if self.cfg.short else 30)
         size = self.cfg.max_body_bytes - 4096  # room for the rest of the document
         filler = b"\0" * (size // 4 * 3)  # base64 in JSON: just under the limit
         fld = door.audio_fields[0] if door.audio_fields else None
@@ -910,7 +913,7 @@ PROBE_SERVER_ENV = {
     "FISH_MAX_CONCURRENCY": "1", "FISH_MAX_QUEUED_JOBS": "1", "FISH_MAX_QUEUED_JOBS_PER_TENANT": "1",
     "FISH_MAX_JOB_FRAMES": "1500", "FISH_SEND_TIMEOUT_S": "2", "FISH_HEADER_TIMEOUT_S": "5",
     "FISH_BODY_TIMEOUT_S": "10", "FISH_LIVE_IDLE_TIMEOUT_S": "10", "FISH_LIVE_MAX_SESSION_S": "120",
-    "FISH_MAX_BODY_BYTES": "8000000", "FISH_BODY_BUDGET_BYTES": "16000000",
+    "FISH_BODY_BUDGET_BYTES": "50000000",  # about two bodies at the default FISH_MAX_BODY_BYTES (23.4 MB)
     "FISH_LOG_LEVEL": "WARNING", "MALLOC_ARENA_MAX": "2",
 }
 
@@ -926,8 +929,7 @@ class StartedServer:
         """A ProbeConfig for this server, its deadlines and limits as PROBE_SERVER_ENV set them."""
         return ProbeConfig(base_url=self.base_url, key=self.key, pid=self.process.pid, log_path=self.log_path,
                            send_timeout_s=float(PROBE_SERVER_ENV["FISH_SEND_TIMEOUT_S"]),
-                           max_body_bytes=int(PROBE_SERVER_ENV["FISH_MAX_BODY_BYTES"]),
-                           bodies_budget_mb=150.0, **overrides)
+                           **overrides)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -996,8 +998,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the fast mode CI runs (smaller payloads)")
     parser.add_argument("--send-timeout-s", type=float, default=30.0, help="the server's FISH_SEND_TIMEOUT_S")
     parser.add_argument("--max-body-bytes", type=int, help="the server's FISH_MAX_BODY_BYTES")
-    parser.add_argument("--memory-budget-mb", type=float, default=150.0)
-    parser.add_argument("--bodies-budget-mb", type=float, default=300.0)
+    parser.add_argument("--memory-budget-mb", type=float, default=100.0)
+    parser.add_argument("--bodies-budget-mb", type=float, default=250.0)
     parser.add_argument("--doors", default="", help="comma-separated door names (default: all)")
     parser.add_argument("--cases", default="", help="comma-separated case name prefixes (default: all)")
     args = parser.parse_args(argv)
