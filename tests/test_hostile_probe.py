@@ -4,7 +4,7 @@ The gate for a door (issue 23): slow and never-reading clients, hang-ups, decomp
 bombs, lone surrogates, oversized headers and concurrent maximal bodies must each end in a clean answer,
 with no 5xx, no traceback in the server's log, every slot back within a bound and memory within a budget.
 The server runs as a subprocess (its own RSS and stderr) with the short deadlines of PROBE_SERVER_ENV.
-Select with `-m probe`; see docs/development.md.
+Select with `-m probe` (`pytest -m probe tests/test_hostile_probe.py`); see docs/development.md.
 """
 
 from __future__ import annotations
