@@ -58,6 +58,7 @@ from wsproto.events import (
     AcceptConnection, BytesMessage, CloseConnection, Message, RejectConnection, RejectData, Request, TextMessage)
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # --start writes a tiny checkpoint with fish_worker's devtools
 
 # ---- payloads --------------------------------------------------------------------------------------
 
