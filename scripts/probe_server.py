@@ -947,7 +947,8 @@ def run_probe(cfg: ProbeConfig) -> list[Result]:
 # settings issue 23's fixes introduce; an older server ignores them (and fails the cases they fix).
 PROBE_SERVER_ENV = {
     "FISH_MAX_CONCURRENCY": "1", "FISH_MAX_QUEUED_JOBS": "1", "FISH_MAX_QUEUED_JOBS_PER_TENANT": "1",
-    "FISH_MAX_JOB_FRAMES": "1500",  # a long request: ~15 s of generation on 2 busy CPU cores "FISH_SEND_TIMEOUT_S": "2", "FISH_HEADER_TIMEOUT_S": "5",
+    "FISH_MAX_JOB_FRAMES": "1500",  # a long request: ~15 s of generation on 2 busy CPU cores
+    "FISH_SEND_TIMEOUT_S": "2", "FISH_HEADER_TIMEOUT_S": "5",
     "FISH_BODY_TIMEOUT_S": "10", "FISH_LIVE_IDLE_TIMEOUT_S": "10", "FISH_LIVE_MAX_SESSION_S": "120",
     "FISH_BODY_BUDGET_BYTES": "50000000",  # about two bodies at the default FISH_MAX_BODY_BYTES (23.4 MB)
     "FISH_LOG_LEVEL": "WARNING", "MALLOC_ARENA_MAX": "2",
