@@ -950,7 +950,8 @@ PROBE_SERVER_ENV = {
     "FISH_MAX_JOB_FRAMES": "1500",  # a long request: ~15 s of generation on 2 busy CPU cores
     "FISH_SEND_TIMEOUT_S": "2", "FISH_HEADER_TIMEOUT_S": "5",
     "FISH_BODY_TIMEOUT_S": "10", "FISH_LIVE_IDLE_TIMEOUT_S": "10", "FISH_LIVE_MAX_SESSION_S": "120",
-    "FISH_BODY_BUDGET_BYTES": "50000000",  # about two bodies at the default FISH_MAX_BODY_BYTES (23.4 MB)
+    # One body at the default FISH_MAX_BODY_BYTES (23.4 MB) read and parsed at a time: ~100 MB of RSS.
+    "FISH_BODY_BUDGET_BYTES": "24000000",
     "FISH_LOG_LEVEL": "WARNING", "MALLOC_ARENA_MAX": "2",
 }
 
