@@ -300,7 +300,9 @@ class ProbeConfig:
     # a never/slow reader's slot must be free within this long for them to fill + the slot bound.
     fill_s: float = 5.0
     memory_budget_mb: float = 100.0  # peak RSS growth allowed by one decompression bomb
-    bodies_budget_mb: float = 250.0  # ... by the concurrent maximal bodies
+    # ... by the concurrent maximal bodies, beyond what one alone left: a server reading one at a time
+    # (PROBE_SERVER_ENV's FISH_BODY_BUDGET_BYTES) measured +0-280 MB here, one reading all 12 +260-600 MB.
+    bodies_budget_mb: float = 300.0
     max_body_bytes: int = -(-16 * 1024 * 1024 // 3) * 4 + 1024 * 1024  # FISH_MAX_BODY_BYTES (its default)
     concurrent_bodies: int | None = None  # default: 12 short, 30 long
     cache_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "fish-probe-payloads")
@@ -324,6 +326,7 @@ class Outcome:
     detail: str
     held: list[Any] = field(default_factory=list)  # sockets kept open through the slot check, closed after
     slot_bound_s: float | None = None  # this case's bound for the slot check (default: the config's)
+    rss_before_kib: int | None = None  # a memory case's own baseline, taken after its warm-up
 
 
 @dataclass(frozen=True)
@@ -822,6 +825,12 @@ class Probe:
             doc = with_value(door.docs["normal"], door.text_fields[0].path, "a" * size)
         request = http_request(door, doc, self.cfg.key, self.cfg.host_port[0])
         answers: list[HttpAnswer] = []
+        # One body alone first, unmeasured: the heap grows once to what one body costs (the allocator
+        # keeps it), so the peak measured next is what holding several at once adds to that.
+        with connect(self.cfg, timeout=60) as sock:
+            sock.sendall(request)
+            alone = read_answer(sock, time.monotonic() + 60, limit=64 * 1024)
+        before = self.watch.reset_peak()
 
         def one() -> None:
             try:
@@ -839,8 +848,8 @@ class Probe:
             thread.join(90)
         statuses = sorted(str(a.status or a.error) for a in answers)
         bad = [a for a in answers if a.status is None or a.status >= 500 or a.status == 200 and door.answer == "http"]
-        summary = f"{count} x {len(request) / 1e6:.1f} MB: {', '.join(sorted(set(statuses)))}"
-        return Outcome(not bad and len(answers) == count, summary)
+        summary = f"{count} x {len(request) / 1e6:.1f} MB: {', '.join(sorted(set(statuses)))} (alone: {alone.status})"
+        return Outcome(not bad and len(answers) == count, summary, rss_before_kib=before)
 
 
 # ---- the run ---------------------------------------------------------------------------------------
@@ -911,6 +920,8 @@ def run_probe(cfg: ProbeConfig) -> list[Result]:
             started = time.monotonic()
             outcome = _bounded(run, 180.0)
             ok, details = outcome.ok, [outcome.detail]
+            if outcome.rss_before_kib is not None:
+                before = outcome.rss_before_kib
             if memory and before is not None:
                 grown_mb = (probe.watch.memory_kib().get("VmHWM", before) - before) / 1024
                 if grown_mb > budgets[memory]:
@@ -1039,7 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fill-s", type=float, default=5.0,
                         help="extra bound for a never/slow reader: time for what is generated to fill the buffers")
     parser.add_argument("--memory-budget-mb", type=float, default=100.0)
-    parser.add_argument("--bodies-budget-mb", type=float, default=250.0)
+    parser.add_argument("--bodies-budget-mb", type=float, default=300.0)
     parser.add_argument("--doors", default="", help="comma-separated door names (default: all)")
     parser.add_argument("--cases", default="", help="comma-separated case name prefixes (default: all)")
     args = parser.parse_args(argv)
