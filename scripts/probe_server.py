@@ -300,11 +300,12 @@ class ProbeConfig:
     # a never/slow reader's slot must be free within this long for them to fill + the slot bound.
     fill_s: float = 5.0
     memory_budget_mb: float = 100.0  # peak RSS growth allowed by one decompression bomb
-    # ... by the concurrent maximal bodies, beyond what one alone left: a server reading one at a time
-    # (PROBE_SERVER_ENV's FISH_BODY_BUDGET_BYTES) measured +0-280 MB here, one reading all 12 +260-600 MB.
-    bodies_budget_mb: float = 300.0
+    # ... by the concurrent maximal bodies, beyond what one alone left: 20 bodies to a server reading one
+    # at a time (PROBE_SERVER_ENV's FISH_BODY_BUDGET_BYTES) measured +0-382 MB here, to one reading all
+    # at once +223-1184 MB.
+    bodies_budget_mb: float = 400.0
     max_body_bytes: int = -(-16 * 1024 * 1024 // 3) * 4 + 1024 * 1024  # FISH_MAX_BODY_BYTES (its default)
-    concurrent_bodies: int | None = None  # default: 12 short, 30 long
+    concurrent_bodies: int | None = None  # default: 20 short, 30 long
     cache_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "fish-probe-payloads")
     doors: tuple[str, ...] = ()  # only these (default: all)
     cases: tuple[str, ...] = ()  # only cases whose name starts with one of these
@@ -813,7 +814,7 @@ class Probe:
         return Outcome(False, f"a {size // 1000} kB header: {answer.status or answer.error}")
 
     def case_big_bodies(self, door: Door) -> Outcome:
-        count = self.cfg.concurrent_bodies or (12 if self.cfg.short else 30)
+        count = self.cfg.concurrent_bodies or (20 if self.cfg.short else 30)
         size = self.cfg.max_body_bytes - 4096  # room for the rest of the document
         filler = b"\0" * (size // 4 * 3)  # base64 in JSON: just under the limit
         fld = door.audio_fields[0] if door.audio_fields else None
@@ -847,7 +848,10 @@ class Probe:
         for thread in threads:
             thread.join(90)
         statuses = sorted(str(a.status or a.error) for a in answers)
-        bad = [a for a in answers if a.status is None or a.status >= 500 or a.status == 200 and door.answer == "http"]
+        # A body refused unread (429, Connection: close) may reach the client as a reset: that is a refusal.
+        # What fails: a 5xx, a hang, a close with no answer, or a plain door accepting such a body.
+        bad = [a for a in answers if (a.status is None and a.error in ("", "timed out")) or (a.status or 0) >= 500
+               or a.status == 200 and door.answer == "http"]
         summary = f"{count} x {len(request) / 1e6:.1f} MB: {', '.join(sorted(set(statuses)))} (alone: {alone.status})"
         return Outcome(not bad and len(answers) == count, summary, rss_before_kib=before)
 
@@ -1050,7 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fill-s", type=float, default=5.0,
                         help="extra bound for a never/slow reader: time for what is generated to fill the buffers")
     parser.add_argument("--memory-budget-mb", type=float, default=100.0)
-    parser.add_argument("--bodies-budget-mb", type=float, default=300.0)
+    parser.add_argument("--bodies-budget-mb", type=float, default=400.0)
     parser.add_argument("--doors", default="", help="comma-separated door names (default: all)")
     parser.add_argument("--cases", default="", help="comma-separated case name prefixes (default: all)")
     args = parser.parse_args(argv)
