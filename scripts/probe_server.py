@@ -301,7 +301,7 @@ class ProbeConfig:
     fill_s: float = 5.0
     memory_budget_mb: float = 100.0  # peak RSS growth allowed by one decompression bomb
     # ... by the concurrent maximal bodies, beyond what one alone left: 20 bodies to a server reading one
-    # at a time (PROBE_SERVER_ENV's FISH_BODY_BUDGET_BYTES) measured +0-382 MB here, to one reading all
+    # at a time (PROBE_SERVER_ENV's FISH_BODY_BUDGET_BYTES) measured +0-491 MB here, to one reading all
     # at once +223-1184 MB.
     bodies_budget_mb: float = 400.0
     max_body_bytes: int = -(-16 * 1024 * 1024 // 3) * 4 + 1024 * 1024  # FISH_MAX_BODY_BYTES (its default)
