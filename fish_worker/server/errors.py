@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from fish_worker.errors import ErrorKind, JobInputError, WorkerError
+from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.disconnect import ClientGone
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,15 @@ def api_error(exc: WorkerError, fields: Mapping[str, str] | None = None) -> ApiE
 # Fish Audio's API paths, served or not (/v1/asr and /wallet are the SDK's, answered 404 here): an
 # error on any of them is Fish-shaped, so the SDK reports the message rather than failing to parse it.
 _FISH_PATHS = ("/v1/tts", "/model", "/v1/asr", "/wallet")
+
+
+def refuse_invalid_unicode(fields: Mapping[str, Any]) -> None:
+    """ApiError 400 naming the first string in `fields` (at any depth) that is not valid unicode: the
+    RunPod extras beside a job's input and ignored fields are refused like the input (jobs/inputs.py)."""
+    try:
+        check_encodable(dict(fields))
+    except JobInputError as exc:
+        raise api_error(exc) from None
 
 
 def is_fish_path(path: str) -> bool:

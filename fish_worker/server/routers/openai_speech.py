@@ -78,7 +78,7 @@ class SpeechRequest(BaseModel):
 
 def synthesis_request(body: SpeechRequest, settings: Settings, voice_id: str | None) -> SynthesisRequest:
     """The one place this door's fields become the service's (JobInputError naming the service's field)."""
-    check_encodable({"input": body.input})
+    check_encodable(body.model_dump())  # every field, the ignored ones (model, instructions) too
     try:
         check_text(body.input, settings)
     except ValueError as exc:

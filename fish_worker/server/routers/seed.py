@@ -20,7 +20,7 @@ from fish_worker.errors import JobFailure
 from fish_worker.jobs.runner import RESULT_ROUTE_KEY
 from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.disconnect import while_connected
-from fish_worker.server.errors import status_of
+from fish_worker.server.errors import refuse_invalid_unicode, status_of
 from fish_worker.server.json_body import dumps, json_response
 from fish_worker.server.limiter import JobLimiter, new_job_id
 from fish_worker.tenancy import TENANT_KEY
@@ -44,6 +44,7 @@ def failure_response(job_id: str, failure: JobFailure) -> JSONResponse:
 
 @router.post("/run", summary="Run a job and answer with its output (or stream its chunks)")
 async def run(body: RunRequest, request: Request):
+    refuse_invalid_unicode(body.model_extra or {})  # the input itself is checked with the job's fields
     runner: JobLimiter = request.app.state.runner
     job_id = new_job_id()
     tenant = tenant_of(request)
