@@ -81,7 +81,7 @@ def test_result_over_the_run_limit_without_a_bucket_is_a_clear_error(runner, mon
 
 
 def test_unknown_format_is_rejected(runner):
-    [out] = run_job(runner, {**JOB, "audio_format": "aac"})
+    [out] = run_job(runner, {**JOB, "audio_format": "wma"})
     assert out["error"].startswith("audio_format: Input should be 'float'")
 
 

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import openai
 import pytest
 import runpod
@@ -85,6 +86,25 @@ def test_openai_client_speech(base_url):
     ) as streamed:
         data = b"".join(streamed.iter_bytes(4096))
     assert len(decode_ffmpeg(data)[0]) > 0
+
+
+def test_openai_client_every_response_format(base_url):
+    """Each of OpenAI's formats, aac included, is the same speech (same seed) at the format's rate."""
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY)
+    durations = {}
+    for fmt, rate in (("mp3", 44100), ("opus", 48000), ("aac", 44100), ("flac", 44100), ("wav", 44100),
+                      ("pcm", 24000)):
+        content = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format=fmt,
+                                             extra_body={"max_tokens": 6, "seed": 2}).content
+        if fmt == "pcm":  # headerless 16-bit at 24 kHz, as OpenAI's
+            samples, decoded_rate = np.frombuffer(content, "<i2"), 24000
+        else:
+            samples, decoded_rate = decode_ffmpeg(content)
+        assert decoded_rate == rate, fmt
+        durations[fmt] = len(samples) / rate
+    assert durations["wav"] > 0
+    for fmt, seconds in durations.items():  # codec delay/padding adds a few frames at most
+        assert seconds == pytest.approx(durations["wav"], abs=0.1), (fmt, durations)
 
 
 def test_openai_client_errors(base_url):
