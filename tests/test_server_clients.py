@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
@@ -75,10 +76,10 @@ def test_runpod_client_wrong_key_is_unauthorized(base_url, monkeypatch):
 def test_openai_client_speech(base_url):
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY)
     response = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format="flac",
-                                             extra_body={"max_tokens": 6})
+                                             extra_body={"max_tokens": 6, "stream": False})
     samples, rate = decode_ffmpeg(response.content)
     assert rate == 44100 and len(samples) > 0
-    # A whole file: its header has the true length, so libsndfile reads it too.
+    # A whole file (stream: false): its header has the true length, so libsndfile reads it too.
     assert soundfile.info(io.BytesIO(response.content)).frames == len(samples)
 
     with client.audio.speech.with_streaming_response.create(
@@ -86,6 +87,45 @@ def test_openai_client_speech(base_url):
     ) as streamed:
         data = b"".join(streamed.iter_bytes(4096))
     assert len(decode_ffmpeg(data)[0]) > 0
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
+def test_openai_client_streams_the_first_bytes_before_the_file_is_done(base_url, service, monkeypatch, fmt):
+    """By default, as OpenAI's endpoint: the client has bytes while later sentences are not yet synthesised.
+
+    The service waits after the first sentence until the client has its first bytes (bounded): a door that
+    sent nothing until the whole file was made would keep it waiting out the bound.
+    """
+    client_has_bytes = threading.Event()
+    synthesised: list[int] = []  # sentence index of each chunk the service made
+    waits: list[bool] = []  # True: the client's first bytes let the second sentence start
+    synthesize = service.synthesize
+
+    def first_sentence_then_wait_for_the_client(request, stop=None, **kwargs):
+        with contextlib.closing(synthesize(request, stop, **kwargs)) as chunks:
+            for chunk in chunks:
+                synthesised.append(chunk.index)
+                yield chunk
+                if not waits:
+                    waits.append(client_has_bytes.wait(60))
+
+    monkeypatch.setattr(service, "synthesize", first_sentence_then_wait_for_the_client)
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input="Hello there. How are you? I am fine.", response_format=fmt,
+        extra_body={"max_tokens": 6, "seed": 1},
+    ) as response:
+        pieces = response.iter_bytes()
+        first = next(pieces)
+        synthesised_by_then = list(synthesised)
+        client_has_bytes.set()
+        data = first + b"".join(pieces)
+    assert synthesised_by_then == [0] and waits == [True]  # the first bytes came before sentences 1 and 2
+    assert sorted(set(synthesised)) == [0, 1, 2]
+    assert "content-length" not in response.headers and 0 < len(first) < len(data)
+    if fmt != "pcm":
+        samples, _ = decode_ffmpeg(data)
+        assert len(samples) > 0
 
 
 def test_openai_client_every_response_format(base_url):
