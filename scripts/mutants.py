@@ -121,8 +121,8 @@ MUTANTS = [
            'rate = None',
            (f"{MAPPINGS}::test_openai_speech_is_the_job_with_the_same_voice_seed_speed_and_rate",)),
     Mutant("openai-ignores-response_format", "fish_worker/server/routers/openai_speech.py",
-           "audio_format = _FORMATS.get(body.response_format)",
-           'audio_format = "mp3" if body.response_format in _FORMATS else None',
+           "audio_format = _FORMATS[body.response_format]",
+           'audio_format = "mp3"',
            (f"{MAPPINGS}::test_openai_response_format_is_the_file_format",)),
     # -- Fish Audio /v1/tts and the live socket: server/fish_synthesis.py, fish_models.py, routers/fish_tts.py --
     Mutant("fish-hard-codes-temperature-top_p", "fish_worker/server/fish_synthesis.py",

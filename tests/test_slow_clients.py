@@ -136,8 +136,8 @@ def synthesis_threads() -> int:
 
 STREAMED = {  # every streamed HTTP door: path, body
     "seed /run stream": ("/run", {"input": {"message": LONG_TEXT[:1900], "stream": True, "max_tokens": 200}}),
-    "openai stream": ("/v1/audio/speech", {"input": LONG_TEXT[:1900], "response_format": "wav", "stream": True,
-                                           "max_tokens": 200}),
+    "openai stream": ("/v1/audio/speech", {"input": LONG_TEXT[:1900], "response_format": "wav",
+                                           "max_tokens": 200}),  # streamed by default
     "fish /v1/tts": ("/v1/tts", {"text": LONG_TEXT[:1900], "format": "wav", "max_new_tokens": 200}),
 }
 
@@ -168,7 +168,7 @@ WHOLE = {  # every door that answers only once the work is done (or its first au
     "/v2 runsync": ("/v2/any/runsync", {"input": {"message": LONG_TEXT[:1900], "max_tokens": 1000,
                                                    "audio_format": "mp3"}}),  # within /runsync's result limit
     "openai whole file": ("/v1/audio/speech", {"input": LONG_TEXT[:1900], "response_format": "wav",
-                                               "max_tokens": 1000}),
+                                               "max_tokens": 1000, "stream": False}),
     # The first sentence is awaited whole before the answer starts (a bad voice is still a 400).
     "fish /v1/tts": ("/v1/tts", {"text": "A first sentence far longer than the rest, " * 6, "format": "wav",
                                  "max_new_tokens": 2000, "chunk_length": 300}),
@@ -238,11 +238,11 @@ def test_the_frame_cap_mid_stream_ends_each_door_as_documented(server, server_lo
     cap = "the speech reached the per-job limit of 12 codec frames"
     with http(server) as client:
         fish = client.post("/v1/tts", json={"text": CAP_TEXT, "format": "wav", "max_new_tokens": 8})
-        raw = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "response_format": "wav", "stream": True,
-                                                    "max_tokens": 8})
+        raw = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "response_format": "wav", "max_tokens": 8})
         sse = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "stream_format": "sse", "max_tokens": 8,
                                                     "response_format": "wav"})
-        whole = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "response_format": "wav", "max_tokens": 8})
+        whole = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "response_format": "wav", "max_tokens": 8,
+                                                      "stream": False})
     # Raw audio bodies: the status went out first, so the file ends, complete, at the cap.
     for answer in (fish, raw):
         assert answer.status_code == 200

@@ -50,7 +50,7 @@ class JobInput(BaseModel):
     # None: chat when the worker has a chat model (FISH_CHAT_MODEL_DIR), else tts. See conversation_service.py.
     mode: Literal["chat", "tts"] | None = Field(None, description="chat: reply to message; tts: speak it as is.")
     system_prompt: str | None = Field(None, min_length=1, max_length=4000, description="Chat mode: the LLM's instructions.")
-    audio_format: AudioFormat = Field("float", description="float (the seed's list), pcm16, wav, flac, mp3, opus.")
+    audio_format: AudioFormat = Field("float", description="float (the seed's list), pcm16, wav, flac, mp3, opus, aac.")
     voice_id: str | None = Field(None, description="A saved voice (action save_voice), instead of reference_audio.")
     # Output adjustments (fish_worker/jobs/output_adjustments.py); docs/audio-options.md.
     sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE,

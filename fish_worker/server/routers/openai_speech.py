@@ -1,10 +1,10 @@
 """OpenAI-compatible speech: POST /v1/audio/speech (for Open WebUI and the `openai` client).
 
-The body is one complete file in `response_format`, with its true length in its header (soundfile,
-PyAV and browsers read it as any file). To get audio while later sentences are still being
-synthesised, ask for `stream: true` (the openai client: `extra_body={"stream": True}`): the body is
-then one continuous file whose header says "length unknown" (see fish_worker/audio/formats.py), or,
-with `stream_format: "sse"`, OpenAI's speech.audio.delta events.
+As OpenAI's endpoint does, the body streams: audio leaves while later sentences are still being
+synthesised, as one continuous file in `response_format` whose header says "length unknown" (see
+fish_worker/audio/formats.py), or, with `stream_format: "sse"`, as OpenAI's speech.audio.delta events.
+`stream: false` (an extra; the openai client: `extra_body={"stream": False}`) waits for the whole file
+and sends it with its true length in its header and a Content-Length (libsndfile reads it as any file).
 `voice` is a saved voice id; OpenAI's own voice names (alloy, ...) mean the model's default voice.
 
 The request becomes one SynthesisRequest (`synthesis_request`), spoken by the TTS service in a
@@ -46,7 +46,7 @@ router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[Depen
 OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
                            "shimmer", "verse", "marin", "cedar", "default"})
 # OpenAI's names → ours. pcm is headerless, so its rate is OpenAI's: 16-bit little-endian at 24 kHz.
-_FORMATS = {"mp3": "mp3", "opus": "opus", "flac": "flac", "wav": "wav", "pcm": "pcm16"}
+_FORMATS = {"mp3": "mp3", "opus": "opus", "aac": "aac", "flac": "flac", "wav": "wav", "pcm": "pcm16"}
 OPENAI_PCM_SAMPLE_RATE = 24_000
 # The service's field names → this request's, in errors.
 _FIELDS = {"message": "input", "voice_id": "voice"}
@@ -58,7 +58,8 @@ class SpeechRequest(BaseModel):
     model: str = Field("fish-speech", description="Accepted and ignored: this server has one model.")
     input: str = Field(description="The text to speak.")
     voice: str = Field("default", description="A saved voice id, or an OpenAI voice name for the default voice.")
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = Field(
+        "mp3", description="pcm: 16-bit little-endian at 24 kHz, as OpenAI's; aac: AAC-LC in ADTS frames.")
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED,
                          description="0.5 to 2.0 here (OpenAI allows 0.25 to 4.0); pitch is kept.")
     stream_format: Literal["audio", "sse"] = "audio"
@@ -66,8 +67,9 @@ class SpeechRequest(BaseModel):
     # Fish Speech extras (the openai client sends them with extra_body=...).
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="Fish Speech: sampling seed, for repeatable audio.")
     max_tokens: int | None = Field(None, ge=1, description="Fish Speech: most codec frames per sentence.")
-    stream: bool = Field(False, description="Fish Speech: send audio as it is made (a length-unknown header); "
-                                            "stream_format 'sse' always streams.")
+    stream: bool = Field(True, description="Fish Speech: true (as OpenAI) sends audio as it is made, in a file "
+                                           "whose header says length unknown; false sends the whole file with its "
+                                           "true length and a Content-Length. stream_format 'sse' always streams.")
     sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE,
                                     description="Fish Speech: output rate (pcm: 24000, else 44100).")
 
@@ -102,10 +104,8 @@ def adjustments(body: SpeechRequest, audio_format: str) -> AudioAdjustments:
 async def speech(body: SpeechRequest, request: Request):
     runner: JobLimiter = request.app.state.runner
     service = runner.service
-    audio_format = _FORMATS.get(body.response_format)
-    if audio_format is None:
-        raise ApiError(400, f"response_format {body.response_format!r} is not supported; use one of "
-                            f"{', '.join(_FORMATS)}", param="response_format")
+    # An unknown response_format was refused with SpeechRequest (400, param response_format).
+    audio_format = _FORMATS[body.response_format]
     tenant = tenant_of(request)
     voices = service.voices.for_tenant(tenant)
     try:
