@@ -151,7 +151,7 @@ def bench_concurrency(service, max_tokens: int, levels: list[int], fish_jobs: in
     for n in levels:
         frames = [0] * n
 
-        def run(i: int) -> None:
+        def run(i: int, frames: list[int] = frames) -> None:  # this iteration's list
             frames[i] = worker_job(service, *jobs[i], max_tokens)
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]

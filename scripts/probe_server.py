@@ -55,7 +55,7 @@ import ormsgpack
 import soundfile as sf
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
-    AcceptConnection, BytesMessage, CloseConnection, Message, RejectConnection, RejectData, Request, TextMessage)
+    AcceptConnection, BytesMessage, CloseConnection, Message, RejectConnection, Request, TextMessage)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # --start writes a tiny checkpoint with fish_worker's devtools
