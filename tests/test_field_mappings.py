@@ -175,3 +175,18 @@ def test_a_tenants_saved_voice_speaks_through_every_door(runner, app_settings):
     fish = call(app, "POST", "/v1/tts", headers=carol, json={"text": "Hi.", "reference_id": "carols",
                                                               "format": "wav", "max_new_tokens": 3})
     assert fish.status_code == 200, fish.text
+
+
+# ---- one rule, one message: the same bad value through every door ---------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, rate", [("mp3", 9000), ("mp3", 96000)])
+def test_a_rate_the_format_cannot_carry_is_the_same_error_on_every_door(app, runner, fmt, rate):
+    [job] = run_job(runner, {"message": "Hi.", "audio_format": fmt, "sample_rate": rate})
+    seed = call(app, "POST", "/run", json={"input": {"message": "Hi.", "audio_format": fmt, "sample_rate": rate}})
+    openai = call(app, "POST", "/v1/audio/speech", json={"input": "Hi.", "response_format": fmt, "sample_rate": rate})
+    fish = call(app, "POST", "/v1/tts", json={"text": "Hi.", "format": fmt, "sample_rate": rate})
+    assert (seed.status_code, openai.status_code, fish.status_code) == (400, 400, 400)
+    messages = {job["error"], seed.json()["error"], openai.json()["error"]["message"], fish.json()["message"]}
+    assert len(messages) == 1, messages
+    assert job["error"].startswith("sample_rate: ")

@@ -77,6 +77,10 @@ _OPUS_KBPS_RANGE = (256, 6)
 DEFAULT_AAC_KBPS = 64
 # Rates MPEG-4 AAC can carry within the API's 8-48 kHz (FFmpeg's encoder refuses others): MP3's set.
 AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+# The formats that carry only some rates, and those rates: the one rule every door checks a
+# sample_rate against (jobs/output_adjustments.py). Opus is always 48 kHz; the rest take any rate.
+MP3_SAMPLE_RATES = tuple(sorted(_MP3_KBPS_RANGE))
+FIXED_SAMPLE_RATES: dict[str, tuple[int, ...]] = {"mp3": MP3_SAMPLE_RATES, "aac": AAC_SAMPLE_RATES}
 
 
 def mp3_compression_level(kbps: int, sample_rate: int) -> float:

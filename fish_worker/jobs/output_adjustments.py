@@ -20,15 +20,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from fish_worker.audio.formats import AAC_SAMPLE_RATES, OPUS_SAMPLE_RATE
+from fish_worker.audio.formats import FIXED_SAMPLE_RATES, OPUS_SAMPLE_RATE
 from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
 from fish_worker.errors import JobInputError
 from fish_worker.jobs.inputs import JobInput
 from fish_worker.tts.requests import SpeechChunk
 
-# Rates an MP3 (MPEG-1/2/2.5 layer III) can carry; aac has its own set, the others take any rate in range.
-MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-_FIXED_RATES = {"mp3": MP3_SAMPLE_RATES, "aac": AAC_SAMPLE_RATES}
 
 Event = TypeVar("Event")
 
@@ -41,7 +38,7 @@ def job_adjustments(request: JobInput) -> AudioAdjustments:
 def output_adjustments(audio_format: str, rate: int | None, speed: float = 1.0, volume_db: float = 0.0,
                        ) -> AudioAdjustments:
     """Output adjustments checked against what `audio_format` can carry (JobInputError naming the field)."""
-    rates = _FIXED_RATES.get(audio_format)
+    rates = FIXED_SAMPLE_RATES.get(audio_format)
     if rate is not None and rates is not None and rate not in rates:
         raise JobInputError("sample_rate", f"{audio_format} supports {', '.join(map(str, rates))}; got {rate}")
     if audio_format == "opus":
