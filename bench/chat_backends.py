@@ -54,12 +54,15 @@ def start_engine(model_dir: Path, port: int) -> subprocess.Popen:
 async def one_job(runner, index: int, max_tokens: int) -> dict[str, float]:
     started = time.perf_counter()
     times: dict[str, float] = {}
-    job = {"id": f"b{index}", "input": {"message": MESSAGES[index % len(MESSAGES)], "max_tokens": max_tokens,
-                                        "seed": index, "stream": True}}
-    async for chunk in runner.run(job):
+    from fish_worker.errors import JobFailure
+    from fish_worker.jobs.job import Job
+
+    job = Job(id=f"b{index}", input={"message": MESSAGES[index % len(MESSAGES)], "max_tokens": max_tokens,
+                                     "seed": index, "stream": True})
+    async for chunk in runner.stream(job):
         now = time.perf_counter() - started
-        if "error" in chunk:
-            raise SystemExit(f"job {index} failed: {chunk['error']}")
+        if isinstance(chunk, JobFailure):
+            raise SystemExit(f"job {index} failed: {chunk.message}")
         if "text_delta" in chunk:
             times.setdefault("first_text_s", now)
         if "audio" in chunk:

@@ -211,6 +211,7 @@ def bench_end_to_end(service, max_tokens: int, n: int) -> dict:
     one after another. Float audio, the costliest format to carry: JSON numbers."""
     import asyncio
 
+    from fish_worker.jobs.job import Job
     from fish_worker.jobs.runner import JobRunner
 
     runner = JobRunner(service)
@@ -218,9 +219,9 @@ def bench_end_to_end(service, max_tokens: int, n: int) -> dict:
              "temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.1} for i in range(n)]
 
     async def one(job: dict) -> int:
-        outputs = [o async for o in runner.run({"id": "bench", "input": job})]
-        assert "error" not in outputs[0], outputs[0]
-        return len(outputs[0]["audio"])
+        output = await runner.result(Job(id="bench", input=job))
+        assert "error" not in output, output
+        return len(output["audio"])
 
     async def sequential() -> None:
         for job in jobs:

@@ -1,7 +1,7 @@
 """Tenants: whose conversations, saved voices and jobs these are.
 
-The self-hosted server names a tenant per API key and puts it on the job (`job["tenant"]`, next to
-`id`); every store then keeps that tenant's data apart. `None` is the default namespace: RunPod queue
+The self-hosted server names a tenant per API key and puts it on the job (`Job.tenant`, jobs/job.py);
+every store then keeps that tenant's data apart. `None` is the default namespace: RunPod queue
 jobs (a worker never sees the caller's key) and a server run without keys. Its storage layout is the
 one the worker always had, so existing voices and conversations stay where they are.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-TENANT_KEY = "tenant"
 # Letters, digits, "_" and "-" only: a tenant names a directory and part of a Redis key, and can
 # never contain the "/" that separates it from the ids inside it.
 TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")

@@ -92,7 +92,7 @@ def queue_job_handler(runner: JobRunner):
     """The per-job adapter between our JobRunner and runpod's worker loop (fish_worker/jobs/runpod_adapter.py)."""
     from fish_worker.jobs.runpod_adapter import QueueJobHandler
 
-    return QueueJobHandler(whole=runner.result, streamed=runner.run)
+    return QueueJobHandler(whole=runner.result, stream=runner.stream)
 
 
 async def run_local_job(runner: JobRunner, job: dict[str, Any],
@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     from fish_worker.jobs.runpod_adapter import install
 
     # Each job is reported per its own `stream` flag (one result object, or chunks and a summary).
-    install(queue_job_handler(runner))
+    handler = queue_job_handler(runner)
+    install(handler)
     # Several jobs at once: the handler is async and their decoding steps are batched (engine/batching.py).
-    # The plain `runner.result` is what the SDK's own modes (--rp_serve_api) call.
-    runpod.serverless.start({"handler": runner.result,
+    # The plain `handler.result` (the whole result) is what the SDK's own modes (--rp_serve_api) call.
+    runpod.serverless.start({"handler": handler.result,
                              "concurrency_modifier": lambda current: runner.service.max_concurrency})

@@ -35,6 +35,8 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fish_worker.errors import MESSAGE_CHARS, bounded, field_path  # noqa: E402
+from fish_worker.jobs.job import Job  # noqa: E402
+from fish_worker.jobs.runpod_adapter import runpod_chunks  # noqa: E402
 from fish_worker.tts.service import NO_AUDIO_ERROR  # noqa: E402
 
 FUZZ_MAX_JOB_FRAMES = 8  # valid jobs generate at most this many codec frames in all
@@ -194,15 +196,15 @@ def judge(job_input: Any, chunks: list[dict[str, Any]], report: Report) -> None:
     return None
 
 
-async def _collect(runner, job: dict[str, Any]) -> list[dict[str, Any]]:
-    return [chunk async for chunk in runner.run(job)]
+async def _collect(runner, job: Job) -> list[dict[str, Any]]:
+    return [chunk async for chunk in runpod_chunks(runner.stream(job))]  # a failure: an {"error"} chunk
 
 
 def run_case(runner, job_input: Any, report: Report, timeout_s: float) -> None:
     report.cases += 1
     started = time.perf_counter()
     try:
-        chunks = asyncio.run(asyncio.wait_for(_collect(runner, {"id": f"fuzz-{report.cases}", "input": job_input}),
+        chunks = asyncio.run(asyncio.wait_for(_collect(runner, Job(id=f"fuzz-{report.cases}", input=job_input)),
                                               timeout_s))
     except asyncio.TimeoutError:
         report.failures.append(f"hang (over {timeout_s} s); input {bounded(repr(job_input), 160)}")

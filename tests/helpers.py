@@ -19,6 +19,8 @@ import redis
 import soundfile as sf
 
 from fish_worker.audio.formats import encode_audio, encode_audio_bytes
+from fish_worker.jobs.job import Job
+from fish_worker.jobs.runpod_adapter import runpod_chunks
 
 if TYPE_CHECKING:
     from fish_worker.engine.generation import VoicePrompt
@@ -27,8 +29,9 @@ if TYPE_CHECKING:
 
 
 def run_job(runner, job_input: dict) -> list[dict]:
+    """The job's chunks as RunPod gets them: a failure is a last {"error": message} chunk."""
     async def collect():
-        return [chunk async for chunk in runner.run({"id": "t", "input": job_input})]
+        return [chunk async for chunk in runpod_chunks(runner.stream(Job(id="t", input=job_input)))]
 
     return asyncio.run(collect())
 

@@ -71,12 +71,7 @@ def test_bad_input_is_a_clear_error_and_worker_keeps_serving(runner, job_input, 
 
 
 def test_input_that_is_not_an_object(runner):
-    import asyncio
-
-    async def collect():
-        return [c async for c in runner.run({"id": "t", "input": "hello"})]
-
-    assert asyncio.run(collect()) == [{"error": "input: must be a JSON object, got str"}]
+    assert run_job(runner, "hello") == [{"error": "input: must be a JSON object, got str"}]
 
 
 def test_oversized_reference_rejected_before_decoding(service):

@@ -10,6 +10,8 @@ import pytest
 from fish_worker.audio.formats import ResultTooLargeError
 from fish_worker.conversations import ConversationStoreError
 from fish_worker.errors import ErrorKind, JobFailure, JobInputError, NotFoundError, WorkerError
+from fish_worker.jobs.job import Job
+from fish_worker.jobs.runpod_adapter import runpod_chunks
 from fish_worker.server import create_app
 from fish_worker.server.errors import STATUS_OF_KIND
 
@@ -54,7 +56,7 @@ def test_errors_say_their_kind_and_field():
 
 def events(runner, job_input):
     async def go():
-        return [e async for e in runner.events({"id": "kinds", "input": job_input})]
+        return [e async for e in runner.stream(Job(id="kinds", input=job_input))]
 
     return asyncio.run(go())
 
@@ -74,7 +76,7 @@ def test_runner_events_end_with_a_typed_failure(runner, job_input, kind, field):
 
 def runner_run(runner, job_input):
     async def go():
-        return [c async for c in runner.run({"id": "kinds", "input": job_input})]
+        return [c async for c in runpod_chunks(runner.stream(Job(id="kinds", input=job_input)))]
 
     return asyncio.run(go())
 

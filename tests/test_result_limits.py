@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from fish_worker.jobs.job import Job
 from fish_worker.jobs.outputs import estimated_result_bytes, result_too_large_error
 from fish_worker.settings import S3Settings, Settings, StorageSettings
 
@@ -49,5 +50,5 @@ def test_the_job_fails_before_synthesis(runner, monkeypatch):
         raise AssertionError("synthesis started")
 
     monkeypatch.setattr(runner.service, "synthesize", no_synthesis)
-    result = asyncio.run(runner.result({"id": "big", "input": {"message": LONG}}))
+    result = asyncio.run(runner.result(Job(id="big", input={"message": LONG})))
     assert result["error"].startswith("audio_format: the result would be at least")

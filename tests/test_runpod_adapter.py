@@ -14,6 +14,8 @@ import pytest
 import runpod
 from runpod.serverless.modules import rp_http, rp_job, rp_scale
 
+from fish_worker.errors import ErrorKind, JobFailure
+from fish_worker.jobs.job import Job
 from fish_worker.jobs.runpod_adapter import RUNPOD_VERSION, QueueJobHandler, body_bytes, install, run_local
 
 
@@ -43,7 +45,7 @@ def test_sdk_building_blocks_keep_their_signatures():
 
 def test_install_makes_the_job_scaler_use_the_adapter(monkeypatch):
     monkeypatch.setattr(rp_scale, "handle_job", rp_scale.handle_job)  # restored after the test
-    adapter = QueueJobHandler(whole=_whole, streamed=_streamed)
+    adapter = QueueJobHandler(whole=_whole, stream=_stream)
     install(adapter)
     assert rp_scale.JobScaler({"handler": _whole}).jobs_handler is adapter
 
@@ -61,12 +63,12 @@ async def _failing(job):
     return {"error": "message: bad"}
 
 
-async def _streamed(job):
-    for i in range(job["input"].get("chunks", 2)):
-        if job["input"].get("fail_at") == i:
-            yield {"error": "internal error: boom"}
+async def _stream(job: Job):  # as JobRunner.stream: chunks, and a failure as a last JobFailure
+    for i in range(job.input.get("chunks", 2)):
+        if job.input.get("fail_at") == i:
+            yield JobFailure(ErrorKind.INTERNAL, "internal error: boom")
             return
-        yield {"text": f"S{i}.", "audio": [0.0] * job["input"].get("samples", 3), "duration_s": 0.5, "seed": 9}
+        yield {"text": f"S{i}.", "audio": [0.0] * job.input.get("samples", 3), "duration_s": 0.5, "seed": 9}
 
 
 def record(handler: QueueJobHandler, job: dict) -> tuple[list, list]:
@@ -82,7 +84,7 @@ def record(handler: QueueJobHandler, job: dict) -> tuple[list, list]:
     return streamed, done
 
 
-ADAPTER = QueueJobHandler(whole=_whole, streamed=_streamed)
+ADAPTER = QueueJobHandler(whole=_whole, stream=_stream)
 
 
 def test_plain_job_is_one_done_post_with_the_result_object():
@@ -107,7 +109,7 @@ def test_a_chunk_over_one_megabyte_fails_the_job_instead_of_being_posted():
 
 
 def test_a_result_over_the_limit_is_an_error_not_a_rejected_post():
-    small = QueueJobHandler(whole=_whole, streamed=_streamed, result_limit_bytes=20)
+    small = QueueJobHandler(whole=_whole, stream=_stream, result_limit_bytes=20)
     _, done = record(small, {"id": "p", "input": {}})
     assert "over RunPod's" in done[0][0]["error"]
 
@@ -131,21 +133,21 @@ def test_body_bytes_is_the_utf8_json_size():
 def test_many_concurrent_jobs_in_random_order_each_end_once_with_their_own_chunks(seed):
     rng = random.Random(seed)
 
-    async def whole(job):
+    async def whole(job: Job):
         await asyncio.sleep(rng.random() / 100)
-        if job["input"]["fail"]:
+        if job.input["fail"]:
             raise RuntimeError("boom")  # the SDK's run_job turns it into an error result
-        return {"text": job["id"], "audio": [0.1]}
+        return {"text": job.id, "audio": [0.1]}
 
-    async def streamed(job):
-        for i in range(job["input"]["chunks"]):
+    async def stream(job: Job):
+        for i in range(job.input["chunks"]):
             await asyncio.sleep(rng.random() / 100)
-            if job["input"]["fail"] and i == 1:
-                yield {"error": f"failed {job['id']}"}
+            if job.input["fail"] and i == 1:
+                yield JobFailure(ErrorKind.INTERNAL, f"failed {job.id}")
                 return
-            yield {"text": f"{job['id']}:{i}", "audio": [0.0], "duration_s": 0.25, "seed": 1}
+            yield {"text": f"{job.id}:{i}", "audio": [0.0], "duration_s": 0.25, "seed": 1}
 
-    adapter = QueueJobHandler(whole=whole, streamed=streamed)
+    adapter = QueueJobHandler(whole=whole, stream=stream)
     jobs = [{"id": f"j{n}", "input": {"stream": rng.random() < 0.5, "fail": rng.random() < 0.2,
                                       "chunks": rng.randint(2, 5)}} for n in range(60)]
     posts: dict[str, list] = {job["id"]: [] for job in jobs}
@@ -176,3 +178,13 @@ def test_many_concurrent_jobs_in_random_order_each_end_once_with_their_own_chunk
                                        "duration_s": 0.25 * job["input"]["chunks"], "seed": 1}}
         else:
             assert done == {"output": {"text": job["id"], "audio": [0.1]}} and chunks == []
+
+
+def test_the_platform_job_dict_becomes_a_typed_job_once_at_the_door():
+    job = Job.from_runpod({"id": "x", "input": {"stream": True}, "webhook": "https://example.com/hook"})
+    assert (job.id, job.input, job.tenant, job.result_route, job.streamed) == ("x", {"stream": True}, None, "run", True)
+    assert not Job.from_runpod({"id": "y", "input": {"stream": "true"}}).streamed  # only JSON true streams
+    assert not Job("z", "not an object").streamed
+    # The SDK's own modes (--rp_serve_api) call `result` with the platform's dict: an async function.
+    assert inspect.iscoroutinefunction(ADAPTER.result)
+    assert asyncio.run(ADAPTER.result({"id": "w", "input": {}})) == {"text": "hi", "audio": [0.5]}

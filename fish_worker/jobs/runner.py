@@ -1,8 +1,9 @@
 """One RunPod job: validate the input, synthesise, shape the output chunks, report errors.
 
-`events(job)` is the typed layer the server's job routes use: the output chunks, and on failure a
-last `JobFailure` (kind, field, message). `run(job)` is RunPod's shape of the same: the failure
-becomes a `{"error": message}` chunk (the platform's contract).
+A job (jobs/job.py) runs one of two ways: `stream(job)` yields its output chunks, and on failure a
+last `JobFailure` (kind, field, message); `result(job)` is its one final result, with a failure as
+`{"error": message}` (RunPod's contract). The RunPod adapter turns a streamed failure into RunPod's
+`{"error": message}` chunk (jobs/runpod_adapter.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from fish_worker.dialogue.turns import CONVERSATION_ACTIONS, ConversationService, is_conversation_action
@@ -26,19 +28,16 @@ from fish_worker.jobs.outputs import (
 from fish_worker.jobs.output_adjustments import adjusted_speech, job_adjustments
 from fish_worker.jobs.json_safe import NotJsonSafe, check_json_safe
 from fish_worker.jobs.inputs import JobInput, check_encodable, parse_job_input
+from fish_worker.jobs.job import Job, ResultRoute
 from fish_worker.tts.requests import SpeechChunk
 from fish_worker.tts.service import NO_AUDIO_ERROR, TTSService
 from fish_worker.dialogue.spoken_reply import TextDelta
-from fish_worker.tenancy import TENANT_KEY, validate_tenant
+from fish_worker.tenancy import validate_tenant
 from fish_worker.text.sentences import split_sentences
 from fish_worker.async_bridge import iterate_in_thread
 from fish_worker.jobs.voice_actions import VOICE_ACTIONS, is_voice_action, run_voice_action
 
 log = logging.getLogger(__name__)
-
-
-# Which RunPod result limit a whole result must fit ("run", "runsync"); None: none (self-hosted).
-RESULT_ROUTE_KEY = "result_route"
 
 # Actions that synthesise nothing and run no model: they need no generation slot, so they never wait
 # behind other jobs' generations. save_voice is not one: it runs the codec's encoder (GPU memory and
@@ -57,17 +56,17 @@ class JobRunner:
         self.conversations = conversations or ConversationService(service, make_conversation_store(
             None, service.settings.storage.conversation_ttl_s, service.settings.storage.max_conversations))
 
-    async def result(self, job: dict[str, Any]) -> dict[str, Any]:
+    async def result(self, job: Job) -> dict[str, Any]:
         """The job's one final result: the whole output, a streamed job's summary, or {"error": ...}."""
         chunks = []
-        async for chunk in self.run(job):
-            if "error" in chunk:
-                return {"error": str(chunk["error"])}
-            chunks.append(chunk)
-        streamed = isinstance(job.get("input"), dict) and job["input"].get("stream") is True
-        return final_output(chunks, streamed) or {"error": "internal error: the job produced no output"}
+        async with aclosing(self.stream(job)) as events:
+            async for event in events:
+                if isinstance(event, JobFailure):
+                    return {"error": event.message}
+                chunks.append(event)
+        return final_output(chunks, job.streamed) or {"error": "internal error: the job produced no output"}
 
-    def _check_result_fits(self, request: JobInput, route: str | None) -> None:
+    def _check_result_fits(self, request: JobInput, route: ResultRoute | None) -> None:
         settings = self.service.settings
         sentences = split_sentences(request.message, settings.sentence_max_chars, request.language)
         frames_budget = request.max_tokens * len(sentences)
@@ -75,22 +74,13 @@ class JobRunner:
         if error is not None:
             raise error
 
-    async def run(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yield output chunks; a yielded {"error": "..."} marks the job FAILED (the worker goes on)."""
-        events = self.events(job)
-        try:
-            async for event in events:
-                yield {"error": event.message} if isinstance(event, JobFailure) else event
-        finally:
-            await events.aclose()
-
-    async def events(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any] | JobFailure]:
+    async def stream(self, job: Job) -> AsyncIterator[dict[str, Any] | JobFailure]:
         """Yield output chunks; a failed job's last item is its JobFailure (nothing is raised).
 
         Every chunk is checked to be postable JSON first: one that is not ends the job with an error
         (runpod would fail to post it after the handler yielded it, and the job would get no result).
         """
-        job_id = bounded(str(job.get("id", "?")), 100)
+        job_id = bounded(job.id, 100)
         started = time.perf_counter()
         chunks = self._chunks(job)
         try:
@@ -116,25 +106,25 @@ class JobRunner:
         finally:
             await chunks.aclose()
 
-    async def _chunks(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, job: Job) -> AsyncIterator[dict[str, Any]]:
         """The job's output chunks; raises WorkerError (or, for a fault of ours, anything) when it fails."""
-        if isinstance(job.get("input"), dict):
-            check_encodable(job["input"])  # every door, every action: no lone surrogates anywhere
+        if isinstance(job.input, dict):
+            check_encodable(job.input)  # every door, every action: no lone surrogates anywhere
         # Whose voices and conversations these are (set by the self-hosted server; None on RunPod).
-        conversations = self.conversations.for_tenant(validate_tenant(job.get(TENANT_KEY)))
-        if is_voice_action(job.get("input")):
-            yield await run_voice_action(job["input"], self.service, conversations.voices)
+        conversations = self.conversations.for_tenant(validate_tenant(job.tenant))
+        if is_voice_action(job.input):
+            yield await run_voice_action(job.input, self.service, conversations.voices)
             return
-        if is_conversation_action(job.get("input")):
-            yield await asyncio.to_thread(conversations.end, job["input"])
+        if is_conversation_action(job.input):
+            yield await asyncio.to_thread(conversations.end, job.input)
             return
-        if isinstance(job.get("input"), dict) and "action" in job["input"]:
-            raise JobInputError("action", f"unknown action {shown(job['input']['action'])}; one of: "
+        if isinstance(job.input, dict) and "action" in job.input:
+            raise JobInputError("action", f"unknown action {shown(job.input['action'])}; one of: "
                                 + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS))
-        request = parse_job_input(job.get("input"), self.service.settings)
+        request = parse_job_input(job.input, self.service.settings)
         mode = conversations.mode(request.mode, request.system_prompt)
-        if mode == "tts" and not request.stream:  # fail now, not after minutes of work
-            self._check_result_fits(request, job.get(RESULT_ROUTE_KEY, "run"))
+        if mode == "tts" and not job.streamed:  # fail now, not after minutes of work
+            self._check_result_fits(request, job.result_route)
         if mode == "chat" or request.conversation_id:
             turn = request.to_turn(mode, conversations.settings.chat.frames_per_sentence)
             speech = lambda stop: conversations.turn(turn, stop)  # noqa: E731
@@ -143,7 +133,7 @@ class JobRunner:
             speech = lambda stop: self.service.synthesize(synthesis, stop, voices=conversations.voices)  # noqa: E731
         adjustments = job_adjustments(request)  # sample_rate, speed, volume
         speech = lambda stop, make=speech: adjusted_speech(make(stop), adjustments)  # noqa: E731
-        if request.stream:
+        if job.streamed:  # the input was validated: request.stream is the same flag
             streamed = StreamedOutput(request.audio_format)
             spoke = False
             async for chunk in iterate_in_thread(speech):
@@ -166,4 +156,4 @@ class JobRunner:
             if mode == "chat":  # the whole reply, as written (sentence texts lose its line breaks)
                 output["text"] = "".join(e.text for e in events if isinstance(e, TextDelta))
             yield await asyncio.to_thread(
-                within_result_limit, output, self.service.settings, job.get(RESULT_ROUTE_KEY, "run"))
+                within_result_limit, output, self.service.settings, job.result_route)

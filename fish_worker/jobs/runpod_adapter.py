@@ -10,7 +10,8 @@ one job-done. Our API needs the choice per *job*:
 
 So this module replaces the SDK's per-job function (`rp_scale.handle_job`, which `JobScaler` takes
 as its `jobs_handler`) with `QueueJobHandler`, built from the SDK's own pieces: `run_job` for whole
-results, `run_job_generator` + `stream_result` for chunks, `send_result` for the end.
+results, `run_job_generator` + `stream_result` for chunks, `send_result` for the end. It is the
+RunPod door: the platform's job dict becomes a typed `Job` here (`Job.from_runpod`), once per job.
 tests/test_runpod_adapter.py fails when those internals change under it (runpod is pinned).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,8 @@ from runpod.serverless.modules.rp_http import send_result, stream_result
 from runpod.serverless.modules.rp_job import run_job, run_job_generator
 
 from fish_worker.audio.formats import RESULT_LIMIT_BYTES, STREAM_CHUNK_LIMIT_BYTES
+from fish_worker.errors import JobFailure
+from fish_worker.jobs.job import Job
 from fish_worker.jobs.outputs import StreamSummary
 
 RUNPOD_VERSION = "1.12.0"
@@ -39,16 +43,12 @@ def body_bytes(body: dict[str, Any]) -> int:
     return len(json.dumps(body, ensure_ascii=False).encode("utf-8"))
 
 
-def wants_stream(job: dict[str, Any]) -> bool:
-    return isinstance(job.get("input"), dict) and job["input"].get("stream") is True
-
-
 @dataclass(frozen=True)
 class QueueJobHandler:
     """One job, reported to the queue the way our API promises (see the module docstring)."""
 
-    whole: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]  # plain async: the one result
-    streamed: Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]  # async generator: the chunks
+    whole: Callable[[Job], Awaitable[dict[str, Any]]]  # the one result (JobRunner.result)
+    stream: Callable[[Job], AsyncIterator[dict[str, Any] | JobFailure]]  # the chunks (JobRunner.stream)
     summary: Callable[[], StreamSummary] = StreamSummary
     # A queue job cannot tell /run from /runsync, so a whole result must fit the smaller limit.
     result_limit_bytes: int = RESULT_LIMIT_BYTES["run"]
@@ -65,14 +65,28 @@ class QueueJobHandler:
 
         await self.process(job, post_stream, post_done)
 
+    async def result(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The whole result of the platform's `job`: what the SDK's own modes (--rp_serve_api) call."""
+        return await self.whole(Job.from_runpod(job))
+
     async def process(self, job: dict[str, Any], post_stream: PostStream, post_done: PostDone) -> None:
-        if not wants_stream(job):
-            result = await run_job(self.whole, job)  # the SDK's own: {"output": ...} or {"error": ...}
+        typed = Job.from_runpod(job)
+
+        async def whole(_: dict[str, Any]) -> dict[str, Any]:
+            return await self.whole(typed)
+
+        async def chunks(_: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:  # the SDK wants a generator function
+            async with aclosing(runpod_chunks(self.stream(typed))) as shaped:
+                async for chunk in shaped:
+                    yield chunk
+
+        if not typed.streamed:
+            result = await run_job(whole, job)  # the SDK's own: {"output": ...} or {"error": ...}
             await post_done(self._bounded(result), False)
             return
         summary = self.summary()
         result: dict[str, Any] | None = None
-        async for partial in run_job_generator(self.streamed, job):
+        async for partial in run_job_generator(chunks, job):
             error = partial.get("error") or _output_error(partial.get("output"))
             if error:  # as the SDK does: an error chunk ends the job and is never streamed
                 result = {"error": str(error)}
@@ -96,6 +110,13 @@ class QueueJobHandler:
 
 def _output_error(output: Any) -> Any:
     return output.get("error") if isinstance(output, dict) else None
+
+
+async def runpod_chunks(events: AsyncIterator[dict[str, Any] | JobFailure]) -> AsyncIterator[dict[str, Any]]:
+    """RunPod's shape of a job's stream: a failure becomes an {"error": message} chunk, which ends the job."""
+    async with aclosing(events):
+        async for event in events:
+            yield {"error": event.message} if isinstance(event, JobFailure) else event
 
 
 def install(handler: QueueJobHandler) -> None:
@@ -123,4 +144,4 @@ async def run_local(handler: QueueJobHandler, job: dict[str, Any],
 
     job.setdefault("id", "local_test")
     await handler.process(job, post_stream, post_done)
-    return {**done, "stream": streamed} if wants_stream(job) else done
+    return {**done, "stream": streamed} if Job.from_runpod(job).streamed else done

@@ -1,6 +1,6 @@
 """Every door's work is admitted here: at most N generating, at most M admitted.
 
-Job routes (seed /run, /v2) run RunPod-shaped jobs through the one JobRunner (`run`); the speech
+Job routes (seed /run, /v2) run their jobs through the one JobRunner (`run`); the speech
 routes (OpenAI, Fish) call the TTS service in a slot of their own (`speech`).
 
 A job is admitted (generating or waiting for a slot) only while the server has fewer than
@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 from fish_worker.async_bridge import iterate_in_thread
 from fish_worker.errors import ErrorKind, JobFailure
+from fish_worker.jobs.job import Job
 from fish_worker.jobs.runner import JobRunner, needs_generation_slot
 from fish_worker.server.errors import ApiError, status_of
-from fish_worker.tenancy import TENANT_KEY
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ class JobLimiter:
         self._per_tenant[tenant] += 1
         return Admission(self, tenant)
 
-    async def run(self, job: dict[str, Any], admission: Admission | None = None,
+    async def run(self, job: Job, admission: Admission | None = None,
                   on_start: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any] | JobFailure]:
         """The runner's events for `job` (chunks, then a JobFailure if it fails), once a slot is free
         (then `on_start()`); an action that runs no model (list_voices, delete_voice, end_conversation)
@@ -78,12 +78,12 @@ class JobLimiter:
         Without `admission`, the job is admitted when iteration starts (ApiError 429 from the first chunk).
         The admission is released when the job ends.
         """
-        admission = admission or self.admit(job.get(TENANT_KEY))
+        admission = admission or self.admit(job.tenant)
         try:
-            async with self.slot() if needs_generation_slot(job.get("input")) else nullcontext():
+            async with self.slot() if needs_generation_slot(job.input) else nullcontext():
                 if on_start is not None:
                     on_start()
-                async with aclosing(self.runner.events(job)) as events:
+                async with aclosing(self.runner.stream(job)) as events:
                     async for event in events:
                         yield event
         finally:

@@ -20,9 +20,8 @@ from typing import Any
 
 from fish_worker.errors import ErrorKind, JobFailure
 from fish_worker.jobs.outputs import final_output
-from fish_worker.jobs.runner import RESULT_ROUTE_KEY
+from fish_worker.jobs.job import Job, ResultRoute
 from fish_worker.server.limiter import Admission, JobLimiter, new_job_id
-from fish_worker.tenancy import TENANT_KEY
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 
@@ -74,14 +73,13 @@ class JobRegistry:
         self._finished: dict[str, JobRecord] = {}  # in the order they finished: the oldest first
         self.stored_bytes = 0
 
-    def submit(self, job_input: Any, route: str, tenant: str | None = None) -> JobRecord:
+    def submit(self, job_input: Any, route: ResultRoute, tenant: str | None = None) -> JobRecord:
         """Queue a job of `tenant`; ApiError 429 when the server or the tenant has too many already."""
         self._forget_old()
         admission = self.runner.admit(tenant)
-        record = JobRecord(id=new_job_id(), tenant=tenant,
-                           stream=isinstance(job_input, dict) and job_input.get("stream") is True)
+        job = Job(id=new_job_id(), input=job_input, tenant=tenant, result_route=route)
+        record = JobRecord(id=job.id, tenant=tenant, stream=job.streamed)
         self.jobs[record.id] = record
-        job = {"id": record.id, TENANT_KEY: tenant, "input": job_input, RESULT_ROUTE_KEY: route}
         record.task = asyncio.create_task(self._run(record, job, admission), name=f"job-{record.id}")
         # Also when the task is cancelled before it ever ran (and so never entered the runner).
         record.task.add_done_callback(lambda _: admission.release())
@@ -112,7 +110,7 @@ class JobRegistry:
             "retried": 0,
         }
 
-    async def _run(self, record: JobRecord, job: dict[str, Any], admission: Admission) -> None:
+    async def _run(self, record: JobRecord, job: Job, admission: Admission) -> None:
         chunks = self.runner.run(job, admission, on_start=lambda: self._start(record))
         try:
             async for chunk in chunks:

@@ -17,13 +17,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fish_worker.errors import JobFailure
-from fish_worker.jobs.runner import RESULT_ROUTE_KEY
+from fish_worker.jobs.job import Job
 from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.disconnect import while_connected
 from fish_worker.server.errors import refuse_invalid_unicode, status_of
 from fish_worker.server.json_body import dumps, json_response
 from fish_worker.server.limiter import JobLimiter, new_job_id
-from fish_worker.tenancy import TENANT_KEY
 
 router = APIRouter(tags=["seed API"], dependencies=[Depends(require_api_key)])
 
@@ -50,7 +49,8 @@ async def run(body: RunRequest, request: Request):
     tenant = tenant_of(request)
     admission = runner.admit(tenant)  # 429 when the server or this tenant has too many jobs
     # No RunPod result limit here: this server answers directly, whatever the size.
-    chunks = runner.run({"id": job_id, TENANT_KEY: tenant, "input": body.input, RESULT_ROUTE_KEY: None}, admission)
+    job = Job(id=job_id, input=body.input, tenant=tenant, result_route=None)
+    chunks = runner.run(job, admission)
     # Until the answer starts, nothing else notices the client hanging up: that stops the job here.
     first = await while_connected(request, anext(chunks, None), chunks.aclose)
     if first is None:
@@ -58,7 +58,7 @@ async def run(body: RunRequest, request: Request):
     if isinstance(first, JobFailure):
         await chunks.aclose()
         return failure_response(job_id, first)
-    if body.input.get("stream") is True:
+    if job.streamed:
         if wants_event_stream(request):  # the same objects as Server-Sent Events, one per `data:` line
             return StreamingResponse(_encoded(_objects(job_id, first, chunks), _sse_event),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
