@@ -187,3 +187,20 @@ def test_random_schedules_all_end_with_solo_replies(tiny_chat_model_dir):
     assert stress.failures == []
     assert chat.batcher.step_failures > 0  # faults were injected and survived
     assert chat.batcher.rows_decoded > chat.batcher.steps  # replies shared steps
+
+
+def test_the_chat_models_kv_at_full_batch_is_kept_from_the_speech_pool(chat, service, monkeypatch):
+    from fish_worker.engine import kv_budget
+
+    config = chat.model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4  # float32 on CPU
+    assert chat.kv_bytes() == chat.max_batch * 2048 * per_token
+    # On a GPU the pool takes what is free after loading, less the workspace and less the chat KV.
+    model = service.generator.model
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 1024**3, 80 * 1024**3))
+    cuda = torch.device("cuda")
+    alone = kv_budget.plan(model, torch.bfloat16, cuda, None, None)
+    shared = kv_budget.plan(model, torch.bfloat16, cuda, None, None, reserved_bytes=3 * 1024**3)
+    reserved_tokens = 3 * 1024**3 // alone.bytes_per_token
+    assert alone.kv_tokens - shared.kv_tokens in (reserved_tokens, reserved_tokens + 1)
