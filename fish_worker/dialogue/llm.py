@@ -106,7 +106,9 @@ class ChatModel:
         temperature <= 0 means greedy decoding. The same seed (and inputs) gives the same reply.
         The history is shortened from its oldest turns so the prompt plus the reply fit the context.
         Raises ValueError (PromptTooLongError) up front for bad messages or an oversized last message.
-        `close()` on the returned iterator stops the generation.
+        The reply decodes in the model's shared steps alongside any others (chat_batching.py).
+        `close()` on the returned iterator ends the reply and frees its row; `abort()` does too, from any
+        thread, waking a consumer that waits for the next delta.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
