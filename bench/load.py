@@ -194,7 +194,7 @@ def report(results, elapsed: float, memory: dict[str, int], args) -> None:
     print(f"throughput   {len(ok) / elapsed:.2f} successful requests/s")
     print(f"latency      {percentiles([r[1] for r in ok])}   (successful requests)")
     by_kind = defaultdict(list)
-    for kind, latency, status in ok:
+    for kind, latency, _status in ok:
         by_kind[kind].append(latency)
     for kind in KINDS:
         print(f"  {kind:<10} {len(by_kind[kind]):4d} ok  {percentiles(by_kind[kind])}")

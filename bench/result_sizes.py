@@ -42,7 +42,7 @@ def main() -> None:
     seconds = 20.0
     signals = {"speech-like": speech_like(seconds),
                "noise": np.random.default_rng(1).uniform(-1, 1, int(seconds * RATE)).astype(np.float32)}
-    rows = [("float (raw)", "float", True)] + [(f, f, False) for f in ("float", "pcm16", "wav", "flac", "mp3", "opus")]
+    rows = [("float (raw)", "float", True)] + [(f, f, False) for f in ("float", "pcm16", "wav", "flac", "mp3", "opus", "aac")]
     print(f"{'format':12} {'signal':12} {'B/sample':>9} {'kB/s':>8} {'s in /run':>10} {'s in /runsync':>14}"
           f" {'s per 1MB chunk':>16}")
     for name, fmt, raw in rows:

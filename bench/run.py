@@ -151,7 +151,7 @@ def bench_concurrency(service, max_tokens: int, levels: list[int], fish_jobs: in
     for n in levels:
         frames = [0] * n
 
-        def run(i: int) -> None:
+        def run(i: int, frames: list[int] = frames) -> None:  # this iteration's list
             frames[i] = worker_job(service, *jobs[i], max_tokens)
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
@@ -184,10 +184,23 @@ def bench_first_audio(service, max_tokens: int) -> dict:
     stream_total_s = time.perf_counter() - started
     audio = np.concatenate([c.audio for c in chunks])
     streamed_audio = np.concatenate([c.audio for c in streamed])
-    same = audio.shape == streamed_audio.shape and float(np.max(np.abs(audio - streamed_audio))) < 1e-3
+    same = audio.shape == streamed_audio.shape
+    max_diff = float(np.max(np.abs(audio - streamed_audio))) if same else float("inf")
+    snr = snr_db(audio, streamed_audio) if same else float("-inf")
+    # fp32: the same samples to float rounding; bf16/fp16 (GPU): rounding differs with the window's
+    # shapes, so the SNR decides (a stateless window decode measured 2.3 dB at S1-mini shapes).
+    if service.codec.precision == torch.float32 or service.codec.device.type != "cuda":
+        same = same and max_diff <= 1e-4
+    else:
+        same = same and snr >= 30
     return {"first_audio_s": first_s, "full_latency_s": full_s, "ratio": first_s / full_s,
             "stream_total_s": stream_total_s, "chunks": len(streamed), "audio_s": len(audio) / service.sample_rate,
-            "streamed_equals_one_shot": same}
+            "streamed_equals_one_shot": same, "streamed_max_abs_diff": max_diff, "streamed_snr_db": snr}
+
+
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    noise = float(np.sum((reference - other) ** 2))
+    return float("inf") if noise == 0 else float(10 * np.log10(float(np.sum(reference ** 2)) / noise))
 
 
 REPEATS = 2  # end-to-end measures: best of this many
@@ -363,7 +376,8 @@ def print_table(results: dict) -> None:
     for name, ours, base, ratio in rows:
         print(f"{name:<40}{ours:>12.3f}{base:>12.3f}{ratio:>8.2f}x")
     print(f"\nsingle-stream RTF {ss['worker_rtf']:.3f}; same tokens as fish-speech: {ss['same_tokens']}; "
-          f"streamed audio equals one-shot: {fa['streamed_equals_one_shot']} ({fa['chunks']} chunks)")
+          f"streamed audio equals one-shot: {fa['streamed_equals_one_shot']} ({fa['chunks']} chunks; "
+          f"max |diff| {fa['streamed_max_abs_diff']:.1e}, SNR {fa['streamed_snr_db']:.1f} dB)")
     kv = results["kv_memory"]
     print(f"KV cache: {kv['bytes_per_token_bf16']:,} B/token in bf16; typical job ({kv['typical_job_tokens']} tokens) "
           f"{kv['typical_job_bytes_bf16'] / 1e6:.0f} MB; typical jobs per card {kv['typical_jobs_per_card']} "
@@ -432,6 +446,9 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"\nwritten to {args.out}")
+    if not results["first_audio"]["streamed_equals_one_shot"]:
+        print("FAILED: the streamed audio is not the one-shot decode of the same codes", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 SHOWN_CHARS = 100  # most characters of an input value an error or log line repeats
 MESSAGE_CHARS = 300  # most characters of any job error message
@@ -83,6 +86,16 @@ class JobInputError(WorkerError, ValueError):
         problem = bounded(problem, MESSAGE_CHARS - len(field) - 2)
         super().__init__(f"{field}: {problem}", field=field)
         self.problem = problem
+
+
+def input_error(exc: "ValidationError") -> JobInputError:
+    """The first problem pydantic found, as JobInputError("<field>: <what is wrong>")."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    field = field_path(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    return JobInputError(field, bounded(message))  # JobInputError bounds the field name
 
 
 class NotFoundError(JobInputError):

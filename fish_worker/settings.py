@@ -89,11 +89,21 @@ class ServerSettings(BaseSettings):
     runsync_wait_s: float = Field(90, gt=0)  # /v2 runsync answers IN_PROGRESS after this, as RunPod does
     # Largest request body; unset: base64 of FISH_REFERENCE_MAX_BYTES plus 1 MiB for the rest.
     max_body_bytes: int | None = Field(None, ge=1)
+    # Bodies being read or served at once (admission before parsing, server/body_admission.py): their
+    # bytes (Content-Length, or the largest body when chunked) on the whole server and per tenant; a body
+    # that does not fit waits up to body_permit_wait_s, then 429. Unset: 8 and 4 of the largest body.
+    body_budget_bytes: int | None = Field(None, ge=1)
+    body_budget_per_tenant_bytes: int | None = Field(None, ge=1)
+    body_permit_wait_s: float = Field(10, ge=0)
     header_timeout_s: float = Field(10, gt=0)  # a request's headers must arrive within this
     body_timeout_s: float = Field(60, gt=0)  # ... and its body within this, once the headers are in
     keep_alive_timeout_s: int = Field(5, ge=1)  # an idle keep-alive connection is closed after this
+    # A client that reads nothing of its answer (HTTP body, WebSocket message) for this long is disconnected.
+    send_timeout_s: float = Field(30, gt=0)
     # Fish live WebSocket sessions (/v1/tts/live): each is one admitted job for its whole life.
-    live_idle_timeout_s: float = Field(60, gt=0)  # ended when nothing went either way for this long
+    # Ended when nothing went either way for this long. pipecat keeps one session per conversation,
+    # silent while the user talks: a short bound ends it mid-conversation (an error, a reconnect).
+    live_idle_timeout_s: float = Field(600, gt=0)
     live_max_session_s: float = Field(1800, gt=0)  # ended after this long, whatever is happening
     live_max_text_chars: int = Field(100_000, ge=1)  # text one session may send, in all
     playground: bool = True  # the browser playground at / (static, no secrets; its API calls need a key)
@@ -117,6 +127,12 @@ class ServerSettings(BaseSettings):
         if self.max_body_bytes is not None:
             return self.max_body_bytes
         return -(-reference_max_bytes // 3) * 4 + BODY_MARGIN_BYTES
+
+    def body_budget(self, reference_max_bytes: int) -> tuple[int, int]:
+        """(server, per-tenant) bytes of request bodies in flight at once."""
+        largest = self.body_limit(reference_max_bytes)
+        total = self.body_budget_bytes or 8 * largest
+        return total, min(total, self.body_budget_per_tenant_bytes or 4 * largest)
 
 
 class S3Settings(BaseSettings):
@@ -228,7 +244,9 @@ class Settings(_WithSections):
     # Unset: on a GPU the memory free after loading, less a workspace; CPU: max_concurrency typical jobs.
     kv_cache_tokens: int | None = Field(None, ge=64)
     # Streamed jobs: first audio after this many codec frames (~46 ms each), later chunks 2×, 4× ... up to
-    # 64 frames; each window is decoded with this many frames of left context so the joins are seamless.
+    # 64 frames. Each sentence's codec stream carries its transformer's state from window to window and
+    # gives the convolutions this many frames of left context (their reach: 9), so the windows join into
+    # the one-shot decode (engine/codec_stream.py); below 9 the joins differ.
     stream_first_frames: int = Field(8, ge=1)
     stream_context_frames: int = Field(16, ge=0)
     # Concurrent jobs' codec decodes run as one padded batch of at most this many frames (rows × the

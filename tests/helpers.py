@@ -141,7 +141,7 @@ def start_redis_server(directory: Path) -> tuple[subprocess.Popen, str]:
         except redis.ConnectionError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"redis-server did not start on port {port}")
+                raise RuntimeError(f"redis-server did not start on port {port}") from None
             time.sleep(0.02)
     client.close()
     return process, url

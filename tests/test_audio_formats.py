@@ -105,6 +105,41 @@ def test_lossy_files_keep_length_and_level(fmt, rate, slack):
     assert rms(samples) == pytest.approx(rms(AUDIO), rel=0.15)
 
 
+AAC_FRAME = 1024
+
+
+def test_aac_whole_and_streamed_are_the_same_adts_file_of_the_right_length_and_level():
+    whole = encode_audio_bytes(AUDIO, "aac")
+    _, payloads = stream_encode("aac", AUDIO)
+    streamed = join_stream(payloads)
+    assert streamed == whole  # ADTS has no file header: a stream is the whole file, frame by frame
+    assert sum(1 for p in payloads[:-1] if p) >= len(payloads) // 2  # bytes leave as samples come in
+    assert whole[:2] == b"\xff\xf1"  # ADTS sync word, MPEG-4, no CRC
+    samples, rate = decode_ffmpeg(whole)
+    assert rate == SR
+    # The encoder's priming frame and the last frame's padding stay in (ADTS cannot say to trim them).
+    assert 0 <= len(samples) - len(AUDIO) <= 2 * AAC_FRAME
+    assert rms(samples) == pytest.approx(rms(AUDIO), rel=0.15)
+    kbps = len(whole) * 8 / (len(AUDIO) / SR) / 1000
+    assert 50 < kbps < 80  # 64 kbit/s ABR
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
+def test_aac_streams_at_every_rate_it_can_carry(rate):
+    audio = speech_like(0.5)[: rate // 2]
+    encoder = StreamEncoder("aac", rate)
+    assert encoder.sample_rate == rate
+    data = base64.b64decode(encoder.feed(audio)) + base64.b64decode(encoder.close())
+    samples, decoded_rate = decode_ffmpeg(data)
+    assert decoded_rate == rate and 0 <= len(samples) - len(audio) <= 2 * AAC_FRAME
+    with pytest.raises(ValueError, match="aac cannot carry 20000 Hz"):
+        StreamEncoder("aac", 20000)
+
+
+def test_empty_aac_stream_is_empty():
+    assert StreamEncoder("aac").close() == ""
+
+
 def test_mp3_is_128k_cbr():
     data = encode_audio_bytes(AUDIO, "mp3")
     kbps = len(data) * 8 / (len(AUDIO) / SR) / 1000
@@ -120,7 +155,7 @@ def test_audio_result_reports_format_and_rate():
 
 def test_unknown_format_and_bad_shapes_are_rejected():
     with pytest.raises(ValueError, match="audio_format must be one of"):
-        encode_audio(AUDIO, "aac")
+        encode_audio(AUDIO, "wma")
     with pytest.raises(ValueError, match="audio_format must be one of"):
         StreamEncoder("ogg")
     with pytest.raises(ValueError, match="mono"):

@@ -143,6 +143,7 @@ def test_streamed_adjusted_chunks_are_one_file_and_arrive_early(runner):
     ({"volume": 25.0}, "volume"),
     ({"volume": -25}, "volume"),
     ({"audio_format": "mp3", "sample_rate": 10000}, "sample_rate"),
+    ({"audio_format": "aac", "sample_rate": 20000}, "sample_rate"),
     ({"audio_format": "opus", "sample_rate": 16000}, "sample_rate"),
 ])
 def test_out_of_range_is_an_error_naming_the_field(runner, app, extra, field):
@@ -152,7 +153,7 @@ def test_out_of_range_is_an_error_naming_the_field(runner, app, extra, field):
     assert response.status_code == 400 and response.json()["error"].startswith(f"{field}: ")
 
 
-@pytest.mark.parametrize("fmt, rate", [("mp3", 16000), ("opus", 48000), ("flac", 8000)])
+@pytest.mark.parametrize("fmt, rate", [("mp3", 16000), ("opus", 48000), ("flac", 8000), ("aac", 22050)])
 def test_compressed_formats_carry_the_rate(runner, fmt, rate):
     from helpers import decode_ffmpeg
 

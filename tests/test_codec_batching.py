@@ -35,6 +35,21 @@ def test_padded_rows_decode_to_their_solo_audio(service):
         np.testing.assert_allclose(audio, alone, atol=1e-5)
 
 
+def test_a_batch_of_sentences_and_streamed_windows_gives_each_its_solo_audio(service):
+    """Streamed windows (latents after the codec transformer: engine/codec_stream.py) share the
+    batcher's turns with whole sentences' codes; each row keeps the audio it has alone."""
+    batched = batched_service(service, batch_frames=512).codec
+    dim = service.codec.model.quantizer.post_module.config.dim
+    latents = [torch.randn(dim, n, generator=torch.Generator().manual_seed(n)) for n in (24, 9)]
+    inputs = [random_codes(service, 17, seed=1), latents[0], random_codes(service, 30, seed=2), latents[1]]
+    together = batched._decode_on_stream(inputs)
+    solo = [service.codec.decode(inputs[0]), service.codec.decode_window(latents[0]),
+            service.codec.decode(inputs[2]), service.codec.decode_window(latents[1])]
+    for got, alone in zip(together, solo, strict=True):
+        assert got.shape == alone.shape
+        np.testing.assert_allclose(got, alone, atol=1e-5)
+
+
 def test_concurrent_jobs_share_decodes_and_keep_their_audio(service):
     """Streamed jobs at once through a batching codec: same audio as the plain codec, fewer decode calls."""
     batched = batched_service(service, batch_frames=512)

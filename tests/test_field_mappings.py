@@ -38,10 +38,10 @@ def saved_voice(runner) -> str:
 
 
 def job_pcm(runner, **fields) -> bytes:
-    """What the RunPod job gives for these fields, as 16-bit PCM bytes."""
-    [out] = run_job(runner, {"message": TEXT, "max_tokens": 6, "audio_format": "pcm16", **fields})
-    assert "error" not in out, out
-    return base64.b64decode(out["audio"])
+    """What the RunPod job gives for these fields, as 16-bit PCM bytes (a streamed job's chunks joined)."""
+    chunks = run_job(runner, {"message": TEXT, "max_tokens": 6, "audio_format": "pcm16", **fields})
+    assert chunks and all("error" not in c for c in chunks), chunks
+    return b"".join(base64.b64decode(c["audio"]) for c in chunks)
 
 
 # ---- the RunPod job itself: fields the service must use -----------------------------------------------------
@@ -79,8 +79,10 @@ def openai_pcm(app, **fields) -> bytes:
 
 
 def test_openai_speech_is_the_job_with_the_same_voice_seed_speed_and_rate(app, runner, saved_voice):
-    # OpenAI's pcm is 24 kHz; voice is a saved voice id; speed and seed carry over.
-    same = dict(seed=4, sample_rate=24_000, mode="tts")
+    # OpenAI's pcm is 24 kHz; voice is a saved voice id; speed and seed carry over. The door streams
+    # unless told `stream: false`, as the job does with `stream: true`.
+    same = dict(seed=4, sample_rate=24_000, mode="tts", stream=True)
+    assert openai_pcm(app, seed=4, stream=False) == job_pcm(runner, **{**same, "stream": False})
     assert openai_pcm(app, seed=4) == job_pcm(runner, **same)
     assert openai_pcm(app, seed=4, voice=saved_voice) == job_pcm(runner, **same, voice_id=saved_voice)
     assert openai_pcm(app, seed=4, speed=1.5) == job_pcm(runner, **same, speed=1.5)
@@ -173,3 +175,18 @@ def test_a_tenants_saved_voice_speaks_through_every_door(runner, app_settings):
     fish = call(app, "POST", "/v1/tts", headers=carol, json={"text": "Hi.", "reference_id": "carols",
                                                               "format": "wav", "max_new_tokens": 3})
     assert fish.status_code == 200, fish.text
+
+
+# ---- one rule, one message: the same bad value through every door ---------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, rate", [("mp3", 9000), ("mp3", 96000)])
+def test_a_rate_the_format_cannot_carry_is_the_same_error_on_every_door(app, runner, fmt, rate):
+    [job] = run_job(runner, {"message": "Hi.", "audio_format": fmt, "sample_rate": rate})
+    seed = call(app, "POST", "/run", json={"input": {"message": "Hi.", "audio_format": fmt, "sample_rate": rate}})
+    openai = call(app, "POST", "/v1/audio/speech", json={"input": "Hi.", "response_format": fmt, "sample_rate": rate})
+    fish = call(app, "POST", "/v1/tts", json={"text": "Hi.", "format": fmt, "sample_rate": rate})
+    assert (seed.status_code, openai.status_code, fish.status_code) == (400, 400, 400)
+    messages = {job["error"], seed.json()["error"], openai.json()["error"]["message"], fish.json()["message"]}
+    assert len(messages) == 1, messages
+    assert job["error"].startswith("sample_rate: ")

@@ -20,7 +20,7 @@ import uvicorn
 from fishaudio import AsyncFishAudio, FishAudio
 from fishaudio.exceptions import APIError, AuthenticationError, NotFoundError, RateLimitError, WebSocketError
 from fishaudio.types import FlushEvent, Prosody, ReferenceAudio, TTSConfig
-from httpx_ws import WebSocketUpgradeError, connect_ws
+from httpx_ws import WebSocketDisconnect, WebSocketUpgradeError, connect_ws
 
 from fish_worker.server import create_app
 from helpers import decode_ffmpeg, wav_b64
@@ -272,27 +272,27 @@ def test_live_sessions_under_random_schedules_all_end(base_url, service, fish_ap
 
     words = "one two three. four five, six seven! eight nine ten? eleven twelve.".split(" ")
 
-    async def session(seed: int) -> str:
+    async def session(seed: int) -> str:  # 1-3 sessions, one after another on one connection
         rng = random.Random(seed)
-        abort = rng.random() < 0.4
         async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
             async with aconnect_ws("/v1/tts/live", client=http) as ws:
-                request = {"text": "", "format": "pcm", "max_new_tokens": rng.choice([3, 6, 40])}
-                await ws.send_bytes(ormsgpack.packb({"event": "start", "request": request}))
-                for word in words[: rng.randint(1, len(words))]:
-                    await ws.send_bytes(ormsgpack.packb({"event": "text", "text": word + " "}))
-                    if rng.random() < 0.2:
-                        await ws.send_bytes(ormsgpack.packb({"event": "flush"}))
-                    await asyncio.sleep(rng.random() * 0.03)
-                if abort:
-                    await asyncio.sleep(rng.random() * 0.5)
-                    return "aborted"  # leaving the block closes the socket mid-session
-                await ws.send_bytes(ormsgpack.packb({"event": "stop"}))
-                audio = b""
-                while (event := ormsgpack.unpackb(await ws.receive_bytes(timeout=120)))["event"] == "audio":
-                    audio += event["audio"]
-                assert event["reason"] == "stop" and len(audio) % 2 == 0
-                return "finished"
+                for _ in range(rng.randint(1, 3)):
+                    request = {"text": "", "format": "pcm", "max_new_tokens": rng.choice([3, 6, 40])}
+                    await ws.send_bytes(ormsgpack.packb({"event": "start", "request": request}))
+                    for word in words[: rng.randint(1, len(words))]:
+                        await ws.send_bytes(ormsgpack.packb({"event": "text", "text": word + " "}))
+                        if rng.random() < 0.2:
+                            await ws.send_bytes(ormsgpack.packb({"event": "flush"}))
+                        await asyncio.sleep(rng.random() * 0.03)
+                    if rng.random() < 0.3:
+                        await asyncio.sleep(rng.random() * 0.5)
+                        return "aborted"  # leaving the block closes the socket mid-session
+                    await ws.send_bytes(ormsgpack.packb({"event": "stop"}))
+                    audio = b""
+                    while (event := ormsgpack.unpackb(await ws.receive_bytes(timeout=120)))["event"] == "audio":
+                        audio += event["audio"]
+                    assert event["reason"] == "stop" and len(audio) % 2 == 0
+                return "finished"  # leaving the block closes the socket between two sessions
 
     async def tts(seed: int) -> str:
         rng = random.Random(seed)
@@ -501,3 +501,38 @@ def test_an_unknown_reference_id_says_how_to_find_local_voices(client):
     with pytest.raises(NotFoundError) as caught:
         client.tts.convert(text="Hello.", config=CONFIG, reference_id="802e3bc2b27e49c2995d23ef70e6ac89")
     assert "GET /model" in str(caught.value) and "POST /model" in str(caught.value)
+
+
+def test_a_live_connection_carries_one_session_after_another(base_url):
+    """After `finish` the socket takes the next `start`, as Fish's server does (LiveKit's plugin pools it)."""
+    start = {"event": "start", "request": {"text": "", "format": "wav", "max_new_tokens": MAX_FRAMES}}
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        with connect_ws("/v1/tts/live", client=http) as ws:
+            for text in ("First turn.", "Second turn."):
+                for event in (start, {"event": "text", "text": text}, {"event": "stop"}):
+                    ws.send_bytes(ormsgpack.packb(event))
+                audio = []
+                while (event := ormsgpack.unpackb(ws.receive_bytes(timeout=60)))["event"] == "audio":
+                    audio.append(event)
+                assert event == {"event": "finish", "reason": "stop"}
+                assert audio[0]["text"] == text  # each session is its own file, from its own header
+                assert len(read_wav(b"".join(e["audio"] for e in audio))[0]) > 0
+
+
+def test_an_unused_live_connection_closes_after_the_session_limit(bounded):
+    """Between sessions a connection waits FISH_LIVE_MAX_SESSION_S (2.5 s here) for a start, then closes."""
+    url, gate = bounded
+    wait_all_released(gate)
+    start = {"event": "start", "request": {"text": "Hi.", "format": "pcm", "max_new_tokens": MAX_FRAMES}}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ALICE}"}) as http:
+        with connect_ws("/v1/tts/live", client=http) as ws:
+            for event in (start, {"event": "stop"}):
+                ws.send_bytes(ormsgpack.packb(event))
+            while ormsgpack.unpackb(ws.receive_bytes(timeout=60))["event"] == "audio":
+                pass
+            assert gate.admitted == 1  # the open connection keeps its place between sessions
+            finished = time.monotonic()
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive(timeout=10)
+            assert closed.value.code == 1000 and 2.4 <= time.monotonic() - finished < 6
+    wait_all_released(gate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from helpers import run_job, wav_b64
 
@@ -69,3 +70,18 @@ def test_reference_encoding_matches_codec_frames(service):
     audio = decode_reference_audio(wav_b64(seconds=1.0, sample_rate=44100), 44100, 5.0, 1 << 24)
     codes = service.codec.encode(audio)
     assert codes.shape == (service.generator.num_codebooks, int(np.ceil(44100 / FRAME)))
+
+
+@pytest.mark.timeout(120)
+def test_the_jobs_language_decides_where_its_sentences_end(runner):
+    text = "Er wohnt in der Hauptstr. 5 in Berlin. Das ist weit weg."
+    job = {"message": text, "max_tokens": 4, "seed": 5, "stream": True}
+
+    def spoken(chunks):
+        return [c["text"] for c in chunks if c.get("text")]
+
+    assert spoken(run_job(runner, {**job, "language": "de"})) == [
+        "Er wohnt in der Hauptstr. 5 in Berlin.", "Das ist weit weg."]
+    assert spoken(run_job(runner, job))[0] == "Er wohnt in der Hauptstr."  # English rules by default
+    [refused] = run_job(runner, {**job, "language": "German!"})
+    assert refused["error"].startswith("language: String should match pattern")

@@ -52,9 +52,6 @@ DEVTOOLS_MAY_IMPORT_UP_TO = LAYERS["tts"]
 # Upward imports that are known and being removed, each with the reason it is still here. The test
 # fails once one has gone, so the exception cannot outlive its cause: delete the entry then.
 KNOWN_UPWARD: dict[tuple[str, str], str] = {
-    ("fish_worker.dialogue.turns", "fish_worker.jobs.inputs"):
-        "the end_conversation action's model borrows the wire conversation-id pattern and input_error; "
-        "move both below dialogue/ (e.g. errors.py and conversations/) to drop this",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fish_worker.engine.incremental_decode import IncrementalDecoder
@@ -26,6 +27,23 @@ def test_windows_join_into_the_one_shot_audio(service):
     joined = np.concatenate(pieces)
     assert joined.shape == whole.shape
     np.testing.assert_allclose(joined, whole, atol=1e-4)  # no clicks at the joins
+
+
+@pytest.mark.timeout(240)
+def test_a_long_sentence_in_windows_is_its_one_shot_decode(service):
+    """Past the codec transformer's window (128 frames, 8 layers: a latent depends on 1,016 frames
+    before it), windows decoded with only a few frames of left context differ (4e-3 of 0.12 here);
+    the stream carries the transformer's state, so the joined windows are the one-shot decode."""
+    post_module = service.codec.model.quantizer.post_module
+    assert (len(post_module.layers), post_module.window_size) == (8, 128)  # the released structure
+    codes = random_codes(service, 320, seed=2)
+    codes[:, ::7] += 64  # some codes past the codebooks: clamped alike by both decodes
+    whole = service.codec.decode(codes)
+    pieces = decode_incrementally(IncrementalDecoder(service.codec, first=8, context=16, largest=64), codes)
+    assert [len(p) // service.codec.samples_per_frame for p in pieces] == [8, 16, 32, 64, 64, 64, 64, 8]
+    joined = np.concatenate(pieces)
+    assert joined.shape == whole.shape
+    np.testing.assert_allclose(joined, whole, rtol=0, atol=1e-5)
 
 
 def test_without_left_context_the_joins_differ(service):

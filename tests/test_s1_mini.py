@@ -14,6 +14,7 @@ import torch
 
 from fish_worker.engine.batching import BatchScheduler
 from fish_worker.engine.generation import SemanticGenerator
+from fish_worker.engine.incremental_decode import IncrementalDecoder
 from fish_worker.engine.sampling import SamplingParams
 from test_equivalence import fish_speech_audio, fish_speech_codes
 
@@ -82,3 +83,17 @@ def test_batched_rows_equal_alone(s1_mini):
     assert scheduler.rows_decoded - rows > scheduler.steps - steps  # the rows shared steps
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
+
+
+def test_streamed_windows_equal_the_one_shot_decode(s1_mini):
+    """The codec stream at the released codec's widths (16 heads of 64, 1,024 wide; fp32 on the CPU).
+    Its reach past the 128-frame window is tested on the tiny codec (tests/test_incremental_decode.py)."""
+    codec = s1_mini.codec
+    generator = torch.Generator().manual_seed(5)
+    codes = torch.cat([torch.randint(0, 4096, (1, 40), generator=generator),
+                       torch.randint(0, 1024, (9, 40), generator=generator)])
+    whole = codec.decode(codes)
+    decoder = IncrementalDecoder(codec, first=8)
+    pieces = [a for frame in codes.T if (a := decoder.push(frame)) is not None] + [decoder.flush()]
+    assert [len(p) // codec.samples_per_frame for p in pieces] == [8, 16, 16]
+    np.testing.assert_allclose(np.concatenate(pieces), whole, rtol=0, atol=5e-5)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
 import time
 
+import numpy as np
 import openai
 import pytest
 import runpod
@@ -74,10 +76,10 @@ def test_runpod_client_wrong_key_is_unauthorized(base_url, monkeypatch):
 def test_openai_client_speech(base_url):
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY)
     response = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format="flac",
-                                             extra_body={"max_tokens": 6})
+                                             extra_body={"max_tokens": 6, "stream": False})
     samples, rate = decode_ffmpeg(response.content)
     assert rate == 44100 and len(samples) > 0
-    # A whole file: its header has the true length, so libsndfile reads it too.
+    # A whole file (stream: false): its header has the true length, so libsndfile reads it too.
     assert soundfile.info(io.BytesIO(response.content)).frames == len(samples)
 
     with client.audio.speech.with_streaming_response.create(
@@ -85,6 +87,64 @@ def test_openai_client_speech(base_url):
     ) as streamed:
         data = b"".join(streamed.iter_bytes(4096))
     assert len(decode_ffmpeg(data)[0]) > 0
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
+def test_openai_client_streams_the_first_bytes_before_the_file_is_done(base_url, service, monkeypatch, fmt):
+    """By default, as OpenAI's endpoint: the client has bytes while later sentences are not yet synthesised.
+
+    The service waits after the first sentence until the client has its first bytes (bounded): a door that
+    sent nothing until the whole file was made would keep it waiting out the bound.
+    """
+    client_has_bytes = threading.Event()
+    synthesised: list[int] = []  # sentence index of each chunk the service made
+    waits: list[bool] = []  # True: the client's first bytes let the second sentence start
+    synthesize = service.synthesize
+
+    def first_sentence_then_wait_for_the_client(request, stop=None, **kwargs):
+        with contextlib.closing(synthesize(request, stop, **kwargs)) as chunks:
+            for chunk in chunks:
+                synthesised.append(chunk.index)
+                yield chunk
+                if not waits:
+                    waits.append(client_has_bytes.wait(60))
+
+    monkeypatch.setattr(service, "synthesize", first_sentence_then_wait_for_the_client)
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input="Hello there. How are you? I am fine.", response_format=fmt,
+        extra_body={"max_tokens": 6, "seed": 1},
+    ) as response:
+        pieces = response.iter_bytes()
+        first = next(pieces)
+        synthesised_by_then = list(synthesised)
+        client_has_bytes.set()
+        data = first + b"".join(pieces)
+    assert synthesised_by_then == [0] and waits == [True]  # the first bytes came before sentences 1 and 2
+    assert sorted(set(synthesised)) == [0, 1, 2]
+    assert "content-length" not in response.headers and 0 < len(first) < len(data)
+    if fmt != "pcm":
+        samples, _ = decode_ffmpeg(data)
+        assert len(samples) > 0
+
+
+def test_openai_client_every_response_format(base_url):
+    """Each of OpenAI's formats, aac included, is the same speech (same seed) at the format's rate."""
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY)
+    durations = {}
+    for fmt, rate in (("mp3", 44100), ("opus", 48000), ("aac", 44100), ("flac", 44100), ("wav", 44100),
+                      ("pcm", 24000)):
+        content = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format=fmt,
+                                             extra_body={"max_tokens": 6, "seed": 2}).content
+        if fmt == "pcm":  # headerless 16-bit at 24 kHz, as OpenAI's
+            samples, decoded_rate = np.frombuffer(content, "<i2"), 24000
+        else:
+            samples, decoded_rate = decode_ffmpeg(content)
+        assert decoded_rate == rate, fmt
+        durations[fmt] = len(samples) / rate
+    assert durations["wav"] > 0
+    for fmt, seconds in durations.items():  # codec delay/padding adds a few frames at most
+        assert seconds == pytest.approx(durations["wav"], abs=0.1), (fmt, durations)
 
 
 def test_openai_client_errors(base_url):

@@ -54,8 +54,12 @@ VARIABLES = {
     "FISH_RUNSYNC_WAIT_S": ("25", lambda s: s.server.runsync_wait_s, 25.0),
     "FISH_MAX_BODY_BYTES": ("26", lambda s: s.server.max_body_bytes, 26),
     "FISH_HEADER_TIMEOUT_S": ("27", lambda s: s.server.header_timeout_s, 27.0),
+    "FISH_BODY_BUDGET_BYTES": ("271", lambda s: s.server.body_budget_bytes, 271),
+    "FISH_BODY_BUDGET_PER_TENANT_BYTES": ("272", lambda s: s.server.body_budget_per_tenant_bytes, 272),
+    "FISH_BODY_PERMIT_WAIT_S": ("273", lambda s: s.server.body_permit_wait_s, 273.0),
     "FISH_BODY_TIMEOUT_S": ("28", lambda s: s.server.body_timeout_s, 28.0),
     "FISH_KEEP_ALIVE_TIMEOUT_S": ("29", lambda s: s.server.keep_alive_timeout_s, 29),
+    "FISH_SEND_TIMEOUT_S": ("33.5", lambda s: s.server.send_timeout_s, 33.5),
     "FISH_LIVE_IDLE_TIMEOUT_S": ("30", lambda s: s.server.live_idle_timeout_s, 30.0),
     "FISH_LIVE_MAX_SESSION_S": ("31", lambda s: s.server.live_max_session_s, 31.0),
     "FISH_LIVE_MAX_TEXT_CHARS": ("32", lambda s: s.server.live_max_text_chars, 32),
@@ -208,3 +212,10 @@ def test_voices_stay_off_the_filesystem_root_without_a_runpod_volume(clean_env, 
     assert Settings().storage.voices_dir == tmp_path / "data" / "fish-worker" / "voices"
     monkeypatch.setattr(settings_module, "RUNPOD_VOLUME", tmp_path)  # a mounted volume: shared by workers
     assert Settings().storage.voices_dir == tmp_path / "voices"
+
+
+def test_body_budget_defaults_follow_the_largest_body(clean_env):
+    server = ServerSettings(max_body_bytes=1000)
+    assert server.body_budget(16 * 1024 * 1024) == (8000, 4000)
+    assert ServerSettings(max_body_bytes=1000, body_budget_bytes=3000).body_budget(0) == (3000, 3000)  # share <= total
+    assert ServerSettings(body_budget_bytes=10, body_budget_per_tenant_bytes=5).body_budget(0) == (10, 5)

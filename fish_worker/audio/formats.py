@@ -8,6 +8,8 @@ Formats and what the `audio` field carries:
     flac   base64 of a FLAC file (16-bit)
     mp3    base64 of an MP3 file (128 kbit/s CBR)
     opus   base64 of an Ogg Opus file, at 48 kHz (Opus has no 44.1 kHz mode; we resample with soxr)
+    aac    base64 of an AAC-LC file in ADTS framing (64 kbit/s), by FFmpeg's encoder through PyAV
+           (libsndfile cannot write AAC)
 
 `encode_audio` encodes a whole clip at once. `StreamEncoder` encodes a clip that arrives in pieces:
 each `feed()`/`close()` payload, base64-decoded, is the next stretch of bytes of ONE stream, so a
@@ -23,6 +25,9 @@ length is unknown when its header goes out, streamed files carry "length unknown
           sees ~26 ms of extra leading silence plus the usual encoder delay/padding. CBR is used so
           decoders that estimate duration from the first frame's bitrate get it right.
     opus  nothing special: Ogg pages are written strictly in order.
+    aac   nothing special: ADTS has no file header, every frame carries its own, so a stream and a
+          whole file are the same bytes. The encoder's priming (1024 samples) and the padding of the
+          last frame stay in: ADTS has no field to trim them, as with any .aac file.
 
 RunPod limits what a job may return; `split_payload` keeps stream chunks within them (`jobs.outputs.within_result_limit` whole results).
 """
@@ -36,13 +41,14 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args
 
+import av
 import numpy as np
 import soundfile as sf
 import soxr
 
 from fish_worker.errors import ErrorKind, WorkerError
 
-AudioFormat = Literal["float", "pcm16", "wav", "flac", "mp3", "opus"]
+AudioFormat = Literal["float", "pcm16", "wav", "flac", "mp3", "opus", "aac"]
 AUDIO_FORMATS: tuple[str, ...] = get_args(AudioFormat)
 
 # Fish Speech's codec (DAC) decodes at 44.1 kHz.
@@ -57,6 +63,7 @@ MEDIA_TYPES: dict[str, str] = {
     "flac": "audio/flac",
     "mp3": "audio/mpeg",
     "opus": "audio/ogg",
+    "aac": "audio/aac",
 }
 
 # libsndfile maps compression_level linearly onto the MPEG version's bitrate range for MP3 (0: the
@@ -66,6 +73,14 @@ DEFAULT_MP3_KBPS = 128
 _MP3_KBPS_RANGE = {32000: (320, 32), 44100: (320, 32), 48000: (320, 32), 16000: (160, 8), 22050: (160, 8),
                    24000: (160, 8), 8000: (64, 8), 11025: (64, 8), 12000: (64, 8)}
 _OPUS_KBPS_RANGE = (256, 6)
+# AAC-LC at 64 kbit/s is transparent enough for mono speech (OpenAI does not say what it uses).
+DEFAULT_AAC_KBPS = 64
+# Rates MPEG-4 AAC can carry within the API's 8-48 kHz (FFmpeg's encoder refuses others): MP3's set.
+AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+# The formats that carry only some rates, and those rates: the one rule every door checks a
+# sample_rate against (jobs/output_adjustments.py). Opus is always 48 kHz; the rest take any rate.
+MP3_SAMPLE_RATES = tuple(sorted(_MP3_KBPS_RANGE))
+FIXED_SAMPLE_RATES: dict[str, tuple[int, ...]] = {"mp3": MP3_SAMPLE_RATES, "aac": AAC_SAMPLE_RATES}
 
 
 def mp3_compression_level(kbps: int, sample_rate: int) -> float:
@@ -168,6 +183,9 @@ def encode_audio_bytes(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_R
         raise ValueError('audio_format "float" has no byte encoding; use encode_audio')
     if fmt == "pcm16":
         return to_pcm16(samples).tobytes()
+    if fmt == "aac":
+        encoder = _AdtsEncoder(sample_rate)
+        return encoder.write(clean_samples(samples)) + encoder.close()
     audio = _codec_input(fmt, clean_samples(samples))
     if fmt == "opus":
         audio = _resample_for_opus(soxr.resample(audio, sample_rate, OPUS_SAMPLE_RATE))
@@ -221,6 +239,7 @@ class StreamEncoder:
         self._resampler = None
         self._sink = None
         self._file = None
+        self._aac = _AdtsEncoder(self.sample_rate, bitrate_kbps) if fmt == "aac" else None
         if fmt == "opus":
             self._resampler = soxr.ResampleStream(sample_rate, OPUS_SAMPLE_RATE, 1, dtype="float32")
         if fmt in ("flac", "mp3", "opus"):
@@ -254,6 +273,8 @@ class StreamEncoder:
         if self.audio_format in ("pcm16", "wav"):
             # Header-less PCM is stateless, so each piece is encoded on its own.
             return self._wav_header() + to_pcm16(samples).tobytes()
+        if self._aac is not None:
+            return self._aac.write(clean_samples(samples))
         audio = _codec_input(self.audio_format, clean_samples(samples))
         if self._resampler is not None:
             audio = _resample_for_opus(self._resampler.resample_chunk(audio))
@@ -267,6 +288,8 @@ class StreamEncoder:
         self._closed = True
         if self.audio_format in ("pcm16", "wav"):
             return self._wav_header()  # a stream with no samples is still a valid (empty) WAV
+        if self._aac is not None:
+            return self._aac.close()
         if self._resampler is not None:
             tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
             self._file.write(_resample_for_opus(tail))
@@ -353,6 +376,39 @@ class _ForwardOnlySink:
         self._taken += len(out)
         self._pending.clear()
         return out
+
+
+class _AdtsEncoder:
+    """AAC-LC in ADTS framing by FFmpeg's native `aac` encoder (PyAV): `write()`/`close()` return the
+    bytes of the frames completed so far (the encoder holds up to ~2 frames of 1024 samples back)."""
+
+    def __init__(self, sample_rate: int, bitrate_kbps: int | None = None) -> None:
+        if sample_rate not in AAC_SAMPLE_RATES:
+            raise ValueError(f"aac cannot carry {sample_rate} Hz; use one of {', '.join(map(str, AAC_SAMPLE_RATES))}")
+        self._sample_rate = sample_rate
+        self._sink = _ForwardOnlySink()
+        # flush_packets: each frame reaches the sink when muxed, not when FFmpeg's 32 kB buffer fills.
+        self._container = av.open(self._sink, "w", format="adts", options={"flush_packets": "1"})
+        self._stream = self._container.add_stream("aac", rate=sample_rate, layout="mono")
+        self._stream.bit_rate = (bitrate_kbps or DEFAULT_AAC_KBPS) * 1000
+        self._next_pts = 0
+
+    def write(self, audio: np.ndarray) -> bytes:
+        if len(audio):
+            frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1), format="flt", layout="mono")
+            frame.sample_rate, frame.pts = self._sample_rate, self._next_pts
+            self._next_pts += len(audio)
+            self._mux(frame)
+        return self._sink.take()
+
+    def close(self) -> bytes:
+        self._mux(None)  # drains the encoder's held-back frames
+        self._container.close()
+        return self._sink.take()
+
+    def _mux(self, frame: av.AudioFrame | None) -> None:
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
 
 
 def _codec_input(fmt: str, audio: np.ndarray) -> np.ndarray:

@@ -52,17 +52,22 @@ def decode_reference_audio(audio: str | bytes, sample_rate: int, max_seconds: fl
 
 def reference_bytes(audio: str | bytes, max_bytes: int, field: str = FIELD) -> bytes:
     """The file's bytes, from base64 text (see `base64_audio`) or as given; at most `max_bytes`."""
-    too_large = JobInputError(field, f"is larger than {max_bytes // (1024 * 1024)} MB")
+    # Raised as new objects, never kept in a local: an exception held by a frame in its own traceback
+    # is a reference cycle, which would keep this frame's `audio` (up to a whole body) until a GC pass.
     if isinstance(audio, str):
         # Bounded before any copy: base64 is 4/3 of the bytes, and line breaks add at most that much again.
         if len(audio) > 2 * (max_bytes * 4 // 3 + 4) + 1024:
-            raise too_large
+            raise _too_large(field, max_bytes)
         audio = base64_audio(audio, field)
     if len(audio) > max_bytes:
-        raise too_large
+        raise _too_large(field, max_bytes)
     if not audio:
         raise JobInputError(field, "is empty")
     return bytes(audio)
+
+
+def _too_large(field: str, max_bytes: int) -> JobInputError:
+    return JobInputError(field, f"is larger than {max_bytes // (1024 * 1024)} MB")
 
 
 def base64_audio(text: str, field: str = FIELD) -> bytes:

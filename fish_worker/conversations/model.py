@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 MAX_CONVERSATION_ID_LENGTH = 128
 # Letters, digits and a few separators: covers UUIDs and ids like "chat-123", and is safe in a Redis key.
-_CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:-]+")
+CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+_CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
+# The rule as a field type, for every request model that takes a conversation_id (the job, its actions).
+ConversationId = Annotated[str, Field(min_length=1, max_length=MAX_CONVERSATION_ID_LENGTH,
+                                      pattern=CONVERSATION_ID_PATTERN)]
 
 
 class InvalidConversationIdError(ValueError):

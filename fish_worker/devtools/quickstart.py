@@ -85,7 +85,7 @@ def joined_audio(chunks: list[dict[str, Any]]) -> Audio | None:
 
 # Encoded formats are written as the client received them (the joined chunks are one file); float
 # and pcm16 carry bare samples, so they become a WAV.
-FILE_EXTENSIONS = {"mp3": "mp3", "opus": "opus", "flac": "flac"}
+FILE_EXTENSIONS = {"mp3": "mp3", "opus": "opus", "flac": "flac", "aac": "aac"}
 
 
 def encoded_bytes(chunks: list[dict[str, Any]]) -> tuple[str, bytes] | None:

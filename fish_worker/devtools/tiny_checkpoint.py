@@ -64,6 +64,13 @@ TEXT2SEMANTIC_CONFIG = dict(
 # frame at 44.1 kHz), far smaller widths. block_size bounds the frames one decode call may hold (its RoPE
 # table): 4096 as the released quantizer's, above max_tokens_limit (512 failed on a 1000-frame sentence).
 _TINY_TRANSFORMER = {"block_size": 4096, "n_layer": 1, "n_head": 1, "dim": 64, "intermediate_size": 128, "head_dim": 64}
+# The quantizer's transformers keep the released structure (8 layers, attention over 128 frames: a
+# latent depends on 1,016 frames before it), narrow: streamed decoding must carry that reach
+# (engine/codec_stream.py), and a 1-layer 32-frame stand-in let a 16-frame context pass as exact.
+_TINY_QUANTIZER_TRANSFORMER = {"input_dim": 64, "window_size": 128, "config": {**_TINY_TRANSFORMER, "n_layer": 8}}
+# fish-speech initialises its LayerScale gains at 0.01, which leaves a random transformer nearly silent
+# (cutting its reach changed the tiny codec's audio by 3e-5 of 0.12); at 1 its layers matter, as trained ones do.
+TRANSFORMER_LAYER_SCALE = 1.0
 CODEC_OVERRIDES = {
     "encoder_dim": 4,
     "decoder_dim": 64,  # fish-speech gives its codec transformers dim // 64 heads: keep >= 64
@@ -75,8 +82,8 @@ CODEC_OVERRIDES = {
         "n_codebooks": NUM_CODEBOOKS - 1,
         "codebook_size": CODEBOOK_SIZE,
         "semantic_codebook_size": CODEBOOK_SIZE,
-        "post_module": {"input_dim": 64, "window_size": 32, "config": _TINY_TRANSFORMER},
-        "pre_module": {"input_dim": 64, "window_size": 32, "config": _TINY_TRANSFORMER},
+        "post_module": _TINY_QUANTIZER_TRANSFORMER,
+        "pre_module": _TINY_QUANTIZER_TRANSFORMER,
     },
 }
 
@@ -216,6 +223,14 @@ def _write_s1_mini(out: Path, config: dict, seed: int) -> None:
     torch.save(_random_weights(codec, generator.manual_seed(seed + 1), torch.float32, 0.02), out / "codec.pth")
 
 
+def _scale_transformer_layers(module: torch.nn.Module) -> None:
+    from fish_speech.models.dac.modded_dac import LayerScale
+
+    with torch.no_grad():
+        for layer_scale in (m for m in module.modules() if isinstance(m, LayerScale)):
+            layer_scale.gamma.fill_(TRANSFORMER_LAYER_SCALE)
+
+
 def write_tiny_checkpoint(out: Path | str, seed: int = 0, size: str = "tiny") -> Path:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -242,6 +257,7 @@ def write_tiny_checkpoint(out: Path | str, seed: int = 0, size: str = "tiny") ->
     OmegaConf.save(OmegaConf.create(codec_overrides), out / CODEC_OVERRIDES_FILE)
     torch.manual_seed(seed + 1)
     codec = instantiate(compose_codec_config(out))
+    _scale_transformer_layers(codec.quantizer)
     # Only parameters and the buffers a released codec.pth carries; skip large derived masks.
     torch.save(codec.state_dict(), out / "codec.pth")
     return out

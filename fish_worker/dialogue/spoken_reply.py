@@ -36,7 +36,8 @@ Speaker = Callable[[Iterable[str], threading.Event], Iterator[SpeechChunk]]
 
 
 def speak_while_writing(
-    deltas: Iterator[str], speak: Speaker, *, max_sentence_chars: int, stop: threading.Event
+    deltas: Iterator[str], speak: Speaker, *, max_sentence_chars: int, stop: threading.Event,
+    language: str | None = None,
 ) -> Iterator[TextDelta | SpeechChunk]:
     """Yield the reply's deltas and its sentences' audio, in the order they become ready.
 
@@ -49,7 +50,7 @@ def speak_while_writing(
     written = threading.Event()
 
     def write(emit: Emit, halt: threading.Event) -> None:
-        cutter = SentenceStream(max_sentence_chars)
+        cutter = SentenceStream(max_sentence_chars, language)
         try:
             for delta in deltas:
                 emit(TextDelta(delta))

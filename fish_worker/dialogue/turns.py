@@ -22,15 +22,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fish_worker.dialogue.backend import ChatBackend
 from fish_worker.dialogue.prompt import PromptTooLongError
 from fish_worker.conversations import Conversation, ConversationStore, ConversationVoice
+from fish_worker.conversations.model import ConversationId
 from fish_worker.engine.generation import VoicePrompt
 from fish_worker.dialogue.requests import Mode, TurnRequest
-from fish_worker.errors import JobInputError
-from fish_worker.jobs.inputs import CONVERSATION_ID_PATTERN, input_error
+from fish_worker.errors import JobInputError, input_error
 from fish_worker.tts.requests import SpeechChunk, SynthesisRequest
 from fish_worker.tts.service import TTSService, draw_seed
 from fish_worker.settings import Settings
@@ -46,7 +46,7 @@ class EndConversation(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     action: Literal["end_conversation"]
-    conversation_id: str = Field(min_length=1, max_length=128, pattern=CONVERSATION_ID_PATTERN)
+    conversation_id: ConversationId
 
 
 def is_conversation_action(raw: Any) -> bool:
@@ -142,7 +142,8 @@ class ConversationService:
         def speak(sentences, halt):
             return self.tts.synthesize(dataclasses.replace(speech, sentences=sentences), halt, voices=self.voices)
 
-        return speak_while_writing(deltas, speak, max_sentence_chars=self.settings.sentence_max_chars, stop=stop)
+        return speak_while_writing(deltas, speak, max_sentence_chars=self.settings.sentence_max_chars, stop=stop,
+                                   language=speech.language)
 
 
 def first_reply_voice(chunk: SpeechChunk) -> ConversationVoice:

@@ -307,8 +307,30 @@ def load_codec(path: Path, device: torch.device):
     _require_matching_weights(codec, weights, file, config=codec_config_name(path))
     codec.load_state_dict(weights, strict=False, assign=True)
     _require_materialised(codec, path_hint=str(file))
+    _fp32_rotary_tables(codec)
     # Weights stay float32, as fish-speech keeps them; GPU decoding runs under bf16 autocast.
     return codec.to(device=device).eval()
+
+
+def _fp32_rotary_tables(codec: torch.nn.Module) -> None:
+    """Recompute the codec transformers' rotary tables (`freqs_cis`) in float32.
+
+    fish-speech computes them in bf16 (`precompute_freqs_cis`'s default dtype, shared with its bf16 text
+    model) and codec.pth stores them so, although `apply_rotary_emb` rotates in float32: the table's
+    rounding (up to 2e-3 in each cos/sin) was the one bf16 step of a CPU decode, and it makes attention
+    depend a little on a frame's absolute position instead of its distance alone. Streamed windows use
+    the same absolute positions as the one-shot decode (engine/codec_stream.py), so they agree with
+    either table; this keeps the fp32 decode fp32 throughout. The table is a function of the config
+    alone: nothing trained is replaced. (On the tiny test codec the audio moves by ~1e-6.)
+    """
+    from fish_speech.models.dac.modded_dac import precompute_freqs_cis
+
+    for module in codec.modules():
+        table = getattr(module, "freqs_cis", None)
+        if isinstance(table, torch.Tensor) and hasattr(module, "config"):
+            config = module.config
+            module.freqs_cis = precompute_freqs_cis(config.block_size, config.head_dim, config.rope_base,
+                                                    dtype=torch.float32).to(table.device)
 
 
 def load_models(path: Path, device: torch.device, precision: torch.dtype, max_batch_size: int = 1) -> LoadedModels:

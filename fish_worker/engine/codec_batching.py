@@ -30,7 +30,7 @@ class CodecDecodeInterrupted(RuntimeError):
 
 @dataclass(eq=False)
 class _Request:
-    codes: torch.Tensor  # [num_codebooks, frames]
+    codes: torch.Tensor  # [num_codebooks, frames], or a streamed window's latent [dim, frames] (Codec.decode_window)
     result: np.ndarray | None = None
     error: BaseException | None = None
     done: bool = False

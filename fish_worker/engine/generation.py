@@ -78,7 +78,7 @@ class SemanticGenerator:
         return self.config.num_codebooks
 
     def encode_prompt(self, text: str, voices: list[VoicePrompt]) -> tuple[torch.Tensor, object, object]:
-        from fish_speech.content_sequence import ContentSequence, TextPart, VQPart
+        from fish_speech.content_sequence import ContentSequence, VQPart
 
         seq = ContentSequence(modality="interleave")
         for voice in voices:

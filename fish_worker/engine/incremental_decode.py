@@ -1,10 +1,11 @@
 """Codec frames → audio while they are still being generated, for streamed requests.
 
-The DAC decoder is causal: a frame's audio depends only on the frames before it. Its decoder
-transformer attends over all of them, but in practice a few frames of left context fix the output
-to ~1e-5 (tests/test_incremental_decode.py), so each window is decoded together with the
-`context` frames before it and only the window's own samples are kept. The joins then match the
-one-shot decode (no clicks), and the first audio leaves after `first` frames instead of a sentence.
+The first audio leaves after `first` frames instead of a whole sentence; later windows double up to
+`largest` frames (fewer, larger decodes once audio flows). Each window is decoded by the sentence's
+`CodecStream` (engine/codec_stream.py), which carries the codec transformer's state and the
+convolutions' left context from window to window, so the windows join into exactly the one-shot
+decode of the sentence (to float rounding: tests/test_incremental_decode.py, at the released
+codec's transformer structure).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from fish_worker.engine.codec import Codec
+from fish_worker.engine.codec_stream import CodecStream
 
 
 class IncrementalDecoder:
@@ -20,9 +22,9 @@ class IncrementalDecoder:
 
     def __init__(self, codec: Codec, first: int = 8, context: int = 16, largest: int = 64):
         self.codec = codec
-        self.context = context
         self.largest = max(largest, first)
         self._window = first
+        self._stream = CodecStream(codec, context)
         self._frames: list[torch.Tensor] = []
         self._done = 0  # frames already turned into audio
 
@@ -36,7 +38,7 @@ class IncrementalDecoder:
         if len(self._frames) - self._done <= self._window:
             return None
         audio = self._decode(self._done + self._window)
-        self._window = min(self._window * 2, self.largest)  # fewer, larger decodes once audio flows
+        self._window = min(self._window * 2, self.largest)
         return audio
 
     def flush(self) -> np.ndarray:
@@ -44,8 +46,6 @@ class IncrementalDecoder:
         return self._decode(len(self._frames)) if len(self._frames) > self._done else np.zeros(0, np.float32)
 
     def _decode(self, end: int) -> np.ndarray:
-        start = max(0, self._done - self.context)
-        audio = self.codec.decode(torch.stack(self._frames[start:end], dim=1))
-        keep = (end - self._done) * self.codec.samples_per_frame
+        audio = self._stream.decode(torch.stack(self._frames[self._done:end], dim=1))
         self._done = end
-        return audio[-keep:]
+        return audio

@@ -9,14 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from fish_worker.audio.formats import AudioFormat
 from fish_worker.audio.postprocess import MAX_SAMPLE_RATE, MAX_SPEED, MAX_VOLUME_DB, MIN_SAMPLE_RATE, MIN_SPEED, MIN_VOLUME_DB
+from fish_worker.conversations.model import ConversationId
 from fish_worker.dialogue.requests import Mode, TurnRequest
-from fish_worker.errors import JobInputError, bounded, field_path
+from fish_worker.errors import JobInputError, field_path, input_error
 from fish_worker.settings import Settings
 from fish_worker.tts.requests import SEED_LIMIT, ReferenceClip, check_text, SavedVoiceRef, SynthesisRequest, Voice
 from fish_worker.tts.voices import validate_voice_id
 
-# conversation_id: letters, digits and '_', '.', ':', '-' (safe in a Redis key).
-CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+# A BCP 47 language tag ("en", "de-DE", "zh-Hant"): only its primary subtag is used (text/segmenter.py).
+LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$"
 # The service's defaults are the job's: one place says what an unset field means.
 _DEFAULTS = SynthesisRequest()
 
@@ -29,8 +30,12 @@ class JobInput(BaseModel):
     # strict: "0.7" is not a float and 1 is not a bool; forbid: a typo'd field is an error, not ignored.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    # Declared before message: the sentence count that message's check makes is the language's.
+    language: str | None = Field(None, max_length=35, pattern=LANGUAGE_PATTERN,
+                                 description="The text's language (e.g. de, ja): where its sentences end. "
+                                             "Default: English rules.")
     message: str = Field(description="Text to speak.")
-    conversation_id: str | None = Field(None, min_length=1, max_length=128, pattern=CONVERSATION_ID_PATTERN)
+    conversation_id: ConversationId | None = None
     temperature: float = Field(_DEFAULTS.temperature, ge=0.1, le=1.0)
     max_tokens: int = Field(
         _DEFAULTS.frames_per_sentence, ge=1,
@@ -45,7 +50,7 @@ class JobInput(BaseModel):
     # None: chat when the worker has a chat model (FISH_CHAT_MODEL_DIR), else tts. See conversation_service.py.
     mode: Literal["chat", "tts"] | None = Field(None, description="chat: reply to message; tts: speak it as is.")
     system_prompt: str | None = Field(None, min_length=1, max_length=4000, description="Chat mode: the LLM's instructions.")
-    audio_format: AudioFormat = Field("float", description="float (the seed's list), pcm16, wav, flac, mp3, opus.")
+    audio_format: AudioFormat = Field("float", description="float (the seed's list), pcm16, wav, flac, mp3, opus, aac.")
     voice_id: str | None = Field(None, description="A saved voice (action save_voice), instead of reference_audio.")
     # Output adjustments (fish_worker/jobs/output_adjustments.py); docs/audio-options.md.
     sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE,
@@ -61,7 +66,7 @@ class JobInput(BaseModel):
             if not value.strip():
                 raise ValueError("must contain text")
             return value
-        return check_text(value, settings)
+        return check_text(value, settings, info.data.get("language"))
 
     @field_validator("max_tokens")
     @classmethod
@@ -104,7 +109,7 @@ class JobInput(BaseModel):
         request = SynthesisRequest(
             text=self.message, temperature=self.temperature, top_p=self.top_p,
             repetition_penalty=self.repetition_penalty, frames_per_sentence=self.max_tokens, seed=self.seed,
-            stream=self.stream, voice=self.voice,
+            stream=self.stream, voice=self.voice, language=self.language,
         )
         return dataclasses.replace(request, **changes) if changes else request
 
@@ -158,13 +163,3 @@ def parse_job_input(raw: Any, settings: Settings) -> JobInput:
         return JobInput.model_validate(raw, context={"settings": settings})
     except ValidationError as exc:
         raise input_error(exc) from None
-
-
-def input_error(exc: ValidationError) -> JobInputError:
-    """The first problem pydantic found, as JobInputError("<field>: <what is wrong>")."""
-    first = exc.errors(include_url=False, include_input=False)[0]
-    field = field_path(first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    return JobInputError(field, bounded(message))  # JobInputError bounds the field name

@@ -20,14 +20,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from fish_worker.audio.formats import OPUS_SAMPLE_RATE
+from fish_worker.audio.formats import FIXED_SAMPLE_RATES, OPUS_SAMPLE_RATE
 from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
 from fish_worker.errors import JobInputError
 from fish_worker.jobs.inputs import JobInput
 from fish_worker.tts.requests import SpeechChunk
 
-# Rates an MP3 (MPEG-1/2/2.5 layer III) can carry; the other formats take any rate in range.
-MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 Event = TypeVar("Event")
 
@@ -40,8 +38,9 @@ def job_adjustments(request: JobInput) -> AudioAdjustments:
 def output_adjustments(audio_format: str, rate: int | None, speed: float = 1.0, volume_db: float = 0.0,
                        ) -> AudioAdjustments:
     """Output adjustments checked against what `audio_format` can carry (JobInputError naming the field)."""
-    if rate is not None and audio_format == "mp3" and rate not in MP3_SAMPLE_RATES:
-        raise JobInputError("sample_rate", f"mp3 supports {', '.join(map(str, MP3_SAMPLE_RATES))}; got {rate}")
+    rates = FIXED_SAMPLE_RATES.get(audio_format)
+    if rate is not None and rates is not None and rate not in rates:
+        raise JobInputError("sample_rate", f"{audio_format} supports {', '.join(map(str, rates))}; got {rate}")
     if audio_format == "opus":
         # Opus is always encoded at 48 kHz (its decoders output 48 kHz whatever the source was).
         if rate not in (None, OPUS_SAMPLE_RATE):

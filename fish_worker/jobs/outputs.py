@@ -57,6 +57,7 @@ _LOW_BYTES_PER_SECOND: dict[str, float] = {
     "flac": MODEL_SAMPLE_RATE * 2 * 4 / 3 * 0.4,  # lossless speech: ~40-60% of PCM
     "mp3": 128_000 / 8 * 4 / 3,
     "opus": 24_000 / 8 * 4 / 3,
+    "aac": 48_000 / 8 * 4 / 3,
 }
 
 

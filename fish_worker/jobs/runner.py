@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 # Which RunPod result limit a whole result must fit ("run", "runsync"); None: none (self-hosted).
 RESULT_ROUTE_KEY = "result_route"
 
+# Actions that synthesise nothing and run no model: they need no generation slot, so they never wait
+# behind other jobs' generations. save_voice is not one: it runs the codec's encoder (GPU memory and
+# time like a generation's), so it takes a slot like a job.
+SLOTLESS_ACTIONS = ("list_voices", "delete_voice", "end_conversation")
+
+
+def needs_generation_slot(job_input: Any) -> bool:
+    return not (isinstance(job_input, dict) and job_input.get("action") in SLOTLESS_ACTIONS)
+
 
 class JobRunner:
     def __init__(self, service: TTSService, conversations: ConversationService | None = None):
@@ -60,7 +69,8 @@ class JobRunner:
 
     def _check_result_fits(self, request: JobInput, route: str | None) -> None:
         settings = self.service.settings
-        frames_budget = request.max_tokens * len(split_sentences(request.message, settings.sentence_max_chars))
+        sentences = split_sentences(request.message, settings.sentence_max_chars, request.language)
+        frames_budget = request.max_tokens * len(sentences)
         error = result_too_large_error(request.message, frames_budget, request.audio_format, settings, route)
         if error is not None:
             raise error

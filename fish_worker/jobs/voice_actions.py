@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fish_worker.errors import JobInputError, NotFoundError, shown
-from fish_worker.jobs.inputs import input_error
+from fish_worker.errors import input_error
 from fish_worker.tts.service import TTSService
 from fish_worker.tts.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, VoiceStoreFullError, validate_voice_id
 

@@ -1,8 +1,9 @@
 """The self-hosted server: one JobRunner behind four doors (seed /run, RunPod /v2, OpenAI /v1, Fish Audio).
 
-Outermost first, a request meets: AuthMiddleware (401 from the headers, body unread), then
-BodyLimitMiddleware (413 / 408 while the body streams in), then the doors. Every error, wherever it
-is raised, is answered in its door's shape (errors.py).
+Outermost first, a request meets: HeaderLimitMiddleware (431 for headers over 16 KiB), AuthMiddleware
+(401 from the headers, body unread), BodyAdmissionMiddleware (a permit from the byte budget for bodies
+before one is read: waits, or 429), BodyLimitMiddleware (413 / 408 while the body streams in), then the
+doors. Every error, wherever it is raised, is answered in its door's shape (errors.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from fastapi import FastAPI
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.server.routers import fish_live, fish_tts, openai_speech, playground, runpod_v2, seed
 from fish_worker.server.auth import AuthMiddleware
+from fish_worker.server.body_admission import BodyAdmissionMiddleware, BodyBudget
 from fish_worker.server.body_limits import BodyLimitMiddleware
 from fish_worker.server.errors import install_error_handlers
+from fish_worker.server.header_limits import HeaderLimitMiddleware
 from fish_worker.server.limiter import JobLimiter
 from fish_worker.server.registry import JobRegistry
 from fish_worker.settings import Settings
@@ -50,10 +53,15 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
         app.include_router(playground.router)
     app.add_api_route("/health", _health, methods=["GET"], tags=["health"], summary="Liveness (no key needed)")
     install_error_handlers(app)
-    # Added last = outermost: authentication runs before anything reads the body.
+    # Added last = outermost: authentication runs before anything reads the body, and a body is read
+    # only under a permit (the tenant is known by then), whose holder's body is then bounded.
     max_body_bytes = server.body_limit(settings.reference_max_bytes)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=server.body_timeout_s)
+    total, per_tenant = server.body_budget(settings.reference_max_bytes)
+    app.state.body_budget = BodyBudget(total, per_tenant, server.body_permit_wait_s, server.retry_after_s)
+    app.add_middleware(BodyAdmissionMiddleware, budget=app.state.body_budget, max_body_bytes=max_body_bytes)
     app.add_middleware(AuthMiddleware, settings=server)
+    app.add_middleware(HeaderLimitMiddleware)
     return app
 
 

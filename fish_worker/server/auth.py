@@ -81,6 +81,12 @@ class AuthMiddleware:
         return tenant
 
 
+def tenant_of_scope(scope: Scope) -> str | None:
+    """The tenant AuthMiddleware put on `scope` (None: no keys, or an open path, which has no tenant)."""
+    tenant = scope.get("state", {}).get(_TENANT_STATE)
+    return None if tenant is _NOT_CHECKED else tenant
+
+
 def tenant_of(connection: HTTPConnection) -> str | None:
     """The caller's tenant, of a request or a WebSocket (None: the one tenant of a server without keys)."""
     tenant = connection.scope.get("state", {}).get(_TENANT_STATE, _NOT_CHECKED)

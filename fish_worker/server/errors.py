@@ -14,11 +14,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from fish_worker.errors import ErrorKind, JobInputError, WorkerError
+from fish_worker.jobs.inputs import check_encodable
+from fish_worker.server.disconnect import ClientGone
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,15 @@ def api_error(exc: WorkerError, fields: Mapping[str, str] | None = None) -> ApiE
 _FISH_PATHS = ("/v1/tts", "/model", "/v1/asr", "/wallet")
 
 
+def refuse_invalid_unicode(fields: Mapping[str, Any]) -> None:
+    """ApiError 400 naming the first string in `fields` (at any depth) that is not valid unicode: the
+    RunPod extras beside a job's input and ignored fields are refused like the input (jobs/inputs.py)."""
+    try:
+        check_encodable(dict(fields))
+    except JobInputError as exc:
+        raise api_error(exc) from None
+
+
 def is_fish_path(path: str) -> bool:
     return path in _FISH_PATHS or path.startswith(tuple(f"{prefix}/" for prefix in _FISH_PATHS))
 
@@ -98,6 +109,7 @@ async def deny_websocket(scope: Scope, receive: Receive, send: Send, status: int
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -106,6 +118,10 @@ def install_error_handlers(app: FastAPI) -> None:
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return error_response(request.url.path, exc.status, exc.message, param=exc.param, job_id=exc.job_id,
                           headers=exc.headers)
+
+
+async def _client_gone(request: Request, exc: ClientGone) -> Response:
+    return Response(status_code=499)  # nginx's "client closed request"; nobody is there to read it
 
 
 # FastAPI's answer when reading a body raises anything but json.JSONDecodeError: invalid UTF-8

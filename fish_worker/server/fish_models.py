@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fish_worker.audio.reference import base64_audio
 from fish_worker.errors import JobInputError
+from fish_worker.jobs.output_adjustments import output_adjustments
 
 from fish_worker.audio.postprocess import (
     MAX_SAMPLE_RATE,
@@ -27,8 +28,6 @@ from fish_worker.audio.postprocess import (
 
 # Fish's format names → our encoders. Fish's pcm is raw 16-bit little-endian mono, like our pcm16.
 FISH_FORMATS: dict[str, str] = {"wav": "wav", "pcm": "pcm16", "mp3": "mp3", "opus": "opus"}
-# Rates an MP3 (MPEG-1/2/2.5 layer III) can carry; other formats take any rate in range.
-MP3_SAMPLE_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000})
 
 
 class ReferenceAudio(BaseModel):
@@ -113,14 +112,9 @@ class FishTTSRequest(BaseModel):
         return None
 
     def adjustments(self) -> AudioAdjustments:
-        """Speed, volume and sample rate, checked against what the format can carry (JobInputError naming the field)."""
-        if self.format == "mp3" and self.sample_rate is not None and self.sample_rate not in MP3_SAMPLE_RATES:
-            raise JobInputError("sample_rate", f"mp3 supports {', '.join(map(str, sorted(MP3_SAMPLE_RATES)))}; "
-                                               f"got {self.sample_rate}")
+        """Speed, volume and sample rate, checked against what the format can carry by the rule every
+        door uses (JobInputError naming the field). One difference, kept for Fish's clients (pipecat
+        sends its pipeline's rate with any format): a sample_rate with opus is ignored, not refused."""
         prosody = self.prosody or Prosody()
-        # Opus is always encoded at 48 kHz (its decoders output 48 kHz whatever the source was).
-        rate = None if self.format == "opus" else self.sample_rate
-        try:
-            return AudioAdjustments(sample_rate=rate, speed=prosody.speed, volume_db=prosody.volume)
-        except ValueError as exc:  # the fields' own ranges make this unreachable; said plainly all the same
-            raise JobInputError("prosody", str(exc)) from None
+        rate = None if self.format == "opus" else self.sample_rate  # Opus is always 48 kHz
+        return output_adjustments(self.audio_format, rate, prosody.speed, prosody.volume)

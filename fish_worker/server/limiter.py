@@ -15,12 +15,12 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing, asynccontextmanager, nullcontext
 from typing import Any, TypeVar
 
 from fish_worker.async_bridge import iterate_in_thread
 from fish_worker.errors import ErrorKind, JobFailure
-from fish_worker.jobs.runner import JobRunner
+from fish_worker.jobs.runner import JobRunner, needs_generation_slot
 from fish_worker.server.errors import ApiError, status_of
 from fish_worker.tenancy import TENANT_KEY
 
@@ -72,14 +72,15 @@ class JobLimiter:
     async def run(self, job: dict[str, Any], admission: Admission | None = None,
                   on_start: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any] | JobFailure]:
         """The runner's events for `job` (chunks, then a JobFailure if it fails), once a slot is free
-        (then `on_start()`). Closing this stops the job.
+        (then `on_start()`); an action that runs no model (list_voices, delete_voice, end_conversation)
+        needs no slot and starts at once. Closing this stops the job.
 
         Without `admission`, the job is admitted when iteration starts (ApiError 429 from the first chunk).
         The admission is released when the job ends.
         """
         admission = admission or self.admit(job.get(TENANT_KEY))
         try:
-            async with self.slot():
+            async with self.slot() if needs_generation_slot(job.get("input")) else nullcontext():
                 if on_start is not None:
                     on_start()
                 async with aclosing(self.runner.events(job)) as events:

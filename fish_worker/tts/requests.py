@@ -31,13 +31,14 @@ if TYPE_CHECKING:  # the engine's types; importing them would load torch
     from fish_worker.engine.generation import VoicePrompt
 
 
-def check_text(text: str, settings: Settings) -> str:
-    """`text` if the service will speak it under `settings`' limits, else ValueError saying why."""
+def check_text(text: str, settings: Settings, language: str | None = None) -> str:
+    """`text` if the service will speak it under `settings`' limits, else ValueError saying why
+    (`language`: whose rules cut it into sentences, as the service will)."""
     if not text.strip():
         raise ValueError("must contain text")
     if len(text) > settings.max_text_chars:
         raise ValueError(f"is {len(text)} characters, the limit is {settings.max_text_chars}")
-    sentences = len(split_sentences(text, settings.sentence_max_chars))
+    sentences = len(split_sentences(text, settings.sentence_max_chars, language))
     if sentences > settings.max_sentences:
         raise ValueError(f"has {sentences} sentences, the limit is {settings.max_sentences} (FISH_MAX_SENTENCES)")
     return text
@@ -76,6 +77,7 @@ class SynthesisRequest:
     seed: int | None = None  # None: a fresh one is drawn (and reported on each chunk)
     stream: bool = False  # decode each sentence in windows while it is generated
     voice: Voice = None
+    language: str | None = None  # whose rules cut `text` into sentences (text/segmenter.py); None: English
 
 
 @dataclass(frozen=True)

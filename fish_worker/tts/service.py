@@ -161,7 +161,7 @@ class TTSService:
         """
         sentences = request.sentences
         if sentences is None:
-            sentences = split_sentences(request.text, self.settings.sentence_max_chars)
+            sentences = split_sentences(request.text, self.settings.sentence_max_chars, request.language)
         reference = self.resolve_voice(request.voice, voices)
         seed = request.seed if request.seed is not None else draw_seed()
         rng = torch.Generator(device=self.generator.device).manual_seed(seed)
@@ -204,11 +204,14 @@ class TTSService:
                     return
                 log.warning("sentence %d produced no audio frames", index + 1)
                 continue
+            if stopped:  # nobody will receive it: skip its codec decode (seconds on a CPU for a long sentence)
+                log.info("sentence %d stopped after %d frames (cancelled or the client left)", index + 1, len(frames))
+                return
             codes = torch.stack(frames, dim=1)
             audio = decoder.flush() if decoder is not None else self.codec.decode(codes)
-            log.info("sentence %d: %d frames in %d chunk(s), %.2f s audio in %.2f s%s", index + 1, codes.shape[1],
+            log.info("sentence %d: %d frames in %d chunk(s), %.2f s audio in %.2f s", index + 1, codes.shape[1],
                      parts + 1, codes.shape[1] * self.codec.samples_per_frame / self.sample_rate,
-                     time.perf_counter() - started, " (stopped: cancelled or the client left)" if stopped else "")
+                     time.perf_counter() - started)
             previous = VoicePrompt(text=sentence, codes=codes.cpu())
             # The sentence's last chunk carries its codes (and the whole sentence, for conversations).
             yield SpeechChunk(index=index, text=sentence if parts == 0 else "", audio=audio,

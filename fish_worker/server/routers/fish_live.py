@@ -17,10 +17,16 @@ All audio events together form one file in the requested format. `index` and `te
 sentence, on its first audio event) are ours; the SDK ignores them. The socket closing stops the
 generation at once (between two decoding steps).
 
-The key is checked by AuthMiddleware on the upgrade request; the session is then one admitted job of
-the caller's tenant (limiter.py; over the bound: 429 before the handshake) and uses that tenant's saved
-voices. A session ends with an error when nothing went either way for FISH_LIVE_IDLE_TIMEOUT_S, when
-it has lasted FISH_LIVE_MAX_SESSION_S, or when its text passes FISH_LIVE_MAX_TEXT_CHARS.
+After a session's `finish` (reason "stop") the connection stays open for the next session's `start`,
+as Fish's own server does: LiveKit's plugin pools one socket and runs each turn's session on it.
+A connection waits at most FISH_LIVE_MAX_SESSION_S for that `start`, then closes (code 1000).
+
+The key is checked by AuthMiddleware on the upgrade request; the connection is then one admitted job of
+the caller's tenant (limiter.py; over the bound: 429 before the handshake) for as long as it lasts,
+sessions and the waits between them, and uses that tenant's saved voices. A session ends with an error
+when nothing went either way for FISH_LIVE_IDLE_TIMEOUT_S (long by default: pipecat keeps one session
+open for a whole conversation, silent while the user speaks), when it has lasted FISH_LIVE_MAX_SESSION_S,
+or when its text passes FISH_LIVE_MAX_TEXT_CHARS.
 """
 
 from __future__ import annotations
@@ -76,18 +82,27 @@ async def live(websocket: WebSocket) -> None:
         await deny_websocket(websocket.scope, websocket.receive, websocket.send, exc.status, exc.message,
                              headers=exc.headers)
         return
+    settings: ServerSettings = websocket.app.state.settings.server
+    voices = runner.service.voices.for_tenant(tenant)
     try:
         await websocket.accept()
-        await LiveSession(websocket, runner.service, runner.service.voices.for_tenant(tenant),
-                          websocket.app.state.settings.server).run()
+        first_message = None  # the first session reads its own `start`, under the idle timeout
+        while await LiveSession(websocket, runner.service, voices, settings, first_message).run():
+            first_message = await _next_message(websocket, settings.live_max_session_s)
+            if first_message is None:  # the client left, or kept the connection unused too long
+                break
     finally:
         admission.release()
+        if websocket.client_state == WebSocketState.CONNECTED:  # not after the client's own close
+            with suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close()
 
 
 class LiveSession:
     def __init__(self, websocket: WebSocket, service: TTSService, voices: VoiceStore,
-                 settings: ServerSettings) -> None:
+                 settings: ServerSettings, first_message: dict[str, Any] | None = None) -> None:
         self.websocket = websocket
+        self.first_message = first_message  # already received (a later session's `start`): read first
         self.service = service
         self.voices = voices  # the caller's tenant's: where reference_id is looked up
         self.settings = settings
@@ -96,7 +111,8 @@ class LiveSession:
         self.last_activity = time.monotonic()  # an event received or audio sent
         self.text_chars = 0
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """The session, to its `finish`; True when it ended well and the connection may carry another."""
         receiver = speaker = None
 
         async def stop_tasks() -> None:  # still running after a timeout or a fault: the generation stops now
@@ -114,12 +130,13 @@ class LiveSession:
                 if speaker not in done:  # the client left or broke the protocol: stop generating now
                     await _cancelled(speaker)
                     receiver.result()  # a protocol error ends the session as an error
-                    return
+                    return False
                 await _cancelled(receiver)
                 speaker.result()
             await self._send({"event": "finish", "reason": "stop"})
+            return True
         except WebSocketDisconnect:
-            return
+            return False
         except (SessionError, WorkerError) as exc:  # bad input, a voice not found, ...: said, then closed
             await self._finish_with_error(str(exc))
         except TimeoutError:
@@ -137,8 +154,7 @@ class LiveSession:
         finally:
             self.sentences.put(_END)  # a synthesis thread still waiting for text ends
             await stop_tasks()
-        with suppress(RuntimeError, WebSocketDisconnect):
-            await self.websocket.close()
+        return False
 
     async def _start(self) -> FishSpeechPlan:
         event = await self._client_event()
@@ -251,7 +267,7 @@ class LiveSession:
             yield item
 
     async def _next_event(self) -> dict[str, Any]:
-        message = await self.websocket.receive()
+        message, self.first_message = self.first_message or await self.websocket.receive(), None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         self.last_activity = time.monotonic()
@@ -260,6 +276,8 @@ class LiveSession:
                 event = ormsgpack.unpackb(message["bytes"])
             else:
                 event = json.loads(message.get("text") or "")
+        except RecursionError:  # json's; ormsgpack says ValueError at its own depth limit
+            raise SessionError("event: is not valid JSON: nested too deep") from None
         except (ormsgpack.MsgpackDecodeError, ValueError):
             raise SessionError("event: is not valid msgpack (or JSON)") from None
         if not isinstance(event, dict):
@@ -275,6 +293,16 @@ class LiveSession:
         if self.websocket.client_state == WebSocketState.CONNECTED:
             with suppress(RuntimeError, WebSocketDisconnect):
                 await self._send({"event": "finish", "reason": "error", "message": message})
+
+
+async def _next_message(websocket: WebSocket, wait_s: float) -> dict[str, Any] | None:
+    """The client's next message between two sessions; None when it closed or sent none within wait_s."""
+    try:
+        async with asyncio.timeout(wait_s):
+            message = await websocket.receive()
+    except (TimeoutError, RuntimeError):  # RuntimeError: the socket is no longer connected
+        return None
+    return None if message["type"] == "websocket.disconnect" else message
 
 
 async def _cancelled(task: asyncio.Task) -> None:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from fish_worker.errors import JobInputError, WorkerError, field_path
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.auth import require_api_key, tenant_of
+from fish_worker.server.disconnect import while_connected
 from fish_worker.server.errors import ApiError, api_error, status_of
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
 from fish_worker.server.fish_synthesis import (
@@ -61,7 +62,7 @@ async def tts(request: Request):
     encoder = plan.encoder(service.sample_rate)
     # The first chunk is awaited before answering, so a bad voice or text is a 400, not a cut stream.
     try:
-        first = await anext(chunks, None)
+        first = await while_connected(request, anext(chunks, None), chunks.aclose)  # hanging up stops it
     except WorkerError as exc:
         await chunks.aclose()
         raise _api_error(exc) from None
@@ -71,10 +72,12 @@ async def tts(request: Request):
 
 
 def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
+    kind = "msgpack" if "msgpack" in content_type else "JSON"
     try:
         data = ormsgpack.unpackb(body) if "msgpack" in content_type else json.loads(body)
+    except RecursionError:  # json's; ormsgpack says ValueError at its own depth limit
+        raise ApiError(400, f"body: is not valid {kind}: nested too deep", param="body") from None
     except (ormsgpack.MsgpackDecodeError, ValueError):
-        kind = "msgpack" if "msgpack" in content_type else "JSON"
         raise ApiError(400, f"body: is not valid {kind}", param="body") from None
     if not isinstance(data, dict):
         raise ApiError(400, "body: must be a TTSRequest object", param="body")
@@ -120,8 +123,13 @@ async def _encoded(first, chunks, encoder) -> AsyncIterator[bytes]:
                 yield data
             try:
                 chunk = await anext(chunks, None)
+            except WorkerError as exc:
+                # A limit met mid-stream (FISH_MAX_JOB_FRAMES): the status went out with the headers, so
+                # the audio so far ends as a complete file (docs/fish-api.md); the reason goes to the log.
+                log.warning("Fish /v1/tts ended early, its audio complete up to there: %s", exc.message)
+                break
             except Exception as exc:
-                # Headers went out with 200; ending the body early is all HTTP leaves us.
+                # A fault of ours: the body is cut (the client sees it incomplete), the traceback logged.
                 log.error("Fish /v1/tts generation failed: %s", exc)
                 raise
         if data := await asyncio.to_thread(encoder.close):

@@ -1,10 +1,10 @@
 """OpenAI-compatible speech: POST /v1/audio/speech (for Open WebUI and the `openai` client).
 
-The body is one complete file in `response_format`, with its true length in its header (soundfile,
-PyAV and browsers read it as any file). To get audio while later sentences are still being
-synthesised, ask for `stream: true` (the openai client: `extra_body={"stream": True}`): the body is
-then one continuous file whose header says "length unknown" (see fish_worker/audio/formats.py), or,
-with `stream_format: "sse"`, OpenAI's speech.audio.delta events.
+As OpenAI's endpoint does, the body streams: audio leaves while later sentences are still being
+synthesised, as one continuous file in `response_format` whose header says "length unknown" (see
+fish_worker/audio/formats.py), or, with `stream_format: "sse"`, as OpenAI's speech.audio.delta events.
+`stream: false` (an extra; the openai client: `extra_body={"stream": False}`) waits for the whole file
+and sends it with its true length in its header and a Content-Length (libsndfile reads it as any file).
 `voice` is a saved voice id; OpenAI's own voice names (alloy, ...) mean the model's default voice.
 
 The request becomes one SynthesisRequest (`synthesis_request`), spoken by the TTS service in a
@@ -31,7 +31,8 @@ from fish_worker.errors import ErrorKind, JobInputError, WorkerError, bounded, s
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.jobs.output_adjustments import adjusted_speech, output_adjustments
 from fish_worker.server.auth import require_api_key, tenant_of
-from fish_worker.server.errors import ApiError, api_error, status_of
+from fish_worker.server.disconnect import while_connected
+from fish_worker.server.errors import ApiError, api_error, error_body, status_of
 from fish_worker.server.limiter import JobLimiter
 from fish_worker.settings import Settings
 from fish_worker.tts.requests import SEED_LIMIT, SavedVoiceRef, SpeechChunk, SynthesisRequest, check_text
@@ -45,7 +46,7 @@ router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[Depen
 OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
                            "shimmer", "verse", "marin", "cedar", "default"})
 # OpenAI's names → ours. pcm is headerless, so its rate is OpenAI's: 16-bit little-endian at 24 kHz.
-_FORMATS = {"mp3": "mp3", "opus": "opus", "flac": "flac", "wav": "wav", "pcm": "pcm16"}
+_FORMATS = {"mp3": "mp3", "opus": "opus", "aac": "aac", "flac": "flac", "wav": "wav", "pcm": "pcm16"}
 OPENAI_PCM_SAMPLE_RATE = 24_000
 # The service's field names → this request's, in errors.
 _FIELDS = {"message": "input", "voice_id": "voice"}
@@ -57,7 +58,8 @@ class SpeechRequest(BaseModel):
     model: str = Field("fish-speech", description="Accepted and ignored: this server has one model.")
     input: str = Field(description="The text to speak.")
     voice: str = Field("default", description="A saved voice id, or an OpenAI voice name for the default voice.")
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = Field(
+        "mp3", description="pcm: 16-bit little-endian at 24 kHz, as OpenAI's; aac: AAC-LC in ADTS frames.")
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED,
                          description="0.5 to 2.0 here (OpenAI allows 0.25 to 4.0); pitch is kept.")
     stream_format: Literal["audio", "sse"] = "audio"
@@ -65,8 +67,9 @@ class SpeechRequest(BaseModel):
     # Fish Speech extras (the openai client sends them with extra_body=...).
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="Fish Speech: sampling seed, for repeatable audio.")
     max_tokens: int | None = Field(None, ge=1, description="Fish Speech: most codec frames per sentence.")
-    stream: bool = Field(False, description="Fish Speech: send audio as it is made (a length-unknown header); "
-                                            "stream_format 'sse' always streams.")
+    stream: bool = Field(True, description="Fish Speech: true (as OpenAI) sends audio as it is made, in a file "
+                                           "whose header says length unknown; false sends the whole file with its "
+                                           "true length and a Content-Length. stream_format 'sse' always streams.")
     sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE,
                                     description="Fish Speech: output rate (pcm: 24000, else 44100).")
 
@@ -77,7 +80,7 @@ class SpeechRequest(BaseModel):
 
 def synthesis_request(body: SpeechRequest, settings: Settings, voice_id: str | None) -> SynthesisRequest:
     """The one place this door's fields become the service's (JobInputError naming the service's field)."""
-    check_encodable({"input": body.input})
+    check_encodable(body.model_dump())  # every field, the ignored ones (model, instructions) too
     try:
         check_text(body.input, settings)
     except ValueError as exc:
@@ -101,10 +104,8 @@ def adjustments(body: SpeechRequest, audio_format: str) -> AudioAdjustments:
 async def speech(body: SpeechRequest, request: Request):
     runner: JobLimiter = request.app.state.runner
     service = runner.service
-    audio_format = _FORMATS.get(body.response_format)
-    if audio_format is None:
-        raise ApiError(400, f"response_format {body.response_format!r} is not supported; use one of "
-                            f"{', '.join(_FORMATS)}", param="response_format")
+    # An unknown response_format was refused with SpeechRequest (400, param response_format).
+    audio_format = _FORMATS[body.response_format]
     tenant = tenant_of(request)
     voices = service.voices.for_tenant(tenant)
     try:
@@ -117,16 +118,14 @@ async def speech(body: SpeechRequest, request: Request):
     chunks = runner.speech(admission, lambda stop: adjusted_speech(
         service.synthesize(synthesis, stop, voices=voices), adjusted))
     # The first chunk is awaited before answering, so a bad voice or text is an error status, not a cut stream.
-    first = await _next(chunks)
+    first = await while_connected(request, _next(chunks), chunks.aclose)  # hanging up stops the generation
     if first is None:
         raise ApiError(status_of(ErrorKind.BAD_INPUT), NO_AUDIO_ERROR)
     if body.stream_format == "sse":
         return StreamingResponse(_sse(_encoded(first, chunks, audio_format)), media_type="text/event-stream")
     if body.streamed:
-        return StreamingResponse(_encoded(first, chunks, audio_format), media_type=MEDIA_TYPES[audio_format])
-    spoken = [first]
-    while (chunk := await _next(chunks)) is not None:
-        spoken.append(chunk)
+        return StreamingResponse(_audio(_encoded(first, chunks, audio_format)), media_type=MEDIA_TYPES[audio_format])
+    spoken = [first] + await while_connected(request, _rest(chunks), chunks.aclose)
     audio = np.concatenate([c.audio for c in spoken])
     data = await asyncio.to_thread(encode_audio_bytes, audio, audio_format, first.sample_rate)
     return Response(data, media_type=MEDIA_TYPES[audio_format])
@@ -157,31 +156,61 @@ async def _next(chunks: AsyncIterator[SpeechChunk]) -> SpeechChunk | None:
         raise ApiError(500, bounded(f"internal error: {type(exc).__name__}: {exc}")) from None
 
 
+async def _rest(chunks: AsyncIterator[SpeechChunk]) -> list[SpeechChunk]:
+    spoken = []
+    while (chunk := await _next(chunks)) is not None:
+        spoken.append(chunk)
+    return spoken
+
+
 def _api_error(exc: WorkerError) -> ApiError:
     return api_error(exc, _FIELDS)  # in this request's words: "input", not the service's "message"
 
 
-async def _encoded(first: SpeechChunk, chunks: AsyncIterator[SpeechChunk], audio_format: str) -> AsyncIterator[bytes]:
-    """One continuous file of the chunks' audio, in pieces as they come."""
+async def _encoded(first: SpeechChunk, chunks: AsyncIterator[SpeechChunk],
+                   audio_format: str) -> AsyncIterator[bytes | ApiError]:
+    """One continuous file of the chunks' audio, in pieces as they come.
+
+    A limit met mid-stream (FISH_MAX_JOB_FRAMES; a WorkerError) ends the file there, complete, and
+    comes last, as this door's error: the status went out with the headers, so the body must say it.
+    """
     encoder = StreamEncoder(audio_format, first.sample_rate)
     chunk: SpeechChunk | None = first
+    ended_early: ApiError | None = None
     try:
         while chunk is not None:
             if data := await asyncio.to_thread(encoder.feed_bytes, chunk.audio):
                 yield data
             try:
                 chunk = await anext(chunks, None)
+            except WorkerError as exc:
+                log.warning("speech ended early, its audio complete up to there: %s", exc.message)
+                ended_early = _api_error(exc)
+                break
             except Exception as exc:
-                # Headers went out with 200; ending the body early is all HTTP leaves us.
+                # A fault of ours after the 200: the body is cut (the client sees it incomplete).
                 raise RuntimeError(f"speech generation failed: {bounded(str(exc))}") from exc
         if data := await asyncio.to_thread(encoder.close_bytes):
             yield data
+        if ended_early is not None:
+            yield ended_early
     finally:
         await chunks.aclose()  # the client going away stops the generation
 
 
-async def _sse(payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _audio(payloads: AsyncIterator[bytes | ApiError]) -> AsyncIterator[bytes]:
+    """A raw audio body: an early end is the end of the file (the reason is logged, see `_encoded`)."""
     async for data in payloads:
+        if isinstance(data, bytes):
+            yield data
+
+
+async def _sse(payloads: AsyncIterator[bytes | ApiError]) -> AsyncIterator[bytes]:
+    async for data in payloads:
+        if isinstance(data, ApiError):  # OpenAI's error event, in place of speech.audio.done
+            event = {"type": "error", **error_body("/v1/audio/speech", data.status, data.message, data.param)}
+            yield f"data: {json.dumps(event)}\n\n".encode()
+            return
         event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
         yield f"data: {json.dumps(event)}\n\n".encode()
     yield f"data: {json.dumps({'type': 'speech.audio.done'})}\n\n".encode()

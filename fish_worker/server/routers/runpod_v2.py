@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from fish_worker.server.auth import require_api_key, tenant_of
-from fish_worker.server.errors import ApiError
+from fish_worker.server.disconnect import while_connected
+from fish_worker.server.errors import ApiError, refuse_invalid_unicode
 from fish_worker.server.json_body import json_response
 from fish_worker.server.registry import FINAL, JobRecord, JobRegistry
 
@@ -40,15 +41,23 @@ def _record(request: Request, job_id: str) -> JobRecord:
 
 @router.post("/run", summary="Queue a job")
 async def run(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[str, Any]:
+    refuse_invalid_unicode(body.model_extra or {})  # the input itself is checked with the job's fields
     record = _registry(request).submit(body.input, route="run", tenant=tenant_of(request))
     return {"id": record.id, "status": record.status}
 
 
 @router.post("/runsync", summary="Run a job and wait for it (IN_PROGRESS after FISH_RUNSYNC_WAIT_S)")
 async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> Response:
-    record = _registry(request).submit(body.input, route="runsync", tenant=tenant_of(request))
+    refuse_invalid_unicode(body.model_extra or {})
+    registry = _registry(request)
+    record = registry.submit(body.input, route="runsync", tenant=tenant_of(request))
+
+    async def cancel() -> None:  # the client hung up before learning the job's id: nobody can fetch it
+        registry.cancel(record)
+
     try:
-        await asyncio.wait_for(asyncio.shield(record.done.wait()), request.app.state.settings.server.runsync_wait_s)
+        await while_connected(request, asyncio.wait_for(
+            asyncio.shield(record.done.wait()), request.app.state.settings.server.runsync_wait_s), cancel)
     except asyncio.TimeoutError:
         pass
     return json_response(record.status_json())

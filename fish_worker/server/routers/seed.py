@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from fish_worker.errors import JobFailure
 from fish_worker.jobs.runner import RESULT_ROUTE_KEY
 from fish_worker.server.auth import require_api_key, tenant_of
-from fish_worker.server.errors import status_of
+from fish_worker.server.disconnect import while_connected
+from fish_worker.server.errors import refuse_invalid_unicode, status_of
 from fish_worker.server.json_body import dumps, json_response
 from fish_worker.server.limiter import JobLimiter, new_job_id
 from fish_worker.tenancy import TENANT_KEY
@@ -43,13 +44,15 @@ def failure_response(job_id: str, failure: JobFailure) -> JSONResponse:
 
 @router.post("/run", summary="Run a job and answer with its output (or stream its chunks)")
 async def run(body: RunRequest, request: Request):
+    refuse_invalid_unicode(body.model_extra or {})  # the input itself is checked with the job's fields
     runner: JobLimiter = request.app.state.runner
     job_id = new_job_id()
     tenant = tenant_of(request)
     admission = runner.admit(tenant)  # 429 when the server or this tenant has too many jobs
     # No RunPod result limit here: this server answers directly, whatever the size.
     chunks = runner.run({"id": job_id, TENANT_KEY: tenant, "input": body.input, RESULT_ROUTE_KEY: None}, admission)
-    first = await anext(chunks, None)
+    # Until the answer starts, nothing else notices the client hanging up: that stops the job here.
+    first = await while_connected(request, anext(chunks, None), chunks.aclose)
     if first is None:
         return error_response(job_id, 500, "internal error: the job produced no output")
     if isinstance(first, JobFailure):
@@ -60,11 +63,16 @@ async def run(body: RunRequest, request: Request):
             return StreamingResponse(_encoded(_objects(job_id, first, chunks), _sse_event),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return StreamingResponse(_encoded(_objects(job_id, first, chunks), _line), media_type="application/x-ndjson")
-    rest = [chunk async for chunk in chunks]  # a plain job has one chunk; drain to let the runner finish
+    # A plain job has one chunk; drain to let the runner finish.
+    rest = await while_connected(request, _drained(chunks), chunks.aclose)
     failures = [c for c in rest if isinstance(c, JobFailure)]
     if failures:
         return failure_response(job_id, failures[0])
     return json_response({"id": job_id, "status": "success", "output": first})
+
+
+async def _drained(chunks: AsyncIterator[dict[str, Any] | JobFailure]) -> list[dict[str, Any] | JobFailure]:
+    return [chunk async for chunk in chunks]
 
 
 def wants_event_stream(request: Request) -> bool:
