@@ -18,7 +18,6 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
