@@ -1,7 +1,7 @@
 """The local chat model's batching: N concurrent replies vs the same N replies one after another.
 
     python bench/chat_batching.py [--shape qwen2.5-0.5b|tiny] [--replies 8] [--max-tokens 32] [--threads N]
-                                  [--out FILE.json]
+                                  [--runner] [--out FILE.json]
 
 The model is written randomly in memory at the shape of a real chat model (`qwen2.5-0.5b`: Qwen2.5-0.5B's
 config, hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864, vocabulary 151,936, tied embeddings; the
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
-from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, SuppressTokensLogitsProcessor  # noqa: E402
 
 from fish_worker.devtools.tiny_chat_model import IM_END, build_tokenizer  # noqa: E402
 from fish_worker.dialogue.llm import ChatModel  # noqa: E402
@@ -89,11 +89,58 @@ def concurrently(chat: ChatModel, count: int, max_tokens: int) -> tuple[float, l
     return time.perf_counter() - started, replies
 
 
+async def _job(runner, index: int, max_tokens: int) -> None:
+    job = {"id": f"c{index}", "input": {"message": MESSAGES[index % len(MESSAGES)], "max_tokens": max_tokens,
+                                        "temperature": 0.7, "seed": index, "mode": "chat"}}
+    async for chunk in runner.run(job):
+        if "error" in chunk:
+            raise SystemExit(f"job {index} failed: {chunk['error']}")
+
+
+def through_runner(chat: ChatModel, count: int, max_tokens: int) -> dict:
+    """The same replies as chat jobs through JobRunner (tiny TTS checkpoint speaks them): at once vs in turn."""
+    import asyncio
+    import tempfile
+
+    from fish_worker.conversations import MemoryConversationStore
+    from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
+    from fish_worker.dialogue.turns import ConversationService
+    from fish_worker.jobs.runner import JobRunner
+    from fish_worker.settings import ChatSettings, Settings, StorageSettings
+    from fish_worker.tts.service import TTSService
+
+    work = Path(tempfile.mkdtemp(prefix="chat-batching-"))
+    settings = Settings(checkpoint_dir=write_tiny_checkpoint(work / "ckpt", seed=0), device="cpu", warmup=False,
+                        max_concurrency=count, storage=StorageSettings(voices_dir=work / "voices"),
+                        chat=ChatSettings(frames_per_sentence=8))
+    service = TTSService.load(settings)
+    store = MemoryConversationStore(ttl_s=60, max_conversations=100)
+    runner = JobRunner(service, ConversationService(service, store, chat=chat, settings=settings))
+
+    async def in_turn():
+        for index in range(count):
+            await _job(runner, index, max_tokens)
+
+    async def at_once():
+        await asyncio.gather(*(_job(runner, index, max_tokens) for index in range(count)))
+
+    asyncio.run(_job(runner, 0, 2))  # warm-up
+    walls = {}
+    for name, fn in (("one_after_another_s", in_turn), ("at_once_s", at_once)):
+        started = time.perf_counter()
+        asyncio.run(fn())
+        walls[name] = round(time.perf_counter() - started, 2)
+    walls["speedup"] = round(walls["one_after_another_s"] / walls["at_once_s"], 2)
+    return walls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
     parser.add_argument("--replies", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--runner", action="store_true",
+                        help="also run the replies as chat jobs through JobRunner (tiny TTS checkpoint)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -127,6 +174,11 @@ def main() -> None:
         "speedup": round(seq_wall / con_wall, 2),
         "replies_equal_to_solo": sum(a == b for a, b in zip(seq_replies, con_replies)),
     }
+    if args.runner:
+        # Let the random model write only the tokens the tiny tokenizer can decode, so there is text to speak.
+        chat.batcher.processors.append(SuppressTokensLogitsProcessor(
+            list(range(len(chat.tokenizer), chat.model.config.vocab_size)), device=chat.device))
+        report["job_runner"] = through_runner(chat, args.replies, args.max_tokens)
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
