@@ -204,3 +204,37 @@ def test_the_chat_models_kv_at_full_batch_is_kept_from_the_speech_pool(chat, ser
     shared = kv_budget.plan(model, torch.bfloat16, cuda, None, None, reserved_bytes=3 * 1024**3)
     reserved_tokens = 3 * 1024**3 // alone.bytes_per_token
     assert alone.kv_tokens - shared.kv_tokens in (reserved_tokens, reserved_tokens + 1)
+
+
+def _small(config_class, **extra):
+    return config_class(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, **extra)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
+def test_the_batched_step_computes_what_the_models_own_forward_does(family):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    from fish_worker.dialogue.batched_decode import BatchedDecoder
+
+    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+                                 "llama": (LlamaConfig, LlamaForCausalLM)}[family]
+    torch.manual_seed(0)
+    model = model_class(_small(config_class, max_position_embeddings=256)).eval()
+    decoder = BatchedDecoder(model)
+    prompt, fed = [5, 6, 7, 8, 9, 10], [11, 12, 13]
+    with torch.inference_mode():
+        _, cache = decoder.prefill(prompt, len(prompt) + len(fed))
+        stepped = torch.stack([decoder.step([token], [cache])[0] for token in fed])
+        reference = model(torch.tensor([prompt + fed])).logits[0, len(prompt):].float()
+    assert torch.allclose(stepped, reference, rtol=0, atol=1e-5)
+
+
+def test_a_model_with_a_sliding_window_is_refused_naming_the_remote_backend(tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from fish_worker.dialogue.batched_decode import BatchedDecoder, UnsupportedChatModelError
+
+    model = MistralForCausalLM(_small(MistralConfig, max_position_embeddings=8192, sliding_window=4096))
+    with pytest.raises(UnsupportedChatModelError, match="sliding-window.*FISH_CHAT_BASE_URL"):
+        BatchedDecoder(model)

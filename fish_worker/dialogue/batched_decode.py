@@ -146,8 +146,11 @@ def check_supported(model) -> None:
     if missing or not hasattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb"):
         raise UnsupportedChatModelError(f"{name}'s attention lacks {missing or 'apply_rotary_pos_emb'}; "
                                         "serve it with FISH_CHAT_BASE_URL")
-    layer_types = getattr(model.config, "layer_types", None) or []
-    if any(kind != "full_attention" for kind in layer_types):
+    config = model.config
+    layer_types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    if any(kind != "full_attention" for kind in layer_types) or (
+            window and window < getattr(config, "max_position_embeddings", 0)):
         raise UnsupportedChatModelError(f"{name} uses sliding-window attention, which the local chat backend "
                                         "does not batch; serve it with FISH_CHAT_BASE_URL")
 
