@@ -4,7 +4,7 @@
 
 Writes a tiny TTS checkpoint and the tiny random chat model (so the numbers measure the pipeline, not a
 real model's speed), then runs streamed chat jobs through the JobRunner, N at once, with each backend:
-`local` (ChatModel in this process: one reply at a time) and `remote` (`transformers serve
+`local` (ChatModel in this process: replies decoded together) and `remote` (`transformers serve
 --continuous-batching` on CPU as a separate process, reached over HTTP by RemoteChatBackend). Reports
 per setting the median and worst time to the first text delta, the first audio chunk and the job's end,
 and the wall time of the N jobs. Both backends share these 2 CPU cores with the speech model here, so

@@ -193,6 +193,8 @@ class ChatSettings(BaseSettings):
         "in plain sentences, without lists, markup or emoji."
     )
     frames_per_sentence: int = Field(1000, ge=1)  # codec frames budget per spoken reply sentence
+    # Local model: replies decoded together in one step (more wait for a row); sizes its KV reserve.
+    max_batch: int = Field(8, ge=1, le=64)
 
     _unset_when_empty = field_validator("model_dir", "base_url", "api_key", "model", mode="before")(_empty_is_unset)
 

@@ -50,19 +50,33 @@ def ensure_checkpoint(settings: Settings) -> None:
 
 def build_runner(settings: Settings) -> JobRunner:
     ensure_checkpoint(settings)
-    service = TTSService.load(settings)
+    # The chat model first: the speech KV pool is planned from the GPU memory left after its weights,
+    # less the KV its replies hold at full batch (docs/performance.md, "Chat").
+    chat = load_chat_backend(settings)
+    reserved = chat.kv_bytes() if isinstance(chat, ChatModel) else 0
+    service = TTSService.load(settings, reserved_bytes=reserved)
     if settings.warmup:
         service.warmup()
-    return JobRunner(service, build_conversations(service, settings))
+    return JobRunner(service, build_conversations(service, settings, chat=chat))
 
 
-def build_conversations(service: TTSService, settings: Settings) -> ConversationService:
-    """The chat backend (a local model in FISH_CHAT_MODEL_DIR, loaded once here, or the remote engine at
-    FISH_CHAT_BASE_URL) and the conversation store."""
+def load_chat_backend(settings: Settings):
+    """The chat backend: a local model in FISH_CHAT_MODEL_DIR (loaded here), the remote engine at
+    FISH_CHAT_BASE_URL, or None."""
     started = time.perf_counter()
     chat = make_chat_backend(settings.chat, device=resolve_device(settings.device))
     if chat is not None:
         log.info("chat backend: %s (ready in %.1f s)", chat.description, time.perf_counter() - started)
+    return chat
+
+
+_UNSET = object()
+
+
+def build_conversations(service: TTSService, settings: Settings, chat=_UNSET) -> ConversationService:
+    """The chat backend (loaded here unless given) and the conversation store."""
+    if chat is _UNSET:
+        chat = load_chat_backend(settings)
     if isinstance(chat, ChatModel) and settings.warmup:
         chat.reply([{"role": "user", "content": "Hello."}], max_new_tokens=4, seed=0)
     storage = settings.storage

@@ -15,7 +15,8 @@ A module imports its own package or a lower layer, never a higher one nor anothe
 layer; only the base's single modules may import each other (settings uses tenancy's name pattern; the
 cycle check still applies). devtools/ (dev-only writers of tiny models, weights download) is imported
 only by entry points and itself imports only tts/ or below; devtools/quickstart.py is itself an entry
-point (`python -m`, the quick start's last step: it runs the worker's own local-job path).
+point (`python -m`, the quick start's last step: it runs the worker's own local-job path), and so is
+devtools/chat_stress.py (`python -m`, it stresses dialogue/'s chat batcher).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ LAYERS: dict[str, int] = {
     "tenancy": 0,
     "async_bridge": 0,
 }
-ENTRY_POINTS = {"fish_worker.worker", "fish_worker.server.__main__", "fish_worker.devtools.quickstart"}
+ENTRY_POINTS = {"fish_worker.worker", "fish_worker.server.__main__", "fish_worker.devtools.quickstart",
+                "fish_worker.devtools.chat_stress"}
 DEVTOOLS = "devtools"
 DEVTOOLS_MAY_IMPORT_UP_TO = LAYERS["tts"]
 

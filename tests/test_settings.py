@@ -81,6 +81,7 @@ VARIABLES = {
     "FISH_CHAT_MODEL_DIR": ("/chat", lambda s: s.chat.model_dir, Path("/chat")),
     "FISH_CHAT_SYSTEM_PROMPT": ("Be brief.", lambda s: s.chat.system_prompt, "Be brief."),
     "FISH_CHAT_FRAMES_PER_SENTENCE": ("37", lambda s: s.chat.frames_per_sentence, 37),
+    "FISH_CHAT_MAX_BATCH": ("3", lambda s: s.chat.max_batch, 3),
     "FISH_CHAT_BASE_URL": ("http://engine:8000/v1", lambda s: s.chat.base_url, "http://engine:8000/v1"),
     "FISH_CHAT_API_KEY": ("chat-key", lambda s: s.chat.api_key, "chat-key"),
     "FISH_CHAT_MODEL": ("Qwen/Qwen2.5-1.5B-Instruct", lambda s: s.chat.model, "Qwen/Qwen2.5-1.5B-Instruct"),

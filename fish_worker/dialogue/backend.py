@@ -6,8 +6,8 @@
         ...
 
 The contract every backend keeps, so turns.py and spoken_reply.py never ask which one they have:
-- `stream_reply` may be called from several threads at once. A backend that can serve one reply at a
-  time (today's local ChatModel) queues them itself; a batched one decodes them together.
+- `stream_reply` may be called from several threads at once. The local ChatModel decodes concurrent
+  replies together (chat_batching.py); the remote engine gets one request per reply.
 - Bad arguments (a message list not ending with the user's turn, temperature < 0, max_new_tokens < 1)
   raise ValueError up front; a prompt that cannot fit the model raises PromptTooLongError up front.
 - The engine failing, before or during the reply, raises ChatBackendError from the iterator.

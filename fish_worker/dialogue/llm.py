@@ -5,25 +5,29 @@ One of the two chat backends (backend.py); the other asks a remote engine (remot
     for delta in model.stream_reply(history, temperature=0.7, max_new_tokens=200, system_prompt=None, seed=1):
         ...
 
-`generate()` runs on a background thread (`async_bridge.merge_threads`) so the model keeps writing
-while the caller speaks the sentences it already has. Calls are serialised by a lock: one model instance serves one reply at a time.
+Concurrent replies are decoded together, up to `max_batch` rows per step, by one engine thread
+(chat_batching.py); each keeps its own temperature, seed and token budget. The caller's thread turns
+the reply's tokens into text deltas, so the model keeps writing while the caller speaks what it has.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fish_worker.async_bridge import Emit, merge_threads
+from fish_worker.dialogue.batched_decode import BatchedDecoder, UnsupportedChatModelError
+from fish_worker.dialogue.chat_batching import ChatBatcher, TokenStream, row_processors
 from fish_worker.dialogue.detokenize import IncrementalDetokenizer
-from fish_worker.dialogue.prompt import FittedPrompt, fit_prompt
-from fish_worker.dialogue.sampling import SeededSampler, make_generator
+from fish_worker.dialogue.prompt import fit_prompt
+
+DEFAULT_MAX_BATCH = 8
+# A typical chat reply's context, for sizing the KV memory the chat model holds at full batch: a system
+# prompt and a few turns of history (~1,500 tokens) plus a spoken reply (~500), in whole 64-token blocks.
+TYPICAL_REPLY_TOKENS = 2048
 
 
 class ChatModelError(RuntimeError):
@@ -31,12 +35,14 @@ class ChatModelError(RuntimeError):
 
 
 class ChatModel:
-    def __init__(self, model, tokenizer, *, source: str, context_tokens: int):
+    def __init__(self, model, tokenizer, *, source: str, context_tokens: int, max_batch: int = DEFAULT_MAX_BATCH):
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
         self.context_tokens = context_tokens
-        self._lock = threading.Lock()
+        self.decoder = BatchedDecoder(model)
+        self.batcher = ChatBatcher(self.decoder, max_batch=max_batch, eos_token_ids=self._eos_token_ids(),
+                                   processors=row_processors(model.generation_config, model.device))
 
     @property
     def device(self) -> torch.device:
@@ -44,11 +50,21 @@ class ChatModel:
 
     @property
     def description(self) -> str:  # the ChatBackend protocol (backend.py)
-        return f"local model {self.source} on {self.device} (one reply at a time)"
+        return f"local model {self.source} on {self.device} (up to {self.batcher.max_batch} replies decoded together)"
+
+    @property
+    def max_batch(self) -> int:
+        return self.batcher.max_batch
+
+    def kv_bytes(self, tokens: int = TYPICAL_REPLY_TOKENS) -> int:
+        """KV cache memory of `max_batch` replies of `tokens` context each (what a full batch holds)."""
+        return self.max_batch * tokens * self.decoder.bytes_per_token()
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> ChatModel:
-        """Load tokenizer and weights from a local directory (never the network)."""
+    def load(cls, path: str | Path, device: str | torch.device | None = None,
+             max_batch: int = DEFAULT_MAX_BATCH) -> ChatModel:
+        """Load tokenizer and weights from a local directory (never the network); `max_batch` replies
+        decode together, more wait for a row."""
         path = Path(path)
         if not path.is_dir():
             raise ChatModelError(f"chat model directory not found: {path}")
@@ -70,7 +86,11 @@ class ChatModel:
         except Exception as exc:
             raise ChatModelError(f"cannot load the chat model's weights from {path}: {exc}") from exc
         model.to(device).eval()
-        return cls(model, tokenizer, source=str(path), context_tokens=_context_tokens(model, tokenizer))
+        try:
+            return cls(model, tokenizer, source=str(path), context_tokens=_context_tokens(model, tokenizer),
+                       max_batch=max_batch)
+        except UnsupportedChatModelError as exc:
+            raise ChatModelError(f"cannot batch the chat model in {path}: {exc}") from exc
 
     def stream_reply(
         self,
@@ -86,7 +106,9 @@ class ChatModel:
         temperature <= 0 means greedy decoding. The same seed (and inputs) gives the same reply.
         The history is shortened from its oldest turns so the prompt plus the reply fit the context.
         Raises ValueError (PromptTooLongError) up front for bad messages or an oversized last message.
-        `close()` on the returned iterator stops the generation.
+        The reply decodes in the model's shared steps alongside any others (chat_batching.py).
+        `close()` on the returned iterator ends the reply and frees its row; `abort()` does too, from any
+        thread, waking a consumer that waits for the next delta.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -103,42 +125,11 @@ class ChatModel:
         """The whole reply at once (same options as stream_reply)."""
         return "".join(self.stream_reply(messages, **options))
 
-    def _generate_deltas(self, fitted: FittedPrompt, temperature: float, seed: int | None) -> Iterator[str]:
-        def generate(emit: Emit, cancelled: threading.Event) -> None:
-            self._run_generate(fitted, temperature, seed, emit, cancelled)
-
-        with self._lock, closing(merge_threads(generate, name="chat")) as tokens:
-            detokenizer = IncrementalDetokenizer(self.tokenizer)
-            for token_id in tokens:
-                if delta := detokenizer.push(token_id):
-                    yield delta
-            if delta := detokenizer.flush():
-                yield delta
-        # Leaving the `with` early (the stream closed) sets `cancelled`: generate() stops at its next
-        # token; the thread is joined before the lock is released.
-
-    def _run_generate(self, fitted, temperature, seed, emit: Emit, cancelled: threading.Event) -> None:
+    def _generate_deltas(self, fitted, temperature: float, seed: int | None) -> ReplyStream:
         config = self.model.generation_config
-        input_ids = torch.tensor([fitted.token_ids], device=self.device)
-        samplers = []
-        if temperature > 0:
-            generator = make_generator(self.device, seed)
-            samplers.append(SeededSampler(generator, temperature, config.top_k, config.top_p))
-        self.model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            # Greedy on purpose: SeededSampler (last processor) has already chosen the token.
-            do_sample=False,
-            temperature=None,
-            top_k=None,
-            top_p=None,
-            max_new_tokens=fitted.max_new_tokens,
-            eos_token_id=self._eos_token_ids(),
-            pad_token_id=self._pad_token_id(),
-            logits_processor=samplers,
-            stopping_criteria=StoppingCriteriaList([_StopWhen(cancelled)]),
-            streamer=_TokenEmitter(emit),
-        )
+        tokens = self.batcher.generate(fitted.token_ids, max_new_tokens=fitted.max_new_tokens,
+                                       temperature=temperature, seed=seed, top_k=config.top_k, top_p=config.top_p)
+        return ReplyStream(tokens, IncrementalDetokenizer(self.tokenizer))
 
     def _eos_token_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -156,32 +147,33 @@ class ChatModel:
         return pad
 
 
-class _TokenEmitter:
-    """The streamer `generate()` feeds: emits each new token id, skipping the initial prompt."""
+class ReplyStream:
+    """A reply's text deltas, detokenized on the consumer's thread. `close()` ends the reply and frees its
+    row; `abort()` (any thread) ends it too and wakes a consumer waiting for the next delta."""
 
-    def __init__(self, emit: Emit):
-        self._emit = emit
-        self._seen_prompt = False
+    def __init__(self, tokens: TokenStream, detokenizer: IncrementalDetokenizer):
+        self._tokens = tokens
+        self._detokenizer = detokenizer
+        self._flushed = False
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self._seen_prompt:
-            self._seen_prompt = True
-            return
-        for token_id in value.reshape(-1).tolist():
-            self._emit(token_id)
+    def __iter__(self) -> Iterator[str]:
+        return self
 
-    def end(self) -> None:
-        pass  # the bridge reports the end itself, also when generate() raises
+    def __next__(self) -> str:
+        for token_id in self._tokens:
+            if delta := self._detokenizer.push(token_id):
+                return delta
+        if not self._flushed:
+            self._flushed = True
+            if delta := self._detokenizer.flush():
+                return delta
+        raise StopIteration
 
+    def abort(self) -> None:
+        self._tokens.abort()
 
-class _StopWhen(StoppingCriteria):
-    """Stops generation once the consumer has gone away (closed the stream)."""
-
-    def __init__(self, event: threading.Event):
-        self._event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool, device=input_ids.device)
+    def close(self) -> None:
+        self._tokens.close()
 
 
 def _context_tokens(model, tokenizer) -> int:

@@ -17,5 +17,5 @@ def make_chat_backend(settings: ChatSettings, device: str | None = None) -> Chat
     if settings.model_dir is not None:
         from fish_worker.dialogue.llm import ChatModel
 
-        return ChatModel.load(settings.model_dir, device=device)
+        return ChatModel.load(settings.model_dir, device=device, max_batch=settings.max_batch)
     return None

@@ -38,14 +38,15 @@ class KVBudget:
 
 
 def plan(model, dtype: torch.dtype, device: torch.device, max_concurrency: int | None,
-         kv_tokens: int | None) -> KVBudget:
+         kv_tokens: int | None, reserved_bytes: int = 0) -> KVBudget:
     """Fill in what the settings leave unset. On a GPU the pool takes the memory free after loading
-    (less a workspace) and concurrency follows from typical jobs; on the CPU: 4 typical jobs."""
+    (less a workspace, and less `reserved_bytes` that others will take later: the chat model's KV)
+    and concurrency follows from typical jobs; on the CPU: 4 typical jobs."""
     per_token = PagedKVCache.bytes_per_token(model, dtype)
     if kv_tokens is None:
         if device.type == "cuda":
             free, total = torch.cuda.mem_get_info(device)
-            usable = free - GPU_WORKSPACE_BYTES - int(GPU_WORKSPACE_FRACTION * total)
+            usable = free - reserved_bytes - GPU_WORKSPACE_BYTES - int(GPU_WORKSPACE_FRACTION * total)
             kv_tokens = max(usable // per_token, model.config.max_seq_len)
         else:
             kv_tokens = (max_concurrency or CPU_DEFAULT_CONCURRENCY) * TYPICAL_JOB_TOKENS

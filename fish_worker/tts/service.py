@@ -72,15 +72,17 @@ class TTSService:
         self.memory_plan: kv_budget.KVBudget | None = None  # set by load(): KV pool size and concurrency
 
     @classmethod
-    def load(cls, settings: Settings) -> "TTSService":
+    def load(cls, settings: Settings, reserved_bytes: int = 0) -> "TTSService":
+        """`reserved_bytes`: GPU memory the pool leaves to others loaded before it (the chat model's KV)."""
         started = time.perf_counter()
         device = resolve_device(settings.device)
         precision = resolve_precision(settings.precision, device)
         models = load_models(settings.checkpoint_dir, device, precision)
         budget = kv_budget.plan(models.text2semantic, precision, device, settings.max_concurrency,
-                                settings.kv_cache_tokens)
-        log.info("KV cache: %d tokens (%.2f GB), up to %d concurrent jobs", budget.kv_tokens,
-                 budget.pool_bytes / 1e9, budget.max_concurrency)
+                                settings.kv_cache_tokens, reserved_bytes=reserved_bytes)
+        log.info("KV cache: %d tokens (%.2f GB), up to %d concurrent jobs%s", budget.kv_tokens,
+                 budget.pool_bytes / 1e9, budget.max_concurrency,
+                 f"; {reserved_bytes / 1e9:.2f} GB left for the chat model's KV" if reserved_bytes else "")
         # Concurrent requests share decoding steps (one engine thread) instead of queueing on a lock.
         generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), budget.max_concurrency,
                                    compile=settings.compile, kv_tokens=budget.kv_tokens)
