@@ -194,7 +194,7 @@ MUTANTS = [
     Mutant("prefill-cache-not-restored", "fish_worker/engine/generation.py",
            "model.max_seq_len = full_length",
            "        model.max_seq_len = length",
-           ("tests/test_batching.py", "tests/test_equivalence.py")),
+           ("tests/test_batching.py", "tests/test_equivalence.py")),  # test_a_short_prefill_gives_... kills it
     Mutant("chat-prompt-reads-control-tokens", "fish_worker/dialogue/chat_template.py",
            'return _encode_guarded(tokenizer, pieces, control) if injected else encoded["input_ids"]',
            '    return encoded["input_ids"]',

@@ -173,3 +173,16 @@ def test_a_row_that_keeps_failing_fails_alone(engines):
     assert torch.equal(good[0], frames(single.generate, TEXTS[0], 7, 12))
     assert torch.equal(good[1], frames(single.generate, TEXTS[2], 8, 12))
     assert scheduler.free_slots == 4
+
+
+def test_a_short_prefill_gives_the_model_its_own_caches_and_context_back(service):
+    from fish_worker.engine.generation import short_prefill_cache
+
+    model = service.generator.model
+    context, caches = model.max_seq_len, [layer.attention.kv_cache for layer in model.layers]
+    with service.generator.single.lock, short_prefill_cache(model, 64):
+        assert model.max_seq_len == 64  # the prefill's mask spans the short cache only
+        assert all(layer.attention.kv_cache.k_cache.shape[2] == 64 for layer in model.layers)
+    # fish-speech's own loop (the reference) reads both afterwards: they must be the model's again.
+    assert model.max_seq_len == context
+    assert all(layer.attention.kv_cache is cache for layer, cache in zip(model.layers, caches))
