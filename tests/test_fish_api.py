@@ -7,7 +7,6 @@ import base64
 import contextlib
 import io
 import queue
-import socket
 import threading
 import time
 import wave
@@ -16,14 +15,13 @@ import httpx
 import numpy as np
 import ormsgpack
 import pytest
-import uvicorn
 from fishaudio import AsyncFishAudio, FishAudio
 from fishaudio.exceptions import APIError, AuthenticationError, NotFoundError, RateLimitError, WebSocketError
 from fishaudio.types import FlushEvent, Prosody, ReferenceAudio, TTSConfig
 from httpx_ws import WebSocketDisconnect, WebSocketUpgradeError, connect_ws
 
 from fish_worker.server import create_app
-from helpers import decode_ffmpeg, wav_b64
+from helpers import decode_ffmpeg, serve_app, wav_b64
 
 KEY = "fish-test-key"
 MAX_FRAMES = 6  # codec frames per sentence: keeps each synthesis short on the tiny checkpoint
@@ -35,19 +33,8 @@ pytestmark = pytest.mark.timeout(120)
 @contextlib.contextmanager
 def serving(app, **options):
     """`app` on a real uvicorn on 127.0.0.1 (a free port); yields its base URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_app(app, **options) as (host, port):
+        yield f"http://{host}:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,11 @@ import asyncio
 import base64
 import concurrent.futures
 import shutil
-import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 
-from helpers import wav_b64
+from helpers import serve_app, wav_b64
 from fish_worker.server import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -54,20 +50,8 @@ def chat_runner(service, settings, tiny_chat_model_dir):
 
 @pytest.fixture(scope="module")
 def base_url(chat_runner, app_settings):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(chat_runner, app_settings(api_keys=f"{TENANT}:{KEY}"))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(create_app(chat_runner, app_settings(api_keys=f"{TENANT}:{KEY}"))) as (host, port):
+        yield f"http://{host}:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import threading
 import time
 
 import pytest
-import uvicorn
 
 from fish_worker.server import create_app
 from fish_worker.server.protocol import uvicorn_options
+from helpers import serve_app
 
 KEY = "abuse-test-key"
 LIMITS = dict(api_keys=KEY, max_body_bytes=1_000_000, header_timeout_s=1.0, body_timeout_s=1.0)
@@ -24,20 +24,9 @@ MB = b"x" * 1_000_000
 
 @pytest.fixture(scope="module")
 def address(runner, app_settings):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     settings = app_settings(**LIMITS)
-    app = create_app(runner, settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           **uvicorn_options(settings.server)))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield ("127.0.0.1", port)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(create_app(runner, settings), **uvicorn_options(settings.server)) as address:
+        yield address
 
 
 def connect(address) -> socket.socket:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import socket
 import threading
-import time
 
 import numpy as np
 import openai
 import pytest
 import runpod
 import soundfile
-import uvicorn
 
 from fish_worker.server import create_app
-from helpers import decode_ffmpeg
+from helpers import decode_ffmpeg, serve_app
 
 KEY = "client-test-key"
 JOB = {"message": "Hello there. How are you?", "max_tokens": 6, "seed": 4}
@@ -24,18 +21,8 @@ JOB = {"message": "Hello there. How are you?", "max_tokens": 6, "seed": 4}
 
 @pytest.fixture(scope="module")
 def base_url(runner, app_settings):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(runner, app_settings(api_keys=KEY))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(create_app(runner, app_settings(api_keys=KEY))) as (host, port):
+        yield f"http://{host}:{port}"
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ import wave
 import httpx
 import ormsgpack
 import pytest
-import uvicorn
 
 from fish_worker.server import create_app
 from fish_worker.server.protocol import uvicorn_options
+from helpers import serve_app
 
 KEY = "slow-client-key"
 SEND_TIMEOUT_S = 1.0
@@ -40,18 +40,8 @@ def server(runner, app_settings):
     settings = app_settings(api_keys=KEY, send_timeout_s=SEND_TIMEOUT_S, live_idle_timeout_s=30,
                             max_queued_jobs=4)
     app = create_app(runner, settings)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                       **uvicorn_options(settings.server)))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.02)
-    yield ("127.0.0.1", port), app.state.runner
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app, **uvicorn_options(settings.server)) as address:
+        yield address, app.state.runner
 
 
 def never_reader(address) -> socket.socket:
