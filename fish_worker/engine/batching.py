@@ -220,7 +220,7 @@ class BatchScheduler:
             # The prompt's own length (whole pages), not the model's whole context: see short_prefill_cache.
             length = attended_length(prompt_len - 1, self.model.config.max_seq_len)
             with self.single.lock, short_prefill_cache(self.model, length):
-                token = self.single._decode_one(seq.prompt.view(1, rows, prompt_len), input_pos, temperature,
+                token = self.single.decode_frame(seq.prompt.view(1, rows, prompt_len), input_pos, temperature,
                                                 top_p, penalty, seq.generator, seq.audio_masks, seq.audio_parts,
                                                 window=None)
                 self.caches.load_prefill(self.model, seq.slot, prompt_len)

@@ -116,7 +116,11 @@ class SemanticGenerator:
         generator: torch.Generator,
         stop: threading.Event | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield codec frames ([num_codebooks] int tensors) until <|im_end|>, the token budget or `stop`."""
+        """Yield codec frames ([num_codebooks] int tensors) until <|im_end|>, the token budget or `stop`.
+
+        fish-speech's own batch-1 loop, step for step: the reference the batched engine is tested and
+        benchmarked against (tests/test_batching.py, tests/test_equivalence.py, bench/run.py); serving
+        goes through BatchScheduler."""
         prompt, audio_masks, audio_parts, budget = self.prepare(text, voices, params)
         prompt_len = prompt.shape[1]
         temperature, top_p, repetition_penalty = params.as_tensors(self.device)
@@ -127,7 +131,7 @@ class SemanticGenerator:
             self._full_context_cache()
             x = prompt.to(self.device).view(1, rows, prompt_len)
             input_pos = torch.arange(0, prompt_len, device=self.device)
-            token = self._decode_one(x, input_pos, temperature, top_p, repetition_penalty, generator,
+            token = self.decode_frame(x, input_pos, temperature, top_p, repetition_penalty, generator,
                                      audio_masks, audio_parts, window=None)
             input_pos = torch.tensor([prompt_len], device=self.device, dtype=torch.int)
             for step in range(budget):
@@ -139,7 +143,7 @@ class SemanticGenerator:
                 # fish-speech's window: the first 16 slots (zeros included) until 16 tokens exist
                 window = history[:, :REPETITION_WINDOW] if step < REPETITION_WINDOW else history[:, step - REPETITION_WINDOW : step]
                 with sdpa_kernel(SDPBackend.MATH):
-                    token = self._decode_one(token.view(1, rows, 1), input_pos, temperature, top_p,
+                    token = self.decode_frame(token.view(1, rows, 1), input_pos, temperature, top_p,
                                              repetition_penalty, generator, audio_masks, audio_parts, window)
                 input_pos += 1
                 history[:, step : step + 1] = token
@@ -153,9 +157,10 @@ class SemanticGenerator:
             self.model.setup_caches(max_batch_size=1, max_seq_len=self.config.max_seq_len,
                                     dtype=next(self.model.parameters()).dtype)
 
-    def _decode_one(self, x, input_pos, temperature, top_p, repetition_penalty, generator,
+    def decode_frame(self, x, input_pos, temperature, top_p, repetition_penalty, generator,
                     audio_masks, audio_parts, window) -> torch.Tensor:
-        """One frame: the slow transformer picks the semantic token, the fast one the residual codes."""
+        """One frame: the slow transformer picks the semantic token, the fast one the residual codes.
+        Public: the batched engine (batching.py) prefills a joining job's prompt with it."""
         model = self.model
         out = model.forward_generate(x, input_pos, audio_masks=audio_masks, audio_parts=audio_parts)
         # fish-speech penalises the window's first column (all rows) for the semantic token.
