@@ -47,7 +47,7 @@ class JobInput(BaseModel):
     top_p: float = Field(_DEFAULTS.top_p, gt=0.0, le=1.0)
     repetition_penalty: float = Field(_DEFAULTS.repetition_penalty, gt=0.0, lt=2.0)
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
-    # None: chat when the worker has a chat model (FISH_CHAT_MODEL_DIR), else tts. See conversation_service.py.
+    # None: chat when the worker has a chat backend (FISH_CHAT_MODEL_DIR or FISH_CHAT_BASE_URL), else tts: dialogue/turns.py.
     mode: Literal["chat", "tts"] | None = Field(None, description="chat: reply to message; tts: speak it as is.")
     system_prompt: str | None = Field(None, min_length=1, max_length=4000, description="Chat mode: the LLM's instructions.")
     audio_format: AudioFormat = Field("float", description="float (the seed's list), pcm16, wav, flac, mp3, opus, aac.")
