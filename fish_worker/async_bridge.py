@@ -98,7 +98,11 @@ def merge_threads(
             if event is _END:
                 running -= 1
             elif isinstance(event, _Failed):
-                raise event.error
+                error, event = event.error, None  # no local keeps it: see iterate_in_thread
+                try:
+                    raise error
+                finally:
+                    del error
             else:
                 yield event
     finally:
@@ -130,7 +134,14 @@ async def iterate_in_thread(
     try:
         while (event := await events.get()) is not _END:
             if isinstance(event, _Failed):
-                raise event.error
+                # Raised with no local left holding it: this frame, in the error's traceback, would
+                # otherwise keep it (and through it the producer's frames: a job's whole input) in a
+                # reference cycle until a GC pass.
+                error, event = event.error, None
+                try:
+                    raise error
+                finally:
+                    del error
             yield event
     finally:
         stop.set()
