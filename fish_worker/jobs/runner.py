@@ -32,6 +32,7 @@ from fish_worker.jobs.job import Job, ResultRoute
 from fish_worker.tts.requests import SpeechChunk
 from fish_worker.tts.service import NO_AUDIO_ERROR, TTSService
 from fish_worker.dialogue.spoken_reply import TextDelta
+from fish_worker.settings import Settings
 from fish_worker.tenancy import validate_tenant
 from fish_worker.text.sentences import split_sentences
 from fish_worker.async_bridge import iterate_in_thread
@@ -50,11 +51,13 @@ def needs_generation_slot(job_input: Any) -> bool:
 
 
 class JobRunner:
-    def __init__(self, service: TTSService, conversations: ConversationService | None = None):
+    def __init__(self, service: TTSService, settings: Settings, conversations: ConversationService | None = None):
+        """`settings`: the limits jobs are checked against (the ones `service` was built from)."""
         self.service = service
-        # Default: no chat model, conversations kept in this process (what a worker without settings gets).
+        self.settings = settings
+        # Default: no chat model, conversations kept in this process.
         self.conversations = conversations or ConversationService(service, make_conversation_store(
-            None, service.settings.storage.conversation_ttl_s, service.settings.storage.max_conversations))
+            None, settings.storage.conversation_ttl_s, settings.storage.max_conversations), settings=settings)
 
     async def result(self, job: Job) -> dict[str, Any]:
         """The job's one final result: the whole output, a streamed job's summary, or {"error": ...}."""
@@ -67,7 +70,7 @@ class JobRunner:
         return final_output(chunks, job.streamed) or {"error": "internal error: the job produced no output"}
 
     def _check_result_fits(self, request: JobInput, route: ResultRoute | None) -> None:
-        settings = self.service.settings
+        settings = self.settings
         sentences = split_sentences(request.message, settings.sentence_max_chars, request.language)
         frames_budget = request.max_tokens * len(sentences)
         error = result_too_large_error(request.message, frames_budget, request.audio_format, settings, route)
@@ -113,7 +116,7 @@ class JobRunner:
         # Whose voices and conversations these are (set by the self-hosted server; None on RunPod).
         conversations = self.conversations.for_tenant(validate_tenant(job.tenant))
         if is_voice_action(job.input):
-            yield await run_voice_action(job.input, self.service, conversations.voices)
+            yield await run_voice_action(job.input, self.service.voices, conversations.voices)
             return
         if is_conversation_action(job.input):
             yield await asyncio.to_thread(conversations.end, job.input)
@@ -121,7 +124,7 @@ class JobRunner:
         if isinstance(job.input, dict) and "action" in job.input:
             raise JobInputError("action", f"unknown action {shown(job.input['action'])}; one of: "
                                 + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS))
-        request = parse_job_input(job.input, self.service.settings)
+        request = parse_job_input(job.input, self.settings)
         mode = conversations.mode(request.mode, request.system_prompt)
         if mode == "tts" and not job.streamed:  # fail now, not after minutes of work
             self._check_result_fits(request, job.result_route)
@@ -156,4 +159,4 @@ class JobRunner:
             if mode == "chat":  # the whole reply, as written (sentence texts lose its line breaks)
                 output["text"] = "".join(e.text for e in events if isinstance(e, TextDelta))
             yield await asyncio.to_thread(
-                within_result_limit, output, self.service.settings, job.result_route)
+                within_result_limit, output, self.settings, job.result_route)
