@@ -98,7 +98,8 @@ async def run_voice_action(raw: dict[str, Any], resolver: VoiceResolver, voices:
 def _save(action: SaveVoice, resolver: VoiceResolver, voices: VoiceStore) -> VoiceInfo:
     if not action.overwrite and voices.exists(action.voice_id):
         raise JobInputError("voice_id", f"a voice named {shown(action.voice_id)} exists and overwrite is false")
-    prompt = resolver.encode_reference(ReferenceClip(action.reference_audio, action.reference_text))  # JobInputError if unusable
+    # JobInputError if the audio is unusable
+    prompt = resolver.encode_reference(ReferenceClip(action.reference_audio, action.reference_text))
     try:
         return voices.save(action.voice_id, prompt.codes.numpy(), prompt.text)
     except VoiceStoreFullError as exc:

@@ -1,8 +1,8 @@
 """What the Fish Audio routes share: a TTSRequest resolved against the service, and its audio encoder.
 
 Calls the service directly (no RunPod job shape): the voice is resolved once per request (or live
-session) by the VoiceResolver, sentences go to `TTSService.synthesize`, and each chunk is adjusted (speed, volume,
-sample rate) and encoded into one continuous stream in the requested format.
+session) by the VoiceResolver, sentences go to `TTSService.synthesize`, and each chunk is adjusted
+(speed, volume, sample rate) and encoded into one continuous stream in the requested format.
 """
 
 from __future__ import annotations
