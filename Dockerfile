@@ -30,7 +30,7 @@ ARG BAKE_WEIGHTS=false
 RUN --mount=type=secret,id=hf_token,required=false \
     if [ "$BAKE_WEIGHTS" = "true" ]; then \
       HF_TOKEN="$(cat /run/secrets/hf_token 2>/dev/null)" FISH_CHECKPOINT_DIR=/app/checkpoints/openaudio-s1-mini \
-        python -m fish_worker.devtools.download; \
+        python -m fish_worker.engine.download; \
     fi
 
 # Baked weights win when present (scripts/start.sh); otherwise the network volume.

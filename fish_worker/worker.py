@@ -40,7 +40,7 @@ def ensure_checkpoint(settings: Settings) -> None:
     except CheckpointError:
         if not (settings.download_missing and os.environ.get("HF_TOKEN")):
             raise
-    from fish_worker.devtools.download import TTS_REPO, DownloadError, download
+    from fish_worker.engine.download import TTS_REPO, DownloadError, download
 
     log.info("checkpoint incomplete at %s: downloading %s", settings.checkpoint_dir, TTS_REPO)
     try:

@@ -13,7 +13,7 @@ Read from the source (every `import`, also those inside functions), so nothing i
 
 A module imports its own package or a lower layer, never a higher one nor another package of its own
 layer; only the base's single modules may import each other (settings uses tenancy's name pattern; the
-cycle check still applies). devtools/ (dev-only writers of tiny models, weights download) is imported
+cycle check still applies). devtools/ (dev-only writers of tiny models and stress tools) is imported
 only by entry points and itself imports only tts/ or below; devtools/quickstart.py is itself an entry
 point (`python -m`, the quick start's last step: it runs the worker's own local-job path), and so is
 devtools/chat_stress.py (`python -m`, it stresses dialogue/'s chat batcher).

@@ -1,7 +1,7 @@
-"""`python -m fish_worker.devtools.download`: fetch the weights into the checkpoint directory.
+"""`python -m fish_worker.engine.download`: fetch the weights into the checkpoint directory.
 
-    python -m fish_worker.devtools.download                      # openaudio-s1-mini into FISH_CHECKPOINT_DIR
-    python -m fish_worker.devtools.download --chat-repo Qwen/Qwen2.5-1.5B-Instruct   # and a chat model
+    python -m fish_worker.engine.download                      # openaudio-s1-mini into FISH_CHECKPOINT_DIR
+    python -m fish_worker.engine.download --chat-repo Qwen/Qwen2.5-1.5B-Instruct   # and a chat model
 
 The TTS repo is gated: accept its licence on Hugging Face and set HF_TOKEN. Without network the
 command fails within seconds and says which files to put where by hand.
@@ -19,7 +19,7 @@ from fish_worker.engine.checkpoint import REQUIRED_FILES
 from fish_worker.settings import Settings
 
 TTS_REPO = "fishaudio/openaudio-s1-mini"
-log = logging.getLogger("fish_worker.devtools.download")
+log = logging.getLogger("fish_worker.engine.download")
 
 
 class DownloadError(RuntimeError):
@@ -54,7 +54,7 @@ def download(repo: str, target: Path, files: list[str] | None, timeout_s: float)
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
-    parser = argparse.ArgumentParser(prog="python -m fish_worker.devtools.download", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fish_worker.engine.download", description=__doc__.split("\n")[0])
     parser.add_argument("--repo", default=TTS_REPO, help=f"TTS weights repo (default {TTS_REPO})")
     parser.add_argument("--checkpoint-dir", type=Path, default=settings.checkpoint_dir,
                         help="where the TTS weights go (default FISH_CHECKPOINT_DIR)")
