@@ -30,8 +30,8 @@ from fish_worker.conversations import ConversationStoreError
 from fish_worker.dialogue.llm import ChatModelError
 from fish_worker.engine.checkpoint import CheckpointError
 from fish_worker.jobs.runner import JobRunner
-from fish_worker.settings import Settings
-from fish_worker.worker import build_runner, configure_logging, run_local_job
+from fish_worker.settings import Settings, configure_logging
+from fish_worker.worker import build_runner, run_local_job
 
 DEFAULT_JOB = Path("test_input.json")
 

@@ -23,6 +23,7 @@ from fish_worker.dialogue.batched_decode import BatchedDecoder, UnsupportedChatM
 from fish_worker.dialogue.chat_batching import ChatBatcher, TokenStream, row_processors
 from fish_worker.dialogue.detokenize import IncrementalDetokenizer
 from fish_worker.dialogue.prompt import fit_prompt
+from fish_worker.engine.sampling_rules import TEMPERATURE
 
 DEFAULT_MAX_BATCH = 8
 # A typical chat reply's context, for sizing the KV memory the chat model holds at full batch: a system
@@ -96,7 +97,7 @@ class ChatModel:
         self,
         messages: list[dict],
         *,
-        temperature: float = 0.7,
+        temperature: float = TEMPERATURE,
         max_new_tokens: int = 256,
         system_prompt: str | None = None,
         seed: int | None = None,

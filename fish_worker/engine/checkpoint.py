@@ -30,6 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.overrides import TorchFunctionMode
 
+from fish_worker.errors import first_problem
+
 log = logging.getLogger(__name__)
 
 CODEC_CONFIG_NAME = "modded_dac_vq"
@@ -106,9 +108,8 @@ def read_codec_overrides(file: Path) -> dict:
     try:
         overrides = CodecOverrides.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        key = ".".join(str(p) for p in first["loc"]) or "the file"
-        problem = "not a codec size this file may set" if first["type"] == "extra_forbidden" else first["msg"]
+        key, problem, kind = first_problem(exc, whole="the file")
+        problem = "not a codec size this file may set" if kind == "extra_forbidden" else problem
         raise CheckpointError(f"{CODEC_OVERRIDES_FILE}: {key}: {problem} ({file}; it may only set the sizes "
                               "in fish_worker/engine/checkpoint.py CodecOverrides)") from None
     return overrides.model_dump(exclude_unset=True)

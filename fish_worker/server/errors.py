@@ -9,7 +9,7 @@ Fish Audio door (/v1/tts, /v1/tts/live, /model): Fish's own `{"status": <code>, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from fish_worker.errors import ErrorKind, JobInputError, WorkerError
+from fish_worker.errors import ErrorKind, JobInputError, WorkerError, first_problem
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.disconnect import ClientGone
 
@@ -145,24 +145,20 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI answers 422; the seed contract says bad input is 400.
-    message, param = _validation_message(exc.errors()[0])
+    message, param = _validation_message(exc.errors())
     return error_response(request.url.path, 400, message, param=param)
 
 
-def _validation_message(first: dict[str, Any]) -> tuple[str, str]:
-    """("<field>: <problem>", field) for the first problem of a request."""
+def _validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """("<field>: <problem>", field) for the first problem of a request, read as every door reads one."""
+    first = errors[0]
     if first.get("type") == "json_invalid":
         where = next((p for p in first["loc"] if isinstance(p, int)), None)
         reason = (first.get("ctx") or {}).get("error", "not valid JSON")
         at = f" at character {where}" if where is not None else ""
         return f"body: invalid JSON{at}: {reason}", "body"
-    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-    if first.get("type") == "string_unicode" and isinstance(first.get("input"), str):
-        try:  # a lone surrogate (a form's charset can make one): said as every door says it
-            first["input"].encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return f"{where}: contains invalid unicode (lone surrogate) at position {exc.start}", where
-    return f"{where}: {first['msg']}", where
+    field, problem, _ = first_problem(errors, skip=("body",), whole="body")
+    return f"{field}: {problem}", field
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

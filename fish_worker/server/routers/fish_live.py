@@ -46,13 +46,12 @@ from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from fish_worker.errors import JobInputError, WorkerError
+from fish_worker.errors import JobInputError, WorkerError, input_error
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.auth import tenant_of
 from fish_worker.settings import ServerSettings
 from fish_worker.server.errors import ApiError, deny_websocket
 from fish_worker.server.fish_models import FishTTSRequest
-from fish_worker.server.routers.fish_tts import validation_error
 from fish_worker.server.fish_synthesis import FishSpeechPlan, plan_speech
 from fish_worker.server.limiter import JobLimiter
 from fish_worker.tts.service import TTSService
@@ -166,9 +165,12 @@ class LiveSession:
         except JobInputError as exc:
             raise SessionError(str(exc)) from None
         except ValidationError as exc:
-            raise SessionError("request." + validation_error(exc).message) from None
+            raise SessionError("request." + input_error(exc, brackets=True, whole="body").message) from None
         self._count_text(request.text)
-        return await asyncio.to_thread(plan_speech, request, self.service, self.voices)
+        try:
+            return await asyncio.to_thread(plan_speech, request, self.service, self.voices)
+        except JobInputError as exc:  # named where the start event has it, as its other fields are
+            raise SessionError(f"request.{exc.message}") from None
 
     async def _receive(self, chunk_length: int, start_text: str) -> None:
         """Turn text events into sentences until the client goes away."""
