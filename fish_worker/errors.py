@@ -30,7 +30,7 @@ def bounded(text: str, limit: int = MESSAGE_CHARS) -> str:
     return f"{text[: max(0, limit - 30)]}… ({len(text)} characters)"
 
 
-def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
     """An input value as an error quotes it: its repr, at most about `limit` characters."""
     if isinstance(value, (str, bytes)) and len(value) > limit:
         return f"{value[:limit]!r}… ({len(value)} characters)"

@@ -24,6 +24,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -31,6 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.overrides import TorchFunctionMode
 
 from fish_worker.errors import first_problem
+
+if TYPE_CHECKING:  # fish-speech ships no type information: to mypy these are Any, to a reader what they are
+    from fish_speech.models.dac.modded_dac import DAC
+    from fish_speech.models.text2semantic.llama import DualARTransformer
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +126,8 @@ def _first_line(exc: Exception) -> str:
 
 @dataclass(frozen=True)
 class LoadedModels:
-    text2semantic: torch.nn.Module  # fish_speech DualARTransformer, caches set up
-    codec: torch.nn.Module  # fish_speech DAC
+    text2semantic: DualARTransformer  # caches set up
+    codec: DAC
     device: torch.device
     precision: torch.dtype
 

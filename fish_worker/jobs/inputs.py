@@ -105,7 +105,7 @@ class JobInput(BaseModel):
             return ReferenceClip(self.reference_audio, self.reference_text or "")
         return None
 
-    def to_synthesis(self, **changes) -> SynthesisRequest:
+    def to_synthesis(self, **changes: Any) -> SynthesisRequest:
         """The job as the TTS service takes it (tts mode: max_tokens is frames per sentence)."""
         request = SynthesisRequest(
             text=self.message, temperature=self.temperature, top_p=self.top_p,
@@ -134,7 +134,7 @@ def check_encodable(raw: Any, *, brackets: bool = False) -> None:
     as UTF-8, so a job echoing one could never post its result. They are refused before any work.
     `brackets`: name list items as the Fish doors do ("references[0].text", see field_path).
     """
-    stack: list[tuple[tuple, Any]] = [((), raw)]
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), raw)]
     while stack:
         path, value = stack.pop()
         if isinstance(value, str):
