@@ -24,7 +24,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -274,7 +274,7 @@ def compose_codec_config(path: Path):
     import fish_speech.models.dac.modded_dac  # noqa: F401  (registers the config targets' module)
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     configs_dir = Path(fish_speech.models.dac.modded_dac.__file__).resolve().parents[2] / "configs"
     GlobalHydra.instance().clear()
@@ -283,7 +283,9 @@ def compose_codec_config(path: Path):
     overrides = path / CODEC_OVERRIDES_FILE
     if overrides.exists():
         OmegaConf.set_struct(cfg, False)  # overrides may set ModelArgs fields the yaml leaves at their defaults
-        cfg = OmegaConf.merge(cfg, OmegaConf.create(read_codec_overrides(overrides)))
+        merged = OmegaConf.merge(cfg, OmegaConf.create(read_codec_overrides(overrides)))
+        assert isinstance(merged, DictConfig)  # a mapping merged into a mapping
+        cfg = merged
     return cfg
 
 
@@ -334,7 +336,7 @@ def _fp32_rotary_tables(codec: torch.nn.Module) -> None:
     for module in codec.modules():
         table = getattr(module, "freqs_cis", None)
         if isinstance(table, torch.Tensor) and hasattr(module, "config"):
-            config = module.config
+            config: Any = module.config  # the codec block's fish-speech ModelArgs
             module.freqs_cis = precompute_freqs_cis(config.block_size, config.head_dim, config.rope_base,
                                                     dtype=torch.float32).to(table.device)
 

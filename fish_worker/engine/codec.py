@@ -96,8 +96,8 @@ class Codec:
             batch[row, :, : r.shape[1]] = r.to(device=self.device, dtype=dtype)
         return batch
 
-    def _rows(self, audio: torch.Tensor, lengths: list[int]) -> list[np.ndarray]:
-        audio = audio[:, 0].float().cpu().numpy()
+    def _rows(self, batch: torch.Tensor, lengths: list[int]) -> list[np.ndarray]:
+        audio: np.ndarray = batch[:, 0].float().cpu().numpy()
         if len(lengths) == 1:
             return [audio[0, : lengths[0] * self.samples_per_frame]]
         # Copies, so a job's audio does not keep the whole batch's array alive.
