@@ -86,7 +86,7 @@ class ChatModel:
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **{_DTYPE_KWARG: dtype})
         except Exception as exc:
             raise ChatModelError(f"cannot load the chat model's weights from {path}: {exc}") from exc
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]  # transformers' typed wrapper of Module.to is wrong about its argument
         try:
             return cls(model, tokenizer, source=str(path), context_tokens=_context_tokens(model, tokenizer),
                        max_batch=max_batch)

@@ -70,6 +70,8 @@ class RemoteChatBackend:
 
     @classmethod
     def from_settings(cls, settings: ChatSettings) -> RemoteChatBackend:
+        if settings.base_url is None:
+            raise ValueError("no FISH_CHAT_BASE_URL: the remote chat backend needs one")
         return cls(settings.base_url, api_key=settings.api_key, model=settings.model,
                    connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s,
                    max_retries=settings.max_retries)
