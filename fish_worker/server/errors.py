@@ -56,7 +56,7 @@ def status_of(kind: ErrorKind) -> int:
 def api_error(exc: WorkerError, fields: Mapping[str, str] | None = None) -> ApiError:
     """`exc` as an error answer with the status of its kind; `fields` renames the service's field
     names into the door's own ("message" → "input")."""
-    field = (fields or {}).get(exc.field, exc.field)
+    field = exc.field if exc.field is None else (fields or {}).get(exc.field, exc.field)
     message = f"{field}: {exc.problem}" if isinstance(exc, JobInputError) else exc.message
     return ApiError(status_of(exc.kind), message, param=field)
 
@@ -91,12 +91,12 @@ def error_body(path: str, status: int, message: str, param: str | None = None,
 
 
 def error_response(path: str, status: int, message: str, *, param: str | None = None, job_id: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(path, status, message, param, job_id), status_code=status, headers=headers)
 
 
 async def deny_websocket(scope: Scope, receive: Receive, send: Send, status: int, message: str,
-                         headers: dict[str, str] | None = None) -> None:
+                         headers: Mapping[str, str] | None = None) -> None:
     """Refuse a WebSocket before its handshake: an HTTP answer in the door's shape where the server can
     send one (uvicorn can: the websocket.http.response extension), else a close, which servers answer 403."""
     await receive()  # "websocket.connect": the ASGI server's first message, whatever the answer
@@ -108,10 +108,11 @@ async def deny_websocket(scope: Scope, receive: Receive, send: Send, status: int
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(ClientGone, _client_gone)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    # Starlette types every handler as taking Exception; it calls each with the class it is added for.
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientGone, _client_gone)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
 
 

@@ -63,6 +63,7 @@ def plan_speech(request: FishTTSRequest, service: TTSService, voices: VoiceStore
     max_tokens = request.max_new_tokens
     if max_tokens == 0 or max_tokens > settings.max_tokens_limit:
         max_tokens = settings.max_tokens_limit
+    voice: VoicePrompt | None
     if request.reference_id is not None:
         try:
             voice_id = validate_voice_id(request.reference_id)

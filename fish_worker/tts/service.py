@@ -128,10 +128,10 @@ class TTSService:
         key = VoiceCodesCache.key(raw)
         codes = self.voice_cache.get(key)
         if codes is None:
-            audio = decode_audio_file(raw, self.sample_rate, self.settings.reference_max_seconds)
-            codes = self.codec.encode(audio)
+            samples = decode_audio_file(raw, self.sample_rate, self.settings.reference_max_seconds)
+            codes = self.codec.encode(samples)
             self.voice_cache.put(key, codes)
-            log.info("encoded reference voice: %.1f s → %d frames", len(audio) / self.sample_rate, codes.shape[1])
+            log.info("encoded reference voice: %.1f s → %d frames", len(samples) / self.sample_rate, codes.shape[1])
         return VoicePrompt(text=text or "", codes=codes)
 
     def saved_voice(self, voice_id: str, voices: VoiceStore | None = None) -> VoicePrompt:

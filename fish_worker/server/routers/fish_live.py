@@ -44,6 +44,7 @@ from typing import Any
 import ormsgpack
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
+from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from fish_worker.errors import JobInputError, WorkerError, input_error
@@ -99,7 +100,7 @@ async def live(websocket: WebSocket) -> None:
 
 class LiveSession:
     def __init__(self, websocket: WebSocket, service: TTSService, voices: VoiceStore,
-                 settings: ServerSettings, first_message: dict[str, Any] | None = None) -> None:
+                 settings: ServerSettings, first_message: Message | None = None) -> None:
         self.websocket = websocket
         self.first_message = first_message  # already received (a later session's `start`): read first
         self.service = service
@@ -297,7 +298,7 @@ class LiveSession:
                 await self._send({"event": "finish", "reason": "error", "message": message})
 
 
-async def _next_message(websocket: WebSocket, wait_s: float) -> dict[str, Any] | None:
+async def _next_message(websocket: WebSocket, wait_s: float) -> Message | None:
     """The client's next message between two sessions; None when it closed or sent none within wait_s."""
     try:
         async with asyncio.timeout(wait_s):

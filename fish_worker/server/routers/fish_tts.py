@@ -195,6 +195,7 @@ async def create_voice(
 
     def save() -> VoiceInfo:
         prompt = encode_references(clips, service, field="voices")
+        assert prompt is not None, "voices is a required list: FastAPI refused a form without a clip"
         return voices_store.save(voice_id, prompt.codes.numpy(), prompt.text, overwrite=False, title=title)
 
     admission = runner.admit(tenant_of(request))  # encoding the clips is work like a save_voice job's
