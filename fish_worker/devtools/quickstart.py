@@ -100,7 +100,7 @@ def encoded_bytes(chunks: list[dict[str, Any]]) -> tuple[str, bytes] | None:
 def _decode_file(data: bytes) -> Audio:
     import av  # wav/flac/mp3/opus, decoded by FFmpeg as players do
 
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.audio[0]
         to_float = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
         frames = [out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in to_float.resample(frame)]

@@ -101,7 +101,7 @@ class ChatModel:
         max_new_tokens: int = 256,
         system_prompt: str | None = None,
         seed: int | None = None,
-    ) -> Iterator[str]:
+    ) -> ReplyStream:
         """Reply to `messages` (ending with the user turn); yields text deltas as tokens are generated.
 
         temperature <= 0 means greedy decoding. The same seed (and inputs) gives the same reply.

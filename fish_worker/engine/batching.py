@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +133,7 @@ class BatchScheduler:
         params: SamplingParams,
         generator: torch.Generator,
         stop: threading.Event | None = None,
-    ) -> Iterator[torch.Tensor]:
+    ) -> Generator[torch.Tensor, None, None]:
         """Yield codec frames ([num_codebooks] int tensors, on the CPU) until <|im_end|>, the token budget
         or `stop`."""
         prompt, audio_masks, audio_parts, budget = self.single.prepare(text, voices, params)
