@@ -197,7 +197,7 @@ def test_a_rate_the_format_cannot_carry_is_the_same_error_on_every_door(app, run
 
 # Each door, its name for the text field, and the error it answers for a job input's fields (the text in
 # `message`), read where the door puts it. The job doors share the job input, so their field names are the
-# job's; OpenAI's text is `input`, Fish's `text` (nested in the live socket's `start` event: `request.text`).
+# job's; OpenAI's text is `input`, Fish's `text` (on both Fish doors: the live `start` event's TTSRequest too).
 JOB_DOORS = ("job", "seed /run", "/v2 runsync")
 
 
@@ -255,7 +255,7 @@ def test_text_over_a_limit_is_the_same_error_on_every_door(app, runner, live_url
     assert openai_error(app, {"input": text}) == f"input: {problem}"
     assert fish_error(app, {"text": text}) == f"text: {problem}"
     if text.strip():  # a live start may carry no text (it comes in events)
-        assert live_error(live_url, {"text": text}) == f"request.text: {problem}"
+        assert live_error(live_url, {"text": text}) == f"text: {problem}"
 
 
 @pytest.mark.parametrize("field, value, problem", [
@@ -271,7 +271,7 @@ def test_a_sampling_value_out_of_range_is_the_same_error_on_every_door(app, runn
     errors = {door: job_door_error(app, runner, door, {"message": "Hi.", field: value}) for door in JOB_DOORS}
     assert errors == dict.fromkeys(JOB_DOORS, f"{field}: {problem}")
     assert fish_error(app, {"text": "Hi.", field: value}) == f"{field}: {problem}"
-    assert live_error(live_url, {"text": "Hi.", field: value}) == f"request.{field}: {problem}"
+    assert live_error(live_url, {"text": "Hi.", field: value}) == f"{field}: {problem}"
 
 
 def test_the_sampling_range_ends_are_accepted_on_every_door(app, runner):

@@ -160,18 +160,20 @@ class LiveSession:
         event = await self._client_event()
         if event.get("event") != "start":
             raise SessionError(f"event: the first event must be 'start', got {str(event.get('event'))[:100]!r}")
+        # The TTSRequest's fields are named as /v1/tts names them ("text: ...", "references[0].audio: ..."),
+        # so a bad value gets the same message on both Fish doors; the event's own fields by their names.
+        body = event.get("request") or {}
         try:
-            check_encodable(event, brackets=True)  # lone surrogates: "request.text: contains invalid unicode ..."
-            request = FishTTSRequest.model_validate(event.get("request") or {})
+            check_encodable({key: value for key, value in event.items() if key != "request"}, brackets=True)
+            if isinstance(body, dict):  # another shape is refused below, without echoing it
+                check_encodable(body, brackets=True)  # lone surrogates: "text: contains invalid unicode ..."
+            request = FishTTSRequest.model_validate(body)
         except JobInputError as exc:
             raise SessionError(str(exc)) from None
         except ValidationError as exc:
-            raise SessionError("request." + input_error(exc, brackets=True, whole="body").message) from None
+            raise SessionError(input_error(exc, brackets=True, whole="request").message) from None
         self._count_text(request.text)
-        try:
-            return await asyncio.to_thread(plan_speech, request, self.service, self.voices)
-        except JobInputError as exc:  # named where the start event has it, as its other fields are
-            raise SessionError(f"request.{exc.message}") from None
+        return await asyncio.to_thread(plan_speech, request, self.service, self.voices)
 
     async def _receive(self, chunk_length: int, start_text: str) -> None:
         """Turn text events into sentences until the client goes away."""
