@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -80,7 +80,7 @@ def merge_threads(
     ends the stream as if the consumer had left. On the way out, however it ends, every producer is
     told to stop and joined. Close the generator (or exhaust it) to release the threads.
     """
-    events: queue.Queue = queue.Queue()
+    events: queue.Queue[Any] = queue.Queue()  # items, _Failed, _END
     halt = threading.Event()
     threads = [_start(produce, events.put, halt, f"{name}-{getattr(produce, '__name__', 'producer')}")
                for produce in producers]
@@ -113,7 +113,7 @@ def merge_threads(
 
 async def iterate_in_thread(
     make_iterator: Callable[[threading.Event], Iterator[T]], *, name: str = "synthesis"
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:  # a generator: callers close it to stop the thread
     """Run `make_iterator(stop)` on its own thread and yield its items here, never blocking the loop.
 
     If the consumer goes away (job cancelled or timed out), `stop` is set so the producer can end
@@ -121,7 +121,7 @@ async def iterate_in_thread(
     would block the loop); it ends by itself at its next step.
     """
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
+    events: asyncio.Queue[Any] = asyncio.Queue()  # the iterator's items, _Failed, _END
     stop = threading.Event()
 
     def send(event: object) -> None:

@@ -9,9 +9,10 @@ that cannot be encoded (a lone surrogate) is escaped rather than breaking the re
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -29,7 +30,7 @@ def bounded(text: str, limit: int = MESSAGE_CHARS) -> str:
     return f"{text[: max(0, limit - 30)]}… ({len(text)} characters)"
 
 
-def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
     """An input value as an error quotes it: its repr, at most about `limit` characters."""
     if isinstance(value, (str, bytes)) and len(value) > limit:
         return f"{value[:limit]!r}… ({len(value)} characters)"
@@ -38,15 +39,45 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     return bounded(repr(value), limit + 30)
 
 
-def field_path(parts: tuple | list, *, brackets: bool = False) -> str:
+def field_path(parts: Sequence[str | int], *, brackets: bool = False, whole: str = "input") -> str:
     """Where in the input: "message", "extra.deep.1"; a key that is not a plain name is quoted ("''.x").
-    `brackets`: list indexes as the Fish doors write them, "references[0].audio"."""
+    `brackets`: list indexes as the Fish doors write them, "references[0].audio"; `whole`: the name of
+    the input itself (no parts)."""
     shown_parts = [str(p) if isinstance(p, int) or _PLAIN_NAME.fullmatch(str(p)) else shown(str(p), 40)
                    for p in parts]
     if brackets:
         return "".join(f"[{s}]" if isinstance(p, int) else f".{s}" for p, s in zip(parts, shown_parts)).lstrip(".") \
-            or "input"
-    return ".".join(shown_parts) or "input"
+            or whole
+    return ".".join(shown_parts) or whole
+
+
+class Problem(NamedTuple):
+    """pydantic's first complaint about an input, in the words every door repeats."""
+
+    field: str  # where: "temperature", "references[0].audio"
+    problem: str  # what: "Input should be less than or equal to 1"
+    type: str  # pydantic's error type ("less_than_equal", "extra_forbidden", ...), for a caller's own wording
+
+
+def first_problem(errors: "ValidationError | Sequence[Mapping[str, Any]]", *, brackets: bool = False,
+                  skip: Collection[str | int] = (), whole: str = "input") -> Problem:
+    """The one reading of a pydantic error, for every door and file (FastAPI's RequestValidationError
+    gives its `errors()` list). `brackets` and `whole` as in `field_path`; `skip`: location parts that are
+    not the caller's field names (FastAPI's "body")."""
+    if not isinstance(errors, Sequence):
+        errors = errors.errors(include_url=False)
+    first = errors[0]
+    field = field_path([part for part in first["loc"] if part not in skip], brackets=brackets, whole=whole)
+    kind = str(first.get("type", ""))
+    problem = str(first["msg"]).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        problem = "unknown field"
+    elif kind == "string_unicode" and isinstance(first.get("input"), str):
+        try:  # a lone surrogate (a form's charset can make one): said as every door says it (jobs/inputs.py)
+            first["input"].encode("utf-8")
+        except UnicodeEncodeError as exc:
+            problem = f"contains invalid unicode (lone surrogate) at position {exc.start}"
+    return Problem(bounded(field, SHOWN_CHARS), bounded(problem), kind)
 
 
 class ErrorKind(Enum):
@@ -88,14 +119,10 @@ class JobInputError(WorkerError, ValueError):
         self.problem = problem
 
 
-def input_error(exc: "ValidationError") -> JobInputError:
-    """The first problem pydantic found, as JobInputError("<field>: <what is wrong>")."""
-    first = exc.errors(include_url=False, include_input=False)[0]
-    field = field_path(first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    return JobInputError(field, bounded(message))  # JobInputError bounds the field name
+def input_error(exc: "ValidationError", *, brackets: bool = False, whole: str = "input") -> JobInputError:
+    """The first problem pydantic found, as JobInputError("<field>: <what is wrong>") (see first_problem)."""
+    field, problem, _ = first_problem(exc, brackets=brackets, whole=whole)
+    return JobInputError(field, problem)
 
 
 class NotFoundError(JobInputError):

@@ -9,7 +9,9 @@ Entry points build it once and pass it down; nothing below them reads the enviro
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +26,12 @@ BODY_MARGIN_BYTES = 1024 * 1024
 
 
 RUNPOD_VOLUME = Path("/runpod-volume")
+
+
+def configure_logging(level: str) -> None:
+    """The process's log lines at `level` (FISH_LOG_LEVEL), in the one format of every entry point
+    (the worker, the server, the quick start), to stderr. Called once, by the entry point."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def default_voices_dir() -> Path:

@@ -20,16 +20,12 @@ from fish_worker.engine.checkpoint import REQUIRED_FILES, CheckpointError, check
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.tts.loader import load_tts, resolve_device, warm_up
 from fish_worker.tts.service import TTSService
-from fish_worker.settings import Settings
+from fish_worker.settings import Settings, configure_logging
 
 # runpod logs every output chunk (audio included) at its default DEBUG level.
 os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
 
 log = logging.getLogger("fish_worker")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def ensure_checkpoint(settings: Settings) -> None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import base64
 
+import httpx
+import ormsgpack
 import pytest
+from httpx_ws import connect_ws
 
 from fish_worker.server import create_app
 from fish_worker.server.fish_models import FishTTSRequest
 from fish_worker.server.fish_synthesis import plan_speech
 from helpers import asgi_call as call
-from helpers import run_job, wav_b64
+from helpers import run_job, serve_app, wav_b64
 
 TEXT = "Hello there. How are you?"
 REFERENCE = wav_b64(seconds=1.0)
@@ -190,3 +193,117 @@ def test_a_rate_the_format_cannot_carry_is_the_same_error_on_every_door(app, run
     messages = {job["error"], seed.json()["error"], openai.json()["error"]["message"], fish.json()["message"]}
     assert len(messages) == 1, messages
     assert job["error"].startswith("sample_rate: ")
+
+
+# Each door, its name for the text field, and the error it answers for a job input's fields (the text in
+# `message`), read where the door puts it. The job doors share the job input, so their field names are the
+# job's; OpenAI's text is `input`, Fish's `text` (on both Fish doors: the live `start` event's TTSRequest too).
+JOB_DOORS = ("job", "seed /run", "/v2 runsync")
+
+
+def job_door_error(app, runner, door: str, fields: dict) -> str:
+    if door == "job":
+        [out] = run_job(runner, fields)
+        return out["error"]
+    if door == "seed /run":
+        response = call(app, "POST", "/run", json={"input": fields})
+        assert response.status_code == 400, response.text
+        return response.json()["error"]
+    response = call(app, "POST", "/v2/ep/runsync", json={"input": fields})
+    assert response.json()["status"] == "FAILED", response.text
+    return response.json()["error"]
+
+
+def openai_error(app, body: dict) -> str:
+    response = call(app, "POST", "/v1/audio/speech", json={"voice": "alloy", **body})
+    assert response.status_code == 400, response.text
+    return response.json()["error"]["message"]
+
+
+def fish_error(app, body: dict) -> str:
+    response = call(app, "POST", "/v1/tts", json=body)
+    assert response.status_code == 400, response.text
+    return response.json()["message"]
+
+
+@pytest.fixture(scope="module")
+def live_url(app):
+    with serve_app(app) as (host, port):
+        yield f"http://{host}:{port}"
+
+
+def live_error(live_url, request: dict) -> str:
+    """The finish event's message when a live session starts with `request`."""
+    with httpx.Client(base_url=live_url) as http, connect_ws("/v1/tts/live", client=http) as ws:
+        ws.send_bytes(ormsgpack.packb({"event": "start", "request": request}))
+        finish = ormsgpack.unpackb(ws.receive_bytes(timeout=60))
+    assert finish["event"] == "finish" and finish["reason"] == "error", finish
+    return finish["message"]
+
+
+MANY_SENTENCES = "Hello there. " * 101  # 101 sentences at any sentence length (FISH_MAX_SENTENCES: 100)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("x" * 2001, "is 2001 characters, the limit is 2000"),
+    (MANY_SENTENCES, "has 101 sentences, the limit is 100 (FISH_MAX_SENTENCES)"),
+    ("   ", "must contain text"),
+])
+def test_text_over_a_limit_is_the_same_error_on_every_door(app, runner, live_url, text, problem):
+    errors = {door: job_door_error(app, runner, door, {"message": text}) for door in JOB_DOORS}
+    assert errors == dict.fromkeys(JOB_DOORS, f"message: {problem}")
+    assert openai_error(app, {"input": text}) == f"input: {problem}"
+    assert fish_error(app, {"text": text}) == f"text: {problem}"
+    if text.strip():  # a live start may carry no text (it comes in events)
+        assert live_error(live_url, {"text": text}) == f"text: {problem}"
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("temperature", 1.5, "Input should be less than or equal to 1"),
+    ("temperature", -0.1, "Input should be greater than or equal to 0"),
+    ("top_p", 1.01, "Input should be less than or equal to 1"),
+    ("top_p", -0.5, "Input should be greater than or equal to 0"),
+    ("repetition_penalty", 2.0, "Input should be less than 2"),
+    ("repetition_penalty", 0.0, "Input should be greater than 0"),
+])
+def test_a_sampling_value_out_of_range_is_the_same_error_on_every_door(app, runner, live_url, field, value, problem):
+    # One range on every door (engine/sampling_rules.py); the OpenAI door has no sampling fields.
+    errors = {door: job_door_error(app, runner, door, {"message": "Hi.", field: value}) for door in JOB_DOORS}
+    assert errors == dict.fromkeys(JOB_DOORS, f"{field}: {problem}")
+    assert fish_error(app, {"text": "Hi.", field: value}) == f"{field}: {problem}"
+    assert live_error(live_url, {"text": "Hi.", field: value}) == f"{field}: {problem}"
+
+
+def test_the_sampling_range_ends_are_accepted_on_every_door(app, runner):
+    ends = {"temperature": 0.0, "top_p": 0.0, "repetition_penalty": 1.99}
+    [job] = run_job(runner, {"message": "Hi.", "max_tokens": 2, "seed": 1, **ends})
+    assert "error" not in job, job
+    fish = call(app, "POST", "/v1/tts", json={"text": "Hi.", "format": "wav", "max_new_tokens": 2, **ends})
+    assert fish.status_code == 200, fish.text
+
+
+OPUS_AT_16K = "sample_rate: opus is always 48000 Hz; leave sample_rate out or choose another audio_format"
+
+
+def test_a_sample_rate_with_opus_is_refused_alike_and_ignored_by_the_fish_doors(app, runner):
+    # The one rule (jobs/output_adjustments.py), its Fish leniency explicit there: pipecat sends its
+    # pipeline's rate with every format, and Fish Audio's API ignores it with opus.
+    errors = {door: job_door_error(app, runner, door, {"message": "Hi.", "audio_format": "opus",
+                                                         "sample_rate": 16_000}) for door in JOB_DOORS}
+    assert errors == dict.fromkeys(JOB_DOORS, OPUS_AT_16K)
+    assert openai_error(app, {"input": "Hi.", "response_format": "opus", "sample_rate": 16_000}) == OPUS_AT_16K
+    fish = call(app, "POST", "/v1/tts", json={"text": "Hi.", "format": "opus", "sample_rate": 16_000,
+                                              "max_new_tokens": 2})
+    assert fish.status_code == 200 and fish.content[:4] == b"OggS", fish.text
+
+
+def test_an_unknown_format_names_each_doors_field_and_its_formats(app, runner):
+    # Each door has its own formats (and name for the field), said by the one reading of a pydantic error.
+    [job] = run_job(runner, {"message": "Hi.", "audio_format": "ogg"})
+    for door in JOB_DOORS:
+        assert job_door_error(app, runner, door, {"message": "Hi.", "audio_format": "ogg"}) == job["error"]
+    assert job["error"] == ("audio_format: Input should be 'float', 'pcm16', 'wav', 'flac', 'mp3', 'opus' "
+                            "or 'aac'")
+    assert openai_error(app, {"input": "Hi.", "response_format": "ogg"}) == (
+        "response_format: Input should be 'mp3', 'opus', 'aac', 'flac', 'wav' or 'pcm'")
+    assert fish_error(app, {"text": "Hi.", "format": "ogg"}) == "format: Input should be 'wav', 'pcm', 'mp3' or 'opus'"

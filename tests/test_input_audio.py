@@ -359,7 +359,7 @@ def test_live_socket_ends_cleanly_on_a_lone_surrogate(client, runner):
     start = {"event": "start", "request": {"text": f"{LONE} hi there.", "format": "pcm", "max_new_tokens": 2}}
     assert live_finish(client, start, text_frames=True) == {
         "event": "finish", "reason": "error",
-        "message": "request.text: contains invalid unicode (lone surrogate) at position 0"}
+        "message": "text: contains invalid unicode (lone surrogate) at position 0"}
     start["request"]["text"] = ""
     finish = live_finish(client, start, {"event": "text", "text": f"Hello {LONE} there."}, {"event": "stop"},
                          text_frames=True)

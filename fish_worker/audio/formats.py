@@ -204,7 +204,8 @@ def encode_audio_bytes(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_R
 
 def float_list(samples: Any) -> list[float]:
     """The "float" payload: clean samples rounded to FLOAT_DECIMALS (in float64, so each prints short)."""
-    return np.round(clean_samples(samples).astype(np.float64), FLOAT_DECIMALS).tolist()
+    rounded: list[float] = np.round(clean_samples(samples).astype(np.float64), FLOAT_DECIMALS).tolist()
+    return rounded
 
 
 def encode_audio(samples: Any, fmt: str, sample_rate: int = MODEL_SAMPLE_RATE) -> Payload:
@@ -278,8 +279,9 @@ class StreamEncoder:
         audio = _codec_input(self.audio_format, clean_samples(samples))
         if self._resampler is not None:
             audio = _resample_for_opus(self._resampler.resample_chunk(audio))
-        self._file.write(audio)
-        return self._sink.take()
+        file, sink = self._soundfile()
+        file.write(audio)
+        return sink.take()
 
     def close_bytes(self) -> bytes:
         self._check_binary()
@@ -290,11 +292,17 @@ class StreamEncoder:
             return self._wav_header()  # a stream with no samples is still a valid (empty) WAV
         if self._aac is not None:
             return self._aac.close()
+        file, sink = self._soundfile()
         if self._resampler is not None:
             tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-            self._file.write(_resample_for_opus(tail))
-        self._file.close()  # flushes the encoder's last frame and the end of the stream
-        return self._sink.take()
+            file.write(_resample_for_opus(tail))
+        file.close()  # flushes the encoder's last frame and the end of the stream
+        return sink.take()
+
+    def _soundfile(self) -> tuple[sf.SoundFile, "_ForwardOnlySink"]:
+        # libsndfile's writer: made in __init__ for exactly the formats the branches before it leave (flac, mp3, opus).
+        assert self._file is not None and self._sink is not None, self.audio_format
+        return self._file, self._sink
 
     def _wav_header(self) -> bytes:
         if self.audio_format != "wav" or self._wav_header_sent:
@@ -418,7 +426,8 @@ def _codec_input(fmt: str, audio: np.ndarray) -> np.ndarray:
 
 def _resample_for_opus(audio: np.ndarray) -> np.ndarray:
     # Resampling can overshoot full scale by a hair; keep the encoder's input in range.
-    return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+    clipped: np.ndarray = np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+    return clipped
 
 
 def _b64(data: bytes) -> str:

@@ -18,6 +18,7 @@ Stages, in this order:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import soxr
@@ -100,7 +101,7 @@ class _TimeStretch:
         self._pts = 0
         self._graph = av.filter.Graph()
         source = self._graph.add_abuffer(format="flt", sample_rate=sample_rate, layout="mono",
-                                         time_base=f"1/{sample_rate}")
+                                         time_base=Fraction(1, sample_rate))
         tempo = self._graph.add("atempo", f"{speed:.6f}")
         sink = self._graph.add("abuffersink")
         source.link_to(tempo)

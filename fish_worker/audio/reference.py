@@ -99,7 +99,8 @@ def decode_audio_file(raw: bytes, sample_rate: int, max_seconds: float, field: s
         raise JobInputError(field, "contains no samples")
     if float(np.abs(audio).max()) < SILENCE_PEAK:
         raise JobInputError(field, "is silent")
-    return np.clip(audio, -1.0, 1.0)
+    clipped: np.ndarray = np.clip(audio, -1.0, 1.0)
+    return clipped
 
 
 def _decode_mono(container: av.container.InputContainer, sample_rate: int, max_seconds: float,

@@ -80,7 +80,7 @@ class ConversationVoice(BaseModel):
         return codes
 
     @field_serializer("codes")
-    def _codes_json(self, codes: np.ndarray) -> dict:
+    def _codes_json(self, codes: np.ndarray) -> dict[str, Any]:
         little_endian = codes.astype(codes.dtype.newbyteorder("<"), copy=False)
         return {
             "dtype": little_endian.dtype.str,
@@ -105,7 +105,7 @@ class Conversation(BaseModel):
     voice: ConversationVoice | None = None
     turns: int = Field(0, ge=0)  # turns ever appended (messages keeps only the newest ones)
 
-    def history(self) -> list[dict]:
+    def history(self) -> list[dict[str, Any]]:
         """The messages as plain {role, content} dicts, the form chat models take."""
         return [message.model_dump() for message in self.messages]
 

@@ -110,7 +110,7 @@ class RedisConversationStore:
         )
 
     @staticmethod
-    def _decode(conversation_id: str, data: bytes | None) -> Conversation | None:
+    def _decode(conversation_id: str, data: bytes | str | None) -> Conversation | None:
         if data is None:
             return None
         try:

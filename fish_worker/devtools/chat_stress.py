@@ -44,7 +44,7 @@ class FaultInjector:
     def __init__(self, chat: ChatModel):
         decoder = chat.batcher.decoder
         self._step, self._prefill = decoder.step, decoder.prefill
-        decoder.step, decoder.prefill = self.step, self.prefill
+        decoder.step, decoder.prefill = self.step, self.prefill  # type: ignore[method-assign]  # fault injection
         self.poisoned_prompts: set[tuple[int, ...]] = set()  # their rows make every step raise
         self.poisoned_at_join: set[tuple[int, ...]] = set()
         self.poisoned_rows: list = []  # the caches of poisoned prompts' rows

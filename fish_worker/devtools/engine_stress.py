@@ -48,8 +48,9 @@ class FaultInjector:
         self.transient_at: int | None = None  # raise once, at this step call
         self.calls = 0
         self.joining: torch.Generator | None = None
-        scheduler.step_fn = self.step
-        scheduler.caches.load_prefill = self.prefill
+        # Fault injection: this instance's step and prefill copy are replaced by the wrappers below.
+        scheduler.step_fn = self.step  # type: ignore[assignment]
+        scheduler.caches.load_prefill = self.prefill  # type: ignore[method-assign]
 
     def reset(self) -> None:
         self.poisoned.clear()
@@ -105,7 +106,7 @@ class StressRun:
             finally:
                 self.faults.joining = None
 
-        self.scheduler._join = noting_join
+        self.scheduler._join = noting_join  # type: ignore[method-assign]  # wrapped on this instance, see above
 
     def solo_frames(self, text: str, seed: int) -> torch.Tensor:
         if (text, seed) not in self.solo:

@@ -30,8 +30,8 @@ from fish_worker.conversations import ConversationStoreError
 from fish_worker.dialogue.llm import ChatModelError
 from fish_worker.engine.checkpoint import CheckpointError
 from fish_worker.jobs.runner import JobRunner
-from fish_worker.settings import Settings
-from fish_worker.worker import build_runner, configure_logging, run_local_job
+from fish_worker.settings import Settings, configure_logging
+from fish_worker.worker import build_runner, run_local_job
 
 DEFAULT_JOB = Path("test_input.json")
 
@@ -100,7 +100,7 @@ def encoded_bytes(chunks: list[dict[str, Any]]) -> tuple[str, bytes] | None:
 def _decode_file(data: bytes) -> Audio:
     import av  # wav/flac/mp3/opus, decoded by FFmpeg as players do
 
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.audio[0]
         to_float = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
         frames = [out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in to_float.resample(frame)]

@@ -72,6 +72,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)  # one token in, one id out (a list only for a list)
+    assert isinstance(token_id, int), token
+    return token_id
+
+
 def unprintable_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
     """Tokens that decode to a control character or to an incomplete UTF-8 sequence (U+FFFD)."""
     special = set(tokenizer.all_special_ids)
@@ -117,9 +123,9 @@ def write_tiny_chat_model(directory: str | Path, seed: int = 0) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    eos_ids = tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
+    eos_ids = [_token_id(tokenizer, IM_END), _token_id(tokenizer, END_OF_TEXT)]
     # <|im_start|> too: a reply never opens a new message.
-    suppress = unprintable_token_ids(tokenizer) + [tokenizer.convert_tokens_to_ids(IM_START)]
+    suppress = unprintable_token_ids(tokenizer) + [_token_id(tokenizer, IM_START)]
     model = build_model(
         len(tokenizer), seed, pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos_ids, suppress_token_ids=suppress
     )

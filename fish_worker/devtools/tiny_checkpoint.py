@@ -21,6 +21,7 @@ import argparse
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,7 +30,7 @@ from fish_worker.engine.checkpoint import CODEC_OVERRIDES_FILE, compose_codec_co
 NUM_CODEBOOKS = 4  # 1 semantic + 3 residual (released: 10)
 CODEBOOK_SIZE = 64  # semantic and residual codebook size (released: 4096 / 1024)
 
-TEXT2SEMANTIC_CONFIG = dict(
+TEXT2SEMANTIC_CONFIG: dict[str, Any] = dict(
     model_type="dual_ar",
     # 256 byte ranks + 15 special + semantic tokens; semantic ids end the vocabulary, as released, so
     # fish-speech's `token - semantic_begin_id` always indexes a codebook.
@@ -71,7 +72,7 @@ _TINY_QUANTIZER_TRANSFORMER = {"input_dim": 64, "window_size": 128, "config": {*
 # fish-speech initialises its LayerScale gains at 0.01, which leaves a random transformer nearly silent
 # (cutting its reach changed the tiny codec's audio by 3e-5 of 0.12); at 1 its layers matter, as trained ones do.
 TRANSFORMER_LAYER_SCALE = 1.0
-CODEC_OVERRIDES = {
+CODEC_OVERRIDES: dict[str, Any] = {
     "encoder_dim": 4,
     "decoder_dim": 64,  # fish-speech gives its codec transformers dim // 64 heads: keep >= 64
     "encoder_transformer_layers": [0, 0, 0, 1],
@@ -90,7 +91,7 @@ CODEC_OVERRIDES = {
 
 BENCH_NUM_CODEBOOKS = 8
 BENCH_CODEBOOK_SIZE = 512
-BENCH_TEXT2SEMANTIC_CONFIG = {
+BENCH_TEXT2SEMANTIC_CONFIG: dict[str, Any] = {
     **TEXT2SEMANTIC_CONFIG,
     "vocab_size": 256 + 15 + BENCH_CODEBOOK_SIZE,
     "n_layer": 8,
@@ -110,7 +111,7 @@ BENCH_TEXT2SEMANTIC_CONFIG = {
     "fast_intermediate_size": 512,
     "initializer_range": 0.05,
 }
-BENCH_CODEC_OVERRIDES = {
+BENCH_CODEC_OVERRIDES: dict[str, Any] = {
     **CODEC_OVERRIDES,
     "decoder_dim": 128,
     "quantizer": {
@@ -199,7 +200,7 @@ def _random_weights(module: torch.nn.Module, generator: torch.Generator, dtype: 
 def _rotary_table(owner: torch.nn.Module, meta: torch.Tensor) -> torch.Tensor:
     from fish_speech.models.dac.modded_dac import precompute_freqs_cis
 
-    config = owner.config
+    config: Any = owner.config  # the codec block's fish-speech ModelArgs
     table = precompute_freqs_cis(config.block_size, config.head_dim, config.rope_base)
     assert table.shape == meta.shape, (table.shape, meta.shape)
     return table

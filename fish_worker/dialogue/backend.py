@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
+from fish_worker.engine.sampling_rules import TEMPERATURE
 from fish_worker.errors import ErrorKind, WorkerError
 
 
@@ -42,7 +43,7 @@ class ChatBackend(Protocol):
         self,
         messages: list[dict],
         *,
-        temperature: float = 0.7,
+        temperature: float = TEMPERATURE,
         max_new_tokens: int = 256,
         system_prompt: str | None = None,
         seed: int | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -68,7 +69,9 @@ class BatchedDecoder:
         cache = DynamicCache(config=self.model.config)
         output = self.model(input_ids=input_ids, **{self._cache_kwarg: cache}, use_cache=True, logits_to_keep=1)
         length = len(token_ids)
-        keys, values = [], []
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        layer: Any  # transformers types a cache layer as any of its kinds; a Llama's are attention layers
         for layer in cache.layers:
             for source, into in ((layer.keys, keys), (layer.values, values)):
                 row = source.new_zeros((self.kv_heads, capacity, self.head_dim))

@@ -19,6 +19,7 @@ import queue
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import (
@@ -46,9 +47,13 @@ class _Reply:
     cache: RowCache | None = None
     left: bool = False  # set by the consumer (or abort()): the engine drops the reply at its next cycle
     done: bool = False  # set by the engine, once, when the reply's last item is queued
-    out: queue.Queue = field(default_factory=queue.Queue)  # token ids, then _END or an exception
+    out: queue.Queue[Any] = field(default_factory=queue.Queue)  # token ids, then _END or an exception
     ended: threading.Event = field(default_factory=threading.Event)
     number: int = field(default_factory=itertools.count().__next__)
+
+    def row_cache(self) -> RowCache:
+        assert self.cache is not None, "a reply steps only after its prefill, and until it ends"
+        return self.cache
 
 
 class TokenStream:
@@ -78,10 +83,10 @@ class TokenStream:
         if item is _END or isinstance(item, BaseException):
             self._finished = True
             self._reply.left = True
-            if item is _END:
-                raise StopIteration
-            raise item
-        return item
+            if isinstance(item, BaseException):
+                raise item
+            raise StopIteration
+        return int(item)
 
     def abort(self) -> None:
         self._reply.left = True
@@ -163,7 +168,7 @@ class ChatBatcher:
             for reply in [r for r in self._waiting if r.left]:  # gone while waiting: out of the line
                 self._waiting.remove(reply)
                 self._end(reply, _END)
-            joining = []
+            joining: list[_Reply] = []
             while self._waiting and len(self._active) + len(joining) < self.max_batch:
                 joining.append(self._waiting.popleft())
         for reply in self._active:
@@ -185,7 +190,7 @@ class ChatBatcher:
         except Exception as exc:
             log.exception("chat prefill failed for one reply")
             _release_memory(exc)
-            if state is not None:
+            if state is not None and reply.sampler is not None:
                 reply.sampler.generator.set_state(state)
             return self._end(reply, _failed("the chat model failed to read the prompt", exc))
         self._emit(reply, token)
@@ -194,13 +199,13 @@ class ChatBatcher:
         """One step for `replies`; on failure each half is retried, and a lone row once more."""
         states = [r.sampler.generator.get_state() if r.sampler else None for r in replies]
         try:
-            logits = self.decoder.step([r.tokens[-1] for r in replies], [r.cache for r in replies])
+            logits = self.decoder.step([r.tokens[-1] for r in replies], [r.row_cache() for r in replies])
             chosen = [self._choose(r, row_logits) for r, row_logits in zip(replies, logits)]
         except Exception as exc:
             self.step_failures += 1
             _release_memory(exc)
             for reply, state in zip(replies, states):
-                if state is not None:
+                if state is not None and reply.sampler is not None:
                     reply.sampler.generator.set_state(state)
             if len(replies) == 1 and retried:
                 log.error("chat decoding step failed twice for one reply: %s: %s", type(exc).__name__, exc)
@@ -223,9 +228,9 @@ class ChatBatcher:
         scores = logits.view(1, -1)
         if self.processors:
             seen = torch.tensor([reply.prompt + reply.tokens], device=scores.device)
-            scores = self.processors(seen, scores)
+            scores = self.processors(seen, scores)  # type: ignore[arg-type]  # transformers types logits with the legacy torch.FloatTensor/LongTensor classes; torch ops give torch.Tensor
         if reply.sampler is not None:
-            scores = reply.sampler(None, scores)
+            scores = reply.sampler(None, scores)  # type: ignore[arg-type]  # the sampler reads no input_ids; see above
         return int(scores.argmax(dim=-1))
 
     def _emit(self, reply: _Reply, token: int) -> None:
@@ -273,7 +278,7 @@ def row_processors(generation_config, device: torch.device) -> LogitsProcessorLi
         processors.append(NoRepeatNGramLogitsProcessor(ngram))
     suppress = getattr(generation_config, "suppress_tokens", None)
     if suppress:
-        processors.append(SuppressTokensLogitsProcessor(suppress, device=device))
+        processors.append(SuppressTokensLogitsProcessor(suppress, device=str(device)))
     return processors
 
 

@@ -8,18 +8,25 @@ the part beyond what that window's prefix already produced, holding it back whil
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # not imported at run time: the caller has transformers loaded
+    from transformers import PreTrainedTokenizerBase
+
 REPLACEMENT_CHAR = "\ufffd"
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._tokenizer = tokenizer
         self.token_ids: list[int] = []
         self._prefix_start = 0  # window start: the tokens before it are already fully emitted
         self._emitted_end = 0  # tokens [prefix_start, emitted_end) are emitted; the rest is pending
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        assert isinstance(text, str)  # one list of ids decodes to one string (transformers' hint says either)
+        return text
 
     def push(self, token_id: int) -> str:
         """Add one token; return the new text it completes (often "", e.g. mid-character)."""

@@ -23,6 +23,7 @@ from fish_worker.dialogue.batched_decode import BatchedDecoder, UnsupportedChatM
 from fish_worker.dialogue.chat_batching import ChatBatcher, TokenStream, row_processors
 from fish_worker.dialogue.detokenize import IncrementalDetokenizer
 from fish_worker.dialogue.prompt import fit_prompt
+from fish_worker.engine.sampling_rules import TEMPERATURE
 
 DEFAULT_MAX_BATCH = 8
 # A typical chat reply's context, for sizing the KV memory the chat model holds at full batch: a system
@@ -85,7 +86,7 @@ class ChatModel:
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **{_DTYPE_KWARG: dtype})
         except Exception as exc:
             raise ChatModelError(f"cannot load the chat model's weights from {path}: {exc}") from exc
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]  # transformers' typed wrapper of Module.to is wrong about its argument
         try:
             return cls(model, tokenizer, source=str(path), context_tokens=_context_tokens(model, tokenizer),
                        max_batch=max_batch)
@@ -96,11 +97,11 @@ class ChatModel:
         self,
         messages: list[dict],
         *,
-        temperature: float = 0.7,
+        temperature: float = TEMPERATURE,
         max_new_tokens: int = 256,
         system_prompt: str | None = None,
         seed: int | None = None,
-    ) -> Iterator[str]:
+    ) -> ReplyStream:
         """Reply to `messages` (ending with the user turn); yields text deltas as tokens are generated.
 
         temperature <= 0 means greedy decoding. The same seed (and inputs) gives the same reply.

@@ -33,7 +33,8 @@ from pydantic import BaseModel, ValidationError
 
 from fish_worker.dialogue.backend import ChatBackendError
 from fish_worker.dialogue.prompt import arrange_messages
-from fish_worker.errors import ErrorKind, bounded
+from fish_worker.engine.sampling_rules import TEMPERATURE
+from fish_worker.errors import ErrorKind, bounded, first_problem
 from fish_worker.settings import ChatSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class RemoteChatBackend:
 
     @classmethod
     def from_settings(cls, settings: ChatSettings) -> RemoteChatBackend:
+        if settings.base_url is None:
+            raise ValueError("no FISH_CHAT_BASE_URL: the remote chat backend needs one")
         return cls(settings.base_url, api_key=settings.api_key, model=settings.model,
                    connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s,
                    max_retries=settings.max_retries)
@@ -82,7 +85,7 @@ class RemoteChatBackend:
         self,
         messages: list[dict],
         *,
-        temperature: float = 0.7,
+        temperature: float = TEMPERATURE,
         max_new_tokens: int = 256,
         system_prompt: str | None = None,
         seed: int | None = None,
@@ -219,8 +222,8 @@ def _engine_message(exc: Exception) -> str:
             return body["message"]
         return exc.message
     if isinstance(exc, ValidationError) and exc.errors():
-        first = exc.errors()[0]
-        return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+        field, problem, _ = first_problem(exc)
+        return f"{field}: {problem}"
     return str(exc)
 
 

@@ -33,7 +33,7 @@ class SeededSampler(LogitsProcessor):
         probs = torch.softmax(logits, dim=-1)
         chosen = torch.multinomial(probs, num_samples=1, generator=self.generator)
         only_chosen = torch.full_like(scores, float("-inf"))
-        return only_chosen.scatter(-1, chosen, 0.0)
+        return only_chosen.scatter(-1, chosen, 0.0)  # type: ignore[return-value]  # transformers types logits with the legacy torch.FloatTensor/LongTensor classes; torch ops give torch.Tensor
 
 
 def _keep_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:

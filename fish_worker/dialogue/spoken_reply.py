@@ -13,10 +13,18 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from fish_worker.async_bridge import Emit, merge_threads
 from fish_worker.tts.requests import SpeechChunk
 from fish_worker.text.sentence_stream import SentenceStream
+
+@runtime_checkable
+class Abortable(Protocol):
+    """A reply stream that can be ended from any thread (dialogue/backend.py)."""
+
+    def abort(self) -> None: ...
+
 
 # How often the merger looks at the caller's stop flag while no event arrives.
 STOP_POLL_S = 0.1
@@ -73,9 +81,10 @@ def speak_while_writing(
     def guard(emit: Emit, halt: threading.Event) -> None:
         while not written.is_set():
             if halt.wait(STOP_POLL_S):
-                deltas.abort()
+                if isinstance(deltas, Abortable):  # always: guard runs only for such a stream (below)
+                    deltas.abort()
                 return
 
     # halt (the bridge's stop) is set when the caller stops, or this reply is over (done or failed).
-    producers = (write, say, guard) if hasattr(deltas, "abort") else (write, say)
+    producers = (write, say, guard) if isinstance(deltas, Abortable) else (write, say)
     return merge_threads(*producers, stop=stop, name="reply", poll_s=STOP_POLL_S)

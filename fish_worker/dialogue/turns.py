@@ -128,6 +128,7 @@ class ConversationService:
     def _chat_reply(self, request: TurnRequest, speech: SynthesisRequest, conversation: Conversation | None,
                     stop: threading.Event) -> Iterator[TextDelta | SpeechChunk]:
         history = conversation.history() if conversation is not None else []
+        assert self.chat is not None, "mode() refuses chat mode without a chat backend"
         try:
             deltas = self.chat.stream_reply(
                 history + [{"role": "user", "content": request.message}],
@@ -148,4 +149,6 @@ class ConversationService:
 
 def first_reply_voice(chunk: SpeechChunk) -> ConversationVoice:
     """A conversation without a reference keeps the voice its first spoken sentence happened to have."""
+    if chunk.codes is None:
+        raise ValueError("only a sentence's last chunk carries its codes")
     return ConversationVoice(codes=chunk.codes.numpy(), text=chunk.sentence or chunk.text, source="first_reply")

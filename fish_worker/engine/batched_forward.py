@@ -154,8 +154,9 @@ class BatchedStep:
             # Inductor on GPU, as fish-speech compiles its decode step; on CPU only "aot_eager", which
             # traces the same graphs without generating code (fish-speech's CPU choice: inductor is slower).
             backend = "inductor" if next(model.parameters()).is_cuda else "aot_eager"
-            self.slow = torch.compile(self.slow, backend=backend, dynamic=True)
-            self.fast_step = torch.compile(self.fast_step, backend=backend, dynamic=True)
+            # The bound methods, replaced on this instance by their compiled wrappers (same signatures).
+            self.slow = torch.compile(self.slow, backend=backend, dynamic=True)  # type: ignore[method-assign]
+            self.fast_step = torch.compile(self.fast_step, backend=backend, dynamic=True)  # type: ignore[method-assign]
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """forward_generate's input embedding: text token + (for semantic tokens) the codebook sum."""

@@ -16,8 +16,9 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -54,12 +55,13 @@ class _Sequence:
     done: bool = False  # set by the engine, once, when the sequence's last item is queued
     # Not async_bridge.merge_threads: one engine thread, shared by every sequence, feeds one queue per
     # sequence and outlives each consumer, so no producer thread belongs to (or is joined by) a consumer.
-    frames: queue.Queue = field(default_factory=queue.Queue)  # frames, then an exception or _END
+    frames: queue.Queue[Any] = field(default_factory=queue.Queue)  # frames, then an exception or _END
     slot: int = -1
     number: int = field(default_factory=itertools.count().__next__)  # unique for the process's life
     step: int = 0
-    token: torch.Tensor | None = None  # the last frame produced, [rows]; input of the next step
-    history: torch.Tensor | None = None  # [rows, max(budget, window)]: the repetition-penalty source
+    # Set when the sequence joins the batch, before any step reads them.
+    token: torch.Tensor = field(init=False, repr=False)  # the last frame produced, [rows]; input of the next step
+    history: torch.Tensor = field(init=False, repr=False)  # [rows, max(budget, window)]: the repetition-penalty source
 
     @property
     def stopped(self) -> bool:
@@ -131,7 +133,7 @@ class BatchScheduler:
         params: SamplingParams,
         generator: torch.Generator,
         stop: threading.Event | None = None,
-    ) -> Iterator[torch.Tensor]:
+    ) -> Generator[torch.Tensor, None, None]:
         """Yield codec frames ([num_codebooks] int tensors, on the CPU) until <|im_end|>, the token budget
         or `stop`."""
         prompt, audio_masks, audio_parts, budget = self.single.prepare(text, voices, params)
@@ -145,7 +147,7 @@ class BatchScheduler:
         finally:
             seq.left = True  # the consumer left (or finished): the engine drops the sequence
 
-    def _next_item(self, seq: _Sequence, thread: threading.Thread) -> object:
+    def _next_item(self, seq: _Sequence, thread: threading.Thread) -> Any:  # a frame, an error or _END
         """The sequence's next item; an error, never a wait forever, if its engine thread has died."""
         while True:
             try:

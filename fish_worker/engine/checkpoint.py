@@ -24,11 +24,18 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.overrides import TorchFunctionMode
+
+from fish_worker.errors import first_problem
+
+if TYPE_CHECKING:  # fish-speech ships no type information: to mypy these are Any, to a reader what they are
+    from fish_speech.models.dac.modded_dac import DAC
+    from fish_speech.models.text2semantic.llama import DualARTransformer
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +113,8 @@ def read_codec_overrides(file: Path) -> dict:
     try:
         overrides = CodecOverrides.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        key = ".".join(str(p) for p in first["loc"]) or "the file"
-        problem = "not a codec size this file may set" if first["type"] == "extra_forbidden" else first["msg"]
+        key, problem, kind = first_problem(exc, whole="the file")
+        problem = "not a codec size this file may set" if kind == "extra_forbidden" else problem
         raise CheckpointError(f"{CODEC_OVERRIDES_FILE}: {key}: {problem} ({file}; it may only set the sizes "
                               "in fish_worker/engine/checkpoint.py CodecOverrides)") from None
     return overrides.model_dump(exclude_unset=True)
@@ -120,8 +126,8 @@ def _first_line(exc: Exception) -> str:
 
 @dataclass(frozen=True)
 class LoadedModels:
-    text2semantic: torch.nn.Module  # fish_speech DualARTransformer, caches set up
-    codec: torch.nn.Module  # fish_speech DAC
+    text2semantic: DualARTransformer  # caches set up
+    codec: DAC
     device: torch.device
     precision: torch.dtype
 
@@ -268,7 +274,7 @@ def compose_codec_config(path: Path):
     import fish_speech.models.dac.modded_dac  # noqa: F401  (registers the config targets' module)
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     configs_dir = Path(fish_speech.models.dac.modded_dac.__file__).resolve().parents[2] / "configs"
     GlobalHydra.instance().clear()
@@ -277,7 +283,9 @@ def compose_codec_config(path: Path):
     overrides = path / CODEC_OVERRIDES_FILE
     if overrides.exists():
         OmegaConf.set_struct(cfg, False)  # overrides may set ModelArgs fields the yaml leaves at their defaults
-        cfg = OmegaConf.merge(cfg, OmegaConf.create(read_codec_overrides(overrides)))
+        merged = OmegaConf.merge(cfg, OmegaConf.create(read_codec_overrides(overrides)))
+        assert isinstance(merged, DictConfig)  # a mapping merged into a mapping
+        cfg = merged
     return cfg
 
 
@@ -328,7 +336,7 @@ def _fp32_rotary_tables(codec: torch.nn.Module) -> None:
     for module in codec.modules():
         table = getattr(module, "freqs_cis", None)
         if isinstance(table, torch.Tensor) and hasattr(module, "config"):
-            config = module.config
+            config: Any = module.config  # the codec block's fish-speech ModelArgs
             module.freqs_cis = precompute_freqs_cis(config.block_size, config.head_dim, config.rope_base,
                                                     dtype=torch.float32).to(table.device)
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from fish_worker.engine.codec_batching import DecodeBatcher
+
+if TYPE_CHECKING:  # fish-speech ships no type information: to mypy this is Any, to a reader what the codec is
+    from fish_speech.models.dac.modded_dac import DAC
 
 
 class Codec:
@@ -17,7 +21,7 @@ class Codec:
     Whole sentences (`decode`) and streamed windows (`decode_window`, engine/codec_stream.py) share
     the batches: one decode runs at a time."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, precision: torch.dtype,
+    def __init__(self, model: DAC, device: torch.device, precision: torch.dtype,
                  batch_frames: int = 0):
         self.model = model
         self.device = device
@@ -92,8 +96,8 @@ class Codec:
             batch[row, :, : r.shape[1]] = r.to(device=self.device, dtype=dtype)
         return batch
 
-    def _rows(self, audio: torch.Tensor, lengths: list[int]) -> list[np.ndarray]:
-        audio = audio[:, 0].float().cpu().numpy()
+    def _rows(self, batch: torch.Tensor, lengths: list[int]) -> list[np.ndarray]:
+        audio: np.ndarray = batch[:, 0].float().cpu().numpy()
         if len(lengths) == 1:
             return [audio[0, : lengths[0] * self.samples_per_frame]]
         # Copies, so a job's audio does not keep the whole batch's array alive.

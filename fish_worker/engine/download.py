@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(levelname)s %(message)s")
 
-    jobs = [(args.repo, args.checkpoint_dir, sorted(REQUIRED_FILES))]
+    jobs: list[tuple[str, Path, list[str] | None]] = [(args.repo, args.checkpoint_dir, sorted(REQUIRED_FILES))]
     if args.chat_repo:
         if args.chat_dir is None:
             parser.error("--chat-repo needs --chat-dir or FISH_CHAT_MODEL_DIR")

@@ -12,11 +12,15 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fish_worker.engine.sampling import SamplingParams, sample_token
+
+if TYPE_CHECKING:  # fish-speech ships no type information: to mypy this is Any, to a reader what the model is
+    from fish_speech.models.text2semantic.llama import DualARTransformer
 
 REPETITION_WINDOW = 16  # fish-speech's windowed repetition penalty
 
@@ -34,7 +38,7 @@ class PromptTooLongError(ValueError):
 
 
 @contextlib.contextmanager
-def short_prefill_cache(model: torch.nn.Module, length: int) -> Iterator[None]:
+def short_prefill_cache(model: DualARTransformer, length: int) -> Iterator[None]:
     """A batch-1 KV cache of `length` positions for fish-speech's `forward_generate` while a prompt is prefilled.
 
     `forward_generate` attends over its whole cache (`max_seq_len`, 8,192 at S1-mini, as fish-speech's
@@ -65,7 +69,7 @@ def short_prefill_cache(model: torch.nn.Module, length: int) -> Iterator[None]:
 class SemanticGenerator:
     """Owns the text2semantic model and its KV caches; one sequence at a time."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device):
+    def __init__(self, model: DualARTransformer, device: torch.device):
         self.model = model
         self.device = device
         self.config = model.config

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
+from fish_worker.engine.sampling_rules import REPETITION_PENALTY, TEMPERATURE, TOP_P
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.7
-    top_p: float = 0.8
-    repetition_penalty: float = 1.1
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
+    repetition_penalty: float = REPETITION_PENALTY
     max_new_tokens: int = 1000
 
     def as_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from fish_worker.audio.reference import base64_audio, reference_bytes
 from fish_worker.audio.postprocess import MAX_SAMPLE_RATE, MAX_SPEED, MAX_VOLUME_DB, MIN_SAMPLE_RATE, MIN_SPEED, MIN_VOLUME_DB
 from fish_worker.conversations.model import ConversationId
 from fish_worker.dialogue.requests import Mode, TurnRequest
+from fish_worker.engine.sampling_rules import RepetitionPenalty, Temperature, TopP
 from fish_worker.errors import JobInputError, field_path, input_error
 from fish_worker.settings import Settings
 from fish_worker.tts.requests import SEED_LIMIT, ReferenceClip, check_text, SavedVoiceRef, SynthesisRequest, Voice
@@ -38,7 +39,7 @@ class JobInput(BaseModel):
                                              "Default: English rules.")
     message: str = Field(description="Text to speak.")
     conversation_id: ConversationId | None = None
-    temperature: float = Field(_DEFAULTS.temperature, ge=0.1, le=1.0)
+    temperature: Temperature = _DEFAULTS.temperature
     max_tokens: int = Field(
         _DEFAULTS.frames_per_sentence, ge=1,
         description="chat mode: most LLM tokens in the reply; tts mode: most codec frames per sentence (~21.5/s).",
@@ -47,8 +48,8 @@ class JobInput(BaseModel):
     reference_audio: bytes | None = Field(None, description="Base64 WAV of the voice to clone.")
     reference_text: str | None = Field(None, max_length=1000, description="Transcript of reference_audio.")
     stream: bool = False
-    top_p: float = Field(_DEFAULTS.top_p, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(_DEFAULTS.repetition_penalty, gt=0.0, lt=2.0)
+    top_p: TopP = _DEFAULTS.top_p
+    repetition_penalty: RepetitionPenalty = _DEFAULTS.repetition_penalty
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     # None: chat when the worker has a chat backend (FISH_CHAT_MODEL_DIR or FISH_CHAT_BASE_URL), else tts: dialogue/turns.py.
     mode: Literal["chat", "tts"] | None = Field(None, description="chat: reply to message; tts: speak it as is.")
@@ -106,7 +107,7 @@ class JobInput(BaseModel):
             return ReferenceClip(self.reference_audio, self.reference_text or "")
         return None
 
-    def to_synthesis(self, **changes) -> SynthesisRequest:
+    def to_synthesis(self, **changes: Any) -> SynthesisRequest:
         """The job as the TTS service takes it (tts mode: max_tokens is frames per sentence)."""
         request = SynthesisRequest(
             text=self.message, temperature=self.temperature, top_p=self.top_p,
@@ -152,7 +153,7 @@ def check_encodable(raw: Any, *, brackets: bool = False) -> None:
     as UTF-8, so a job echoing one could never post its result. They are refused before any work.
     `brackets`: name list items as the Fish doors do ("references[0].text", see field_path).
     """
-    stack: list[tuple[tuple, Any]] = [((), raw)]
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), raw)]
     while stack:
         path, value = stack.pop()
         if isinstance(value, str):

@@ -46,7 +46,7 @@ def check_json_safe(obj: Any) -> None:
             raise NotJsonSafe(f"{where or 'result'}: value of type {type(value).__name__}")
 
 
-def _all_finite_floats(values: list | tuple) -> bool:
+def _all_finite_floats(values: list[Any] | tuple[Any, ...]) -> bool:
     if not values or type(values[0]) is not float:
         return False
     return set(map(type, values)) <= {float, int} and all(map(math.isfinite, values))

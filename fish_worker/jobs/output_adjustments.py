@@ -36,14 +36,19 @@ def job_adjustments(request: JobInput) -> AudioAdjustments:
 
 
 def output_adjustments(audio_format: str, rate: int | None, speed: float = 1.0, volume_db: float = 0.0,
-                       ) -> AudioAdjustments:
-    """Output adjustments checked against what `audio_format` can carry (JobInputError naming the field)."""
+                       *, ignore_opus_rate: bool = False) -> AudioAdjustments:
+    """Output adjustments checked against what `audio_format` can carry (JobInputError naming the field):
+    the one rule for every door.
+
+    Opus is always encoded at 48 kHz (its decoders output 48 kHz whatever the source was), so another
+    `rate` with opus is refused, except where `ignore_opus_rate` says to drop it: the Fish doors, because
+    Fish Audio's API ignores it and pipecat's Fish service sends its pipeline's rate with every format.
+    """
     rates = FIXED_SAMPLE_RATES.get(audio_format)
     if rate is not None and rates is not None and rate not in rates:
         raise JobInputError("sample_rate", f"{audio_format} supports {', '.join(map(str, rates))}; got {rate}")
     if audio_format == "opus":
-        # Opus is always encoded at 48 kHz (its decoders output 48 kHz whatever the source was).
-        if rate not in (None, OPUS_SAMPLE_RATE):
+        if rate not in (None, OPUS_SAMPLE_RATE) and not ignore_opus_rate:
             raise JobInputError("sample_rate", f"opus is always {OPUS_SAMPLE_RATE} Hz; leave sample_rate out "
                                                "or choose another audio_format")
         rate = None

@@ -17,6 +17,7 @@ from fish_worker.audio.formats import (
     MAX_JSON_BYTES_PER_FLOAT,
     MEDIA_TYPES,
     MODEL_SAMPLE_RATE,
+    Payload,
     ResultTooLargeError,
     StreamEncoder,
     audio_result,
@@ -26,6 +27,7 @@ from fish_worker.audio.formats import (
     result_limit_bytes,
     split_payload,
 )
+from fish_worker.jobs.job import ResultRoute
 from fish_worker.tts.requests import SpeechChunk
 from fish_worker.settings import S3Settings, Settings
 from fish_worker.storage import S3Uploader
@@ -68,7 +70,7 @@ def estimated_result_bytes(text: str, frames_budget: int, fmt: str) -> int:
 
 
 def result_too_large_error(text: str, frames_budget: int, fmt: str, settings: Settings,
-                           route: str | None) -> ResultTooLargeError | None:
+                           route: ResultRoute | None) -> ResultTooLargeError | None:
     """The error to fail with before any synthesis when the result can be seen not to fit `route`.
 
     None when it may fit, when there is no limit (route None), or when S3 takes what does not fit.
@@ -79,7 +81,8 @@ def result_too_large_error(text: str, frames_budget: int, fmt: str, settings: Se
     return ResultTooLargeError(estimate, limit, route, estimated=True) if estimate > limit else None
 
 
-def within_result_limit(output: dict[str, Any], settings: Settings, route: str | None = "run") -> dict[str, Any]:
+def within_result_limit(output: dict[str, Any], settings: Settings,
+                        route: ResultRoute | None = "run") -> dict[str, Any]:
     """`output` as is when it fits `route`'s limit (None: no limit), else uploaded to S3.
 
     Raises ResultTooLargeError when it does not fit and no bucket is configured.
@@ -194,15 +197,15 @@ class StreamedOutput:
             self._encoder = StreamEncoder(self.audio_format, speech.sample_rate)
         self._last = speech
         duration_s = round(len(speech.audio) / speech.sample_rate, 3)
-        return self._pieces(self._encoder.feed(speech.audio), speech, speech.text, duration_s)
+        return self._pieces(self._encoder, self._encoder.feed(speech.audio), speech, speech.text, duration_s)
 
     def finish(self) -> list[dict[str, Any]]:
         """What the encoder still holds (the last compressed frames); [] when nothing."""
         if self._encoder is None or self._last is None:
             return []
-        return self._pieces(self._encoder.close(), self._last, "", 0.0, keep_empty=False)
+        return self._pieces(self._encoder, self._encoder.close(), self._last, "", 0.0, keep_empty=False)
 
-    def _pieces(self, payload, speech: SpeechChunk, text: str, duration_s: float,
+    def _pieces(self, encoder: StreamEncoder, payload: Payload, speech: SpeechChunk, text: str, duration_s: float,
                 keep_empty: bool = True) -> list[dict[str, Any]]:
         # An empty payload (the encoder is buffering a frame) still carries the sentence's text.
         pieces = split_payload(payload) or ([payload] if keep_empty else [])
@@ -212,7 +215,7 @@ class StreamedOutput:
                 "text": text if part == 0 else "",
                 "audio": piece,
                 "audio_format": self.audio_format,
-                "sample_rate": self._encoder.sample_rate,
+                "sample_rate": encoder.sample_rate,
                 "duration_s": durations[part],
                 "seed": speech.seed,
                 "index": speech.index,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -77,7 +78,7 @@ class JobRunner:
         if error is not None:
             raise error
 
-    async def stream(self, job: Job) -> AsyncIterator[dict[str, Any] | JobFailure]:
+    async def stream(self, job: Job) -> AsyncGenerator[dict[str, Any] | JobFailure, None]:
         """Yield output chunks; a failed job's last item is its JobFailure (nothing is raised).
 
         Every chunk is checked to be postable JSON first: one that is not ends the job with an error
@@ -109,7 +110,7 @@ class JobRunner:
         finally:
             await chunks.aclose()
 
-    async def _chunks(self, job: Job) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, job: Job) -> AsyncGenerator[dict[str, Any], None]:
         """The job's output chunks; raises WorkerError (or, for a fault of ours, anything) when it fails."""
         if isinstance(job.input, dict):
             check_encodable(job.input)  # every door, every action: no lone surrogates anywhere
@@ -128,6 +129,7 @@ class JobRunner:
         mode = conversations.mode(request.mode, request.system_prompt)
         if mode == "tts" and not job.streamed:  # fail now, not after minutes of work
             self._check_result_fits(request, job.result_route)
+        speech: Callable[[threading.Event], Iterator[TextDelta | SpeechChunk]]
         if mode == "chat" or request.conversation_id:
             turn = request.to_turn(mode, conversations.settings.chat.frames_per_sentence)
             speech = lambda stop: conversations.turn(turn, stop)  # noqa: E731
@@ -135,7 +137,8 @@ class JobRunner:
             synthesis = request.to_synthesis()
             speech = lambda stop: self.service.synthesize(synthesis, stop, voices=conversations.voices)  # noqa: E731
         adjustments = job_adjustments(request)  # sample_rate, speed, volume
-        speech = lambda stop, make=speech: adjusted_speech(make(stop), adjustments)  # noqa: E731
+        unadjusted = speech
+        speech = lambda stop: adjusted_speech(unadjusted(stop), adjustments)  # noqa: E731
         if job.streamed:  # the input was validated: request.stream is the same flag
             streamed = StreamedOutput(request.audio_format)
             spoke = False

@@ -18,7 +18,7 @@ tests/test_runpod_adapter.py fails when those internals change under it (runpod 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +48,7 @@ class QueueJobHandler:
     """One job, reported to the queue the way our API promises (see the module docstring)."""
 
     whole: Callable[[Job], Awaitable[dict[str, Any]]]  # the one result (JobRunner.result)
-    stream: Callable[[Job], AsyncIterator[dict[str, Any] | JobFailure]]  # the chunks (JobRunner.stream)
+    stream: Callable[[Job], AsyncGenerator[dict[str, Any] | JobFailure, None]]  # the chunks (JobRunner.stream)
     summary: Callable[[], StreamSummary] = StreamSummary
     # A queue job cannot tell /run from /runsync, so a whole result must fit the smaller limit.
     result_limit_bytes: int = RESULT_LIMIT_BYTES["run"]
@@ -75,14 +75,14 @@ class QueueJobHandler:
         async def whole(_: dict[str, Any]) -> dict[str, Any]:
             return await self.whole(typed)
 
-        async def chunks(_: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:  # the SDK wants a generator function
+        async def chunks(_: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:  # the SDK wants a generator function
             async with aclosing(runpod_chunks(self.stream(typed))) as shaped:
                 async for chunk in shaped:
                     yield chunk
 
         if not typed.streamed:
-            result = await run_job(whole, job)  # the SDK's own: {"output": ...} or {"error": ...}
-            await post_done(self._bounded(result), False)
+            done = await run_job(whole, job)  # the SDK's own: {"output": ...} or {"error": ...}
+            await post_done(self._bounded(done), False)
             return
         summary = self.summary()
         result: dict[str, Any] | None = None
@@ -112,7 +112,8 @@ def _output_error(output: Any) -> Any:
     return output.get("error") if isinstance(output, dict) else None
 
 
-async def runpod_chunks(events: AsyncIterator[dict[str, Any] | JobFailure]) -> AsyncIterator[dict[str, Any]]:
+async def runpod_chunks(events: AsyncGenerator[dict[str, Any] | JobFailure, None],
+                        ) -> AsyncGenerator[dict[str, Any], None]:
     """RunPod's shape of a job's stream: a failure becomes an {"error": message} chunk, which ends the job."""
     async with aclosing(events):
         async for event in events:

@@ -67,7 +67,8 @@ class DeleteVoice(_WithVoiceId):
     action: Literal["delete_voice"]
 
 
-_MODELS: dict[str, type[_Action]] = {"save_voice": SaveVoice, "list_voices": ListVoices, "delete_voice": DeleteVoice}
+_MODELS: dict[str, type[SaveVoice | ListVoices | DeleteVoice]] = {
+    "save_voice": SaveVoice, "list_voices": ListVoices, "delete_voice": DeleteVoice}
 
 
 def is_voice_action(raw: Any) -> bool:

@@ -17,7 +17,7 @@ import uvicorn
 # Only light imports here: the port opens before torch and the models load (in app_builder's thread).
 from fish_worker.server.health import ASGIApp, LoadingApp, PingApp, Readiness
 from fish_worker.server.protocol import uvicorn_options
-from fish_worker.settings import ServerSettings, Settings
+from fish_worker.settings import ServerSettings, Settings, configure_logging
 
 log = logging.getLogger("fish_worker.server")
 
@@ -66,7 +66,7 @@ def app_builder(settings: Settings) -> Callable[[], ASGIApp]:
 
 def main() -> None:
     settings = Settings()  # the one read of the environment; passed down from here
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     if not settings.server.key_set and not settings.server.auth_disabled:
         log.error("no API keys: set FISH_API_KEYS=key1,key2 (or FISH_AUTH_DISABLED=true to serve without auth)")
         sys.exit(2)

@@ -9,7 +9,7 @@ Fish Audio door (/v1/tts, /v1/tts/live, /model): Fish's own `{"status": <code>, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from fish_worker.errors import ErrorKind, JobInputError, WorkerError
+from fish_worker.errors import ErrorKind, JobInputError, WorkerError, first_problem
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.disconnect import ClientGone
 
@@ -56,7 +56,7 @@ def status_of(kind: ErrorKind) -> int:
 def api_error(exc: WorkerError, fields: Mapping[str, str] | None = None) -> ApiError:
     """`exc` as an error answer with the status of its kind; `fields` renames the service's field
     names into the door's own ("message" → "input")."""
-    field = (fields or {}).get(exc.field, exc.field)
+    field = exc.field if exc.field is None else (fields or {}).get(exc.field, exc.field)
     message = f"{field}: {exc.problem}" if isinstance(exc, JobInputError) else exc.message
     return ApiError(status_of(exc.kind), message, param=field)
 
@@ -91,12 +91,12 @@ def error_body(path: str, status: int, message: str, param: str | None = None,
 
 
 def error_response(path: str, status: int, message: str, *, param: str | None = None, job_id: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(path, status, message, param, job_id), status_code=status, headers=headers)
 
 
 async def deny_websocket(scope: Scope, receive: Receive, send: Send, status: int, message: str,
-                         headers: dict[str, str] | None = None) -> None:
+                         headers: Mapping[str, str] | None = None) -> None:
     """Refuse a WebSocket before its handshake: an HTTP answer in the door's shape where the server can
     send one (uvicorn can: the websocket.http.response extension), else a close, which servers answer 403."""
     await receive()  # "websocket.connect": the ASGI server's first message, whatever the answer
@@ -108,10 +108,11 @@ async def deny_websocket(scope: Scope, receive: Receive, send: Send, status: int
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(ClientGone, _client_gone)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    # Starlette types every handler as taking Exception; it calls each with the class it is added for.
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientGone, _client_gone)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
 
 
@@ -145,24 +146,20 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI answers 422; the seed contract says bad input is 400.
-    message, param = _validation_message(exc.errors()[0])
+    message, param = _validation_message(exc.errors())
     return error_response(request.url.path, 400, message, param=param)
 
 
-def _validation_message(first: dict[str, Any]) -> tuple[str, str]:
-    """("<field>: <problem>", field) for the first problem of a request."""
+def _validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """("<field>: <problem>", field) for the first problem of a request, read as every door reads one."""
+    first = errors[0]
     if first.get("type") == "json_invalid":
         where = next((p for p in first["loc"] if isinstance(p, int)), None)
         reason = (first.get("ctx") or {}).get("error", "not valid JSON")
         at = f" at character {where}" if where is not None else ""
         return f"body: invalid JSON{at}: {reason}", "body"
-    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-    if first.get("type") == "string_unicode" and isinstance(first.get("input"), str):
-        try:  # a lone surrogate (a form's charset can make one): said as every door says it
-            first["input"].encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return f"{where}: contains invalid unicode (lone surrogate) at position {exc.start}", where
-    return f"{where}: {first['msg']}", where
+    field, problem, _ = first_problem(errors, skip=("body",), whole="body")
+    return f"{field}: {problem}", field
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fish_worker.audio.reference import base64_audio
+from fish_worker.engine.sampling_rules import (
+    FISH_REPETITION_PENALTY, FISH_TOP_P, TEMPERATURE, RepetitionPenalty, Temperature, TopP)
 from fish_worker.errors import JobInputError
 from fish_worker.jobs.output_adjustments import output_adjustments
 
@@ -71,10 +73,11 @@ class FishTTSRequest(BaseModel):
     normalize: bool = True  # ignored: the text is spoken as given
     latency: Literal["normal", "balanced"] = "balanced"  # ignored: audio always streams as early as it can
     prosody: Prosody | None = None
-    top_p: float = Field(0.7, ge=0.0, le=1.0)
-    temperature: float = Field(0.7, ge=0.0, le=1.0)
+    # The ranges every door has; the defaults Fish Audio documents (engine/sampling_rules.py).
+    top_p: TopP = FISH_TOP_P
+    temperature: Temperature = TEMPERATURE
     max_new_tokens: int = Field(1024, ge=0)  # per sentence; 0 or over FISH_MAX_TOKENS_LIMIT: that limit
-    repetition_penalty: float = Field(1.2, gt=0.0, lt=2.0)
+    repetition_penalty: RepetitionPenalty = FISH_REPETITION_PENALTY
     # Accepted and ignored (no counterpart in this model's generation loop).
     min_chunk_length: int = 50
     condition_on_previous_chunks: bool = True  # we always condition on the previous sentence
@@ -113,8 +116,8 @@ class FishTTSRequest(BaseModel):
 
     def adjustments(self) -> AudioAdjustments:
         """Speed, volume and sample rate, checked against what the format can carry by the rule every
-        door uses (JobInputError naming the field). One difference, kept for Fish's clients (pipecat
-        sends its pipeline's rate with any format): a sample_rate with opus is ignored, not refused."""
+        door uses (JobInputError naming the field), with its leniency for Fish's clients: a sample_rate
+        with opus is ignored, not refused (jobs/output_adjustments.py says why)."""
         prosody = self.prosody or Prosody()
-        rate = None if self.format == "opus" else self.sample_rate  # Opus is always 48 kHz
-        return output_adjustments(self.audio_format, rate, prosody.speed, prosody.volume)
+        return output_adjustments(self.audio_format, self.sample_rate, prosody.speed, prosody.volume,
+                                  ignore_opus_rate=True)

@@ -21,7 +21,7 @@ from fish_worker.engine.generation import VoicePrompt
 from fish_worker.errors import JobInputError, NotFoundError
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
 from fish_worker.settings import Settings
-from fish_worker.tts.requests import ReferenceClip, SpeechChunk, SynthesisRequest
+from fish_worker.tts.requests import ReferenceClip, SpeechChunk, SynthesisRequest, check_text
 from fish_worker.tts.service import TTSService
 from fish_worker.tts.voice_resolver import VoiceResolver
 from fish_worker.tts.voices import VoiceStore, validate_voice_id
@@ -54,14 +54,18 @@ def plan_speech(request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceS
     Raises JobInputError("<field>: ...") for anything the caller must fix; NotFoundError when
     `reference_id` names no voice of the caller's (as for an id never saved).
     """
-    if len(request.text) > settings.max_text_chars:
-        raise JobInputError("text", f"is {len(request.text)} characters, the limit is {settings.max_text_chars}")
+    if request.text.strip():  # a live session's `start` may carry none: its text comes in events, under its own limits
+        try:  # the text limits of every door, sentences cut as this request's chunk_length cuts them
+            check_text(request.text, settings, sentence_chars=request.chunk_length)
+        except ValueError as exc:
+            raise JobInputError("text", str(exc)) from None
     adjustments = request.adjustments()  # JobInputError naming sample_rate or prosody
     if request.reference_id is not None and request.references:
         raise JobInputError("reference_id", "give either reference_id or references, not both")
     max_tokens = request.max_new_tokens
     if max_tokens == 0 or max_tokens > settings.max_tokens_limit:
         max_tokens = settings.max_tokens_limit
+    voice: VoicePrompt | None
     if request.reference_id is not None:
         try:
             voice_id = validate_voice_id(request.reference_id)

@@ -16,11 +16,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+from starlette.types import Receive, Scope, Send
+
 log = logging.getLogger("fish_worker.server")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PING_PATH = "/ping"

@@ -14,7 +14,7 @@ import asyncio
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager, nullcontext
 from typing import Any, TypeVar
 
@@ -70,7 +70,7 @@ class JobLimiter:
         return Admission(self, tenant)
 
     async def run(self, job: Job, admission: Admission | None = None,
-                  on_start: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any] | JobFailure]:
+                  on_start: Callable[[], None] | None = None) -> AsyncGenerator[dict[str, Any] | JobFailure, None]:
         """The runner's events for `job` (chunks, then a JobFailure if it fails), once a slot is free
         (then `on_start()`); an action that runs no model (list_voices, delete_voice, end_conversation)
         needs no slot and starts at once. Closing this stops the job.
@@ -89,7 +89,8 @@ class JobLimiter:
         finally:
             admission.release()
 
-    async def speech(self, admission: Admission, make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+    async def speech(self, admission: Admission, make: Callable[[threading.Event], Iterator[T]],
+                     ) -> AsyncGenerator[T, None]:
         """`make(stop)`'s items (generated on a thread) once a generation slot is free; the admission
         is given back when it ends. Closing this stops the generation."""
         try:

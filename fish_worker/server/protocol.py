@@ -36,7 +36,7 @@ MAX_HEADER_BYTES = 16 * 1024  # request line + headers (h11's default, said outr
 log = logging.getLogger(__name__)
 
 
-def _drop_stalled(transport: asyncio.BaseTransport, send_timeout_s: float) -> None:
+def _drop_stalled(transport: asyncio.Transport, send_timeout_s: float) -> None:
     """Abort a connection whose client has not read what is buffered for it (no flush, no wait)."""
     log.warning("client %s read nothing for %g s: disconnected (FISH_SEND_TIMEOUT_S)",
                 _peer(transport), send_timeout_s)
@@ -52,12 +52,12 @@ def _peer(transport: asyncio.BaseTransport) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
 
 
-def _abort_if_still_flushing(transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop,
+def _abort_if_still_flushing(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
                              send_timeout_s: float) -> None:
     """After a close, which first flushes what is buffered: an abort if it is still flushing by then."""
 
     def check() -> None:
-        if transport.get_write_buffer_size():  # type: ignore[attr-defined]  # 0 once lost
+        if transport.get_write_buffer_size():  # 0 once lost
             _drop_stalled(transport, send_timeout_s)
 
     loop.call_later(send_timeout_s, check)
@@ -85,7 +85,7 @@ class DeadlineWebSocketProtocol(WebSocketsSansIOProtocol):
 
     send_timeout_s: float = 30.0
 
-    async def send(self, message: Any) -> None:  # type: ignore[override]
+    async def send(self, message: Any) -> None:
         try:
             await asyncio.wait_for(self.writable.wait(), self.send_timeout_s)
         except TimeoutError:

@@ -97,7 +97,8 @@ class JobRegistry:
         if record.status in FINAL:
             return
         # Cancelling the task closes the runner's generator, whose thread then stops generating.
-        record.task.cancel()
+        if record.task is not None:
+            record.task.cancel()
         self._finish(record, "CANCELLED")
 
     def counts(self, tenant: str | None = None) -> dict[str, int]:
@@ -148,6 +149,7 @@ class JobRegistry:
         cutoff = time.monotonic() - self.ttl_s
         while self._finished:
             oldest = next(iter(self._finished.values()))
+            assert oldest.finished_at is not None  # _finish sets it before filing the record here
             if oldest.finished_at >= cutoff:
                 break
             self._forget(oldest)

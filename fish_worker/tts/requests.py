@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
+from fish_worker.engine.sampling_rules import REPETITION_PENALTY, TEMPERATURE, TOP_P
 from fish_worker.settings import Settings
 from fish_worker.text.sentences import split_sentences
 
@@ -32,14 +33,15 @@ if TYPE_CHECKING:  # the engine's types; importing them would load torch
     from fish_worker.engine.generation import VoicePrompt
 
 
-def check_text(text: str, settings: Settings, language: str | None = None) -> str:
-    """`text` if the service will speak it under `settings`' limits, else ValueError saying why
-    (`language`: whose rules cut it into sentences, as the service will)."""
+def check_text(text: str, settings: Settings, language: str | None = None, sentence_chars: int | None = None) -> str:
+    """`text` if the service will speak it under `settings`' limits, else ValueError saying why: the one
+    text check of every door (the caller names its own field). `language` and `sentence_chars` (default
+    FISH_SENTENCE_MAX_CHARS; Fish's chunk_length) cut it into sentences as the service will."""
     if not text.strip():
         raise ValueError("must contain text")
     if len(text) > settings.max_text_chars:
         raise ValueError(f"is {len(text)} characters, the limit is {settings.max_text_chars}")
-    sentences = len(split_sentences(text, settings.sentence_max_chars, language))
+    sentences = len(split_sentences(text, sentence_chars or settings.sentence_max_chars, language))
     if sentences > settings.max_sentences:
         raise ValueError(f"has {sentences} sentences, the limit is {settings.max_sentences} (FISH_MAX_SENTENCES)")
     return text
@@ -72,9 +74,9 @@ class SynthesisRequest:
     text: str = ""  # split into sentences by the service, unless `sentences` is given
     # Replaces `text`; may be lazy (a chat reply still being written, a live session's text).
     sentences: Iterable[str] | None = None
-    temperature: float = 0.7
-    top_p: float = 0.8
-    repetition_penalty: float = 1.1
+    temperature: float = TEMPERATURE  # defaults and ranges: engine/sampling_rules.py
+    top_p: float = TOP_P
+    repetition_penalty: float = REPETITION_PENALTY
     frames_per_sentence: int = 1000  # codec frames (~21.5 a second) one sentence may take
     seed: int | None = None  # None: a fresh one is drawn (and reported on each chunk)
     stream: bool = False  # decode each sentence in windows while it is generated

@@ -7,6 +7,7 @@ place, so readers see either the old voice or the new one, never half of one, ev
 
 from __future__ import annotations
 
+import builtins  # `list` below is also a method's name
 import os
 import re
 import tempfile
@@ -77,7 +78,8 @@ class SavedVoice:
 
     @property
     def info(self) -> VoiceInfo:
-        return VoiceInfo(self.voice_id, self.text, self.created_at, *self.tokens.shape, title=self.title)
+        num_codebooks, num_frames = self.tokens.shape
+        return VoiceInfo(self.voice_id, self.text, self.created_at, num_codebooks, num_frames, title=self.title)
 
 
 class VoiceStore:
@@ -139,7 +141,7 @@ class VoiceStore:
         """All saved voices, sorted by voice_id."""
         return self.page(limit=None)[0]
 
-    def page(self, limit: int | None, after: str | None = None) -> tuple[list[VoiceInfo], str | None]:
+    def page(self, limit: int | None, after: str | None = None) -> tuple[builtins.list[VoiceInfo], str | None]:
         """Up to `limit` voices whose ids sort after `after`, and the cursor of the next page (None: last page)."""
         ids = [i for i in self.voice_ids() if after is None or i > after]
         more = limit is not None and len(ids) > limit
@@ -149,7 +151,7 @@ class VoiceStore:
                 voices.append(self.load(voice_id).info)
             except VoiceNotFoundError:
                 continue  # deleted by another worker while we listed
-        return voices, (ids[limit - 1] if more else None)
+        return voices, (ids[limit - 1] if limit is not None and more else None)
 
     def delete(self, voice_id: str) -> None:
         try:

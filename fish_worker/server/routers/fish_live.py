@@ -44,15 +44,15 @@ from typing import Any
 import ormsgpack
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
+from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from fish_worker.errors import JobInputError, WorkerError
+from fish_worker.errors import JobInputError, WorkerError, input_error
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.auth import tenant_of
 from fish_worker.settings import Settings
 from fish_worker.server.errors import ApiError, deny_websocket
 from fish_worker.server.fish_models import FishTTSRequest
-from fish_worker.server.routers.fish_tts import validation_error
 from fish_worker.server.fish_synthesis import FishSpeechPlan, plan_speech
 from fish_worker.server.dependencies import AppSettings, Limiter, Speech
 from fish_worker.tts.service import TTSService
@@ -98,7 +98,7 @@ async def live(websocket: WebSocket, limiter: Limiter, tts: Speech, settings: Ap
 
 class LiveSession:
     def __init__(self, websocket: WebSocket, service: TTSService, voices: VoiceStore,
-                 settings: Settings, first_message: dict[str, Any] | None = None) -> None:
+                 settings: Settings, first_message: Message | None = None) -> None:
         self.websocket = websocket
         self.first_message = first_message  # already received (a later session's `start`): read first
         self.service = service
@@ -159,13 +159,18 @@ class LiveSession:
         event = await self._client_event()
         if event.get("event") != "start":
             raise SessionError(f"event: the first event must be 'start', got {str(event.get('event'))[:100]!r}")
+        # The TTSRequest's fields are named as /v1/tts names them ("text: ...", "references[0].audio: ..."),
+        # so a bad value gets the same message on both Fish doors; the event's own fields by their names.
+        body = event.get("request") or {}
         try:
-            check_encodable(event, brackets=True)  # lone surrogates: "request.text: contains invalid unicode ..."
-            request = FishTTSRequest.model_validate(event.get("request") or {})
+            check_encodable({key: value for key, value in event.items() if key != "request"}, brackets=True)
+            if isinstance(body, dict):  # another shape is refused below, without echoing it
+                check_encodable(body, brackets=True)  # lone surrogates: "text: contains invalid unicode ..."
+            request = FishTTSRequest.model_validate(body)
         except JobInputError as exc:
             raise SessionError(str(exc)) from None
         except ValidationError as exc:
-            raise SessionError("request." + validation_error(exc).message) from None
+            raise SessionError(input_error(exc, brackets=True, whole="request").message) from None
         self._count_text(request.text)
         return await asyncio.to_thread(plan_speech, request, self.service.voices, self.voices, self.speech_settings)
 
@@ -294,7 +299,7 @@ class LiveSession:
                 await self._send({"event": "finish", "reason": "error", "message": message})
 
 
-async def _next_message(websocket: WebSocket, wait_s: float) -> dict[str, Any] | None:
+async def _next_message(websocket: WebSocket, wait_s: float) -> Message | None:
     """The client's next message between two sessions; None when it closed or sent none within wait_s."""
     try:
         async with asyncio.timeout(wait_s):

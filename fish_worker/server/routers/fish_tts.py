@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from fish_worker.errors import JobInputError, WorkerError, field_path
+from fish_worker.errors import JobInputError, WorkerError, input_error
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.dependencies import AppSettings, Limiter, Speech
@@ -87,16 +87,10 @@ def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
     try:
         fish_request = FishTTSRequest.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc) from None
+        raise api_error(input_error(exc, brackets=True, whole="body")) from None  # "references[0].audio: ..."
     if not fish_request.text.strip():
         raise ApiError(400, "text: must contain text", param="text")
     return fish_request
-
-
-def validation_error(exc: ValidationError) -> ApiError:
-    first = exc.errors()[0]
-    field = field_path(first["loc"], brackets=True) if first["loc"] else "body"  # references[0].audio
-    return ApiError(400, f"{field}: {first['msg'].removeprefix('Value error, ')}", param=field)
 
 
 async def _plan(fish_request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceStore,
@@ -209,6 +203,7 @@ async def create_voice(
 
     def save() -> VoiceInfo:
         prompt = encode_references(clips, tts.voices, field="voices")
+        assert prompt is not None, "voices is a required list: FastAPI refused a form without a clip"
         return store.save(voice_id, prompt.codes.numpy(), prompt.text, overwrite=False, title=title)
 
     admission = limiter.admit(tenant_of(request))  # encoding the clips is work like a save_voice job's

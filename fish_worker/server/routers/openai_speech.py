@@ -17,7 +17,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Literal
 
 import numpy as np
@@ -141,7 +141,7 @@ def _saved_voice(voice: str, voices: VoiceStore) -> str | None:
                    param="voice")
 
 
-async def _next(chunks: AsyncIterator[SpeechChunk]) -> SpeechChunk | None:
+async def _next(chunks: AsyncGenerator[SpeechChunk, None]) -> SpeechChunk | None:
     """The next chunk (None at the end); a failure closes the generation and becomes this door's error."""
     try:
         return await anext(chunks, None)
@@ -154,7 +154,7 @@ async def _next(chunks: AsyncIterator[SpeechChunk]) -> SpeechChunk | None:
         raise ApiError(500, bounded(f"internal error: {type(exc).__name__}: {exc}")) from None
 
 
-async def _rest(chunks: AsyncIterator[SpeechChunk]) -> list[SpeechChunk]:
+async def _rest(chunks: AsyncGenerator[SpeechChunk, None]) -> list[SpeechChunk]:
     spoken = []
     while (chunk := await _next(chunks)) is not None:
         spoken.append(chunk)
@@ -165,7 +165,7 @@ def _api_error(exc: WorkerError) -> ApiError:
     return api_error(exc, _FIELDS)  # in this request's words: "input", not the service's "message"
 
 
-async def _encoded(first: SpeechChunk, chunks: AsyncIterator[SpeechChunk],
+async def _encoded(first: SpeechChunk, chunks: AsyncGenerator[SpeechChunk, None],
                    audio_format: str) -> AsyncIterator[bytes | ApiError]:
     """One continuous file of the chunks' audio, in pieces as they come.
 

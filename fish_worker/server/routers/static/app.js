@@ -285,8 +285,7 @@ function jobInput() {
     speed: Number($("speed").value),
     volume: Number($("volume").value),
   };
-  const temperature = Number($("temperature").value);
-  if (temperature) input.temperature = temperature;
+  if ($("temperature").value !== "") input.temperature = Number($("temperature").value); // 0: near-greedy
   if ($("seed").value !== "") input.seed = Number($("seed").value);
   if ($("max-tokens").value !== "") input.max_tokens = Number($("max-tokens").value);
   const rate = Number($("sample-rate").value);
