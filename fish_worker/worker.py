@@ -12,6 +12,9 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+from fish_worker.asr.make_backend import make_transcriber
+from fish_worker.asr.transcriber import Transcriber
+from fish_worker.asr.whisper import WhisperModelError
 from fish_worker.dialogue.make_backend import make_chat_backend
 from fish_worker.dialogue.llm import ChatModel, ChatModelError
 from fish_worker.dialogue.turns import ConversationService
@@ -54,10 +57,23 @@ def build_runner(settings: Settings) -> JobRunner:
     # less the KV its replies hold at full batch (docs/performance.md, "Chat").
     chat = load_chat_backend(settings)
     reserved = chat.kv_bytes() if isinstance(chat, ChatModel) else 0
+    transcriber = load_transcriber(settings)  # its weights, too, are loaded before the KV pool is planned
     service = TTSService.load(settings, reserved_bytes=reserved)
     if settings.warmup:
         service.warmup()
-    return JobRunner(service, build_conversations(service, settings, chat=chat))
+    return JobRunner(service, build_conversations(service, settings, chat=chat), transcriber=transcriber)
+
+
+def load_transcriber(settings: Settings) -> Transcriber | None:
+    """Speech in: a local Whisper in FISH_ASR_MODEL_DIR (loaded here), the remote server at
+    FISH_ASR_BASE_URL, or None."""
+    started = time.perf_counter()
+    transcriber = make_transcriber(settings, device=resolve_device(settings.device))
+    if transcriber is None:
+        log.info("speech in: off (no FISH_ASR_MODEL_DIR or FISH_ASR_BASE_URL)")
+    else:
+        log.info("speech in: %s (ready in %.1f s)", transcriber.description, time.perf_counter() - started)
+    return transcriber
 
 
 def load_chat_backend(settings: Settings):
@@ -128,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     local_job = _local_test_job(argv)
     try:
         runner = build_runner(settings)
-    except (CheckpointError, ChatModelError, ConversationStoreError) as exc:
+    except (CheckpointError, ChatModelError, WhisperModelError, ConversationStoreError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(2)
 
