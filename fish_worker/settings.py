@@ -87,7 +87,8 @@ class ServerSettings(BaseSettings):
     max_stored_jobs: int = Field(1000, ge=1)  # /v2 jobs kept at most (finished ones, oldest dropped first)
     max_stored_result_bytes: int = Field(512 * 1024 * 1024, ge=1)  # ... and their results' JSON bytes at most
     runsync_wait_s: float = Field(90, gt=0)  # /v2 runsync answers IN_PROGRESS after this, as RunPod does
-    # Largest request body; unset: base64 of FISH_REFERENCE_MAX_BYTES plus 1 MiB for the rest.
+    # Largest request body; unset: base64 of the largest audio file a field accepts (FISH_REFERENCE_MAX_BYTES,
+    # FISH_ASR_MAX_BYTES) plus 1 MiB for the rest.
     max_body_bytes: int | None = Field(None, ge=1)
     # Bodies being read or served at once (admission before parsing, server/body_admission.py): their
     # bytes (Content-Length, or the largest body when chunked) on the whole server and per tenant; a body
@@ -300,6 +301,11 @@ class Settings(_WithSections):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     asr: AsrSettings = Field(default_factory=AsrSettings)
+
+    @property
+    def audio_max_bytes(self) -> int:
+        """The largest audio file any input field accepts (a reference clip, a voice message): sizes bodies."""
+        return max(self.reference_max_bytes, self.asr.max_bytes)
 
 
 def parse_api_keys(text: str) -> dict[str, str]:

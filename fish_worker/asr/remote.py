@@ -65,7 +65,7 @@ class RemoteRecognizer:
             writer.setsampwidth(2)
             writer.setframerate(ASR_SAMPLE_RATE)
             writer.writeframes((np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes())
-        data = {"model": self.model, "response_format": "verbose_json", "timestamp_granularities[]": "segment"}
+        data = {"model": self.model, "response_format": "verbose_json"}  # segments: its default granularity
         if language is not None:
             data["language"] = language
         url = f"{self.base_url}/audio/transcriptions"
