@@ -353,3 +353,33 @@ def test_transcript_types_are_frozen_values():
         transcript.text = "changed"  # type: ignore[misc]
     assert transcript == Transcript(text="hi", language="en", duration_s=1.0, segments=(segment,))
     assert BatchInterrupted.__mro__[1] is RuntimeError
+
+
+@pytest.mark.timeout(300)
+def test_concurrent_transcriptions_on_random_schedules_each_get_their_own_transcript(recognizer, speech_wav,
+                                                                                     tmp_path_factory):
+    """Clips of different lengths and languages (one over 30 s, which runs alone), sent from threads at
+    random moments: every call ends, with the transcript its clip gets alone."""
+    base = samples_of(speech_wav)
+    other = samples_of(espeak("Good morning to you all.", tmp_path_factory))
+    clips = [(base, "en"), (other, None), (base[: base.size // 2], "de"), (np.concatenate([other] * 20), "en"),
+             (other[::-1].copy(), "fr")]
+    expected = [recognizer.transcribe(audio, language=lang) for audio, lang in clips]
+    rng = random.Random(7)
+    schedule = [rng.randrange(len(clips)) for _ in range(14)]
+    results: dict[int, Transcript | BaseException] = {}
+
+    def run(slot: int, clip: int, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            results[slot] = recognizer.transcribe(clips[clip][0], language=clips[clip][1])
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            results[slot] = exc
+
+    threads = [threading.Thread(target=run, args=(slot, clip, rng.random() * 0.5)) for slot, clip in enumerate(schedule)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(240)
+    assert not any(t.is_alive() for t in threads)
+    assert [results[slot] for slot in range(len(schedule))] == [expected[clip] for clip in schedule]

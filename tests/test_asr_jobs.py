@@ -137,3 +137,32 @@ def test_a_worker_without_speech_recognition_says_how_to_configure_it(runner, jo
 def test_an_unknown_action_lists_transcribe(runner):
     [out] = run_job(runner, {"action": "dance"})
     assert "transcribe" in out["error"]
+
+
+def test_a_transcript_is_held_to_the_message_limits(settings):
+    from fish_worker.errors import JobInputError
+    from fish_worker.jobs.inputs import parse_job_input
+
+    request = parse_job_input({"audio": "AAAA", "mode": "tts"}, settings)
+    with pytest.raises(JobInputError, match=r"^audio: contains no recognisable speech"):
+        request.with_transcript("  ", settings)
+    with pytest.raises(JobInputError, match=rf"^audio: has a transcript that is 5000 characters, the limit is "
+                                            rf"{settings.max_text_chars}"):
+        request.with_transcript("a" * 5000, settings)
+    heard = request.with_transcript("Hello there.", settings)
+    assert (heard.message, heard.audio, heard.mode) == ("Hello there.", None, "tts")
+
+
+@pytest.mark.timeout(600)
+def test_the_worker_starts_with_speech_in_and_warms_it_up(settings, tiny_whisper_dir, voice_message, heard, caplog):
+    from fish_worker.settings import AsrSettings
+    from fish_worker.worker import build_runner
+
+    configured = settings.model_copy(update={"warmup": True, "asr": AsrSettings(model_dir=tiny_whisper_dir,
+                                                                                max_seconds=30.0)})
+    with caplog.at_level("INFO", logger="fish_worker"):
+        runner = build_runner(configured)
+    assert runner.transcriber is not None and runner.transcriber.recognizer.batches[1] == 1  # the warm-up clip
+    assert any("speech in: local Whisper" in r.getMessage() for r in caplog.records)
+    [out] = run_job(runner, {"action": "transcribe", "audio": voice_message, "language": "en"})
+    assert out["transcript"] == heard
