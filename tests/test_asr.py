@@ -383,3 +383,11 @@ def test_concurrent_transcriptions_on_random_schedules_each_get_their_own_transc
         thread.join(240)
     assert not any(t.is_alive() for t in threads)
     assert [results[slot] for slot in range(len(schedule))] == [expected[clip] for clip in schedule]
+
+
+def test_languages_by_code_and_name():
+    from fish_worker.asr.languages import language_code, language_name
+
+    assert language_code("English") == "en" and language_code(" de ") == "de" and language_code("castilian") == "es"
+    assert language_code("klingon") is None
+    assert language_name("en") == "english" and language_name("xx") is None

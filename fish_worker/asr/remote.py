@@ -27,6 +27,7 @@ from fish_worker.asr.backend import (
     TranscriptSegment,
     UnsupportedLanguageError,
 )
+from fish_worker.asr.languages import language_code
 from fish_worker.errors import ErrorKind, bounded
 from fish_worker.settings import AsrSettings
 
@@ -142,8 +143,6 @@ def _transcript(body: dict[str, Any], language: str | None, duration_s: float) -
 
 
 def _language_code(language: str) -> str:
-    """OpenAI's verbose_json names the language ("english"); the Transcript carries its code ("en")."""
-    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
-
-    language = language.strip().lower()
-    return str(TO_LANGUAGE_CODE.get(language, language))
+    """OpenAI's verbose_json names the language ("english"); the Transcript carries its code ("en").
+    One Whisper does not know is kept as the server said it."""
+    return language_code(language) or language.strip().lower()

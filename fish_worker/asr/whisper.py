@@ -34,6 +34,7 @@ from fish_worker.asr.backend import (
     UnsupportedLanguageError,
 )
 from fish_worker.asr.batching import Batcher
+from fish_worker.asr.languages import language_code
 
 DEFAULT_MAX_BATCH = 8
 WINDOW_SECONDS = 30  # Whisper's input window: 3000 feature frames
@@ -99,10 +100,7 @@ class WhisperRecognizer:
         """"en", "English" or "english" → "en"; None stays None; an unknown one raises UnsupportedLanguageError."""
         if language is None:
             return None
-        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
-
-        wanted = language.strip().lower()
-        code = TO_LANGUAGE_CODE.get(wanted, wanted)
+        code = language_code(language) or language.strip().lower()
         if not self._multilingual:
             if code != "en":
                 raise UnsupportedLanguageError(f"this Whisper model is English-only; got {language!r}")
