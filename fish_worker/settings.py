@@ -1,7 +1,7 @@
 """All configuration, read once from the environment at an entry point (see README "Environment variables").
 
 One `Settings` with sections: the top level (model, request limits, worker), `server`, `storage`
-(`storage.s3`) and `chat`. Each section is its own BaseSettings, built when Settings is, so every
+(`storage.s3`), `chat` and `asr`. Each section is its own BaseSettings, built when Settings is, so every
 variable keeps its flat name (FISH_API_KEYS, PORT, FISH_S3_BUCKET, REDIS_URL, FISH_CHAT_MODEL_DIR ...).
 Entry points build it once and pass it down; nothing below them reads the environment.
 """
@@ -95,7 +95,8 @@ class ServerSettings(BaseSettings):
     max_stored_jobs: int = Field(1000, ge=1)  # /v2 jobs kept at most (finished ones, oldest dropped first)
     max_stored_result_bytes: int = Field(512 * 1024 * 1024, ge=1)  # ... and their results' JSON bytes at most
     runsync_wait_s: float = Field(90, gt=0)  # /v2 runsync answers IN_PROGRESS after this, as RunPod does
-    # Largest request body; unset: base64 of FISH_REFERENCE_MAX_BYTES plus 1 MiB for the rest.
+    # Largest request body; unset: base64 of the largest audio file a field accepts (FISH_REFERENCE_MAX_BYTES,
+    # FISH_ASR_MAX_BYTES) plus 1 MiB for the rest.
     max_body_bytes: int | None = Field(None, ge=1)
     # Bodies being read or served at once (admission before parsing, server/body_admission.py): their
     # bytes (Content-Length, or the largest body when chunked) on the whole server and per tenant; a body
@@ -221,6 +222,44 @@ class ChatSettings(BaseSettings):
         return self
 
 
+class AsrSettings(BaseSettings):
+    """Speech in (fish_worker/asr/): on when a recognizer is set, a local Whisper directory or a remote
+    OpenAI-compatible transcription server's URL, never both."""
+
+    model_config = SettingsConfigDict(env_prefix="FISH_ASR_", extra="forbid")
+
+    model_dir: Path | None = None  # FISH_ASR_MODEL_DIR: a local Hugging Face Whisper model, loaded at start
+    # FISH_ASR_BASE_URL: an OpenAI-compatible server (speaches, faster-whisper-server, vLLM) whose
+    # /audio/transcriptions transcribes instead; the worker then loads no Whisper weights.
+    base_url: str | None = None
+    api_key: str | None = Field(None, repr=False)  # sent as `Authorization: Bearer ...`
+    model: str = "whisper-1"  # the model name sent to the remote server
+    connect_timeout_s: float = Field(10.0, gt=0)  # to open a connection to the server
+    timeout_s: float = Field(60.0, gt=0)  # longest wait for the server's answer to one transcription
+    # Input audio, on every door: its length once decoded and its file's bytes. The bytes default
+    # matches FISH_REFERENCE_MAX_BYTES, which sizes the largest request body.
+    max_seconds: float = Field(120.0, gt=0)
+    max_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    # Local model: transcriptions (of at most 30 s each) run through the model together; more wait.
+    max_batch: int = Field(8, ge=1, le=64)
+
+    _unset_when_empty = field_validator("model_dir", "base_url", "api_key", mode="before")(_empty_is_unset)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("FISH_ASR_BASE_URL must be an http:// or https:// URL (the server's /v1 root)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> "AsrSettings":
+        if self.model_dir is not None and self.base_url is not None:
+            raise ValueError("set FISH_ASR_MODEL_DIR (a local Whisper model) or FISH_ASR_BASE_URL (a remote "
+                             "server), not both")
+        return self
+
+
 class Settings(_WithSections):
     model_config = SettingsConfigDict(env_prefix="FISH_", extra="forbid")
 
@@ -269,6 +308,12 @@ class Settings(_WithSections):
     server: ServerSettings = Field(default_factory=ServerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
+    asr: AsrSettings = Field(default_factory=AsrSettings)
+
+    @property
+    def audio_max_bytes(self) -> int:
+        """The largest audio file any input field accepts (a reference clip, a voice message): sizes bodies."""
+        return max(self.reference_max_bytes, self.asr.max_bytes)
 
 
 def parse_api_keys(text: str) -> dict[str, str]:

@@ -12,6 +12,12 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from fish_worker.asr.make_backend import make_transcriber
+from fish_worker.asr.transcriber import Transcriber
+from fish_worker.asr.backend import ASR_SAMPLE_RATE
+from fish_worker.asr.whisper import WhisperModelError, WhisperRecognizer
 from fish_worker.dialogue.make_backend import make_chat_backend
 from fish_worker.dialogue.llm import ChatModel, ChatModelError
 from fish_worker.dialogue.turns import ConversationService
@@ -51,10 +57,31 @@ def build_runner(settings: Settings) -> JobRunner:
     # less the KV its replies hold at full batch (docs/performance.md, "Chat").
     chat = load_chat_backend(settings)
     reserved = chat.kv_bytes() if isinstance(chat, ChatModel) else 0
+    transcriber = load_transcriber(settings)  # its weights, too, are loaded before the KV pool is planned
     service = load_tts(settings, reserved_bytes=reserved)
     if settings.warmup:
         warm_up(service)
-    return JobRunner(service, settings, build_conversations(service, settings, chat=chat))
+    return JobRunner(service, settings, build_conversations(service, settings, chat=chat), transcriber=transcriber)
+
+
+def load_transcriber(settings: Settings) -> Transcriber | None:
+    """Speech in: a local Whisper in FISH_ASR_MODEL_DIR (loaded here), the remote server at
+    FISH_ASR_BASE_URL, or None."""
+    started = time.perf_counter()
+    transcriber = make_transcriber(settings, device=resolve_device(settings.device))
+    if transcriber is None:
+        log.info("speech in: off (no FISH_ASR_MODEL_DIR or FISH_ASR_BASE_URL)")
+    else:
+        if settings.warmup and isinstance(transcriber.recognizer, WhisperRecognizer):
+            transcriber.transcribe_samples(warmup_clip(), language="en")  # the first voice message is not the slow one
+        log.info("speech in: %s (ready in %.1f s)", transcriber.description, time.perf_counter() - started)
+    return transcriber
+
+
+def warmup_clip() -> np.ndarray:
+    """One second of a warbling tone at the recognizer's rate: something for Whisper to run on."""
+    t = np.arange(ASR_SAMPLE_RATE, dtype=np.float32) / ASR_SAMPLE_RATE
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) / 1.5).astype(np.float32)
 
 
 def load_chat_backend(settings: Settings):
@@ -125,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     local_job = _local_test_job(argv)
     try:
         runner = build_runner(settings)
-    except (CheckpointError, ChatModelError, ConversationStoreError) as exc:
+    except (CheckpointError, ChatModelError, WhisperModelError, ConversationStoreError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(2)
 

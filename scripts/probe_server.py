@@ -236,6 +236,7 @@ def build_doors(clip: bytes) -> list[Door]:
     seed_docs = {"normal": _seed(), "clip": _seed(reference_audio=clip, reference_text="A steady tone.")}
     fish_docs = {"normal": _fish(), "long": _fish(text=LONG_TEXT, max_new_tokens=1000, chunk_length=100),
                  "clip": _fish(references=[{"audio": clip, "text": "A steady tone."}])}
+    voice_message = {"input": {"audio": clip, "language": "en", "mode": "tts", "max_tokens": 4, "seed": 1}}
     live_docs = {name: {"request": {**doc, "text": ""}, "texts": [doc["text"]]} for name, doc in fish_docs.items()}
     openai = {"model": "tts-1", "input": "Hi there.", "voice": "alloy", "response_format": "wav",
               "max_tokens": 4, "seed": 1}
@@ -251,6 +252,13 @@ def build_doors(clip: bytes) -> list[Door]:
                                    "reference_text": "A steady tone.", "overwrite": True}}},
              (Field(("input", "voice_id")), Field(("input", "reference_text"))),
              (Field(("input", "reference_audio")),)),
+        # Speech in (a voice message as the job's input, the transcribe action): the server has a tiny Whisper.
+        Door("seed-voice-message", "/run", "json",
+             {"normal": voice_message, "clip": voice_message},
+             (Field(("input", "language")), Field(("input", "mode"))), (Field(("input", "audio"), base="clip"),)),
+        Door("seed-transcribe", "/run", "json",
+             {"normal": {"input": {"action": "transcribe", "audio": clip, "language": "en"}}},
+             (Field(("input", "language")),), (Field(("input", "audio")),)),
         Door("v2-runsync", f"{V2}/runsync", "json", {**seed_docs, "long": _seed_long(audio_format="mp3")},
              SEED_TEXT, SEED_AUDIO, answer="v2-sync"),
         Door("v2-run", f"{V2}/run", "json", {**seed_docs, "long": _seed_long(stream=True, audio_format="mp3")},
@@ -1010,7 +1018,11 @@ def start_server(checkpoint: Path, workdir: Path, key: str = "probe-key", env: d
     """`python -m fish_worker.server` on 127.0.0.1 with PROBE_SERVER_ENV; its stderr in workdir/server.log."""
     port = free_port()
     log_path = workdir / "server.log"
-    full_env = {**os.environ, **PROBE_SERVER_ENV, **(env or {}),
+    env = dict(env or {})
+    if "FISH_ASR_MODEL_DIR" not in env and "FISH_ASR_BASE_URL" not in env:  # speech in, for its doors
+        from fish_worker.devtools.tiny_whisper import write_tiny_whisper
+        env["FISH_ASR_MODEL_DIR"] = str(write_tiny_whisper(workdir / "tiny-whisper", seed=0))
+    full_env = {**os.environ, **PROBE_SERVER_ENV, **env,
                 "FISH_CHECKPOINT_DIR": str(checkpoint), "FISH_DEVICE": "cpu", "FISH_WARMUP": "false",
                 "FISH_DOWNLOAD_MISSING": "false", "FISH_VOICES_DIR": str(workdir / "voices"),
                 "FISH_HOST": "127.0.0.1", "FISH_PORT": str(port), "FISH_API_KEYS": f"probe:{key}",

@@ -89,6 +89,13 @@ def tiny_chat_model_dir(tmp_path_factory):
     return write_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"), seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory):
+    from fish_worker.devtools.tiny_whisper import write_tiny_whisper
+
+    return write_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"), seed=0)
+
+
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
     process, url = start_redis_server(tmp_path_factory.mktemp("redis"))

@@ -117,6 +117,8 @@ def substitutions(tiny_checkpoint, tmp_path):
         "checkpoints/tiny": str(tiny_checkpoint),
         "/tmp/tiny-chat": str(tmp_path / "tiny-chat"),
         "/tmp/tiny-checkpoint": str(tmp_path / "tiny-checkpoint"),
+        "/tmp/tiny-whisper": str(tmp_path / "tiny-whisper"),
+        "/tmp/hello.wav": str(tmp_path / "hello.wav"),
         ".venv/bin/python": sys.executable,
     }
 

@@ -307,3 +307,30 @@ def test_an_unknown_format_names_each_doors_field_and_its_formats(app, runner):
     assert openai_error(app, {"input": "Hi.", "response_format": "ogg"}) == (
         "response_format: Input should be 'mp3', 'opus', 'aac', 'flac', 'wav' or 'pcm'")
     assert fish_error(app, {"text": "Hi.", "format": "ogg"}) == "format: Input should be 'wav', 'pcm', 'mp3' or 'opus'"
+
+
+# ---- speech in: a voice message's transcript and language reach the job -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asr_runner(service, settings, tiny_whisper_dir):
+    from fish_worker.asr.transcriber import Transcriber
+    from fish_worker.asr.whisper import WhisperRecognizer
+    from fish_worker.jobs.runner import JobRunner
+
+    recognizer = WhisperRecognizer.load(tiny_whisper_dir, device="cpu")
+    return JobRunner(service, settings, transcriber=Transcriber(recognizer, max_seconds=30.0, max_bytes=1 << 22))
+
+
+def test_job_audio_is_transcribed_in_its_language_and_the_transcript_spoken(runner, asr_runner, app_settings):
+    transcriber = asr_runner.transcriber
+    heard = transcriber.transcribe_bytes(REFERENCE, language="de")
+    assert heard.text and heard.text != transcriber.transcribe_bytes(REFERENCE).text  # detection says otherwise
+    fields = {"audio": REFERENCE, "language": "de", "mode": "tts", "max_tokens": 6, "seed": 3, "audio_format": "pcm16"}
+    [out] = run_job(asr_runner, fields)
+    assert out["transcript"] == heard.text  # the job's language reached the recognizer
+    assert base64.b64decode(out["audio"]) == job_pcm(runner, message=heard.text, language="de", mode="tts", seed=3)
+    [action] = run_job(asr_runner, {"action": "transcribe", "audio": REFERENCE, "language": "de"})
+    assert (action["transcript"], action["language"]) == (heard.text, "de")
+    seed_run = call(create_app(asr_runner, app_settings(auth_disabled=True)), "POST", "/run", json={"input": fields})
+    assert seed_run.status_code == 200 and seed_run.json()["output"] == out

@@ -7,7 +7,7 @@ Read from the source (every `import`, also those inside functions), so nothing i
     jobs/          the RunPod job runner, its wire input and outputs
     dialogue/      chat turns, the chat model, spoken replies
     tts/           the speech service, voices, caches
-    conversations/ storage/
+    conversations/ storage/ asr/
     engine/ audio/ text/
     errors settings tenancy async_bridge                      (the base: imports no other layer)
 
@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "tts": 3,
     "conversations": 2,
     "storage": 2,
+    "asr": 2,
     "engine": 1,
     "audio": 1,
     "text": 1,

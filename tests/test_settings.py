@@ -88,9 +88,18 @@ VARIABLES = {
     "FISH_CHAT_CONNECT_TIMEOUT_S": ("3.5", lambda s: s.chat.connect_timeout_s, 3.5),
     "FISH_CHAT_READ_TIMEOUT_S": ("38", lambda s: s.chat.read_timeout_s, 38.0),
     "FISH_CHAT_MAX_RETRIES": ("2", lambda s: s.chat.max_retries, 2),
+    "FISH_ASR_MODEL_DIR": ("/whisper", lambda s: s.asr.model_dir, Path("/whisper")),
+    "FISH_ASR_BASE_URL": ("http://speaches:8000/v1", lambda s: s.asr.base_url, "http://speaches:8000/v1"),
+    "FISH_ASR_API_KEY": ("asr-key", lambda s: s.asr.api_key, "asr-key"),
+    "FISH_ASR_MODEL": ("Systran/faster-whisper-small", lambda s: s.asr.model, "Systran/faster-whisper-small"),
+    "FISH_ASR_CONNECT_TIMEOUT_S": ("2.5", lambda s: s.asr.connect_timeout_s, 2.5),
+    "FISH_ASR_TIMEOUT_S": ("45", lambda s: s.asr.timeout_s, 45.0),
+    "FISH_ASR_MAX_SECONDS": ("90", lambda s: s.asr.max_seconds, 90.0),
+    "FISH_ASR_MAX_BYTES": ("1048576", lambda s: s.asr.max_bytes, 1048576),
+    "FISH_ASR_MAX_BATCH": ("4", lambda s: s.asr.max_batch, 4),
 }
 # Set together with the rest they would clash: each is read alone.
-ALONE = {"FISH_CHAT_MODEL_DIR"}
+ALONE = {"FISH_CHAT_MODEL_DIR", "FISH_ASR_MODEL_DIR"}
 # The other spellings that name the same thing.
 ALIASES = {"FISH_PORT": "PORT", "FISH_PORT_HEALTH": "PORT_HEALTH", "FISH_REDIS_URL": "REDIS_URL"}
 
@@ -112,6 +121,7 @@ def test_every_variable_is_read_into_its_section(clean_env):
     read = {name: where(settings) for name, (_, where, _) in together.items()}
     assert read == {name: expected for name, (_, _, expected) in together.items()}
     clean_env.delenv("FISH_CHAT_BASE_URL")  # the other chat backend
+    clean_env.delenv("FISH_ASR_BASE_URL")  # the other recognizer
     for name in ALONE:
         value, where, expected = VARIABLES[name]
         clean_env.setenv(name, value)
@@ -129,6 +139,26 @@ def test_one_chat_backend_and_an_http_url(clean_env):
         Settings()
     clean_env.setenv("FISH_CHAT_BASE_URL", "")  # a template's empty value: no remote engine
     assert Settings().chat.base_url is None
+
+
+def test_one_recognizer_and_an_http_url(clean_env):
+    clean_env.setenv("FISH_ASR_MODEL_DIR", "/whisper")
+    clean_env.setenv("FISH_ASR_BASE_URL", "http://speaches:8000/v1")
+    with pytest.raises(ValidationError, match="FISH_ASR_MODEL_DIR .* or FISH_ASR_BASE_URL .*, not both"):
+        Settings()
+    clean_env.delenv("FISH_ASR_MODEL_DIR")
+    clean_env.setenv("FISH_ASR_BASE_URL", "speaches:8000/v1")
+    with pytest.raises(ValidationError, match="must be an http:// or https:// URL"):
+        Settings()
+    clean_env.setenv("FISH_ASR_BASE_URL", "")  # a template's empty value: no remote server
+    assert Settings().asr.base_url is None
+
+
+def test_bodies_fit_the_largest_audio_field(clean_env):
+    clean_env.setenv("FISH_ASR_MAX_BYTES", str(32 * 1024 * 1024))
+    settings = Settings()
+    assert settings.audio_max_bytes == 32 * 1024 * 1024 > settings.reference_max_bytes
+    assert settings.server.body_limit(settings.audio_max_bytes) > 4 * 32 * 1024 * 1024 // 3
 
 
 @pytest.mark.parametrize("alias, name", ALIASES.items())

@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from fish_worker.conversations import ConversationStoreError
+from fish_worker.asr.whisper import WhisperModelError
 from fish_worker.dialogue.llm import ChatModelError
 from fish_worker.engine.checkpoint import CheckpointError
 from fish_worker.jobs.runner import JobRunner
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_loading(settings)
     try:
         sys.exit(run(job, args.out, settings, raw=args.raw))
-    except (CheckpointError, ChatModelError, ConversationStoreError) as exc:
+    except (CheckpointError, ChatModelError, WhisperModelError, ConversationStoreError) as exc:
         sys.exit(f"cannot start: {exc}")
 
 

@@ -37,7 +37,11 @@ class JobInput(BaseModel):
     language: str | None = Field(None, max_length=35, pattern=LANGUAGE_PATTERN,
                                  description="The text's language (e.g. de, ja): where its sentences end. "
                                              "Default: English rules.")
-    message: str = Field(description="Text to speak.")
+    # Declared before message, whose check needs to know whether it was given.
+    audio: str | None = Field(None, description="Base64 of a voice message (WAV, FLAC, MP3, Ogg/Opus, WebM, M4A), "
+                                                "instead of message: transcribed, and the transcript is the message.")
+    # validate_default: its check runs when it is left out too, to require message or audio.
+    message: str | None = Field(None, validate_default=True, description="Text to speak (or, in chat mode, reply to).")
     conversation_id: ConversationId | None = None
     temperature: Temperature = _DEFAULTS.temperature
     max_tokens: int = Field(
@@ -62,9 +66,22 @@ class JobInput(BaseModel):
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description="Speaking rate; pitch is kept.")
     volume: float = Field(0.0, ge=MIN_VOLUME_DB, le=MAX_VOLUME_DB, description="Gain in dB.")
 
+    @field_validator("audio")
+    @classmethod
+    def _audio_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty")
+        return value
+
     @field_validator("message")
     @classmethod
-    def _message_has_text(cls, value: str, info: ValidationInfo) -> str:
+    def _message_has_text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:  # left out: the job gives a voice message instead, or nothing to say
+            if info.data.get("audio") is None and "audio" in info.data:
+                raise ValueError("Field required")
+            return None
+        if info.data.get("audio") is not None:
+            raise ValueError("give either message or audio (a voice message), not both")
         settings = _limits(info)
         if settings is None:  # built in code, without settings: shape only (see the class docstring)
             if not value.strip():
@@ -99,6 +116,23 @@ class JobInput(BaseModel):
     # ---- the hand-off to the services: the one place a job's fields become their terms ----------
 
     @property
+    def text(self) -> str:
+        """The message to speak or answer (a voice message's job: its transcript, see with_transcript)."""
+        if self.message is None:
+            raise ValueError("the job's audio has not been transcribed (with_transcript)")
+        return self.message
+
+    def with_transcript(self, transcript: str, settings: Settings) -> JobInput:
+        """This job with its voice message replaced by its transcript, held to the message's limits
+        (a JobInputError naming `audio` when the transcript is empty or over them)."""
+        try:
+            check_text(transcript, settings, self.language)
+        except ValueError as exc:
+            problem = "contains no recognisable speech" if not transcript.strip() else f"has a transcript that {exc}"
+            raise JobInputError("audio", problem) from None
+        return self.model_copy(update={"message": transcript, "audio": None})
+
+    @property
     def voice(self) -> Voice:
         """The job's voice: its saved voice_id, its reference clip, or None."""
         if self.voice_id is not None:
@@ -110,7 +144,7 @@ class JobInput(BaseModel):
     def to_synthesis(self, **changes: Any) -> SynthesisRequest:
         """The job as the TTS service takes it (tts mode: max_tokens is frames per sentence)."""
         request = SynthesisRequest(
-            text=self.message, temperature=self.temperature, top_p=self.top_p,
+            text=self.text, temperature=self.temperature, top_p=self.top_p,
             repetition_penalty=self.repetition_penalty, frames_per_sentence=self.max_tokens, seed=self.seed,
             stream=self.stream, voice=self.voice, language=self.language,
         )
@@ -120,7 +154,7 @@ class JobInput(BaseModel):
         """The job as a conversation turn: in chat mode max_tokens bounds the reply's LLM tokens and
         each spoken sentence gets `chat_frames_per_sentence` frames; in tts mode it is frames per sentence."""
         frames = chat_frames_per_sentence if mode == "chat" else self.max_tokens
-        return TurnRequest(message=self.message, mode=mode, speech=self.to_synthesis(text="", frames_per_sentence=frames),
+        return TurnRequest(message=self.text, mode=mode, speech=self.to_synthesis(text="", frames_per_sentence=frames),
                            conversation_id=self.conversation_id, reply_tokens=self.max_tokens,
                            system_prompt=self.system_prompt)
 

@@ -154,9 +154,12 @@ class StreamSummary:
         self.duration_s = 0.0
         self.chunks = 0
         self.seed: int | None = None
+        self.transcript: str | None = None  # a voice message's, sent first
 
     def add(self, chunk: dict[str, Any]) -> None:
         self.chunks += 1
+        if isinstance(chunk.get("transcript"), str):
+            self.transcript = chunk["transcript"]
         if chunk.get("text_delta"):
             self._deltas.append(chunk["text_delta"])
         if chunk.get("text"):
@@ -171,6 +174,8 @@ class StreamSummary:
         out: dict[str, Any] = {"text": text, "duration_s": round(self.duration_s, 3), "chunks": self.chunks}
         if self.seed is not None:
             out["seed"] = self.seed
+        if self.transcript is not None:
+            out["transcript"] = self.transcript
         return out
 
 

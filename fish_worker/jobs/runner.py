@@ -38,6 +38,14 @@ from fish_worker.tenancy import validate_tenant
 from fish_worker.text.sentences import split_sentences
 from fish_worker.async_bridge import iterate_in_thread
 from fish_worker.jobs.voice_actions import VOICE_ACTIONS, is_voice_action, run_voice_action
+from fish_worker.jobs.transcription import (
+    TRANSCRIBE_ACTION,
+    is_transcribe_action,
+    run_transcribe_action,
+    transcribe,
+    whisper_language,
+)
+from fish_worker.asr.transcriber import Transcriber
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +60,13 @@ def needs_generation_slot(job_input: Any) -> bool:
 
 
 class JobRunner:
-    def __init__(self, service: TTSService, settings: Settings, conversations: ConversationService | None = None):
+    def __init__(self, service: TTSService, settings: Settings, conversations: ConversationService | None = None,
+                 transcriber: Transcriber | None = None):
         """`settings`: the limits jobs are checked against (the ones `service` was built from)."""
         self.service = service
         self.settings = settings
+        # Speech in (a job's `audio`, the transcribe action): None when no recognizer is configured.
+        self.transcriber = transcriber
         # Default: no chat model, conversations kept in this process.
         self.conversations = conversations or ConversationService(service, make_conversation_store(
             None, settings.storage.conversation_ttl_s, settings.storage.max_conversations), settings=settings)
@@ -72,9 +83,9 @@ class JobRunner:
 
     def _check_result_fits(self, request: JobInput, route: ResultRoute | None) -> None:
         settings = self.settings
-        sentences = split_sentences(request.message, settings.sentence_max_chars, request.language)
+        sentences = split_sentences(request.text, settings.sentence_max_chars, request.language)
         frames_budget = request.max_tokens * len(sentences)
-        error = result_too_large_error(request.message, frames_budget, request.audio_format, settings, route)
+        error = result_too_large_error(request.text, frames_budget, request.audio_format, settings, route)
         if error is not None:
             raise error
 
@@ -122,11 +133,21 @@ class JobRunner:
         if is_conversation_action(job.input):
             yield await asyncio.to_thread(conversations.end, job.input)
             return
+        if is_transcribe_action(job.input):
+            yield await run_transcribe_action(job.input, self.transcriber)
+            return
         if isinstance(job.input, dict) and "action" in job.input:
             raise JobInputError("action", f"unknown action {shown(job.input['action'])}; one of: "
-                                + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS))
+                                + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS + (TRANSCRIBE_ACTION,)))
         request = parse_job_input(job.input, self.settings)
         mode = conversations.mode(request.mode, request.system_prompt)
+        transcript: str | None = None
+        if request.audio is not None:  # a voice message: its transcript is the message (and the user's turn)
+            heard = await transcribe(self.transcriber, request.audio, whisper_language(request.language))
+            request = request.with_transcript(heard.text, self.settings)
+            transcript = heard.text
+            if job.streamed:
+                yield {"transcript": transcript}
         if mode == "tts" and not job.streamed:  # fail now, not after minutes of work
             self._check_result_fits(request, job.result_route)
         speech: Callable[[threading.Event], Iterator[TextDelta | SpeechChunk]]
@@ -161,5 +182,7 @@ class JobRunner:
             output = whole_output(chunks, request.audio_format)
             if mode == "chat":  # the whole reply, as written (sentence texts lose its line breaks)
                 output["text"] = "".join(e.text for e in events if isinstance(e, TextDelta))
+            if transcript is not None:
+                output["transcript"] = transcript
             yield await asyncio.to_thread(
                 within_result_limit, output, self.settings, job.result_route)

@@ -26,7 +26,7 @@ from fish_worker.settings import Settings
 
 def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     """The app around `runner`, configured by `settings`: the Settings the runner was built from (the
-    server section, plus the worker's max_concurrency and reference_max_bytes that the defaults follow)."""
+    server section, plus the worker's max_concurrency and audio_max_bytes that the defaults follow)."""
     server = settings.server
     docs = server.enable_docs
     app = FastAPI(
@@ -57,9 +57,9 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     install_error_handlers(app)
     # Added last = outermost: authentication runs before anything reads the body, and a body is read
     # only under a permit (the tenant is known by then), whose holder's body is then bounded.
-    max_body_bytes = server.body_limit(settings.reference_max_bytes)
+    max_body_bytes = server.body_limit(settings.audio_max_bytes)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=server.body_timeout_s)
-    total, per_tenant = server.body_budget(settings.reference_max_bytes)
+    total, per_tenant = server.body_budget(settings.audio_max_bytes)
     app.state.body_budget = BodyBudget(total, per_tenant, server.body_permit_wait_s, server.retry_after_s)
     app.add_middleware(BodyAdmissionMiddleware, budget=app.state.body_budget, max_body_bytes=max_body_bytes)
     app.add_middleware(AuthMiddleware, settings=server)
