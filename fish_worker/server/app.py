@@ -21,6 +21,7 @@ from fish_worker.server.errors import install_error_handlers
 from fish_worker.server.header_limits import HeaderLimitMiddleware
 from fish_worker.server.limiter import JobLimiter
 from fish_worker.server.registry import JobRegistry
+from fish_worker.server.v2_jobs import make_v2_jobs
 from fish_worker.settings import Settings
 
 
@@ -44,6 +45,10 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
         server.max_queued_jobs, server.max_queued_jobs_per_tenant, server.retry_after_s)
     app.state.registry = JobRegistry(app.state.runner, server.job_ttl_s, server.max_stored_jobs,
                                      server.max_stored_result_bytes)
+    # /v2's jobs: this registry, or Redis shared by every replica when REDIS_URL is set. Its background
+    # work (taking queued jobs) starts on the serving loop: app.state.on_ready (server/health.py).
+    app.state.v2_jobs = make_v2_jobs(settings, app.state.runner, app.state.registry)
+    app.state.on_ready = app.state.v2_jobs.start
     app.include_router(seed.router)
     app.include_router(runpod_v2.router)
     app.include_router(openai_speech.router)

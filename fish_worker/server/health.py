@@ -37,7 +37,11 @@ class Readiness:
     async def load(self, build: Callable[[], ASGIApp]) -> None:
         """Build the app in a thread (loading models blocks), leaving the event loop free to answer."""
         try:
-            self.app = await asyncio.to_thread(build)
+            app = await asyncio.to_thread(build)
+            on_ready = getattr(getattr(app, "state", None), "on_ready", None)
+            if on_ready is not None:  # background work of the app's that needs the serving loop
+                await on_ready()
+            self.app = app
             self.state = "ready"
             log.info("models loaded: serving")
         except Exception as exc:  # whatever stopped start-up: report it on /ping, keep the port answering

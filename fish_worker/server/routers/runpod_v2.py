@@ -2,11 +2,11 @@
 
 The endpoint id in the path is accepted whatever it is: this server is one endpoint. Each caller
 sees only its own tenant's jobs: another tenant's job id answers 404, like an id that never existed.
+Where the jobs live (this process, or Redis shared by every replica) is server/v2_jobs.py's choice.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -16,7 +16,7 @@ from fish_worker.server.auth import require_api_key, tenant_of
 from fish_worker.server.disconnect import while_connected
 from fish_worker.server.errors import ApiError, refuse_invalid_unicode
 from fish_worker.server.json_body import json_response
-from fish_worker.server.registry import FINAL, JobRecord, JobRegistry
+from fish_worker.server.v2_jobs import V2Jobs
 
 router = APIRouter(prefix="/v2/{endpoint_id}", tags=["RunPod API"], dependencies=[Depends(require_api_key)])
 
@@ -27,78 +27,60 @@ class RunPodRequest(BaseModel):
     input: Any = Field(description="The job input, as the worker takes it.")
 
 
-def _registry(request: Request) -> JobRegistry:
-    return request.app.state.registry
+def _jobs(request: Request) -> V2Jobs:
+    return request.app.state.v2_jobs
 
 
-def _record(request: Request, job_id: str) -> JobRecord:
-    record = _registry(request).get(job_id, tenant_of(request))
-    if record is None:
-        raise ApiError(404, f"no job with id {job_id[:100]!r} (results are kept for FISH_JOB_TTL_S seconds)",
-                       job_id=job_id[:100])
-    return record
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(404, f"no job with id {job_id[:100]!r} (results are kept for FISH_JOB_TTL_S seconds)",
+                    job_id=job_id[:100])
+
+
+def _found(answer: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+    if answer is None:
+        raise _not_found(job_id)
+    return answer
 
 
 @router.post("/run", summary="Queue a job")
 async def run(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[str, Any]:
     refuse_invalid_unicode(body.model_extra or {})  # the input itself is checked with the job's fields
-    record = _registry(request).submit(body.input, route="run", tenant=tenant_of(request))
-    return {"id": record.id, "status": record.status}
+    return await _jobs(request).submit(body.input, route="run", tenant=tenant_of(request))
 
 
 @router.post("/runsync", summary="Run a job and wait for it (IN_PROGRESS after FISH_RUNSYNC_WAIT_S)")
 async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> Response:
     refuse_invalid_unicode(body.model_extra or {})
-    registry = _registry(request)
-    record = registry.submit(body.input, route="runsync", tenant=tenant_of(request))
+    jobs, tenant = _jobs(request), tenant_of(request)
+    submitted = await jobs.submit(body.input, route="runsync", tenant=tenant)
 
     async def cancel() -> None:  # the client hung up before learning the job's id: nobody can fetch it
-        registry.cancel(record)
+        await jobs.cancel(submitted["id"], tenant)
 
-    try:
-        await while_connected(request, asyncio.wait_for(
-            asyncio.shield(record.done.wait()), request.app.state.settings.server.runsync_wait_s), cancel)
-    except asyncio.TimeoutError:
-        pass
-    return json_response(record.status_json())
+    answer = await while_connected(
+        request, jobs.wait(submitted["id"], tenant, request.app.state.settings.server.runsync_wait_s), cancel)
+    return json_response(_found(answer, submitted["id"]))
 
 
 @router.get("/status/{job_id}", summary="A job's status, and its output once done")
 async def status(endpoint_id: str, job_id: str, request: Request) -> Response:
-    return json_response(_record(request, job_id).status_json())
+    return json_response(_found(await _jobs(request).status(job_id, tenant_of(request)), job_id))
 
 
 @router.get("/stream/{job_id}", summary="Chunks produced since the last poll")
 async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
-    record = _record(request, job_id)
-    if record.status not in FINAL and record.streamed == len(record.chunks):
-        # Hold the poll briefly for the next chunk rather than answering empty at once.
-        try:
-            await asyncio.wait_for(_next_chunk(record), timeout=2.0)
-        except asyncio.TimeoutError:
-            pass
-    return json_response(record.stream_json())
-
-
-async def _next_chunk(record: JobRecord) -> None:
-    while record.streamed == len(record.chunks) and record.status not in FINAL:
-        await asyncio.sleep(0.05)
+    # Held briefly for the next chunk rather than answering empty at once.
+    return json_response(_found(await _jobs(request).stream(job_id, tenant_of(request)), job_id))
 
 
 @router.post("/cancel/{job_id}", summary="Cancel a job; a running generation stops")
 async def cancel(endpoint_id: str, job_id: str, request: Request) -> dict[str, Any]:
-    record = _record(request, job_id)
-    _registry(request).cancel(record)
-    return {"id": record.id, "status": record.status}
+    return _found(await _jobs(request).cancel(job_id, tenant_of(request)), job_id)
 
 
 @router.post("/purge-queue", summary="Cancel every job of yours still waiting")
 async def purge_queue(endpoint_id: str, request: Request) -> dict[str, Any]:
-    registry = _registry(request)
-    queued = [r for r in registry.of_tenant(tenant_of(request)) if r.status == "IN_QUEUE"]
-    for record in queued:
-        registry.cancel(record)
-    return {"removed": len(queued), "status": "completed"}
+    return {"removed": await _jobs(request).purge_queue(tenant_of(request)), "status": "completed"}
 
 
 @router.get("/health", summary="Your jobs' counts, and the server's workers")
@@ -106,7 +88,7 @@ async def health(endpoint_id: str, request: Request) -> dict[str, Any]:
     runner = request.app.state.runner
     running = runner.running
     return {
-        "jobs": _registry(request).counts(tenant_of(request)),
+        "jobs": await _jobs(request).counts(tenant_of(request)),
         "workers": {"idle": max(0, runner.max_concurrent_jobs - running), "running": running,
                     "initializing": 0, "ready": runner.max_concurrent_jobs, "throttled": 0, "unhealthy": 0},
     }
