@@ -212,9 +212,9 @@ async def replicas_like(url: str, other: Replica) -> Replica:
 @pytest.mark.timeout(60)
 def test_a_job_a_dead_replica_took_but_never_started_is_claimed_and_run_by_another(redis_server):
     async def main():
-        (a,) = await replicas(redis_server, 1, slots=1, lease_s=1.0)
-        try:
-            a.freeze()
+        a = Replica(redis_server, f"test-{uuid.uuid4().hex[:8]}:", slots=1, lease_s=1.0)
+        await a.jobs._redis.xgroup_create(a.jobs.queue, "workers", id="0", mkstream=True)
+        try:  # a replica that only submits (never started: it takes nothing)
             job = await a.jobs.submit({"chunks": 1}, "run", None)
             # What a replica killed right after taking it leaves: the entry pending on it, the job queued.
             client = redis.Redis.from_url(redis_server)

@@ -4,7 +4,7 @@ The deployment of deploy/compose.yaml on 127.0.0.1: real redis-server, real repl
 checkpoint, and nginx running deploy/nginx.conf itself (only its addresses changed). Requests go
 through the balancer (round-robin: consecutive requests land on different replicas) and straight to
 each replica, with real clients (runpod, openai, fishaudio). The last test kills a replica mid-job.
-Select with `-m replicas`; see docs/scaling.md.
+Select with `-m replicas` (`pytest -q -m replicas tests/test_replicas.py`); see docs/scaling.md.
 """
 
 from __future__ import annotations

@@ -49,8 +49,7 @@ from fish_worker.jobs.job import Job, ResultRoute
 from fish_worker.jobs.outputs import final_output
 from fish_worker.server.errors import ApiError, status_of
 from fish_worker.server.limiter import JobLimiter
-from fish_worker.server.registry import FINAL, approx_json_bytes
-from fish_worker.server.v2_jobs import STREAM_HOLD_S
+from fish_worker.server.registry import FINAL, STREAM_HOLD_S, approx_json_bytes
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,8 @@ from typing import Any, Protocol
 
 from fish_worker.jobs.job import ResultRoute
 from fish_worker.server.limiter import JobLimiter
-from fish_worker.server.registry import FINAL, JobRegistry
+from fish_worker.server.registry import FINAL, STREAM_HOLD_S, JobRegistry
 from fish_worker.settings import Settings
-
-# How long a /v2/stream poll is held for the next chunk before it answers with none.
-STREAM_HOLD_S = 2.0
 
 
 class V2Jobs(Protocol):
