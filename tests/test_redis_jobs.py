@@ -337,3 +337,48 @@ def test_random_schedules_every_job_ends_and_no_place_leaks(redis_server, seed):
 async def _tenant_of(replica: Replica, job_id: str) -> str | None:
     tenant = await replica.jobs._redis.hget(replica.jobs.prefix + "job:" + job_id, "tenant")
     return tenant.decode() or None if tenant is not None else None
+
+
+@pytest.mark.timeout(60)
+def test_every_doors_admissions_count_across_replicas_with_the_v2_jobs_and_a_dead_replicas_expire(redis_server):
+    """SharedJobLimiter (seed, OpenAI, Fish doors) and the /v2 jobs in Redis take places in the same
+    sorted sets: the per-tenant cap holds across replicas and kinds; a replica that stops renewing
+    (died) frees its places within a lease."""
+    from fish_worker.server.shared_limits import SharedJobLimiter
+
+    async def main():
+        prefix = f"test-{uuid.uuid4().hex[:8]}:"
+        limiters = [SharedJobLimiter(ScriptedRunner(), 2, 100, 3, redis_url=redis_server, lease_s=1.0,
+                                     key_prefix=prefix) for _ in range(2)]
+        for limiter in limiters:
+            await limiter.start()
+        jobs = RedisV2Jobs(redis_server, limiters[0], ttl_s=60, max_jobs=100, max_bytes=1 << 30, max_queued=100,
+                           max_queued_per_tenant=3, lease_s=1.0, key_prefix=prefix)
+        try:
+            first = limiters[0].admit("alice")
+            second = limiters[1].admit("alice")
+            await jobs.submit({"chunks": 1}, "run", "alice")  # queued (nothing takes it: not started)
+            for limiter in limiters:
+                with pytest.raises(ApiError) as busy:
+                    limiter.admit("alice")
+                assert busy.value.status == 429 and "FISH_MAX_QUEUED_JOBS_PER_TENANT" in busy.value.message
+                assert limiter.admitted == 1  # a refusal holds nothing here
+            limiters[1].admit("bob").release()  # another tenant is not held back
+            first.release()
+            first.release()  # idempotent
+            third = limiters[1].admit("alice")
+            await asyncio.sleep(2.5)  # renewed meanwhile: still held
+            with pytest.raises(ApiError):
+                limiters[0].admit("alice")
+            # limiters[1] dies: it stops renewing, and its two places expire within a lease.
+            limiters[1]._renewing.cancel()
+            await asyncio.sleep(1.3)
+            limiters[0].admit("alice")
+            limiters[0].admit("alice")
+            assert second and third
+        finally:
+            for limiter in limiters:
+                await limiter.close()
+            await jobs.close()
+
+    run(main())

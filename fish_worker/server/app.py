@@ -19,8 +19,8 @@ from fish_worker.server.body_admission import BodyAdmissionMiddleware, BodyBudge
 from fish_worker.server.body_limits import BodyLimitMiddleware
 from fish_worker.server.errors import install_error_handlers
 from fish_worker.server.header_limits import HeaderLimitMiddleware
-from fish_worker.server.limiter import JobLimiter
 from fish_worker.server.registry import JobRegistry
+from fish_worker.server.shared_limits import SharedJobLimiter, make_job_limiter
 from fish_worker.server.v2_jobs import make_v2_jobs
 from fish_worker.settings import Settings
 
@@ -40,15 +40,14 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
-    app.state.runner = JobLimiter(
-        runner, server.max_concurrent_jobs or runner.service.max_concurrency,
-        server.max_queued_jobs, server.max_queued_jobs_per_tenant, server.retry_after_s)
+    # Counted across replicas in Redis when REDIS_URL is set (server/shared_limits.py), else in this process.
+    app.state.runner = make_job_limiter(runner, settings)
     app.state.registry = JobRegistry(app.state.runner, server.job_ttl_s, server.max_stored_jobs,
                                      server.max_stored_result_bytes)
     # /v2's jobs: this registry, or Redis shared by every replica when REDIS_URL is set. Its background
     # work (taking queued jobs) starts on the serving loop: app.state.on_ready (server/health.py).
     app.state.v2_jobs = make_v2_jobs(settings, app.state.runner, app.state.registry)
-    app.state.on_ready = app.state.v2_jobs.start
+    app.state.on_ready = lambda: _start_background(app)
     app.include_router(seed.router)
     app.include_router(runpod_v2.router)
     app.include_router(openai_speech.router)
@@ -68,6 +67,12 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     app.add_middleware(AuthMiddleware, settings=server)
     app.add_middleware(HeaderLimitMiddleware)
     return app
+
+
+async def _start_background(app: FastAPI) -> None:
+    await app.state.v2_jobs.start()
+    if isinstance(app.state.runner, SharedJobLimiter):
+        await app.state.runner.start()
 
 
 async def _health() -> dict[str, Any]:
