@@ -389,6 +389,10 @@ class RedisV2Jobs:
         except redis.RedisError as exc:
             log.warning("taking /v2 job %s failed: %s", job_id, exc)
             return
+        if raw[0] is None:  # ended (cancelled) between the claim and the read: nothing to run
+            with suppress(redis.RedisError):
+                await self._ack(entry_id)
+            return
         tenant = raw[1].decode()
         job = Job(id=job_id, input=json.loads(raw[0]), tenant=tenant or None, result_route=raw[2].decode())
         running = self._running[job_id] = _Running(tenant, asyncio.current_task())
