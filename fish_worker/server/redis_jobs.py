@@ -280,12 +280,14 @@ class RedisV2Jobs:
         return None if fields is None else _status_json(job_id, fields, chunks)
 
     async def wait(self, job_id: str, tenant: str | None, timeout_s: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout_s
+        deadline, pause = time.monotonic() + timeout_s, 0.01
         while True:
             answer = await self.status(job_id, tenant)
             if answer is None or answer["status"] in FINAL or time.monotonic() >= deadline:
                 return answer
-            await asyncio.sleep(0.1)
+            # Soon for a short job, then less often: a long one costs Redis ~4 reads a second per waiter.
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(0.25, pause * 1.5)
 
     async def stream(self, job_id: str, tenant: str | None) -> dict[str, Any] | None:
         deadline = time.monotonic() + STREAM_HOLD_S
