@@ -382,3 +382,20 @@ def test_every_doors_admissions_count_across_replicas_with_the_v2_jobs_and_a_dea
             await jobs.close()
 
     run(main())
+
+
+@pytest.mark.timeout(60)
+def test_the_queue_is_made_again_when_redis_loses_it(redis_server):
+    async def main():
+        (a,) = await replicas(redis_server, 1)
+        try:
+            client = redis.Redis.from_url(redis_server)
+            client.delete(a.jobs.queue)  # what a restarted or emptied Redis leaves: no stream, no group
+            client.close()
+            await asyncio.sleep(1.5)
+            job = await a.jobs.submit({"chunks": 1}, "run", None)
+            assert (await until_final(a.jobs, job["id"], timeout_s=15))["status"] == "COMPLETED"
+        finally:
+            await close([a])
+
+    run(main())

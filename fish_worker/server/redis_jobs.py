@@ -359,6 +359,9 @@ class RedisV2Jobs:
                 got = await self._redis.xreadgroup(GROUP, self.me, {self.queue: ">"}, count=1, block=1000)
             except redis.RedisError as exc:
                 log.warning("taking a /v2 job from Redis failed (%s); retrying in 1 s", exc)
+                if "NOGROUP" in str(exc):  # Redis was emptied or restarted: make the queue again
+                    with suppress(redis.RedisError):
+                        await self._redis.xgroup_create(self.queue, GROUP, id="0", mkstream=True)
                 await asyncio.sleep(1)
                 continue
             if got:
