@@ -94,6 +94,9 @@ class ServerSettings(BaseSettings):
     job_ttl_s: float = Field(1800, gt=0)  # /v2 results are kept this long, as RunPod keeps /run results 30 min
     max_stored_jobs: int = Field(1000, ge=1)  # /v2 jobs kept at most (finished ones, oldest dropped first)
     max_stored_result_bytes: int = Field(512 * 1024 * 1024, ge=1)  # ... and their results' JSON bytes at most
+    # With REDIS_URL: a replica renews a lease on each /v2 job it runs; a job whose lease is not renewed for
+    # this long (its replica died) is reported FAILED by the next poll or sweep (server/redis_jobs.py).
+    job_lease_s: float = Field(10, ge=1)
     runsync_wait_s: float = Field(90, gt=0)  # /v2 runsync answers IN_PROGRESS after this, as RunPod does
     # Largest request body; unset: base64 of the largest audio file a field accepts (FISH_REFERENCE_MAX_BYTES,
     # FISH_ASR_MAX_BYTES) plus 1 MiB for the rest.

@@ -21,8 +21,8 @@ def pytest_configure(config):
 
 
 # What CI installs for the groups that skip without it (.ci/run installs them when missing).
-SKIPPED_GROUP_FIX = ("apt-get install redis-server chromium chromium-driver nodejs (.ci/run installs the first three "
-                     "when missing); bash scripts/setup_clients_env.sh for the voice-agent clients")
+SKIPPED_GROUP_FIX = ("apt-get install redis-server nginx-light chromium chromium-driver nodejs (.ci/run installs all "
+                     "but nodejs when missing); bash scripts/setup_clients_env.sh for the voice-agent clients")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -52,6 +52,7 @@ VARIABLES = {
     "FISH_MAX_STORED_JOBS": ("23", lambda s: s.server.max_stored_jobs, 23),
     "FISH_MAX_STORED_RESULT_BYTES": ("24", lambda s: s.server.max_stored_result_bytes, 24),
     "FISH_RUNSYNC_WAIT_S": ("25", lambda s: s.server.runsync_wait_s, 25.0),
+    "FISH_JOB_LEASE_S": ("4", lambda s: s.server.job_lease_s, 4.0),
     "FISH_MAX_BODY_BYTES": ("26", lambda s: s.server.max_body_bytes, 26),
     "FISH_HEADER_TIMEOUT_S": ("27", lambda s: s.server.header_timeout_s, 27.0),
     "FISH_BODY_BUDGET_BYTES": ("271", lambda s: s.server.body_budget_bytes, 271),

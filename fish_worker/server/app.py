@@ -19,8 +19,9 @@ from fish_worker.server.body_admission import BodyAdmissionMiddleware, BodyBudge
 from fish_worker.server.body_limits import BodyLimitMiddleware
 from fish_worker.server.errors import install_error_handlers
 from fish_worker.server.header_limits import HeaderLimitMiddleware
-from fish_worker.server.limiter import JobLimiter
 from fish_worker.server.registry import JobRegistry
+from fish_worker.server.shared_limits import SharedJobLimiter, make_job_limiter
+from fish_worker.server.v2_jobs import make_v2_jobs
 from fish_worker.settings import Settings
 
 
@@ -41,11 +42,14 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     # What the routes are given (server/dependencies.py): built once here, read nowhere else.
     app.state.settings = settings
     app.state.tts = runner.service
-    app.state.limiter = limiter = JobLimiter(
-        runner, server.max_concurrent_jobs or runner.service.max_concurrency,
-        server.max_queued_jobs, server.max_queued_jobs_per_tenant, server.retry_after_s)
-    app.state.registry = JobRegistry(limiter, server.job_ttl_s, server.max_stored_jobs,
+    # Counted across replicas in Redis when REDIS_URL is set (server/shared_limits.py), else in this process.
+    app.state.limiter = limiter = make_job_limiter(runner, settings)
+    app.state.registry = registry = JobRegistry(limiter, server.job_ttl_s, server.max_stored_jobs,
                                      server.max_stored_result_bytes)
+    # /v2's jobs: this registry, or Redis shared by every replica when REDIS_URL is set. Its background
+    # work (taking queued jobs) starts on the serving loop: app.state.on_ready (server/health.py).
+    app.state.v2_jobs = make_v2_jobs(settings, limiter, registry)
+    app.state.on_ready = lambda: _start_background(app)
     app.include_router(seed.router)
     app.include_router(runpod_v2.router)
     app.include_router(openai_speech.router)
@@ -65,6 +69,12 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     app.add_middleware(AuthMiddleware, settings=server)
     app.add_middleware(HeaderLimitMiddleware)
     return app
+
+
+async def _start_background(app: FastAPI) -> None:
+    await app.state.v2_jobs.start()
+    if isinstance(app.state.limiter, SharedJobLimiter):
+        await app.state.limiter.start()
 
 
 async def _health() -> dict[str, Any]:

@@ -10,6 +10,7 @@ and code holding the app (tests, the bench) asks with the `*_of(app)` functions.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
@@ -18,6 +19,7 @@ from starlette.requests import HTTPConnection
 from fish_worker.server.body_admission import BodyBudget
 from fish_worker.server.limiter import JobLimiter
 from fish_worker.server.registry import JobRegistry
+from fish_worker.server.v2_jobs import V2Jobs
 from fish_worker.settings import Settings
 from fish_worker.tts.service import TTSService
 
@@ -35,6 +37,16 @@ def limiter_of(app: FastAPI) -> JobLimiter:
 def registry_of(app: FastAPI) -> JobRegistry:
     """The /v2 jobs: queued, running and finished, by id."""
     return app.state.registry
+
+
+def v2_jobs_of(app: FastAPI) -> V2Jobs:
+    """RunPod's /v2 jobs as every route sees them: this process's registry, or Redis shared by replicas."""
+    return app.state.v2_jobs
+
+
+def on_ready_of(app: object) -> Callable[[], Awaitable[None]] | None:
+    """The app's background start (taking queued /v2 jobs), run on the serving loop once it is built."""
+    return getattr(getattr(app, "state", None), "on_ready", None)
 
 
 def tts_of(app: FastAPI) -> TTSService:
@@ -60,6 +72,10 @@ def _registry(connection: HTTPConnection) -> JobRegistry:
     return registry_of(connection.app)
 
 
+def _v2_jobs(connection: HTTPConnection) -> V2Jobs:
+    return v2_jobs_of(connection.app)
+
+
 def _tts(connection: HTTPConnection) -> TTSService:
     return tts_of(connection.app)
 
@@ -67,4 +83,5 @@ def _tts(connection: HTTPConnection) -> TTSService:
 AppSettings = Annotated[Settings, Depends(_settings)]
 Limiter = Annotated[JobLimiter, Depends(_limiter)]
 Registry = Annotated[JobRegistry, Depends(_registry)]
+V2JobStore = Annotated[V2Jobs, Depends(_v2_jobs)]
 Speech = Annotated[TTSService, Depends(_tts)]

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from starlette.types import Receive, Scope, Send
 
+from fish_worker.server.dependencies import on_ready_of
+
 log = logging.getLogger("fish_worker.server")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -36,7 +38,11 @@ class Readiness:
     async def load(self, build: Callable[[], ASGIApp]) -> None:
         """Build the app in a thread (loading models blocks), leaving the event loop free to answer."""
         try:
-            self.app = await asyncio.to_thread(build)
+            app = await asyncio.to_thread(build)
+            on_ready = on_ready_of(app)
+            if on_ready is not None:  # background work of the app's that needs the serving loop
+                await on_ready()
+            self.app = app
             self.state = "ready"
             log.info("models loaded: serving")
         except Exception as exc:  # whatever stopped start-up: report it on /ping, keep the port answering

@@ -24,6 +24,8 @@ from fish_worker.jobs.job import Job, ResultRoute
 from fish_worker.server.limiter import Admission, JobLimiter, new_job_id
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+# How long a /v2/stream poll is held for the next chunk before it answers with none.
+STREAM_HOLD_S = 2.0
 
 
 @dataclass
