@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager, nullcontext
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fish_worker.async_bridge import iterate_in_thread
 from fish_worker.errors import ErrorKind, JobFailure
@@ -29,6 +29,12 @@ T = TypeVar("T")
 
 def new_job_id() -> str:
     return str(uuid.uuid4())
+
+
+class Place(Protocol):
+    """What a running job holds until it ends: an Admission here, or a place kept elsewhere (Redis)."""
+
+    def release(self) -> None: ...
 
 
 class Admission:
@@ -69,7 +75,7 @@ class JobLimiter:
         self._per_tenant[tenant] += 1
         return Admission(self, tenant)
 
-    async def run(self, job: Job, admission: Admission | None = None,
+    async def run(self, job: Job, admission: Place | None = None,
                   on_start: Callable[[], None] | None = None) -> AsyncGenerator[dict[str, Any] | JobFailure, None]:
         """The runner's events for `job` (chunks, then a JobFailure if it fails), once a slot is free
         (then `on_start()`); an action that runs no model (list_voices, delete_voice, end_conversation)

@@ -245,6 +245,8 @@ class RedisV2Jobs:
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         # BLOCK on the queue is 1 s: the socket timeout must be longer.
+        # Replies are bytes (decode_responses off); redis-py types them as bytes | str unions, so the
+        # values this module decodes are annotated Any where they are read.
         self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=3.0, socket_timeout=10.0)
         self._scripts = {name: self._redis.register_script(text) for name, text in (
             ("submit", _SUBMIT), ("claim", _CLAIM), ("start", _START), ("append", _APPEND),
@@ -356,7 +358,7 @@ class RedisV2Jobs:
             async with self._room_changed:
                 await self._room_changed.wait_for(self._has_room)
             try:
-                got = await self._redis.xreadgroup(GROUP, self.me, {self.queue: ">"}, count=1, block=1000)
+                got: Any = await self._redis.xreadgroup(GROUP, self.me, {self.queue: ">"}, count=1, block=1000)
             except redis.RedisError as exc:
                 log.warning("taking a /v2 job from Redis failed (%s); retrying in 1 s", exc)
                 if "NOGROUP" in str(exc):  # Redis was emptied or restarted: make the queue again
@@ -390,7 +392,7 @@ class RedisV2Jobs:
                 if claimed not in ("LEASED", "IN_PROGRESS"):  # gone, or already ended (e.g. cancelled)
                     await self._ack(entry_id)
                 return
-            raw = await self._redis.hmget(self.prefix + "job:" + job_id, "input", "tenant", "route")
+            raw: list[Any] = await self._redis.hmget(self.prefix + "job:" + job_id, "input", "tenant", "route")
         except redis.RedisError as exc:
             log.warning("taking /v2 job %s failed: %s", job_id, exc)
             return
@@ -484,11 +486,12 @@ class RedisV2Jobs:
                                                               start_id=start, count=20)
             for entry_id, fields in entries:
                 job_id = fields[b"id"].decode()
-                status = await self._redis.hget(self.prefix + "job:" + job_id, "status")
-                status = status.decode() if status else None
+                stored: Any = await self._redis.hget(self.prefix + "job:" + job_id, "status")
+                status = stored.decode() if stored else None
                 if status == "IN_PROGRESS":
                     await self._fail_if_lost(job_id)
-                    status = (await self._redis.hget(self.prefix + "job:" + job_id, "status") or b"").decode()
+                    stored = await self._redis.hget(self.prefix + "job:" + job_id, "status")
+                    status = (stored or b"").decode()
                 if status is None or status in FINAL:
                     await self._ack(entry_id)
                 elif status == "IN_QUEUE" and job_id not in self._running and self._has_room():
@@ -502,7 +505,7 @@ class RedisV2Jobs:
         return max(1, int(self.lease_s * 1000))
 
     async def _fields(self, job_id: str, tenant: str | None) -> dict[str, str] | None:
-        raw = await self._redis.hgetall(self.prefix + "job:" + job_id)
+        raw: dict[Any, Any] = await self._redis.hgetall(self.prefix + "job:" + job_id)
         fields = {k.decode(): v.decode() for k, v in raw.items() if k != b"input"}
         if not fields or fields.get("tenant") != _tenant_key(tenant):
             return None
@@ -536,7 +539,8 @@ class RedisV2Jobs:
     async def _statuses(self, tenant: str | None) -> list[tuple[str, str]]:
         key = self.prefix + "jobs:t:" + _tenant_key(tenant)
         with _store_errors():
-            ids = [i.decode() for i in await self._redis.zrange(key, 0, -1)]
+            members: list[Any] = await self._redis.zrange(key, 0, -1)
+            ids = [i.decode() for i in members]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for job_id in ids:
                     pipe.hget(self.prefix + "job:" + job_id, "status")

@@ -43,11 +43,12 @@ return {0, 0}
 class _SharedAdmission(Admission):
     def __init__(self, limiter: SharedJobLimiter, tenant: str | None, token: str) -> None:
         super().__init__(limiter, tenant)
+        self._shared = limiter
         self.token = token
 
     def release(self) -> None:
         if self._held:
-            self._limiter._give_back(self.token)
+            self._shared._give_back(self.token)
         super().release()
 
 
