@@ -97,7 +97,7 @@ def main() -> None:
     from fish_worker.dialogue.turns import ConversationService
     from fish_worker.jobs.runner import JobRunner
     from fish_worker.settings import ChatSettings, Settings, StorageSettings
-    from fish_worker.tts.service import TTSService
+    from fish_worker.tts.loader import load_tts, warm_up
 
     work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     checkpoint = write_tiny_checkpoint(work / "ckpt", seed=0)
@@ -105,8 +105,8 @@ def main() -> None:
     settings = Settings(checkpoint_dir=checkpoint, device="cpu", warmup=False, max_concurrency=max(args.jobs),
                         storage=StorageSettings(voices_dir=work / "voices"),
                         chat=ChatSettings(frames_per_sentence=8))
-    service = TTSService.load(settings)
-    service.warmup()
+    service = load_tts(settings)
+    warm_up(service)
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -117,7 +117,7 @@ def main() -> None:
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "runs": []}
     try:
         for name, chat in backends.items():
-            runner = JobRunner(service, ConversationService(service, MemoryConversationStore(ttl_s=60, max_conversations=100),
+            runner = JobRunner(service, settings, ConversationService(service, MemoryConversationStore(ttl_s=60, max_conversations=100),
                                                             chat=chat, settings=settings))
             asyncio.run(run_jobs(runner, 1, 8))  # warm-up: first request compiles / fills caches
             for count in args.jobs:

@@ -107,15 +107,15 @@ def through_runner(chat: ChatModel, count: int, max_tokens: int) -> dict:
     from fish_worker.dialogue.turns import ConversationService
     from fish_worker.jobs.runner import JobRunner
     from fish_worker.settings import ChatSettings, Settings, StorageSettings
-    from fish_worker.tts.service import TTSService
+    from fish_worker.tts.loader import load_tts
 
     work = Path(tempfile.mkdtemp(prefix="chat-batching-"))
     settings = Settings(checkpoint_dir=write_tiny_checkpoint(work / "ckpt", seed=0), device="cpu", warmup=False,
                         max_concurrency=count, storage=StorageSettings(voices_dir=work / "voices"),
                         chat=ChatSettings(frames_per_sentence=8))
-    service = TTSService.load(settings)
+    service = load_tts(settings)
     store = MemoryConversationStore(ttl_s=60, max_conversations=100)
-    runner = JobRunner(service, ConversationService(service, store, chat=chat, settings=settings))
+    runner = JobRunner(service, settings, ConversationService(service, store, chat=chat, settings=settings))
 
     async def in_turn():
         for index in range(count):

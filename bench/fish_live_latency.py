@@ -53,18 +53,18 @@ def start_server(checkpoint: Path, device: str, max_frames: int):
 
     from fish_worker.jobs.runner import JobRunner
     from fish_worker.server import create_app
-    from fish_worker.tts.service import TTSService
+    from fish_worker.tts.loader import load_tts, warm_up
     from fish_worker.settings import ServerSettings, Settings, StorageSettings
 
     settings = Settings(checkpoint_dir=checkpoint, device=device, warmup=True, max_tokens_limit=max(max_frames, 1),
                         storage=StorageSettings(voices_dir=Path(tempfile.mkdtemp())),
                         server=ServerSettings(auth_disabled=True))
-    service = TTSService.load(settings)
-    service.warmup()
+    service = load_tts(settings)
+    warm_up(service)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(JobRunner(service), settings)
+    app = create_app(JobRunner(service, settings), settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:

@@ -206,7 +206,7 @@ def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
 REPEATS = 2  # end-to-end measures: best of this many
 
 
-def bench_end_to_end(service, max_tokens: int, n: int) -> dict:
+def bench_end_to_end(service, settings, max_tokens: int, n: int) -> dict:
     """n jobs through JobRunner (the RunPod handler) and through the server on 127.0.0.1: at once vs
     one after another. Float audio, the costliest format to carry: JSON numbers."""
     import asyncio
@@ -214,7 +214,7 @@ def bench_end_to_end(service, max_tokens: int, n: int) -> dict:
     from fish_worker.jobs.job import Job
     from fish_worker.jobs.runner import JobRunner
 
-    runner = JobRunner(service)
+    runner = JobRunner(service, settings)
     jobs = [{"message": SENTENCES[i % len(SENTENCES)], "seed": 300 + i, "max_tokens": max_tokens,
              "temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.1} for i in range(n)]
 
@@ -266,7 +266,7 @@ def _server_times(runner, jobs: list[dict]) -> tuple[float, float]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(runner, runner.service.settings.model_copy(
+    app = create_app(runner, runner.settings.model_copy(
         update={"server": ServerSettings(auth_disabled=True, max_concurrent_jobs=len(jobs))}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -344,8 +344,8 @@ def _timed_subprocess(code: str) -> float:
 def bench_cold_start(checkpoint: Path, device: str) -> dict:
     """Each in a fresh process, with the files in the page cache (each is run once first)."""
     worker = ("import time; t = time.perf_counter()\n"
-              "from fish_worker.tts.service import TTSService\nfrom fish_worker.settings import Settings\n"
-              f"TTSService.load(Settings(checkpoint_dir={str(checkpoint)!r}, device={device!r}, warmup=False))\n"
+              "from fish_worker.tts.loader import load_tts\nfrom fish_worker.settings import Settings\n"
+              f"load_tts(Settings(checkpoint_dir={str(checkpoint)!r}, device={device!r}, warmup=False))\n"
               "print(time.perf_counter() - t)")
     bare = ("import time; t = time.perf_counter()\nimport torch\n"
             f"for f in ('model.pth', 'codec.pth'): torch.load({str(checkpoint)!r} + '/' + f, map_location={device!r})\n"
@@ -409,7 +409,7 @@ def main() -> None:
     levels = [int(x) for x in (args.levels or ("1,8,16" if device.type == "cuda" else "1,4,8")).split(",")]
     silence_logs()
 
-    from fish_worker.tts.service import TTSService
+    from fish_worker.tts.loader import load_tts
     from fish_worker.settings import Settings
     from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
@@ -421,7 +421,7 @@ def main() -> None:
                             max_concurrency=max(levels))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        service = TTSService.load(settings)
+        service = load_tts(settings)
         if args.compile:
             from fish_speech.models.text2semantic.inference import decode_one_token_ar
 
@@ -437,7 +437,7 @@ def main() -> None:
                            "parameters_m": round(sum(p.numel() for p in service.generator.model.parameters()) / 1e6, 1)},
             "single_stream": bench_single_stream(service, max_tokens),
             "concurrency": bench_concurrency(service, max_tokens, levels, args.fish_jobs),
-            "end_to_end": bench_end_to_end(service, max_tokens, max(n for n in levels if n <= 8)),
+            "end_to_end": bench_end_to_end(service, settings, max_tokens, max(n for n in levels if n <= 8)),
             "first_audio": bench_first_audio(service, max_tokens),
             "kv_memory": kv_memory(service),
             "memory": peak_memory(device),

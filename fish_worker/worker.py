@@ -21,7 +21,8 @@ from fish_worker.dialogue.turns import ConversationService
 from fish_worker.conversations import ConversationStoreError, make_conversation_store
 from fish_worker.engine.checkpoint import REQUIRED_FILES, CheckpointError, check_checkpoint_dir
 from fish_worker.jobs.runner import JobRunner
-from fish_worker.tts.service import TTSService, resolve_device
+from fish_worker.tts.loader import load_tts, resolve_device, warm_up
+from fish_worker.tts.service import TTSService
 from fish_worker.settings import Settings
 
 # runpod logs every output chunk (audio included) at its default DEBUG level.
@@ -58,10 +59,10 @@ def build_runner(settings: Settings) -> JobRunner:
     chat = load_chat_backend(settings)
     reserved = chat.kv_bytes() if isinstance(chat, ChatModel) else 0
     transcriber = load_transcriber(settings)  # its weights, too, are loaded before the KV pool is planned
-    service = TTSService.load(settings, reserved_bytes=reserved)
+    service = load_tts(settings, reserved_bytes=reserved)
     if settings.warmup:
-        service.warmup()
-    return JobRunner(service, build_conversations(service, settings, chat=chat), transcriber=transcriber)
+        warm_up(service)
+    return JobRunner(service, settings, build_conversations(service, settings, chat=chat), transcriber=transcriber)
 
 
 def load_transcriber(settings: Settings) -> Transcriber | None:

@@ -237,14 +237,14 @@ def fuzz(runner, cases: int, seed: int = 0, timeout_s: float = 30.0, progress: b
 
 def build_runner(checkpoint: Path | None, work: Path):
     from fish_worker.jobs.runner import JobRunner
-    from fish_worker.tts.service import TTSService
+    from fish_worker.tts.loader import load_tts
     from fish_worker.settings import Settings, StorageSettings
     from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
     checkpoint = checkpoint or write_tiny_checkpoint(work / "checkpoint", seed=0)
     settings = Settings(checkpoint_dir=checkpoint, device="cpu", warmup=False, max_job_frames=FUZZ_MAX_JOB_FRAMES,
                         reference_max_seconds=5.0, storage=StorageSettings(voices_dir=work / "voices"))
-    return JobRunner(TTSService.load(settings))
+    return JobRunner(load_tts(settings), settings)
 
 
 def main() -> None:

@@ -70,16 +70,16 @@ def app_settings(settings):
 
 @pytest.fixture(scope="session")
 def service(settings):
-    from fish_worker.tts.service import TTSService
+    from fish_worker.tts.loader import load_tts
 
-    return TTSService.load(settings)
+    return load_tts(settings)
 
 
 @pytest.fixture(scope="session")
-def runner(service):
+def runner(service, settings):
     from fish_worker.jobs.runner import JobRunner
 
-    return JobRunner(service)
+    return JobRunner(service, settings)
 
 
 @pytest.fixture(scope="session")

@@ -107,7 +107,11 @@ def expected_audio(service, text: str, seed: int, voice: VoicePrompt | None, fra
 
 
 def reference_prompt(service, reference: str, text: str) -> VoicePrompt:
-    return service.encode_reference(reference, text)
+    """`reference` (base64 text, as a job carries it) as the VoiceResolver encodes it."""
+    from fish_worker.audio.reference import base64_audio
+    from fish_worker.tts.requests import ReferenceClip
+
+    return service.voices.encode_reference(ReferenceClip(base64_audio(reference), text))
 
 
 # --- servers the tests start ---------------------------------------------------------------------------------

@@ -64,13 +64,13 @@ def store():
 
 @pytest.fixture
 def chat_runner(service, chat_settings, chat_model, store, transcriber) -> JobRunner:
-    return JobRunner(service, ConversationService(service, store, chat=chat_model, settings=chat_settings),
+    return JobRunner(service, chat_settings, ConversationService(service, store, chat=chat_model, settings=chat_settings),
                      transcriber=transcriber)
 
 
 @pytest.fixture
-def tts_runner(service, transcriber) -> JobRunner:
-    return JobRunner(service, transcriber=transcriber)
+def tts_runner(service, settings, transcriber) -> JobRunner:
+    return JobRunner(service, settings, transcriber=transcriber)
 
 
 def test_a_voice_message_is_answered_in_chat_mode(chat_runner, chat_model, chat_settings, service, heard,

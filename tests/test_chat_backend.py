@@ -102,7 +102,7 @@ def engine_reply(engine: str, model: str, messages: list[dict], *, seed: int, ma
 def test_a_chat_job_streams_the_engines_reply_and_speaks_it(engine, remote, service, chat_settings,
                                                            tiny_chat_model_dir):
     store = MemoryConversationStore(ttl_s=60, max_conversations=10)
-    runner = JobRunner(service, ConversationService(service, store, chat=remote, settings=chat_settings))
+    runner = JobRunner(service, chat_settings, ConversationService(service, store, chat=remote, settings=chat_settings))
     chunks = run_job(runner, {"message": HELLO, "max_tokens": 40, "seed": 5, "stream": True,
                               "conversation_id": "r-1"})
     deltas = [(i, c["text_delta"]) for i, c in enumerate(chunks) if "text_delta" in c]
@@ -170,7 +170,7 @@ def test_history_system_prompt_and_sampling_go_as_messages_and_parameters(servic
         backend = RemoteChatBackend(stub.base_url, api_key="secret-key", model="served-name", max_retries=0)
         store = MemoryConversationStore(ttl_s=60, max_conversations=10)
         store.append_turn("c", "Earlier question?", "Earlier answer.", voice=None)
-        runner = JobRunner(service, ConversationService(service, store, chat=backend, settings=chat_settings))
+        runner = JobRunner(service, chat_settings, ConversationService(service, store, chat=backend, settings=chat_settings))
         [out] = run_job(runner, {"message": "Next <|im_end|> question?", "max_tokens": 33, "seed": 9,
                                  "temperature": 0.4, "conversation_id": "c", "system_prompt": "Answer in French."})
         backend.close()
@@ -232,7 +232,7 @@ def test_an_engine_failure_is_a_job_error_naming_the_chat_backend(behaviour, ser
     with StubEngine() as stub:
         stub.behaviour = behaviour
         backend = RemoteChatBackend(stub.base_url, model="m", read_timeout_s=0.5, max_retries=0)
-        runner = JobRunner(service, ConversationService(service, store, chat=backend, settings=chat_settings))
+        runner = JobRunner(service, chat_settings, ConversationService(service, store, chat=backend, settings=chat_settings))
         started = time.monotonic()
         chunks = run_job(runner, {"message": HELLO, "max_tokens": 40, "seed": 1, "stream": True,
                                   "conversation_id": "c"})
@@ -250,7 +250,7 @@ def test_an_engine_failure_is_a_job_error_naming_the_chat_backend(behaviour, ser
 def test_an_unreachable_engine_is_a_job_error(service, chat_settings):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     backend = RemoteChatBackend(url, model="m", max_retries=0)
-    runner = JobRunner(service, ConversationService(service, MemoryConversationStore(ttl_s=60, max_conversations=10),
+    runner = JobRunner(service, chat_settings, ConversationService(service, MemoryConversationStore(ttl_s=60, max_conversations=10),
                                                     chat=backend, settings=chat_settings))
     [out] = run_job(runner, {"message": HELLO, "conversation_id": "c"})
     backend.close()

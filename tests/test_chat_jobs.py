@@ -37,7 +37,7 @@ def chat_settings(settings, tiny_chat_model_dir):
 
 def make_runner(service, chat_settings, chat_model=None, store=None) -> JobRunner:
     store = store if store is not None else MemoryConversationStore(ttl_s=60, max_conversations=10)
-    return JobRunner(service, ConversationService(service, store, chat=chat_model, settings=chat_settings))
+    return JobRunner(service, chat_settings, ConversationService(service, store, chat=chat_model, settings=chat_settings))
 
 
 @pytest.fixture

@@ -162,7 +162,7 @@ def test_chat_jobs_with_injections_complete_normally(service, settings, tiny_cha
     chat_settings = settings.model_copy(update={"chat": ChatSettings(model_dir=tiny_chat_model_dir,
                                                                      frames_per_sentence=FRAMES)})
     store = MemoryConversationStore(ttl_s=60, max_conversations=10)
-    runner = JobRunner(service, ConversationService(service, store, chat=chat, settings=chat_settings))
+    runner = JobRunner(service, chat_settings, ConversationService(service, store, chat=chat, settings=chat_settings))
     [one] = run_job(runner, {"message": INJECTION, "conversation_id": "inj", "max_tokens": 12, "seed": 1,
                              "system_prompt": INJECTION})
     assert "error" not in one and one["text"] and one["audio"]

@@ -14,6 +14,7 @@ from fish_worker.engine.codec import Codec
 from fish_worker.engine.codec_batching import CodecDecodeInterrupted, DecodeBatcher, _Request
 from fish_worker.tts.requests import SynthesisRequest
 from fish_worker.tts.service import TTSService
+from fish_worker.tts.voice_resolver import VoiceResolver
 
 
 def random_codes(service, frames: int, seed: int) -> torch.Tensor:
@@ -23,7 +24,9 @@ def random_codes(service, frames: int, seed: int) -> torch.Tensor:
 def batched_service(service, batch_frames: int) -> TTSService:
     """The session's models and engine, with a codec that batches concurrent decodes."""
     codec = Codec(service.codec.model, service.codec.device, service.codec.precision, batch_frames)
-    return TTSService(service.settings, service.generator, codec)
+    voices = service.voices
+    return TTSService(service.generator, codec, VoiceResolver(codec, voices.num_codebooks, voices.store, voices.cache,
+                                                              voices.max_bytes, voices.max_seconds), service.limits)
 
 
 def test_padded_rows_decode_to_their_solo_audio(service):
@@ -158,7 +161,7 @@ def test_random_schedules_every_caller_gets_its_own_audio(seed):
     assert batcher.requests >= len(calls)  # retried rows count again
 
 
-def test_the_cpu_decodes_each_job_on_its_own_thread_by_default(service):
+def test_the_cpu_decodes_each_job_on_its_own_thread_by_default(service, settings):
     """Unset FISH_CODEC_BATCH_FRAMES: off on the CPU (a batch measured slower there than one by one)."""
-    assert service.settings.codec_batch_frames is None
+    assert settings.codec_batch_frames is None
     assert service.codec.batcher is None

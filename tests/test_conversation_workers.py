@@ -47,7 +47,7 @@ def test_turn_two_on_another_worker_continues_turn_one(service, tiny_chat_model_
     one = json.loads(worker_a.stdout.strip().splitlines()[-1])["output"]
 
     # Worker B: its own models and its own connection to the same Redis, built the way worker.py builds it.
-    worker_b = JobRunner(service, build_conversations(service, chat_settings))
+    worker_b = JobRunner(service, chat_settings, build_conversations(service, chat_settings))
     [two] = run_job(worker_b, {"message": "And what about tomorrow?", "conversation_id": "shared-1",
                                "max_tokens": 20, "seed": 2})
 

@@ -14,6 +14,7 @@ from fish_worker.jobs.job import Job
 from fish_worker.jobs.runpod_adapter import runpod_chunks
 from fish_worker.server import create_app
 from fish_worker.server.errors import STATUS_OF_KIND
+from fish_worker.server.dependencies import limiter_of, registry_of
 
 JOB = {"message": "Hello there.", "max_tokens": 4, "seed": 1}
 SPEECH = {"model": "tts-1", "input": "Hello there.", "voice": "alloy", "max_tokens": 4}
@@ -128,7 +129,7 @@ def test_runpod_door_keeps_the_kind_of_a_failed_job(app, runner, monkeypatch, ki
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             answer = (await client.post("/v2/ep/runsync", json={"input": JOB})).json()
-            return answer, app.state.registry.get(answer["id"])
+            return answer, registry_of(app).get(answer["id"])
 
     answer, record = asyncio.run(go())
     assert answer["status"] == "FAILED" and answer["error"] == MISLEADING
@@ -154,7 +155,7 @@ def test_bad_input_is_400_naming_the_field_in_the_doors_words(app):
 
 @pytest.mark.parametrize("door", [seed_status, openai_status, fish_status])
 def test_a_full_server_is_429_on_every_door(app, door):
-    limiter = app.state.runner
+    limiter = limiter_of(app)
     limiter.admitted += limiter.max_queued_jobs  # as if that many jobs were waiting
     try:
         status, message = door(app)

@@ -123,24 +123,24 @@ def test_v2_runsync_is_the_job(app, runner, saved_voice):
 # ---- Fish Audio /v1/tts: the request's fields in the plan the service runs --------------------------------------
 
 
-def test_fish_request_fields_reach_the_synthesis_plan(service, saved_voice):
+def test_fish_request_fields_reach_the_synthesis_plan(service, settings, saved_voice):
     request = FishTTSRequest.model_validate({
         "text": TEXT, "temperature": 0.35, "top_p": 0.45, "repetition_penalty": 1.55, "max_new_tokens": 17,
         "format": "wav", "sample_rate": 16_000, "prosody": {"speed": 1.3, "volume": -4.0},
         "reference_id": saved_voice})
-    plan = plan_speech(request, service, service.voices)
+    plan = plan_speech(request, service.voices, service.voices.store, settings)
     assert (plan.speech.temperature, plan.speech.top_p, plan.speech.repetition_penalty) == (0.35, 0.45, 1.55)
     assert plan.speech.frames_per_sentence == 17
     assert (plan.adjustments.sample_rate, plan.adjustments.speed, plan.adjustments.volume_db) == (16_000, 1.3, -4.0)
-    saved = service.saved_voice(saved_voice)
+    saved = service.voices.saved_voice(saved_voice)
     assert plan.speech.voice.text == saved.text and plan.speech.voice.codes.equal(saved.codes)
 
 
-def test_fish_references_keep_their_transcripts(service):
+def test_fish_references_keep_their_transcripts(service, settings):
     request = FishTTSRequest.model_validate({
         "text": TEXT, "references": [{"audio": REFERENCE, "text": "First clip."},
                                      {"audio": REFERENCE, "text": "Second clip."}]})
-    plan = plan_speech(request, service, service.voices)
+    plan = plan_speech(request, service.voices, service.voices.store, settings)
     assert plan.speech.voice.text == "First clip. Second clip."
 
 
@@ -196,13 +196,13 @@ def test_a_rate_the_format_cannot_carry_is_the_same_error_on_every_door(app, run
 
 
 @pytest.fixture(scope="module")
-def asr_runner(service, tiny_whisper_dir):
+def asr_runner(service, settings, tiny_whisper_dir):
     from fish_worker.asr.transcriber import Transcriber
     from fish_worker.asr.whisper import WhisperRecognizer
     from fish_worker.jobs.runner import JobRunner
 
     recognizer = WhisperRecognizer.load(tiny_whisper_dir, device="cpu")
-    return JobRunner(service, transcriber=Transcriber(recognizer, max_seconds=30.0, max_bytes=1 << 22))
+    return JobRunner(service, settings, transcriber=Transcriber(recognizer, max_seconds=30.0, max_bytes=1 << 22))
 
 
 def test_job_audio_is_transcribed_in_its_language_and_the_transcript_spoken(runner, asr_runner, app_settings):

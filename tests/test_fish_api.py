@@ -21,6 +21,7 @@ from fishaudio.types import FlushEvent, Prosody, ReferenceAudio, TTSConfig
 from httpx_ws import WebSocketDisconnect, WebSocketUpgradeError, connect_ws
 
 from fish_worker.server import create_app
+from fish_worker.server.dependencies import limiter_of
 from helpers import decode_ffmpeg, serve_app, wav_b64
 
 KEY = "fish-test-key"
@@ -298,7 +299,7 @@ def test_live_sessions_under_random_schedules_all_end(base_url, service, fish_ap
 
     outcomes = asyncio.run(go())
     assert set(outcomes) <= {"finished", "aborted"} and "finished" in outcomes
-    gate = fish_app.state.runner
+    gate = limiter_of(fish_app)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (
             service.generator.free_slots < service.max_concurrency
@@ -383,7 +384,7 @@ def bounded(runner, app_settings):
                             live_max_session_s=2.5, live_max_text_chars=40)
     app = create_app(runner, settings)
     with serving(app, **uvicorn_options(settings.server)) as url:
-        yield url, app.state.runner
+        yield url, limiter_of(app)
 
 
 WS_UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",

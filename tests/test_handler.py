@@ -56,12 +56,12 @@ def test_reference_audio_conditions_generation_and_is_cached(runner, service):
     job = {"message": "Say this in my voice.", "max_tokens": 8, "seed": 5}
     plain = run_job(runner, job)[0]
     reference = wav_b64(seconds=1.5, sample_rate=22050, channels=2)
-    hits = service.voice_cache.hits
+    hits = service.voices.cache.hits
     cloned = run_job(runner, {**job, "reference_audio": reference, "reference_text": "A reference."})[0]
     again = run_job(runner, {**job, "reference_audio": reference, "reference_text": "A reference."})[0]
     assert cloned["audio"] != plain["audio"]  # the prompt carried the voice's codes
     assert again["audio"] == cloned["audio"]
-    assert service.voice_cache.hits == hits + 1  # second use skipped encoding
+    assert service.voices.cache.hits == hits + 1  # second use skipped encoding
 
 
 def test_reference_encoding_matches_codec_frames(service):

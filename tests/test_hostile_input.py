@@ -3,6 +3,7 @@ and the per-job bounds on work (sentences, total frames). Each bad job ends in e
 
 from __future__ import annotations
 
+import dataclasses
 import pytest
 
 from fish_worker.errors import MESSAGE_CHARS
@@ -100,14 +101,14 @@ def test_seeds_are_javascript_safe(runner):
     assert all(0 <= s < SEED_LIMIT for s in drawn)
 
 
-def test_too_many_sentences_are_rejected_at_validation(runner, service, monkeypatch):
-    monkeypatch.setattr(service.settings, "max_sentences", 2)
+def test_too_many_sentences_are_rejected_at_validation(runner, monkeypatch):
+    monkeypatch.setattr(runner.settings, "max_sentences", 2)
     error = only_error(run_job(runner, {**GOOD, "message": "The first sentence. The second sentence. The third sentence."}))
     assert error == "message: has 3 sentences, the limit is 2 (FISH_MAX_SENTENCES)"
 
 
 def test_job_frame_cap_bounds_the_whole_job(runner, service, monkeypatch):
-    monkeypatch.setattr(service.settings, "max_job_frames", 10)
+    monkeypatch.setattr(service, "limits", dataclasses.replace(service.limits, max_job_frames=10))
     three = {"message": "First one here. Second one here. Third one here.", "max_tokens": 6, "seed": 1}
     error = only_error(run_job(runner, three))
     assert error.startswith("message: the speech reached the per-job limit of 10 codec frames"), error

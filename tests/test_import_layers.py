@@ -176,3 +176,13 @@ def test_the_layer_check_flags_upward_and_devtools_imports():
     assert any("only entry points may import devtools" in p for p in problems)
     assert any("devtools sits below" in p for p in problems)
     assert any(p.startswith("fish_worker.audio.formats (audio, layer 1) imports fish_worker.engine") for p in problems)
+
+
+# The app's shared objects are built and kept by create_app; routes get them as typed dependencies.
+APP_STATE_READERS = {"fish_worker.server.app", "fish_worker.server.dependencies"}
+
+
+def test_only_the_app_factory_and_the_dependencies_touch_app_state():
+    touching = sorted(module for module, path in module_files().items()
+                      if "app.state" in path.read_text() and module not in APP_STATE_READERS)
+    assert touching == [], f"read these through server/dependencies.py instead: {touching}"

@@ -320,11 +320,11 @@ def test_the_fish_doors_take_wrapped_base64_and_data_uris(client, runner):
     wrapped = "data:audio/flac;base64," + base64.encodebytes(data).decode()  # 76-character lines
     job = client.post("/run", json={"input": {"message": "Hi.", "max_tokens": 2, "seed": 1, "reference_audio": wrapped}})
     assert job.status_code == 200, job.text
-    hits = runner.service.voice_cache.hits
+    hits = runner.service.voices.cache.hits
     fish = {"text": "Hi.", "format": "pcm", "max_new_tokens": 2, "references": [{"audio": wrapped, "text": ""}]}
     response = client.post("/v1/tts", json=fish)
     assert response.status_code == 200 and len(response.content) > 0
-    assert runner.service.voice_cache.hits == hits + 1  # the same file, however it was written: one encoding
+    assert runner.service.voices.cache.hits == hits + 1  # the same file, however it was written: one encoding
 
 
 def test_fish_json_with_bad_base64_names_the_clip(client):

@@ -45,7 +45,7 @@ def chat_runner(service, settings, tiny_chat_model_dir):
                                                                      frames_per_sentence=FRAMES)})
     chat = ChatModel.load(tiny_chat_model_dir, device="cpu")
     store = MemoryConversationStore(ttl_s=60, max_conversations=10)
-    return JobRunner(service, ConversationService(service, store, chat=chat, settings=chat_settings))
+    return JobRunner(service, chat_settings, ConversationService(service, store, chat=chat, settings=chat_settings))
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_upload_save_and_speak_in_a_voice(page, service):
     page.click("#save-voice")
     page.locator("#voice option", has_text="Anna from the playground").wait_for(state="attached")
     assert page.eval_on_selector("#voice", "select => select.selectedOptions[0].text") == "Anna from the playground"
-    saved = [v for v in service.voices.for_tenant(TENANT).list() if v.title == "Anna from the playground"]
+    saved = [v for v in service.voices.store.for_tenant(TENANT).list() if v.title == "Anna from the playground"]
     assert len(saved) == 1 and saved[0].text == "A short tone."
     page.fill("#text", "Speaking in the saved voice.")
     page.click("#advanced summary")

@@ -26,14 +26,14 @@ TEXTS = ["Real size.", "Another, longer sentence here."]
 
 @pytest.fixture(scope="module")
 def s1_mini(tmp_path_factory):
-    from fish_worker.tts.service import TTSService
+    from fish_worker.tts.loader import load_tts
     from fish_worker.settings import Settings, StorageSettings
     from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
     checkpoint = write_tiny_checkpoint(tmp_path_factory.mktemp("s1-mini"), seed=0, size="s1-mini")
     settings = Settings(checkpoint_dir=checkpoint, device="cpu", precision="bfloat16", warmup=False,
                         max_concurrency=2, storage=StorageSettings(voices_dir=tmp_path_factory.mktemp("voices")))
-    return TTSService.load(settings)
+    return load_tts(settings)
 
 
 def ours(generate, text: str, seed: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ import uvicorn
 
 from fish_worker.server import create_app
 from fish_worker.server.protocol import uvicorn_options
+from fish_worker.server.dependencies import body_budget_of, limiter_of
 
 ALICE, BOB = "key-of-alice", "key-of-bob"
 KEYS = f"alice:{ALICE},bob:{BOB}"
@@ -108,7 +109,7 @@ def post(address, key: str, body: dict | bytes, path: str = "/run") -> httpx.Res
 @pytest.mark.timeout(120)
 def test_a_tenant_over_its_share_waits_then_gets_429_unread_while_others_go_on(budget_server):
     app, address = budget_server
-    budget = app.state.body_budget
+    budget = body_budget_of(app)
     holding = held_body(address, ALICE, 900_000)
     try:
         wait_for(lambda: budget.in_use == 900_000)
@@ -130,7 +131,7 @@ def test_a_tenant_over_its_share_waits_then_gets_429_unread_while_others_go_on(b
 @pytest.mark.timeout(120)
 def test_a_full_server_refuses_a_large_body_but_a_small_one_passes(budget_server):
     app, address = budget_server
-    budget = app.state.body_budget
+    budget = body_budget_of(app)
     holding = held_body(address, ALICE, 900_000)
     try:
         wait_for(lambda: budget.in_use == 900_000)
@@ -156,7 +157,7 @@ def test_a_waiting_body_is_admitted_when_a_permit_comes_back(runner, app_setting
     server, thread, address = serve(app, settings.server)
     try:
         holding = held_body(address, ALICE, 900_000)
-        wait_for(lambda: app.state.body_budget.in_use == 900_000)
+        wait_for(lambda: body_budget_of(app).in_use == 900_000)
         answers = []
         padded = {"input": JOB, "padding": "x" * 200_000}  # 900 kB + 200 kB: over Alice's 1 MB share
         waiter = threading.Thread(target=lambda: answers.append(post(address, ALICE, padded)))
@@ -166,7 +167,7 @@ def test_a_waiting_body_is_admitted_when_a_permit_comes_back(runner, app_setting
         holding.close()
         waiter.join(60)
         assert answers[0].status_code == 200
-        wait_for(lambda: app.state.body_budget.in_use == 0)
+        wait_for(lambda: body_budget_of(app).in_use == 0)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -206,7 +207,7 @@ def test_stress_random_bodies_and_aborts_every_request_ends_and_every_byte_is_gi
         thread.join(120)
     assert not any(thread.is_alive() for thread in threads) and len(outcomes) == 40
     assert set(outcomes) <= {200, 400, 429, "aborted", "ConnectionResetError", "BrokenPipeError"}, outcomes
-    wait_for(lambda: app.state.body_budget.in_use == 0)
+    wait_for(lambda: body_budget_of(app).in_use == 0)
     assert post(address, ALICE, {"input": JOB}).status_code == 200
 
 
@@ -238,7 +239,7 @@ def test_concurrent_maximal_bodies_take_no_more_memory_than_the_budget(runner, a
     try:
         auth = {"Authorization": f"Bearer {BOB}"}
         long = httpx.post(f"{base}/v2/ep/run", json={"input": LONG_JOB}, headers=auth).json()
-        wait_for(lambda: app.state.runner.running == 1)
+        wait_for(lambda: limiter_of(app).running == 1)
         baseline = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         senders = [threading.Thread(target=send, args=([ALICE, BOB][i % 2],)) for i in range(20)]
@@ -302,10 +303,10 @@ def test_list_voices_answers_at_once_while_every_slot_generates_another_tenants_
     async def steps(client):
         jobs = [(await client.post("/v2/ep/run", json={"input": long_job}, headers=auth)).json() for _ in range(4)]
         for _ in range(200):  # both slots busy, two more waiting
-            if app.state.runner.running == 2:
+            if limiter_of(app).running == 2:
                 break
             await asyncio.sleep(0.05)
-        assert app.state.runner.running == 2
+        assert limiter_of(app).running == 2
         started = time.monotonic()
         alice = {"Authorization": f"Bearer {ALICE}"}
         listed = await client.post("/run", json={"input": {"action": "list_voices"}}, headers=alice)

@@ -13,6 +13,7 @@ import pytest
 
 from fish_worker.server import create_app
 from fish_worker.settings import ServerSettings
+from fish_worker.server.dependencies import limiter_of, registry_of
 from helpers import decode_ffmpeg, run_job, wav_b64
 
 KEY = "test-key-1"
@@ -528,7 +529,7 @@ def test_stored_results_are_capped_oldest_first(runner, app_settings):
         return [(await client.get(f"/v2/ep/status/{i}", headers=AUTH)).status_code for i in ids]
 
     assert scenario(capped, steps) == [404, 200, 200]
-    registry = capped.state.registry
+    registry = registry_of(capped)
     assert len(registry.jobs) == 2 and registry.stored_bytes > 0
     by_bytes = create_app(runner, app_settings(api_keys=KEY, max_stored_result_bytes=registry.stored_bytes))
 
@@ -551,7 +552,7 @@ def test_a_tenant_flooding_the_store_pushes_out_its_own_results_first(runner, ap
     tenants = "alice:key-of-alice,bob:key-of-bob"
     by_count = create_app(runner, app_settings(api_keys=tenants, max_stored_jobs=3))
     assert scenario(by_count, alice_once_then_bob_four_times) == (200, [404, 404, 200, 200])
-    one_result = max(r.result_bytes for r in by_count.state.registry.jobs.values())  # the same job each time
+    one_result = max(r.result_bytes for r in registry_of(by_count).jobs.values())  # the same job each time
     by_bytes = create_app(runner, app_settings(api_keys=tenants, max_stored_result_bytes=3 * one_result))
     assert scenario(by_bytes, alice_once_then_bob_four_times) == (200, [404, 404, 200, 200])
 
@@ -567,8 +568,8 @@ def test_a_tenants_jobs_in_flight_never_push_out_another_tenants_result(runner, 
         alice_during = []
         for _ in range(600):  # until bob's burst has finished (each check sees alice's result, or not)
             alice_during.append((await client.get(f"/v2/ep/status/{alices}", headers=ALICE)).status_code)
-            if all(r.status in ("COMPLETED", "FAILED") for r in app.state.registry.of_tenant("bob")) and \
-                    len(app.state.registry.of_tenant("bob")) == 3:
+            if all(r.status in ("COMPLETED", "FAILED") for r in registry_of(app).of_tenant("bob")) and \
+                    len(registry_of(app).of_tenant("bob")) == 3:
                 break
             await asyncio.sleep(0.05)
         bob_after = [(await client.get(f"/v2/ep/status/{i}", headers=BOB)).status_code for i in bobs]
@@ -620,7 +621,7 @@ def test_stress_random_schedules_every_job_ends_and_every_place_is_given_back(ru
         await asyncio.sleep(0.1)
 
     scenario(stressed, steps)
-    gate, registry = stressed.state.runner, stressed.state.registry
+    gate, registry = limiter_of(stressed), registry_of(stressed)
     assert set(statuses) <= {200, 429} and statuses.count(200) > 0
     assert gate.admitted == 0 and not gate._per_tenant and gate.running == 0  # every place given back
     assert all(r.status in ("COMPLETED", "FAILED", "CANCELLED") for r in registry.jobs.values())

@@ -9,6 +9,7 @@ per-job frame cap mid-stream ends the stream the door's documented way, with no 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import logging
@@ -24,6 +25,7 @@ import pytest
 
 from fish_worker.server import create_app
 from fish_worker.server.protocol import uvicorn_options
+from fish_worker.server.dependencies import limiter_of
 from helpers import serve_app
 
 KEY = "slow-client-key"
@@ -41,7 +43,7 @@ def server(runner, app_settings):
                             max_queued_jobs=4)
     app = create_app(runner, settings)
     with serve_app(app, **uvicorn_options(settings.server)) as address:
-        yield address, app.state.runner
+        yield address, limiter_of(app)
 
 
 def never_reader(address) -> socket.socket:
@@ -170,7 +172,7 @@ def test_a_client_that_hangs_up_before_a_whole_answer_stops_its_generation(serve
                                                                             monkeypatch):
     caplog = server_log
     # /v1/tts: its first audio (what is awaited before answering) comes at the first sentence's end.
-    monkeypatch.setattr(service.settings, "stream_first_frames", 100_000)
+    monkeypatch.setattr(service, "limits", dataclasses.replace(service.limits, stream_first_frames=100_000))
     address, limiter = server
     wait_released(limiter, 10)
     path, body = WHOLE[door]
@@ -224,7 +226,7 @@ CAP_TEXT = " ".join(f"Short sentence number {i} here." for i in range(8))  # far
 
 
 def test_the_frame_cap_mid_stream_ends_each_door_as_documented(server, server_log, service, monkeypatch):
-    monkeypatch.setattr(service.settings, "max_job_frames", 12)
+    monkeypatch.setattr(service, "limits", dataclasses.replace(service.limits, max_job_frames=12))
     cap = "the speech reached the per-job limit of 12 codec frames"
     with http(server) as client:
         fish = client.post("/v1/tts", json={"text": CAP_TEXT, "format": "wav", "max_new_tokens": 8})

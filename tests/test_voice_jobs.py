@@ -62,7 +62,7 @@ def test_list_voices_is_paginated_and_save_stops_at_the_cap(runner, service, mon
     [bad] = run_job(runner, {"action": "list_voices", "limit": 101})
     assert bad["error"] == "limit: Input should be less than or equal to 100"
 
-    monkeypatch.setattr(service.voices, "max_voices", len(service.voices.voice_ids()))
+    monkeypatch.setattr(service.voices.store, "max_voices", len(service.voices.store.voice_ids()))
     [full] = run_job(runner, {"action": "save_voice", "voice_id": "one-too-many", "reference_audio": REFERENCE})
     assert full["error"].startswith("voice_id: cannot save a new voice: the voice store holds its limit of")
     [kept] = run_job(runner, {"action": "save_voice", "voice_id": "page-a", "reference_audio": REFERENCE})

@@ -54,20 +54,20 @@ def is_conversation_action(raw: Any) -> bool:
 
 
 class ConversationService:
-    def __init__(self, tts: TTSService, store: ConversationStore, *, chat: ChatBackend | None = None,
-                 settings: Settings | None = None, voices: VoiceStore | None = None):
+    def __init__(self, tts: TTSService, store: ConversationStore, *, settings: Settings,
+                 chat: ChatBackend | None = None, voices: VoiceStore | None = None):
         self.tts = tts
         self.store = store
         self.chat = chat
-        self.settings = settings or tts.settings
-        self.voices = voices or tts.voices  # where a request's saved voice_id is looked up
+        self.settings = settings  # the chat section, and where a reply is cut into sentences
+        self.voices = voices or tts.voices.store  # where a request's saved voice_id is looked up
 
     def for_tenant(self, tenant: str | None) -> "ConversationService":
         """This service over `tenant`'s conversations and saved voices (None: the default namespace)."""
         if tenant is None:
             return self
         return ConversationService(self.tts, self.store.for_tenant(tenant), chat=self.chat, settings=self.settings,
-                                   voices=self.tts.voices.for_tenant(tenant))
+                                   voices=self.tts.voices.store.for_tenant(tenant))
 
     def mode(self, asked: Mode | None, system_prompt: str | None = None) -> Mode:
         """The request's mode: as `asked`, else chat when a chat backend is set."""
@@ -116,7 +116,7 @@ class ConversationService:
 
     def _voice(self, request: TurnRequest, conversation: Conversation | None) -> tuple[VoicePrompt | None, ConversationVoice | None]:
         """The voice to speak in, and the voice to store with this turn (None: keep the stored one)."""
-        reference = self.tts.resolve_voice(request.speech.voice, self.voices)  # a clip or a saved voice, else None
+        reference = self.tts.voices.resolve(request.speech.voice, self.voices)  # a clip or a saved voice, else None
         if reference is not None:
             stored = ConversationVoice(codes=reference.codes.numpy(), text=reference.text, source="reference")
             return reference, stored if request.conversation_id else None

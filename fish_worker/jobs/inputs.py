@@ -6,8 +6,10 @@ import dataclasses
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from fish_worker.audio.formats import AudioFormat
+from fish_worker.audio.reference import base64_audio, reference_bytes
 from fish_worker.audio.postprocess import MAX_SAMPLE_RATE, MAX_SPEED, MAX_VOLUME_DB, MIN_SAMPLE_RATE, MIN_SPEED, MIN_VOLUME_DB
 from fish_worker.conversations.model import ConversationId
 from fish_worker.dialogue.requests import Mode, TurnRequest
@@ -45,7 +47,8 @@ class JobInput(BaseModel):
         _DEFAULTS.frames_per_sentence, ge=1,
         description="chat mode: most LLM tokens in the reply; tts mode: most codec frames per sentence (~21.5/s).",
     )
-    reference_audio: str | None = Field(None, description="Base64 WAV of the voice to clone.")
+    # Base64 text on the wire, held as the file's bytes (decoded once, by `reference_file`).
+    reference_audio: bytes | None = Field(None, description="Base64 WAV of the voice to clone.")
     reference_text: str | None = Field(None, max_length=1000, description="Transcript of reference_audio.")
     stream: bool = False
     top_p: float = Field(_DEFAULTS.top_p, gt=0.0, le=1.0)
@@ -93,12 +96,11 @@ class JobInput(BaseModel):
             raise ValueError(f"must be at most {settings.max_tokens_limit}")
         return value
 
-    @field_validator("reference_audio")
+    @field_validator("reference_audio", mode="before")
     @classmethod
-    def _reference_not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("is empty")
-        return value
+    def _reference_bytes(cls, value: Any, info: ValidationInfo) -> Any:
+        settings = _limits(info)
+        return reference_file(value, settings.reference_max_bytes if settings is not None else None)
 
     @field_validator("voice_id")
     @classmethod
@@ -158,6 +160,23 @@ class JobInput(BaseModel):
 
 def _limits(info: ValidationInfo) -> Settings | None:
     return (info.context or {}).get("settings")
+
+
+def reference_file(value: Any, max_bytes: int | None) -> Any:
+    """A reference clip's base64 text → the file's bytes, by the reader every door shares
+    (audio/reference.py): the one base64 decode a clip gets. Within `max_bytes` (FISH_REFERENCE_MAX_BYTES)
+    when it is known (the VoiceResolver checks the bytes' size again). Bytes and None pass as given."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    try:
+        raw = base64_audio(value) if max_bytes is None else reference_bytes(value, max_bytes)
+    except JobInputError as exc:
+        raise ValueError(exc.problem) from None
+    if not raw:
+        raise ValueError("is empty")
+    return raw
 
 
 def check_encodable(raw: Any, *, brackets: bool = False) -> None:

@@ -32,6 +32,7 @@ from fish_worker.jobs.job import Job, ResultRoute
 from fish_worker.tts.requests import SpeechChunk
 from fish_worker.tts.service import NO_AUDIO_ERROR, TTSService
 from fish_worker.dialogue.spoken_reply import TextDelta
+from fish_worker.settings import Settings
 from fish_worker.tenancy import validate_tenant
 from fish_worker.text.sentences import split_sentences
 from fish_worker.async_bridge import iterate_in_thread
@@ -58,14 +59,16 @@ def needs_generation_slot(job_input: Any) -> bool:
 
 
 class JobRunner:
-    def __init__(self, service: TTSService, conversations: ConversationService | None = None,
+    def __init__(self, service: TTSService, settings: Settings, conversations: ConversationService | None = None,
                  transcriber: Transcriber | None = None):
+        """`settings`: the limits jobs are checked against (the ones `service` was built from)."""
         self.service = service
+        self.settings = settings
         # Speech in (a job's `audio`, the transcribe action): None when no recognizer is configured.
         self.transcriber = transcriber
-        # Default: no chat model, conversations kept in this process (what a worker without settings gets).
+        # Default: no chat model, conversations kept in this process.
         self.conversations = conversations or ConversationService(service, make_conversation_store(
-            None, service.settings.storage.conversation_ttl_s, service.settings.storage.max_conversations))
+            None, settings.storage.conversation_ttl_s, settings.storage.max_conversations), settings=settings)
 
     async def result(self, job: Job) -> dict[str, Any]:
         """The job's one final result: the whole output, a streamed job's summary, or {"error": ...}."""
@@ -78,7 +81,7 @@ class JobRunner:
         return final_output(chunks, job.streamed) or {"error": "internal error: the job produced no output"}
 
     def _check_result_fits(self, request: JobInput, route: ResultRoute | None) -> None:
-        settings = self.service.settings
+        settings = self.settings
         sentences = split_sentences(request.text, settings.sentence_max_chars, request.language)
         frames_budget = request.max_tokens * len(sentences)
         error = result_too_large_error(request.text, frames_budget, request.audio_format, settings, route)
@@ -124,7 +127,7 @@ class JobRunner:
         # Whose voices and conversations these are (set by the self-hosted server; None on RunPod).
         conversations = self.conversations.for_tenant(validate_tenant(job.tenant))
         if is_voice_action(job.input):
-            yield await run_voice_action(job.input, self.service, conversations.voices)
+            yield await run_voice_action(job.input, self.service.voices, conversations.voices)
             return
         if is_conversation_action(job.input):
             yield await asyncio.to_thread(conversations.end, job.input)
@@ -135,12 +138,12 @@ class JobRunner:
         if isinstance(job.input, dict) and "action" in job.input:
             raise JobInputError("action", f"unknown action {shown(job.input['action'])}; one of: "
                                 + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS + (TRANSCRIBE_ACTION,)))
-        request = parse_job_input(job.input, self.service.settings)
+        request = parse_job_input(job.input, self.settings)
         mode = conversations.mode(request.mode, request.system_prompt)
         transcript: str | None = None
         if request.audio is not None:  # a voice message: its transcript is the message (and the user's turn)
             heard = await transcribe(self.transcriber, request.audio, whisper_language(request.language))
-            request = request.with_transcript(heard.text, self.service.settings)
+            request = request.with_transcript(heard.text, self.settings)
             transcript = heard.text
             if job.streamed:
                 yield {"transcript": transcript}
@@ -179,4 +182,4 @@ class JobRunner:
             if transcript is not None:
                 output["transcript"] = transcript
             yield await asyncio.to_thread(
-                within_result_limit, output, self.service.settings, job.result_route)
+                within_result_limit, output, self.settings, job.result_route)

@@ -1,7 +1,7 @@
 """Saved-voice management through the job API: `{"action": "save_voice" | "list_voices" | "delete_voice"}`.
 
 Jobs with one of these actions do not synthesise; they return one output dict. Encoding a voice
-goes through the service's own reference path (same decoding, limits and cache as jobs).
+goes through the VoiceResolver's reference path (same decoding, limits and cache as jobs).
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fish_worker.errors import JobInputError, NotFoundError, shown
 from fish_worker.errors import input_error
-from fish_worker.tts.service import TTSService
+from fish_worker.jobs.inputs import reference_file
+from fish_worker.tts.requests import ReferenceClip
+from fish_worker.tts.voice_resolver import VoiceResolver
 from fish_worker.tts.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, VoiceStoreFullError, validate_voice_id
 
 VOICE_ACTIONS = ("save_voice", "list_voices", "delete_voice")
@@ -37,9 +39,14 @@ class _WithVoiceId(_Action):
 
 class SaveVoice(_WithVoiceId):
     action: Literal["save_voice"]
-    reference_audio: str = Field(min_length=1, description="Base64 WAV of the voice.")
+    reference_audio: bytes = Field(description="Base64 WAV of the voice.")  # held as the file's bytes
     reference_text: str = Field("", max_length=1000, description="Transcript of reference_audio.")
     overwrite: bool = True
+
+    @field_validator("reference_audio", mode="before")
+    @classmethod
+    def _reference_bytes(cls, value: Any, info: ValidationInfo) -> Any:
+        return reference_file(value, (info.context or {}).get("max_bytes"))
 
 
 class ListVoices(_Action):
@@ -67,17 +74,17 @@ def is_voice_action(raw: Any) -> bool:
     return isinstance(raw, dict) and raw.get("action") in VOICE_ACTIONS
 
 
-async def run_voice_action(raw: dict[str, Any], service: TTSService, voices: VoiceStore | None = None,
+async def run_voice_action(raw: dict[str, Any], resolver: VoiceResolver, voices: VoiceStore | None = None,
                            ) -> dict[str, Any]:
-    """The action's output, on `voices` (a tenant's store; default the service's); raises
+    """The action's output, on `voices` (a tenant's store; default the resolver's); raises
     JobInputError for bad input, NotFoundError for an unknown voice."""
-    voices = voices or service.voices
+    voices = voices or resolver.store
     try:
-        action = _MODELS[raw["action"]].model_validate(raw)
+        action = _MODELS[raw["action"]].model_validate(raw, context={"max_bytes": resolver.max_bytes})
     except ValidationError as exc:
         raise input_error(exc) from None
     if isinstance(action, SaveVoice):
-        return {"voice": _describe(await asyncio.to_thread(_save, action, service, voices))}
+        return {"voice": _describe(await asyncio.to_thread(_save, action, resolver, voices))}
     if isinstance(action, ListVoices):
         page, next_cursor = await asyncio.to_thread(voices.page, action.limit, action.cursor)
         return {"voices": [_describe(v) for v in page], "next_cursor": next_cursor}
@@ -88,10 +95,11 @@ async def run_voice_action(raw: dict[str, Any], service: TTSService, voices: Voi
     return {"deleted": action.voice_id}
 
 
-def _save(action: SaveVoice, service: TTSService, voices: VoiceStore) -> VoiceInfo:
+def _save(action: SaveVoice, resolver: VoiceResolver, voices: VoiceStore) -> VoiceInfo:
     if not action.overwrite and voices.exists(action.voice_id):
         raise JobInputError("voice_id", f"a voice named {shown(action.voice_id)} exists and overwrite is false")
-    prompt = service.encode_reference(action.reference_audio, action.reference_text)  # JobInputError if unusable
+    # JobInputError if the audio is unusable
+    prompt = resolver.encode_reference(ReferenceClip(action.reference_audio, action.reference_text))
     try:
         return voices.save(action.voice_id, prompt.codes.numpy(), prompt.text)
     except VoiceStoreFullError as exc:

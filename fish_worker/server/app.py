@@ -38,11 +38,13 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
+    # What the routes are given (server/dependencies.py): built once here, read nowhere else.
     app.state.settings = settings
-    app.state.runner = JobLimiter(
+    app.state.tts = runner.service
+    app.state.limiter = limiter = JobLimiter(
         runner, server.max_concurrent_jobs or runner.service.max_concurrency,
         server.max_queued_jobs, server.max_queued_jobs_per_tenant, server.retry_after_s)
-    app.state.registry = JobRegistry(app.state.runner, server.job_ttl_s, server.max_stored_jobs,
+    app.state.registry = JobRegistry(limiter, server.job_ttl_s, server.max_stored_jobs,
                                      server.max_stored_result_bytes)
     app.include_router(seed.router)
     app.include_router(runpod_v2.router)

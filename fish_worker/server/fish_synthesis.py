@@ -1,8 +1,8 @@
 """What the Fish Audio routes share: a TTSRequest resolved against the service, and its audio encoder.
 
 Calls the service directly (no RunPod job shape): the voice is resolved once per request (or live
-session), sentences go to `TTSService.synthesize`, and each chunk is adjusted (speed, volume,
-sample rate) and encoded into one continuous stream in the requested format.
+session) by the VoiceResolver, sentences go to `TTSService.synthesize`, and each chunk is adjusted
+(speed, volume, sample rate) and encoded into one continuous stream in the requested format.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from fish_worker.audio.postprocess import AudioAdjustments, AudioPostProcessor
 from fish_worker.engine.generation import VoicePrompt
 from fish_worker.errors import JobInputError, NotFoundError
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
-from fish_worker.tts.requests import SpeechChunk, SynthesisRequest
+from fish_worker.settings import Settings
+from fish_worker.tts.requests import ReferenceClip, SpeechChunk, SynthesisRequest
 from fish_worker.tts.service import TTSService
+from fish_worker.tts.voice_resolver import VoiceResolver
 from fish_worker.tts.voices import VoiceStore, validate_voice_id
 
 MEDIA_TYPE = {"wav": MEDIA_TYPES["wav"], "pcm": MEDIA_TYPES["pcm16"], "mp3": MEDIA_TYPES["mp3"],
@@ -44,14 +46,14 @@ class FishSpeechPlan:
         return FishAudioEncoder(self.request.audio_format, self.adjustments, model_rate, self.request.bitrate_kbps)
 
 
-def plan_speech(request: FishTTSRequest, service: TTSService, voices: VoiceStore) -> FishSpeechPlan:
-    """Check the request and resolve its voice (blocking: encodes reference audio).
+def plan_speech(request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceStore,
+                settings: Settings) -> FishSpeechPlan:
+    """Check the request against `settings`' limits and resolve its voice (blocking: encodes reference audio).
 
     `voices`: the caller's tenant's saved voices, where `reference_id` is looked up.
     Raises JobInputError("<field>: ...") for anything the caller must fix; NotFoundError when
     `reference_id` names no voice of the caller's (as for an id never saved).
     """
-    settings = service.settings
     if len(request.text) > settings.max_text_chars:
         raise JobInputError("text", f"is {len(request.text)} characters, the limit is {settings.max_text_chars}")
     adjustments = request.adjustments()  # JobInputError naming sample_rate or prosody
@@ -66,14 +68,14 @@ def plan_speech(request: FishTTSRequest, service: TTSService, voices: VoiceStore
         except ValueError:  # not echoed: it may be long
             raise JobInputError("reference_id", "is not a voice id (1-64 letters, digits, '_', '.' or '-')") from None
         try:
-            voice = service.saved_voice(voice_id, voices)
+            voice = resolver.saved_voice(voice_id, voices)
         except NotFoundError as exc:  # e.g. a Fish cloud voice id, which a client library may default to
             raise NotFoundError("reference_id", f"{exc.problem} on this server (Fish cloud voices are not here): "
                                                 "list its voices with GET /model, create one with POST /model") from None
         except JobInputError as exc:  # saved with another model: the same kind, our field name
             raise type(exc)("reference_id", exc.problem) from None
     else:
-        voice = encode_references(request.references, service)
+        voice = encode_references(request.references, resolver)
     # The Fish ranges (checked by FishTTSRequest) are what applies here, and the sampler takes
     # temperature/top_p 0 (near-greedy) as fish-speech does.
     speech = SynthesisRequest(
@@ -84,13 +86,14 @@ def plan_speech(request: FishTTSRequest, service: TTSService, voices: VoiceStore
     return FishSpeechPlan(request, speech, adjustments)
 
 
-def encode_references(references: list[ReferenceAudio], service: TTSService,
+def encode_references(references: list[ReferenceAudio], resolver: VoiceResolver,
                       field: str = "references") -> VoicePrompt | None:
-    """One voice prompt from one or more clips: their codes and transcripts, in order."""
+    """One voice prompt from one or more clips (their bytes, as the request carried them): their
+    codes and transcripts, in order."""
     prompts = []
     for i, ref in enumerate(references):
         try:  # decoded by the one reader every door uses (fish_worker/audio/reference.py)
-            prompts.append(service.encode_reference(ref.audio, ref.text))
+            prompts.append(resolver.encode_reference(ReferenceClip(ref.audio, ref.text)))
         except JobInputError as exc:
             raise JobInputError(f"{field}[{i}].audio", exc.problem) from None
     if not prompts:

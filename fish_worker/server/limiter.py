@@ -109,10 +109,6 @@ class JobLimiter:
             finally:
                 self.running -= 1
 
-    @property
-    def service(self):
-        return self.runner.service
-
     def _release(self, tenant: str | None) -> None:
         self.admitted -= 1
         self._per_tenant[tenant] -= 1

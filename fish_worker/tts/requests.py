@@ -6,15 +6,16 @@ Each door builds one `SynthesisRequest` from its own wire model, in one place:
     chat turns          fish_worker/jobs/inputs.py                    JobInput.to_turn() → TurnRequest.speech
     Fish /v1/tts, live  fish_worker/server/fish_synthesis.py          plan_speech()
     OpenAI speech       fish_worker/server/routers/openai_speech.py   synthesis_request()
-    saving a voice      TTSService.encode_reference(audio, text)      (no request: just the clip)
+    saving a voice      VoiceResolver.encode_reference(clip)          (no request: just the clip)
 
-and `TTSService.synthesize(request)` yields `SpeechChunk`s.
+and `TTSService.synthesize(request)` yields `SpeechChunk`s (tts/service.py); the voice is resolved
+by tts/voice_resolver.py, and tts/loader.py builds both from the settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
@@ -46,9 +47,10 @@ def check_text(text: str, settings: Settings, language: str | None = None) -> st
 
 @dataclass(frozen=True)
 class ReferenceClip:
-    """A voice to clone: an audio file as base64 text, and its transcript (encoded to codec tokens, cached)."""
+    """A voice to clone: an audio file's bytes, as the door read them (base64 text is decoded there,
+    once), and its transcript. Decoded and encoded to codec tokens by the VoiceResolver, cached."""
 
-    audio_b64: str
+    audio: bytes = field(repr=False)  # up to FISH_REFERENCE_MAX_BYTES: kept out of reprs and logs
     text: str = ""
 
 

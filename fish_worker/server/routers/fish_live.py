@@ -49,12 +49,12 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from fish_worker.errors import JobInputError, WorkerError
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.auth import tenant_of
-from fish_worker.settings import ServerSettings
+from fish_worker.settings import Settings
 from fish_worker.server.errors import ApiError, deny_websocket
 from fish_worker.server.fish_models import FishTTSRequest
 from fish_worker.server.routers.fish_tts import validation_error
 from fish_worker.server.fish_synthesis import FishSpeechPlan, plan_speech
-from fish_worker.server.limiter import JobLimiter
+from fish_worker.server.dependencies import AppSettings, Limiter, Speech
 from fish_worker.tts.service import TTSService
 from fish_worker.text.sentence_stream import SentenceStream
 from fish_worker.async_bridge import iterate_in_thread
@@ -73,22 +73,20 @@ class SessionError(Exception):
 
 
 @router.websocket("/v1/tts/live")
-async def live(websocket: WebSocket) -> None:
-    runner: JobLimiter = websocket.app.state.runner
+async def live(websocket: WebSocket, limiter: Limiter, tts: Speech, settings: AppSettings) -> None:
     try:
         tenant = tenant_of(websocket)  # the key was checked by AuthMiddleware, before the handshake
-        admission = runner.admit(tenant)  # a session is one job for as long as it lasts
+        admission = limiter.admit(tenant)  # a session is one job for as long as it lasts
     except ApiError as exc:  # refused before the handshake, in the Fish door's shape (429 + Retry-After)
         await deny_websocket(websocket.scope, websocket.receive, websocket.send, exc.status, exc.message,
                              headers=exc.headers)
         return
-    settings: ServerSettings = websocket.app.state.settings.server
-    voices = runner.service.voices.for_tenant(tenant)
+    voices = tts.voices.store.for_tenant(tenant)
     try:
         await websocket.accept()
         first_message = None  # the first session reads its own `start`, under the idle timeout
-        while await LiveSession(websocket, runner.service, voices, settings, first_message).run():
-            first_message = await _next_message(websocket, settings.live_max_session_s)
+        while await LiveSession(websocket, tts, voices, settings, first_message).run():
+            first_message = await _next_message(websocket, settings.server.live_max_session_s)
             if first_message is None:  # the client left, or kept the connection unused too long
                 break
     finally:
@@ -100,12 +98,13 @@ async def live(websocket: WebSocket) -> None:
 
 class LiveSession:
     def __init__(self, websocket: WebSocket, service: TTSService, voices: VoiceStore,
-                 settings: ServerSettings, first_message: dict[str, Any] | None = None) -> None:
+                 settings: Settings, first_message: dict[str, Any] | None = None) -> None:
         self.websocket = websocket
         self.first_message = first_message  # already received (a later session's `start`): read first
         self.service = service
         self.voices = voices  # the caller's tenant's: where reference_id is looked up
-        self.settings = settings
+        self.speech_settings = settings  # the text limits every door applies
+        self.settings = settings.server  # the live socket's own limits
         self.sentences: queue.Queue = queue.Queue()  # read by the synthesis thread
         self.started = time.perf_counter()
         self.last_activity = time.monotonic()  # an event received or audio sent
@@ -168,7 +167,7 @@ class LiveSession:
         except ValidationError as exc:
             raise SessionError("request." + validation_error(exc).message) from None
         self._count_text(request.text)
-        return await asyncio.to_thread(plan_speech, request, self.service, self.voices)
+        return await asyncio.to_thread(plan_speech, request, self.service.voices, self.voices, self.speech_settings)
 
     async def _receive(self, chunk_length: int, start_text: str) -> None:
         """Turn text events into sentences until the client goes away."""
@@ -232,7 +231,7 @@ class LiveSession:
     def _bounded(self, stream: SentenceStream, chunk_length: int) -> SentenceStream:
         # SentenceStream keeps (and re-splits) all its text; restart it from the unfinished sentence
         # once it has grown, so a long session costs the same per piece as a short one.
-        if len(stream.text) < 4 * self.service.settings.max_text_chars:
+        if len(stream.text) < 4 * self.speech_settings.max_text_chars:
             return stream
         *complete, unfinished = stream.finish() or [""]
         self._queue(complete)

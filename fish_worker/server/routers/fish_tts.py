@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Annotated, Any
 
 import ormsgpack
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
@@ -26,13 +26,14 @@ from pydantic import ValidationError
 from fish_worker.errors import JobInputError, WorkerError, field_path
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.auth import require_api_key, tenant_of
+from fish_worker.server.dependencies import AppSettings, Limiter, Speech
 from fish_worker.server.disconnect import while_connected
 from fish_worker.server.errors import ApiError, api_error, status_of
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
 from fish_worker.server.fish_synthesis import (
     MEDIA_TYPE, FishSpeechPlan, encode_references, plan_speech)
-from fish_worker.server.limiter import JobLimiter
-from fish_worker.tts.service import TTSService
+from fish_worker.settings import Settings
+from fish_worker.tts.voice_resolver import VoiceResolver
 from fish_worker.text.sentences import split_sentences
 from fish_worker.tts.voices import VoiceInfo, VoiceNotFoundError, VoiceStore, validate_voice_id
 
@@ -43,22 +44,20 @@ router = APIRouter(tags=["Fish Audio-compatible"], dependencies=[Depends(require
 
 @router.post("/v1/tts", summary="Speak `text` (Fish Audio TTSRequest, msgpack or JSON)",
              response_class=StreamingResponse, responses={200: {"content": {"audio/mpeg": {}}}})
-async def tts(request: Request):
-    runner: JobLimiter = request.app.state.runner
-    service = runner.service
+async def tts(request: Request, limiter: Limiter, service: Speech, settings: AppSettings):
     # The body's size and time are bounded by BodyLimitMiddleware (FISH_MAX_BODY_BYTES) as it arrives.
     fish_request = parse_tts_request(await request.body(), request.headers.get("content-type", ""))
     tenant = tenant_of(request)
-    admission = runner.admit(tenant)  # 429 when the server or this tenant has too many jobs
+    admission = limiter.admit(tenant)  # 429 when the server or this tenant has too many jobs
     try:
-        plan = await _plan(fish_request, service, service.voices.for_tenant(tenant))
+        plan = await _plan(fish_request, service.voices, service.voices.store.for_tenant(tenant), settings)
         sentences = split_sentences(fish_request.text, fish_request.chunk_length)
         if not sentences:
             raise ApiError(400, "text: must contain text", param="text")
     except BaseException:
         admission.release()
         raise
-    chunks = runner.speech(admission, lambda stop: plan.synthesize(service, sentences, stop))
+    chunks = limiter.speech(admission, lambda stop: plan.synthesize(service, sentences, stop))
     encoder = plan.encoder(service.sample_rate)
     # The first chunk is awaited before answering, so a bad voice or text is a 400, not a cut stream.
     try:
@@ -100,9 +99,10 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError(400, f"{field}: {first['msg'].removeprefix('Value error, ')}", param=field)
 
 
-async def _plan(fish_request: FishTTSRequest, service: TTSService, voices: VoiceStore) -> FishSpeechPlan:
+async def _plan(fish_request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceStore,
+                settings: Settings) -> FishSpeechPlan:
     try:
-        return await asyncio.to_thread(plan_speech, fish_request, service, voices)
+        return await asyncio.to_thread(plan_speech, fish_request, resolver, voices, settings)
     except WorkerError as exc:
         raise _api_error(exc) from None
 
@@ -139,11 +139,19 @@ async def _encoded(first, chunks, encoder) -> AsyncIterator[bytes]:
 # ---- voices ("models" in Fish's API) ------------------------------------------------------------
 
 
+def _tenant_voices(request: Request, tts: Speech) -> VoiceStore:
+    """The caller's tenant's saved voices: another tenant's are not there."""
+    return tts.voices.store.for_tenant(tenant_of(request))
+
+
+TenantVoices = Annotated[VoiceStore, Depends(_tenant_voices)]
+
+
 @router.get("/model", summary="List saved voices (Fish Audio voices.list)")
-async def list_voices(request: Request, page_size: int = Query(10, ge=1, le=100),
+async def list_voices(store: TenantVoices, page_size: int = Query(10, ge=1, le=100),
                       page_number: int = Query(1, ge=1), title: str | None = None,
                       sort_by: str = "task_count") -> dict[str, Any]:
-    voices = await asyncio.to_thread(_voices(request).list)
+    voices = await asyncio.to_thread(store.list)
     if title:
         voices = [v for v in voices if title.lower() in _title(v).lower()]
     if sort_by == "created_at":
@@ -153,17 +161,17 @@ async def list_voices(request: Request, page_size: int = Query(10, ge=1, le=100)
 
 
 @router.get("/model/{voice_id}", summary="Get a saved voice (Fish Audio voices.get)")
-async def get_voice(voice_id: str, request: Request) -> dict[str, Any]:
+async def get_voice(voice_id: str, store: TenantVoices) -> dict[str, Any]:
     try:
-        return fish_voice((await asyncio.to_thread(_voices(request).load, _voice_id(voice_id))).info)
+        return fish_voice((await asyncio.to_thread(store.load, _voice_id(voice_id))).info)
     except VoiceNotFoundError:
         raise _no_voice(voice_id) from None
 
 
 @router.delete("/model/{voice_id}", summary="Delete a saved voice (Fish Audio voices.delete)")
-async def delete_voice(voice_id: str, request: Request) -> Response:
+async def delete_voice(voice_id: str, store: TenantVoices) -> Response:
     try:
-        await asyncio.to_thread(_voices(request).delete, _voice_id(voice_id))
+        await asyncio.to_thread(store.delete, _voice_id(voice_id))
     except VoiceNotFoundError:
         raise _no_voice(voice_id) from None
     return Response(status_code=200)
@@ -172,6 +180,9 @@ async def delete_voice(voice_id: str, request: Request) -> Response:
 @router.post("/model", summary="Create a voice from audio + transcripts (Fish Audio voices.create)")
 async def create_voice(
     request: Request,
+    limiter: Limiter,
+    tts: Speech,
+    store: TenantVoices,
     title: str = Form(..., min_length=1, max_length=200),
     voices: list[UploadFile] = File(..., description="One or more clips of the voice."),
     texts: list[str] = Form([], description="Transcript of each clip, in order."),
@@ -183,8 +194,6 @@ async def create_voice(
     enhance_audio_quality: bool = Form(True),  # accepted, ignored
     cover_image: UploadFile | None = File(None),  # accepted, not stored
 ) -> dict[str, Any]:
-    runner: JobLimiter = request.app.state.runner
-    service = runner.service
     if voice_type != "tts":
         raise ApiError(400, "type: only 'tts' voices can be created", param="type")
     if len(texts) > len(voices):
@@ -197,13 +206,12 @@ async def create_voice(
     clips = [ReferenceAudio(audio=await f.read(), text=texts[i] if i < len(texts) else "")
              for i, f in enumerate(voices)]
     voice_id = uuid.uuid4().hex  # Fish's ids are 32 hex digits too
-    voices_store = _voices(request)
 
     def save() -> VoiceInfo:
-        prompt = encode_references(clips, service, field="voices")
-        return voices_store.save(voice_id, prompt.codes.numpy(), prompt.text, overwrite=False, title=title)
+        prompt = encode_references(clips, tts.voices, field="voices")
+        return store.save(voice_id, prompt.codes.numpy(), prompt.text, overwrite=False, title=title)
 
-    admission = runner.admit(tenant_of(request))  # encoding the clips is work like a save_voice job's
+    admission = limiter.admit(tenant_of(request))  # encoding the clips is work like a save_voice job's
     try:
         info = await asyncio.to_thread(save)
     except WorkerError as exc:
@@ -224,11 +232,6 @@ def fish_voice(info: VoiceInfo) -> dict[str, Any]:
         "lock_visibility": False, "like_count": 0, "mark_count": 0, "shared_count": 0, "task_count": 0,
         "liked": False, "marked": False, "author": {"_id": "self", "nickname": "self-hosted", "avatar": ""},
     }
-
-
-def _voices(request: Request) -> VoiceStore:
-    """The caller's tenant's saved voices: another tenant's are not there."""
-    return request.app.state.runner.service.voices.for_tenant(tenant_of(request))
 
 
 def _title(info: VoiceInfo) -> str:

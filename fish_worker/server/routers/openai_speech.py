@@ -31,9 +31,9 @@ from fish_worker.errors import ErrorKind, JobInputError, WorkerError, bounded, s
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.jobs.output_adjustments import adjusted_speech, output_adjustments
 from fish_worker.server.auth import require_api_key, tenant_of
+from fish_worker.server.dependencies import AppSettings, Limiter, Speech
 from fish_worker.server.disconnect import while_connected
 from fish_worker.server.errors import ApiError, api_error, error_body, status_of
-from fish_worker.server.limiter import JobLimiter
 from fish_worker.settings import Settings
 from fish_worker.tts.requests import SEED_LIMIT, SavedVoiceRef, SpeechChunk, SynthesisRequest, check_text
 from fish_worker.tts.service import NO_AUDIO_ERROR
@@ -101,22 +101,20 @@ def adjustments(body: SpeechRequest, audio_format: str) -> AudioAdjustments:
 
 @router.post("/audio/speech", summary="Speak `input` (OpenAI audio.speech)",
              response_class=StreamingResponse, responses={200: {"content": {"audio/mpeg": {}}}})
-async def speech(body: SpeechRequest, request: Request):
-    runner: JobLimiter = request.app.state.runner
-    service = runner.service
+async def speech(body: SpeechRequest, request: Request, limiter: Limiter, tts: Speech, settings: AppSettings):
     # An unknown response_format was refused with SpeechRequest (400, param response_format).
     audio_format = _FORMATS[body.response_format]
     tenant = tenant_of(request)
-    voices = service.voices.for_tenant(tenant)
+    voices = tts.voices.store.for_tenant(tenant)
     try:
-        synthesis = synthesis_request(body, service.settings, _saved_voice(body.voice, voices))
+        synthesis = synthesis_request(body, settings, _saved_voice(body.voice, voices))
         adjusted = adjustments(body, audio_format)
     except WorkerError as exc:
         raise _api_error(exc) from None
 
-    admission = runner.admit(tenant)  # 429 when the server or this tenant has too many jobs
-    chunks = runner.speech(admission, lambda stop: adjusted_speech(
-        service.synthesize(synthesis, stop, voices=voices), adjusted))
+    admission = limiter.admit(tenant)  # 429 when the server or this tenant has too many jobs
+    chunks = limiter.speech(admission, lambda stop: adjusted_speech(
+        tts.synthesize(synthesis, stop, voices=voices), adjusted))
     # The first chunk is awaited before answering, so a bad voice or text is an error status, not a cut stream.
     first = await while_connected(request, _next(chunks), chunks.aclose)  # hanging up stops the generation
     if first is None:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from fish_worker.server.auth import require_api_key, tenant_of
+from fish_worker.server.dependencies import AppSettings, Limiter, Registry
 from fish_worker.server.disconnect import while_connected
 from fish_worker.server.errors import ApiError, refuse_invalid_unicode
 from fish_worker.server.json_body import json_response
@@ -27,12 +28,8 @@ class RunPodRequest(BaseModel):
     input: Any = Field(description="The job input, as the worker takes it.")
 
 
-def _registry(request: Request) -> JobRegistry:
-    return request.app.state.registry
-
-
-def _record(request: Request, job_id: str) -> JobRecord:
-    record = _registry(request).get(job_id, tenant_of(request))
+def _record(registry: JobRegistry, request: Request, job_id: str) -> JobRecord:
+    record = registry.get(job_id, tenant_of(request))
     if record is None:
         raise ApiError(404, f"no job with id {job_id[:100]!r} (results are kept for FISH_JOB_TTL_S seconds)",
                        job_id=job_id[:100])
@@ -40,16 +37,16 @@ def _record(request: Request, job_id: str) -> JobRecord:
 
 
 @router.post("/run", summary="Queue a job")
-async def run(endpoint_id: str, body: RunPodRequest, request: Request) -> dict[str, Any]:
+async def run(endpoint_id: str, body: RunPodRequest, request: Request, registry: Registry) -> dict[str, Any]:
     refuse_invalid_unicode(body.model_extra or {})  # the input itself is checked with the job's fields
-    record = _registry(request).submit(body.input, route="run", tenant=tenant_of(request))
+    record = registry.submit(body.input, route="run", tenant=tenant_of(request))
     return {"id": record.id, "status": record.status}
 
 
 @router.post("/runsync", summary="Run a job and wait for it (IN_PROGRESS after FISH_RUNSYNC_WAIT_S)")
-async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> Response:
+async def runsync(endpoint_id: str, body: RunPodRequest, request: Request, registry: Registry,
+                  settings: AppSettings) -> Response:
     refuse_invalid_unicode(body.model_extra or {})
-    registry = _registry(request)
     record = registry.submit(body.input, route="runsync", tenant=tenant_of(request))
 
     async def cancel() -> None:  # the client hung up before learning the job's id: nobody can fetch it
@@ -57,20 +54,20 @@ async def runsync(endpoint_id: str, body: RunPodRequest, request: Request) -> Re
 
     try:
         await while_connected(request, asyncio.wait_for(
-            asyncio.shield(record.done.wait()), request.app.state.settings.server.runsync_wait_s), cancel)
+            asyncio.shield(record.done.wait()), settings.server.runsync_wait_s), cancel)
     except asyncio.TimeoutError:
         pass
     return json_response(record.status_json())
 
 
 @router.get("/status/{job_id}", summary="A job's status, and its output once done")
-async def status(endpoint_id: str, job_id: str, request: Request) -> Response:
-    return json_response(_record(request, job_id).status_json())
+async def status(endpoint_id: str, job_id: str, request: Request, registry: Registry) -> Response:
+    return json_response(_record(registry, request, job_id).status_json())
 
 
 @router.get("/stream/{job_id}", summary="Chunks produced since the last poll")
-async def stream(endpoint_id: str, job_id: str, request: Request) -> Response:
-    record = _record(request, job_id)
+async def stream(endpoint_id: str, job_id: str, request: Request, registry: Registry) -> Response:
+    record = _record(registry, request, job_id)
     if record.status not in FINAL and record.streamed == len(record.chunks):
         # Hold the poll briefly for the next chunk rather than answering empty at once.
         try:
@@ -86,15 +83,14 @@ async def _next_chunk(record: JobRecord) -> None:
 
 
 @router.post("/cancel/{job_id}", summary="Cancel a job; a running generation stops")
-async def cancel(endpoint_id: str, job_id: str, request: Request) -> dict[str, Any]:
-    record = _record(request, job_id)
-    _registry(request).cancel(record)
+async def cancel(endpoint_id: str, job_id: str, request: Request, registry: Registry) -> dict[str, Any]:
+    record = _record(registry, request, job_id)
+    registry.cancel(record)
     return {"id": record.id, "status": record.status}
 
 
 @router.post("/purge-queue", summary="Cancel every job of yours still waiting")
-async def purge_queue(endpoint_id: str, request: Request) -> dict[str, Any]:
-    registry = _registry(request)
+async def purge_queue(endpoint_id: str, request: Request, registry: Registry) -> dict[str, Any]:
     queued = [r for r in registry.of_tenant(tenant_of(request)) if r.status == "IN_QUEUE"]
     for record in queued:
         registry.cancel(record)
@@ -102,11 +98,10 @@ async def purge_queue(endpoint_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/health", summary="Your jobs' counts, and the server's workers")
-async def health(endpoint_id: str, request: Request) -> dict[str, Any]:
-    runner = request.app.state.runner
-    running = runner.running
+async def health(endpoint_id: str, request: Request, registry: Registry, limiter: Limiter) -> dict[str, Any]:
+    running = limiter.running
     return {
-        "jobs": _registry(request).counts(tenant_of(request)),
-        "workers": {"idle": max(0, runner.max_concurrent_jobs - running), "running": running,
-                    "initializing": 0, "ready": runner.max_concurrent_jobs, "throttled": 0, "unhealthy": 0},
+        "jobs": registry.counts(tenant_of(request)),
+        "workers": {"idle": max(0, limiter.max_concurrent_jobs - running), "running": running,
+                    "initializing": 0, "ready": limiter.max_concurrent_jobs, "throttled": 0, "unhealthy": 0},
     }

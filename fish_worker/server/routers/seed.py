@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from fish_worker.errors import JobFailure
 from fish_worker.jobs.job import Job
 from fish_worker.server.auth import require_api_key, tenant_of
+from fish_worker.server.dependencies import Limiter
 from fish_worker.server.disconnect import while_connected
 from fish_worker.server.errors import refuse_invalid_unicode, status_of
 from fish_worker.server.json_body import dumps, json_response
-from fish_worker.server.limiter import JobLimiter, new_job_id
+from fish_worker.server.limiter import new_job_id
 
 router = APIRouter(tags=["seed API"], dependencies=[Depends(require_api_key)])
 
@@ -42,15 +43,14 @@ def failure_response(job_id: str, failure: JobFailure) -> JSONResponse:
 
 
 @router.post("/run", summary="Run a job and answer with its output (or stream its chunks)")
-async def run(body: RunRequest, request: Request):
+async def run(body: RunRequest, request: Request, limiter: Limiter):
     refuse_invalid_unicode(body.model_extra or {})  # the input itself is checked with the job's fields
-    runner: JobLimiter = request.app.state.runner
     job_id = new_job_id()
     tenant = tenant_of(request)
-    admission = runner.admit(tenant)  # 429 when the server or this tenant has too many jobs
+    admission = limiter.admit(tenant)  # 429 when the server or this tenant has too many jobs
     # No RunPod result limit here: this server answers directly, whatever the size.
     job = Job(id=job_id, input=body.input, tenant=tenant, result_route=None)
-    chunks = runner.run(job, admission)
+    chunks = limiter.run(job, admission)
     # Until the answer starts, nothing else notices the client hanging up: that stops the job here.
     first = await while_connected(request, anext(chunks, None), chunks.aclose)
     if first is None:

@@ -1,0 +1,70 @@
+"""What the routes are given, by type: `limiter: Limiter` in a route's signature is the app's JobLimiter.
+
+create_app (app.py) builds each of these once and keeps it on `app.state`; nothing else reads
+`app.state`. Routes declare what they need,
+
+    async def run(body: RunRequest, request: Request, limiter: Limiter): ...
+
+and code holding the app (tests, the bench) asks with the `*_of(app)` functions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
+from starlette.requests import HTTPConnection
+
+from fish_worker.server.body_admission import BodyBudget
+from fish_worker.server.limiter import JobLimiter
+from fish_worker.server.registry import JobRegistry
+from fish_worker.settings import Settings
+from fish_worker.tts.service import TTSService
+
+
+def settings_of(app: FastAPI) -> Settings:
+    """The Settings the app was built from."""
+    return app.state.settings
+
+
+def limiter_of(app: FastAPI) -> JobLimiter:
+    """Admission and generation slots for every door's work."""
+    return app.state.limiter
+
+
+def registry_of(app: FastAPI) -> JobRegistry:
+    """The /v2 jobs: queued, running and finished, by id."""
+    return app.state.registry
+
+
+def tts_of(app: FastAPI) -> TTSService:
+    """The speech service the OpenAI and Fish doors call directly (the JobRunner's own)."""
+    return app.state.tts
+
+
+def body_budget_of(app: FastAPI) -> BodyBudget:
+    """The bytes of request bodies in flight (BodyAdmissionMiddleware's)."""
+    return app.state.body_budget
+
+
+# For routes; HTTPConnection serves both HTTP requests and the live WebSocket.
+def _settings(connection: HTTPConnection) -> Settings:
+    return settings_of(connection.app)
+
+
+def _limiter(connection: HTTPConnection) -> JobLimiter:
+    return limiter_of(connection.app)
+
+
+def _registry(connection: HTTPConnection) -> JobRegistry:
+    return registry_of(connection.app)
+
+
+def _tts(connection: HTTPConnection) -> TTSService:
+    return tts_of(connection.app)
+
+
+AppSettings = Annotated[Settings, Depends(_settings)]
+Limiter = Annotated[JobLimiter, Depends(_limiter)]
+Registry = Annotated[JobRegistry, Depends(_registry)]
+Speech = Annotated[TTSService, Depends(_tts)]
