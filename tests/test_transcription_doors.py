@@ -1,0 +1,164 @@
+"""Speech in through the HTTP doors, over real HTTP with the official clients unmodified: OpenAI's
+/v1/audio/transcriptions (`openai`'s audio.transcriptions.create, every response_format) and Fish Audio's
+/v1/asr (fish-audio-sdk's asr.transcribe, and the older fish_audio_sdk's Session.asr). The server has the
+tiny random Whisper; what each door answers is what the Transcriber gives for the same clip."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+
+import httpx
+import openai
+import pytest
+import srt
+import webvtt
+from fishaudio import FishAudio
+from fishaudio.exceptions import APIError
+
+from fish_worker.asr.transcriber import Transcriber
+from fish_worker.asr.whisper import WhisperRecognizer
+from fish_worker.jobs.runner import JobRunner
+from fish_worker.server import create_app
+from helpers import serve_app
+
+KEY = "transcribe-key"
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory) -> bytes:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run installs it)")
+    path = tmp_path_factory.mktemp("speech") / "question.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "What is the weather like today?"], check=True, timeout=60)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def transcriber(tiny_whisper_dir) -> Transcriber:
+    return Transcriber(WhisperRecognizer.load(tiny_whisper_dir, device="cpu"), max_seconds=30.0, max_bytes=1 << 22)
+
+
+@pytest.fixture(scope="module")
+def base_url(service, settings, app_settings, transcriber):
+    runner = JobRunner(service, settings, transcriber=transcriber)
+    with serve_app(create_app(runner, app_settings(api_keys=KEY))) as (host, port):
+        yield f"http://{host}:{port}"
+
+
+@pytest.fixture(scope="module")
+def bare_url(runner, app_settings):
+    """A server with no recognizer configured."""
+    with serve_app(create_app(runner, app_settings(api_keys=KEY))) as (host, port):
+        yield f"http://{host}:{port}"
+
+
+@pytest.fixture(scope="module")
+def heard(transcriber, speech_wav):
+    transcript = transcriber.transcribe_bytes(speech_wav, language="en")
+    assert transcript.text and transcript.segments
+    return transcript
+
+
+def openai_client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(api_key=KEY, base_url=f"{url}/v1", max_retries=0, timeout=120)
+
+
+# ---- OpenAI /v1/audio/transcriptions ---------------------------------------------------------------------
+
+
+def test_openai_json_and_text_are_the_transcript(base_url, speech_wav, heard):
+    client = openai_client(base_url)
+    result = client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), language="en")
+    assert result.text == heard.text
+    assert result.usage.seconds == -(-heard.duration_s // 1)
+    text = client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), language="en",
+                                              response_format="text", prompt="ignored", temperature=0.2)
+    assert text.strip() == heard.text
+
+
+def test_openai_verbose_json_has_language_duration_and_timed_segments(base_url, speech_wav, heard):
+    result = openai_client(base_url).audio.transcriptions.create(
+        model="whisper-1", file=("q.wav", speech_wav), language="en", response_format="verbose_json",
+        timestamp_granularities=["segment"])
+    assert (result.text, result.language, result.duration) == (heard.text, "english", heard.duration_s)
+    assert [(s.start, s.end, s.text) for s in result.segments] == [
+        (s.start_s, s.end_s, s.text) for s in heard.segments]
+
+
+def test_openai_srt_and_vtt_are_the_segments_as_subtitles(base_url, speech_wav, heard):
+    client = openai_client(base_url)
+    subtitles = client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), language="en",
+                                                   response_format="srt")
+    cues = list(srt.parse(subtitles))
+    assert [(c.start.total_seconds(), c.end.total_seconds(), c.content) for c in cues] == [
+        (round(s.start_s, 3), round(s.end_s, 3), " ".join(s.text.split())) for s in heard.segments]
+    captions = client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), language="en",
+                                                  response_format="vtt")
+    assert captions.startswith("WEBVTT")
+    parsed = webvtt.from_string(captions)
+    assert [(c.start_time.in_milliseconds(), c.end_time.in_milliseconds(), c.text) for c in parsed] == [
+        (round(s.start_s * 1000), round(s.end_s * 1000), " ".join(s.text.split())) for s in heard.segments]
+
+
+def test_openai_transcription_errors_name_the_field(base_url, bare_url, speech_wav):
+    client = openai_client(base_url)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=("q.wav", b"not audio at all"))
+    assert caught.value.body["param"] == "file" and caught.value.body["message"].startswith("file: ")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), language="klingon")
+    assert caught.value.body["param"] == "language"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), temperature=1.5)
+    assert caught.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(bare_url).audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav))
+    assert caught.value.body["message"] == (
+        "file: speech recognition is not configured: set FISH_ASR_MODEL_DIR or FISH_ASR_BASE_URL")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(api_key="wrong", base_url=f"{base_url}/v1", max_retries=0).audio.transcriptions.create(
+            model="whisper-1", file=("q.wav", speech_wav))
+
+
+# ---- Fish /v1/asr ------------------------------------------------------------------------------------------
+
+
+def test_fish_sdk_asr_is_the_transcript_with_duration_in_ms(base_url, speech_wav, heard):
+    with FishAudio(api_key=KEY, base_url=base_url) as client:
+        result = client.asr.transcribe(audio=speech_wav, language="en")
+        untimed = client.asr.transcribe(audio=speech_wav, language="en", include_timestamps=False)
+    assert result.text == heard.text and result.duration == heard.duration_s * 1000
+    assert [(s.start, s.end, s.text) for s in result.segments] == [
+        (s.start_s, s.end_s, s.text) for s in heard.segments]
+    assert untimed.text == heard.text and untimed.segments == []
+
+
+def test_legacy_fish_sdk_asr(base_url, speech_wav, heard):
+    from fish_audio_sdk import ASRRequest, Session
+
+    session = Session(KEY, base_url=base_url)
+    result = session.asr(ASRRequest(audio=speech_wav, language="en"))
+    assert result.text == heard.text and result.duration == heard.duration_s * 1000
+
+
+def test_fish_asr_json_body_takes_base64_audio(base_url, speech_wav, heard):
+    body = {"audio": base64.encodebytes(speech_wav).decode(), "language": "en", "ignore_timestamps": True}
+    response = httpx.post(f"{base_url}/v1/asr", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"text": heard.text, "duration": heard.duration_s * 1000, "segments": []}
+
+
+def test_fish_asr_errors_are_fish_shaped_and_name_the_field(base_url, speech_wav):
+    with FishAudio(api_key=KEY, base_url=base_url) as client:
+        with pytest.raises(APIError) as caught:
+            client.asr.transcribe(audio=b"", language="en")
+        assert caught.value.status == 400 and "audio: " in str(caught.value)
+        with pytest.raises(APIError) as caught:
+            client.asr.transcribe(audio=speech_wav, language="klingon")
+        assert caught.value.status == 400 and "language: " in str(caught.value)
+    response = httpx.post(f"{base_url}/v1/asr", json={"language": "en"}, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 400 and response.json()["message"].startswith("audio: ")
+    assert set(response.json()) == {"status", "message"}
