@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from fish_worker.asr.backend import Transcript
 from fish_worker.asr.transcriber import Transcriber
+from fish_worker.errors import WorkerError
 from fish_worker.jobs.transcription import require_transcriber
 from fish_worker.server.auth import tenant_of
 from fish_worker.server.disconnect import while_connected
@@ -31,7 +32,12 @@ async def transcribe_request(request: Request, limiter: JobLimiter, transcriber:
     ready = require_transcriber(transcriber)  # 400 saying how to configure one, before any admission
     admission = limiter.admit(tenant_of(request))
     work = _in_slot(limiter, admission, lambda: ready.transcribe_bytes(data, field=field, language=language))
-    return await while_connected(request, work)
+    try:
+        return await while_connected(request, work)
+    except WorkerError as exc:
+        # Its traceback runs through frames that hold the tasks which hold it (a reference cycle): kept,
+        # it would hold this request's audio (up to a whole body) until a GC pass. Raised without it.
+        raise exc.with_traceback(None) from None
 
 
 async def _in_slot(limiter: JobLimiter, admission: Admission, transcribe: Callable[[], Transcript]) -> Transcript:
