@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import base64
 import shutil
+import socket
 import subprocess
+import time
 
 import httpx
 import openai
+import ormsgpack
 import pytest
 import srt
 import webvtt
@@ -21,7 +24,8 @@ from fish_worker.asr.transcriber import Transcriber
 from fish_worker.asr.whisper import WhisperRecognizer
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.server import create_app
-from helpers import serve_app
+from fish_worker.server.dependencies import limiter_of
+from helpers import serve_app, wav_b64
 
 KEY = "transcribe-key"
 pytestmark = pytest.mark.timeout(300)
@@ -42,9 +46,13 @@ def transcriber(tiny_whisper_dir) -> Transcriber:
 
 
 @pytest.fixture(scope="module")
-def base_url(service, settings, app_settings, transcriber):
-    runner = JobRunner(service, settings, transcriber=transcriber)
-    with serve_app(create_app(runner, app_settings(api_keys=KEY))) as (host, port):
+def asr_app(service, settings, app_settings, transcriber):
+    return create_app(JobRunner(service, settings, transcriber=transcriber), app_settings(api_keys=KEY))
+
+
+@pytest.fixture(scope="module")
+def base_url(asr_app):
+    with serve_app(asr_app) as (host, port):
         yield f"http://{host}:{port}"
 
 
@@ -162,3 +170,40 @@ def test_fish_asr_errors_are_fish_shaped_and_name_the_field(base_url, speech_wav
     response = httpx.post(f"{base_url}/v1/asr", json={"language": "en"}, headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 400 and response.json()["message"].startswith("audio: ")
     assert set(response.json()) == {"status", "message"}
+
+
+# ---- admission: both doors are work like a job's ---------------------------------------------------------
+
+
+def test_an_abandoned_transcription_gives_its_slot_back(asr_app, base_url, speech_wav, heard):
+    limiter = limiter_of(asr_app)
+    clip = base64.b64decode(wav_b64(seconds=25.0))
+    body = ormsgpack.packb({"audio": clip, "language": "en"})
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /v1/asr HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+                     f"Content-Type: application/msgpack\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while limiter.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert limiter.running == 1  # transcribing in a generation slot, admitted like a job
+    deadline = time.monotonic() + 120  # the recognizer call ends (it cannot be interrupted), then its slot is free
+    while (limiter.running or limiter.admitted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (limiter.running, limiter.admitted) == (0, 0)
+    with FishAudio(api_key=KEY, base_url=base_url) as client:
+        assert client.asr.transcribe(audio=speech_wav, language="en").text == heard.text
+
+
+def test_a_full_server_answers_429_in_each_doors_shape(asr_app, base_url, speech_wav):
+    limiter = limiter_of(asr_app)
+    held = [limiter.admit(f"other-{i}") for i in range(limiter.max_queued_jobs)]  # the server is full
+    try:
+        with pytest.raises(openai.RateLimitError):
+            openai_client(base_url).audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav))
+        response = httpx.post(f"{base_url}/v1/asr", json={"audio": base64.b64encode(speech_wav).decode()},
+                              headers={"Authorization": f"Bearer {KEY}"})
+        assert response.status_code == 429 and set(response.json()) == {"status", "message"}
+    finally:
+        for admission in held:
+            admission.release()
