@@ -123,6 +123,9 @@ def test_openai_transcription_errors_name_the_field(base_url, bare_url, speech_w
         client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), temperature=1.5)
     assert caught.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), stream=True)
+    assert caught.value.body["param"] == "stream"
+    with pytest.raises(openai.BadRequestError) as caught:
         openai_client(bare_url).audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav))
     assert caught.value.body["message"] == (
         "file: speech recognition is not configured: set FISH_ASR_MODEL_DIR or FISH_ASR_BASE_URL")

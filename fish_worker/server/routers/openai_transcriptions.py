@@ -5,7 +5,7 @@ default: detected), `response_format` json | text | verbose_json | srt | vtt. `m
 ignored (this server has one recognizer, FISH_ASR_*); `prompt` is accepted and ignored (the recognizer is
 not given prior text); `temperature` is checked (0 to 1, as OpenAI's) and ignored: Whisper decodes
 greedily here. `timestamp_granularities[]` is accepted: verbose_json always has segment times, never
-word times. Errors are OpenAI's `{"error": {...}}`, naming `file` or `language`.
+word times. `stream=true` (OpenAI's streamed transcript events) is refused: the transcript comes whole. Errors are OpenAI's `{"error": {...}}`, naming `file` or `language`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fish_worker.errors import WorkerError
 from fish_worker.jobs.inputs import check_encodable
 from fish_worker.server.auth import require_api_key
 from fish_worker.server.dependencies import Limiter, Transcription
-from fish_worker.server.errors import api_error
+from fish_worker.server.errors import ApiError, api_error
 from fish_worker.server.transcript_formats import openai_json, openai_verbose_json, srt_text, vtt_text
 from fish_worker.server.transcription import transcribe_request
 
@@ -41,7 +41,11 @@ async def transcriptions(
     prompt: str | None = Form(None, description="Accepted and ignored."),
     response_format: Literal["json", "text", "verbose_json", "srt", "vtt"] = Form("json"),
     temperature: float = Form(0.0, ge=0.0, le=1.0, description="Accepted and ignored: decoding is greedy."),
+    stream: bool = Form(False, description="Only false: the transcript comes whole."),
 ) -> Response:
+    if stream:  # OpenAI's transcript.text.delta events: a client asking for them would misread a whole answer
+        raise ApiError(400, "stream: streamed transcription is not supported here; the transcript comes whole",
+                       param="stream")
     try:  # a form's charset can make lone surrogates (FastAPI lets them through); refused as on every door
         check_encodable({"model": model, "language": language, "prompt": prompt})
         data = await file.read()
