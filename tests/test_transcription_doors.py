@@ -6,6 +6,7 @@ tiny random Whisper; what each door answers is what the Transcriber gives for th
 from __future__ import annotations
 
 import base64
+import logging
 import shutil
 import socket
 import subprocess
@@ -210,3 +211,56 @@ def test_a_full_server_answers_429_in_each_doors_shape(asr_app, base_url, speech
     finally:
         for admission in held:
             admission.release()
+
+
+@pytest.mark.timeout(240)
+def test_concurrent_transcriptions_with_random_hang_ups_all_end_and_give_their_slots_back(
+        asr_app, base_url, speech_wav, heard, caplog):
+    """Random schedules: requests on both doors, some abandoned at a random moment; every one ends (its
+    transcript, a 429, or the hang-up), and afterwards no slot or admission is left held."""
+    import asyncio
+    import random
+
+    limiter = limiter_of(asr_app)
+    rng = random.Random(7)
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    async def one(client: httpx.AsyncClient, i: int) -> str:
+        if i % 2:
+            request = client.post("/v1/audio/transcriptions", headers=headers, files={"file": ("q.wav", speech_wav)},
+                                  data={"language": "en"})
+        else:
+            request = client.post("/v1/asr", headers={**headers, "Content-Type": "application/msgpack"},
+                                  content=ormsgpack.packb({"audio": speech_wav, "language": "en"}))
+        task = asyncio.ensure_future(request)
+        if rng.random() < 0.4:  # hang up at a random moment
+            await asyncio.sleep(rng.uniform(0.0, 1.5))
+            task.cancel()
+        try:
+            response = await task
+        except asyncio.CancelledError:
+            return "abandoned"
+        if response.status_code == 200:
+            assert response.json()["text"] == heard.text
+            return "transcribed"
+        assert response.status_code == 429, response.text
+        return "busy"
+
+    async def schedule(seed: int) -> list[str]:
+        rng.seed(seed)
+        # A fresh connection per request, so a hang-up closes its socket (what the server sees).
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(12)))
+
+    seen: set[str] = set()
+    for seed in range(3):
+        outcomes = asyncio.run(schedule(seed))
+        seen |= set(outcomes)
+        deadline = time.monotonic() + 60
+        while (limiter.running or limiter.admitted) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (limiter.running, limiter.admitted) == (0, 0), outcomes
+    assert {"transcribed", "abandoned"} <= seen
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors[:3]  # no traceback: a hang-up is the 499 nobody reads, not a failure
