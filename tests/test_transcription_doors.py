@@ -264,3 +264,27 @@ def test_concurrent_transcriptions_with_random_hang_ups_all_end_and_give_their_s
     assert {"transcribed", "abandoned"} <= seen
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, errors[:3]  # no traceback: a hang-up is the 499 nobody reads, not a failure
+
+
+# ---- the subtitle formats on awkward transcripts -----------------------------------------------------------
+
+
+def test_subtitles_keep_every_segment_and_stay_parseable():
+    from fish_worker.asr.backend import Transcript, TranscriptSegment
+    from fish_worker.server.transcript_formats import fish_asr_response, srt_text, vtt_text
+
+    awkward = Transcript("a --> b\n\nc d", "en", 3.5, (
+        TranscriptSegment(0.0, 1.25, "a --> b\n\nc"),  # a timing arrow and an empty line inside the text
+        TranscriptSegment(1.25, 1.25, "d"),  # zero-length, as Whisper can give: kept, not dropped
+    ))
+    cues = list(srt.parse(srt_text(awkward)))
+    assert [(c.start.total_seconds(), c.end.total_seconds(), c.content) for c in cues] == [
+        (0.0, 1.25, "a -> b c"), (1.25, 1.25, "d")]
+    captions = webvtt.from_string(vtt_text(awkward))
+    assert [(c.start, c.end, c.text) for c in captions] == [
+        ("00:00:00.000", "00:00:01.250", "a -> b c"), ("00:00:01.250", "00:00:01.250", "d")]
+    # A recognizer that gives text but no segments: one cue over the whole clip.
+    bare = Transcript("hello", "en", 2.0, ())
+    assert [c.content for c in srt.parse(srt_text(bare))] == ["hello"]
+    assert fish_asr_response(bare, timestamps=True)["segments"] == [{"text": "hello", "start": 0.0, "end": 2.0}]
+    assert srt_text(Transcript("", None, 1.0, ())) == "" and vtt_text(Transcript("", None, 1.0, ())).startswith("WEBVTT")
