@@ -259,6 +259,16 @@ def build_doors(clip: bytes) -> list[Door]:
         Door("seed-transcribe", "/run", "json",
              {"normal": {"input": {"action": "transcribe", "audio": clip, "language": "en"}}},
              (Field(("input", "language")),), (Field(("input", "audio")),)),
+        # The transcription doors (OpenAI's multipart form, Fish's ASRRequest in JSON and msgpack).
+        Door("openai-transcribe", "/v1/audio/transcriptions", "multipart",
+             {"normal": {"file": clip, "model": "whisper-1", "language": "en", "response_format": "verbose_json",
+                         "prompt": "A tone."}},
+             tuple(Field((name,)) for name in ("model", "language", "prompt", "response_format")),
+             (Field(("file",)),)),
+        Door("fish-asr-json", "/v1/asr", "json", {"normal": {"audio": clip, "language": "en"}},
+             (Field(("language",)),), (Field(("audio",)),)),
+        Door("fish-asr-msgpack", "/v1/asr", "msgpack", {"normal": {"audio": clip, "language": "en"}},
+             (Field(("language",)),), (Field(("audio",)),)),
         Door("v2-runsync", f"{V2}/runsync", "json", {**seed_docs, "long": _seed_long(audio_format="mp3")},
              SEED_TEXT, SEED_AUDIO, answer="v2-sync"),
         Door("v2-run", f"{V2}/run", "json", {**seed_docs, "long": _seed_long(stream=True, audio_format="mp3")},
@@ -832,9 +842,7 @@ class Probe:
         size = self.cfg.max_body_bytes - 4096  # room for the rest of the document
         filler = b"\0" * (size // 4 * 3)  # base64 in JSON: just under the limit
         fld = door.audio_fields[0] if door.audio_fields else None
-        if door.encoding == "multipart":
-            doc = {"title": "big", "voices": [b"\0" * size]}
-        elif fld is not None:
+        if fld is not None:  # base64 text in JSON, bytes in msgpack and multipart
             doc = with_value(door.docs[fld.base], fld.path, filler if door.encoding == "json" else b"\0" * size)
         else:  # no audio field: the longest string field carries the bulk
             doc = with_value(door.docs["normal"], door.text_fields[0].path, "a" * size)

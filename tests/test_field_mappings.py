@@ -334,3 +334,51 @@ def test_job_audio_is_transcribed_in_its_language_and_the_transcript_spoken(runn
     assert (action["transcript"], action["language"]) == (heard.text, "de")
     seed_run = call(create_app(asr_runner, app_settings(auth_disabled=True)), "POST", "/run", json={"input": fields})
     assert seed_run.status_code == 200 and seed_run.json()["output"] == out
+
+
+SILENT_WAV = base64.b64decode(wav_b64(seconds=1.0, amplitude=0.0))
+
+
+@pytest.mark.parametrize("audio, language, field", [
+    (b"this is not an audio file", None, "audio"),
+    (SILENT_WAV, None, "audio"),
+    (base64.b64decode(REFERENCE), "xx", "language"),
+], ids=["undecodable", "silent", "unknown-language"])
+def test_bad_speech_in_is_the_same_error_through_every_door(asr_runner, app_settings, audio, language, field):
+    import ormsgpack
+
+    b64 = base64.b64encode(audio).decode()
+    given = {"language": language} if language is not None else {}
+    [job] = run_job(asr_runner, {"audio": b64, "mode": "tts", **given})
+    [action] = run_job(asr_runner, {"action": "transcribe", "audio": b64, **given})
+    app = create_app(asr_runner, app_settings(auth_disabled=True))
+    openai = call(app, "POST", "/v1/audio/transcriptions", files={"file": ("clip.wav", audio)}, data=given)
+    fish = call(app, "POST", "/v1/asr", content=ormsgpack.packb({"audio": audio, **given}),
+                headers={"Content-Type": "application/msgpack"})
+    fish_json = call(app, "POST", "/v1/asr", json={"audio": b64, **given})
+    assert job["error"].startswith(f"{field}: ") and action["error"] == job["error"]
+    # OpenAI's form calls the audio `file`: the same problem, in that door's own name for the field.
+    door_field = "file" if field == "audio" else field
+    assert openai.status_code == 400 and openai.json()["error"]["param"] == door_field
+    assert openai.json()["error"]["message"] == door_field + job["error"].removeprefix(field)
+    assert fish.status_code == fish_json.status_code == 400
+    assert fish.json() == fish_json.json() == {"status": 400, "message": job["error"]}
+
+
+def test_a_transcript_and_its_language_are_the_same_through_every_door(asr_runner, app_settings):
+    import ormsgpack
+
+    audio = base64.b64decode(REFERENCE)
+    [action] = run_job(asr_runner, {"action": "transcribe", "audio": REFERENCE, "language": "de"})
+    assert action["transcript"] != run_job(asr_runner, {"action": "transcribe", "audio": REFERENCE})[0]["transcript"]
+    app = create_app(asr_runner, app_settings(auth_disabled=True))
+    openai = call(app, "POST", "/v1/audio/transcriptions", files={"file": ("clip.wav", audio)},
+                  data={"language": "de", "response_format": "verbose_json"}).json()
+    fish = call(app, "POST", "/v1/asr", content=ormsgpack.packb({"audio": audio, "language": "de"}),
+                headers={"Content-Type": "application/msgpack"}).json()
+    segments = [(s["start_s"], s["end_s"], s["text"]) for s in action["segments"]]
+    assert (openai["text"], openai["language"], openai["duration"]) == (
+        action["transcript"], "german", action["duration_s"])
+    assert [(s["start"], s["end"], s["text"]) for s in openai["segments"]] == segments
+    assert (fish["text"], fish["duration"]) == (action["transcript"], action["duration_s"] * 1000)
+    assert [(s["start"], s["end"], s["text"]) for s in fish["segments"]] == segments

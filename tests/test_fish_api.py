@@ -461,13 +461,20 @@ def test_fish_bodies_over_the_limit_are_413(bounded):
 
 
 def test_fish_routes_not_served_here_answer_in_fish_shape(client, base_url):
-    # The SDK's account and ASR calls reach paths this server does not serve: a Fish-shaped 404 that the
-    # SDK turns into its NotFoundError with our message, never a parse failure.
+    # The SDK's account calls reach paths this server does not serve: a Fish-shaped 404 that the SDK
+    # turns into its NotFoundError with our message, never a parse failure.
     with pytest.raises(NotFoundError) as caught:
         client.account.get_credits()
     assert "no such path: GET /wallet/self/api-credit" in str(caught.value)
-    body = httpx.post(f"{base_url}/v1/asr", headers={"Authorization": f"Bearer {KEY}"}, json={}).json()
-    assert body == {"status": 404, "message": "no such path: POST /v1/asr"}
+
+
+def test_fish_asr_without_a_recognizer_says_how_to_configure_one(client):
+    # This server has no FISH_ASR_*: the SDK's ASR call gets a Fish-shaped 400 saying what to set.
+    with pytest.raises(APIError) as caught:
+        client.asr.transcribe(audio=base64.b64decode(wav_b64()), language="en")
+    assert caught.value.status == 400
+    assert "audio: speech recognition is not configured: set FISH_ASR_MODEL_DIR or FISH_ASR_BASE_URL" in str(
+        caught.value)
 
 
 @pytest.mark.parametrize("fmt, bitrate", [("wav", 64000), ("mp3", 64000), ("opus", 64000), ("opus", 24)])

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import json
 import shutil
+import subprocess
 
 import httpx
 import pytest
@@ -34,7 +36,15 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
-def chat_runner(service, settings, tiny_chat_model_dir):
+def transcriber(tiny_whisper_dir):
+    from fish_worker.asr.transcriber import Transcriber
+    from fish_worker.asr.whisper import WhisperRecognizer
+
+    return Transcriber(WhisperRecognizer.load(tiny_whisper_dir, device="cpu"), max_seconds=30.0, max_bytes=1 << 22)
+
+
+@pytest.fixture(scope="module")
+def chat_runner(service, settings, tiny_chat_model_dir, transcriber):
     from fish_worker.dialogue.llm import ChatModel
     from fish_worker.dialogue.turns import ConversationService
     from fish_worker.conversations.memory_store import MemoryConversationStore
@@ -45,7 +55,8 @@ def chat_runner(service, settings, tiny_chat_model_dir):
                                                                      frames_per_sentence=FRAMES)})
     chat = ChatModel.load(tiny_chat_model_dir, device="cpu")
     store = MemoryConversationStore(ttl_s=60, max_conversations=10)
-    return JobRunner(service, chat_settings, ConversationService(service, store, chat=chat, settings=chat_settings))
+    return JobRunner(service, chat_settings, ConversationService(service, store, chat=chat, settings=chat_settings),
+                     transcriber=transcriber)
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +66,17 @@ def base_url(chat_runner, app_settings):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    with sync_api.sync_playwright() as playwright:
-        # Debian's chromium, not a downloaded build; launch() gives it a fresh --user-data-dir.
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        yield chromium
-        chromium.close()
+def playwright():
+    with sync_api.sync_playwright() as running:  # one per thread: both browsers below come from it
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    # Debian's chromium, not a downloaded build; launch() gives it a fresh --user-data-dir.
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+    yield chromium
+    chromium.close()
 
 
 @pytest.fixture
@@ -202,3 +218,72 @@ def test_playground_can_be_turned_off(runner, app_settings):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # Without the page, "/" is one more path behind the key: 401 before routing.
         assert pool.submit(asyncio.run, get()).result().status_code == 401
+
+
+# ---- the microphone: a recording becomes the job's `audio` ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spoken_wav(tmp_path_factory):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run installs it)")
+    path = tmp_path_factory.mktemp("mic") / "question.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "What is the weather like today?"], check=True, timeout=60)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mic_browser(playwright, spoken_wav):
+    # Chromium's fake microphone plays the espeak-ng file (looped); the fake UI grants it without asking.
+    args = LAUNCH_ARGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                          f"--use-file-for-fake-audio-capture={spoken_wav}"]
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+    yield chromium
+    chromium.close()
+
+
+@pytest.mark.parametrize("mode", ["tts", "chat"])
+def test_microphone_records_a_voice_message_shows_its_transcript_and_plays_the_reply(
+        mic_browser, base_url, transcriber, mode):
+    context = mic_browser.new_context(permissions=["microphone"])
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)["input"]) if r.url.endswith("/run") else None)
+    try:
+        page.goto(base_url + "/")
+        enter_key(page)
+        page.check(f"input[name=mode][value={mode}]")
+        page.click("#advanced summary")
+        page.fill("#max-tokens", str(FRAMES))
+        page.fill("#seed", "2")
+        page.click("#record")
+        page.wait_for_selector('#record[data-recording="true"]')
+        page.wait_for_timeout(2500)  # about the clip's length
+        page.click("#record")
+        page.wait_for_selector('#output[data-state="done"], #output[data-state="error"]')
+        status = page.eval_on_selector("#output", "el => ({...el.dataset, error: "
+                                                  "document.getElementById('error').textContent})")
+        assert status["state"] == "done", status
+        # What the page sent: the recording (WebM/Opus from Chromium) as `audio`, no text.
+        [job] = sent
+        assert "message" not in job and job["mode"] == mode
+        recording = base64.b64decode(job["audio"])
+        assert recording[:4] == b"\x1aE\xdf\xa3"  # an EBML (WebM) header
+        # The transcript shown is the server recognizer's for that recording.
+        transcript = transcriber.transcribe_bytes(recording)
+        heard = transcript.text
+        assert 1.5 < transcript.duration_s < 6  # what was recorded between the two clicks
+        assert heard and page.inner_text("#transcript") == heard and page.is_visible("#transcript-box")
+        if mode == "tts":  # the transcript spoken back
+            assert " ".join(page.locator("#sentences li").all_inner_texts()).split() == heard.split()
+        else:
+            assert page.inner_text("#reply").strip()
+        # The reply's audio was played: Web Audio's clock passed its sentences, the <audio> element has it.
+        assert int(status["samples"]) > 0 and audio_element_duration(page) > 0
+        page.wait_for_selector("#sentences li.spoken", state="attached", timeout=15_000)
+        assert not problems, problems
+    finally:
+        context.close()

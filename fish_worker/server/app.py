@@ -13,7 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from fish_worker.jobs.runner import JobRunner
-from fish_worker.server.routers import fish_live, fish_tts, openai_speech, playground, runpod_v2, seed
+from fish_worker.server.routers import (
+    fish_asr, fish_live, fish_tts, openai_speech, openai_transcriptions, playground, runpod_v2, seed)
 from fish_worker.server.auth import AuthMiddleware
 from fish_worker.server.body_admission import BodyAdmissionMiddleware, BodyBudget
 from fish_worker.server.body_limits import BodyLimitMiddleware
@@ -33,7 +34,7 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Fish Speech TTS",
         description="Self-hosted Fish Speech: the seed /run API, RunPod's /v2 API, OpenAI's /v1/audio/speech "
-                    "and Fish Audio's /v1/tts, /v1/tts/live and /model.",
+                    "and /v1/audio/transcriptions, and Fish Audio's /v1/tts, /v1/tts/live, /v1/asr and /model.",
         version="1.0",
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
@@ -42,6 +43,7 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     # What the routes are given (server/dependencies.py): built once here, read nowhere else.
     app.state.settings = settings
     app.state.tts = runner.service
+    app.state.transcriber = runner.transcriber
     # Counted across replicas in Redis when REDIS_URL is set (server/shared_limits.py), else in this process.
     app.state.limiter = limiter = make_job_limiter(runner, settings)
     app.state.registry = registry = JobRegistry(limiter, server.job_ttl_s, server.max_stored_jobs,
@@ -53,8 +55,10 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     app.include_router(seed.router)
     app.include_router(runpod_v2.router)
     app.include_router(openai_speech.router)
+    app.include_router(openai_transcriptions.router)
     app.include_router(fish_tts.router)
     app.include_router(fish_live.router)
+    app.include_router(fish_asr.router)
     if server.playground:
         app.include_router(playground.router)
     app.add_api_route("/health", _health, methods=["GET"], tags=["health"], summary="Liveness (no key needed)")

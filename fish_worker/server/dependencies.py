@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI
 from starlette.requests import HTTPConnection
 
+from fish_worker.asr.transcriber import Transcriber
 from fish_worker.server.body_admission import BodyBudget
 from fish_worker.server.limiter import JobLimiter
 from fish_worker.server.registry import JobRegistry
@@ -54,6 +55,11 @@ def tts_of(app: FastAPI) -> TTSService:
     return app.state.tts
 
 
+def transcriber_of(app: FastAPI) -> Transcriber | None:
+    """Speech in for the transcription doors (the JobRunner's own); None when no recognizer is configured."""
+    return app.state.transcriber
+
+
 def body_budget_of(app: FastAPI) -> BodyBudget:
     """The bytes of request bodies in flight (BodyAdmissionMiddleware's)."""
     return app.state.body_budget
@@ -80,8 +86,13 @@ def _tts(connection: HTTPConnection) -> TTSService:
     return tts_of(connection.app)
 
 
+def _transcriber(connection: HTTPConnection) -> Transcriber | None:
+    return transcriber_of(connection.app)
+
+
 AppSettings = Annotated[Settings, Depends(_settings)]
 Limiter = Annotated[JobLimiter, Depends(_limiter)]
 Registry = Annotated[JobRegistry, Depends(_registry)]
 V2JobStore = Annotated[V2Jobs, Depends(_v2_jobs)]
 Speech = Annotated[TTSService, Depends(_tts)]
+Transcription = Annotated[Transcriber | None, Depends(_transcriber)]

@@ -61,8 +61,8 @@ def api_error(exc: WorkerError, fields: Mapping[str, str] | None = None) -> ApiE
     return ApiError(status_of(exc.kind), message, param=field)
 
 
-# Fish Audio's API paths, served or not (/v1/asr and /wallet are the SDK's, answered 404 here): an
-# error on any of them is Fish-shaped, so the SDK reports the message rather than failing to parse it.
+# Fish Audio's API paths, served or not (/wallet is the SDK's, answered 404 here): an error on any of
+# them is Fish-shaped, so the SDK reports the message rather than failing to parse it.
 _FISH_PATHS = ("/v1/tts", "/model", "/v1/asr", "/wallet")
 
 

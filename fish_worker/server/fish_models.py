@@ -121,3 +121,14 @@ class FishTTSRequest(BaseModel):
         prosody = self.prosody or Prosody()
         return output_adjustments(self.audio_format, self.sample_rate, prosody.speed, prosody.volume,
                                   ignore_opus_rate=True)
+
+
+class FishASRRequest(BaseModel):
+    """Fish Audio's ASRRequest (`client.asr.transcribe(audio=..., language=..., include_timestamps=...)`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    # bytes in msgpack; base64 text (or a data: URI) in JSON, read by the Transcriber's one decoder.
+    audio: bytes | str = Field(description="An audio file (WAV, FLAC, MP3, Ogg/Opus, WebM, M4A/AAC).")
+    language: str | None = Field(None, description="A code (en) or a name (english); default: detected.")
+    ignore_timestamps: bool | None = Field(None, description="True: the answer's segments are empty.")

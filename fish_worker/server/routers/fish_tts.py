@@ -71,6 +71,18 @@ async def tts(request: Request, limiter: Limiter, service: Speech, settings: App
 
 
 def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
+    data = decode_fish_body(body, content_type, "TTSRequest")
+    try:
+        fish_request = FishTTSRequest.model_validate(data)
+    except ValidationError as exc:
+        raise api_error(input_error(exc, brackets=True, whole="body")) from None  # "references[0].audio: ..."
+    if not fish_request.text.strip():
+        raise ApiError(400, "text: must contain text", param="text")
+    return fish_request
+
+
+def decode_fish_body(body: bytes, content_type: str, shape: str) -> dict[str, Any]:
+    """A Fish request's body (msgpack or JSON by its Content-Type) as a dict, its strings valid unicode."""
     kind = "msgpack" if "msgpack" in content_type else "JSON"
     try:
         data = ormsgpack.unpackb(body) if "msgpack" in content_type else json.loads(body)
@@ -79,18 +91,12 @@ def parse_tts_request(body: bytes, content_type: str) -> FishTTSRequest:
     except (ormsgpack.MsgpackDecodeError, ValueError):
         raise ApiError(400, f"body: is not valid {kind}", param="body") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "body: must be a TTSRequest object", param="body")
+        raise ApiError(400, f"body: must be a {shape} object", param="body")
     try:
         check_encodable(data, brackets=True)  # lone surrogates, refused as on every door
     except JobInputError as exc:
         raise api_error(exc) from None
-    try:
-        fish_request = FishTTSRequest.model_validate(data)
-    except ValidationError as exc:
-        raise api_error(input_error(exc, brackets=True, whole="body")) from None  # "references[0].audio: ..."
-    if not fish_request.text.strip():
-        raise ApiError(400, "text: must contain text", param="text")
-    return fish_request
+    return data
 
 
 async def _plan(fish_request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceStore,

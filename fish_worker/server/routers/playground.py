@@ -1,4 +1,6 @@
 """The playground: a static page at `/` that speaks through the public API (seed /run, /model voices).
+Its microphone button records a voice message in the browser (MediaRecorder) and sends it as the job's
+`audio`: the server transcribes it (FISH_ASR_*), the page shows the transcript and plays the reply.
 
 Served without auth: it holds no secrets; the visitor types an API key, which the page sends as
 `Authorization: Bearer` on its API calls, like any other client. No build step, no external CDN:

@@ -1,4 +1,5 @@
-// Fish Speech playground: streams POST /run (NDJSON) into Web Audio as the audio is generated.
+// Fish Speech playground: streams POST /run (NDJSON) into Web Audio as the audio is generated; the
+// microphone button records a voice message and sends it as the job's `audio` (transcribed by the server).
 // Plain browser JavaScript, no build step; every call is the public API with the key typed in.
 "use strict";
 
@@ -204,6 +205,10 @@ class Stream {
   }
 
   feed(output) {
+    if (output.transcript !== undefined) { // a voice message's transcript: the job's first chunk
+      showTranscript(output.transcript);
+      return;
+    }
     if (output.text_delta !== undefined) {
       $("reply-box").hidden = false;
       $("reply").textContent += output.text_delta;
@@ -275,10 +280,11 @@ class Stream {
   }
 }
 
-function jobInput() {
+// `voiceMessage`: base64 of a recording, sent as the job's `audio` instead of the text.
+function jobInput(voiceMessage) {
   const format = $("format").value;
   const input = {
-    message: $("text").value,
+    ...(voiceMessage ? { audio: voiceMessage } : { message: $("text").value }),
     mode: document.querySelector("input[name=mode]:checked").value,
     stream: true,
     audio_format: format,
@@ -300,19 +306,20 @@ function jobInput() {
   return input;
 }
 
-async function play() {
+async function play(voiceMessage) {
   stop();
   showError("");
   $("sentences").replaceChildren();
   $("reply").textContent = "";
   $("reply-box").hidden = true;
+  showTranscript(null);
   $("result").hidden = true;
   for (const [id, text] of [["first-audio", "–"], ["audio-seconds", "–"], ["samples", "0"]]) $(id).textContent = text;
   Object.assign($("output").dataset, { samples: "0", chunks: "0", firstAudioMs: "", totalMs: "" });
 
   audioContext = audioContext || new AudioContext();
   await audioContext.resume(); // inside the click: browsers allow sound after a user gesture
-  const input = jobInput();
+  const input = jobInput(voiceMessage);
   const abort = new AbortController();
   const player = new Player(audioContext);
   const stream = new Stream(input.audio_format, player, performance.now());
@@ -364,6 +371,48 @@ function stop() {
   run = null;
 }
 
+function showTranscript(text) {
+  $("transcript").textContent = text ?? "";
+  $("transcript-box").hidden = text === null;
+}
+
+// ---- the microphone: a recorded voice message becomes the job's `audio` ------------------------------
+
+let recorder = null; // the MediaRecorder while recording
+
+async function toggleRecording() {
+  if (recorder) { recorder.stop(); return; } // its "stop" event sends the recording
+  showError("");
+  let media;
+  try {
+    media = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (exc) {
+    showError(`microphone: ${exc.message}`);
+    return;
+  }
+  // The browser's own container and codec (WebM/Opus in Chromium and Firefox, MP4/AAC in Safari):
+  // the server decodes any of them.
+  const parts = [];
+  recorder = new MediaRecorder(media);
+  recorder.addEventListener("dataavailable", (event) => { if (event.data.size) parts.push(event.data); });
+  recorder.addEventListener("stop", async () => {
+    media.getTracks().forEach((track) => track.stop());
+    const recording = new Blob(parts, { type: recorder.mimeType });
+    recorder = null;
+    setRecording(false);
+    if (!recording.size) { showError("microphone: nothing was recorded"); return; }
+    await play(bytesToBase64(new Uint8Array(await recording.arrayBuffer())));
+  });
+  recorder.start();
+  setRecording(true);
+}
+
+function setRecording(recording) {
+  $("record").dataset.recording = String(recording);
+  $("record").textContent = recording ? "■ Stop recording" : "🎤 Record";
+  $("play").disabled = recording;
+}
+
 // ---- wiring --------------------------------------------------------------------------------
 
 function init() {
@@ -378,7 +427,8 @@ function init() {
   $("refresh-voices").addEventListener("click", () => loadVoices());
   $("clip").addEventListener("change", chooseClip);
   $("save-voice").addEventListener("click", saveVoice);
-  $("play").addEventListener("click", play);
+  $("play").addEventListener("click", () => play());
+  $("record").addEventListener("click", toggleRecording);
   $("stop").addEventListener("click", () => { stop(); setState("stopped"); });
   if ($("api-key").value) loadVoices();
 }
