@@ -37,8 +37,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 CLIP_SECONDS = 10.0
-SPEECH = ("Good morning. I would like to know what the weather will be like this afternoon in Paris, "
-          "and whether I should take an umbrella with me when I go out to meet my friends for lunch.")
+SPEECH = (
+    "Good morning. I would like to know what the weather will be like this afternoon in Paris, "
+    "and whether I should take an umbrella with me when I go out to meet my friends for lunch."
+)
 
 
 def speech_clip(work: Path) -> bytes:
@@ -89,10 +91,16 @@ def bench_size(size: str, work: Path, wav: bytes, repeats: int, batch: int) -> d
     batches, requests = recognizer.batches
     alone_s = statistics.median(alone)
     wall_s = statistics.median(walls)
-    return {"size": size, "parameters_m": round(sum(p.numel() for p in recognizer.model.parameters()) / 1e6, 1),
-            "load_s": round(load_s, 2), "alone_s": round(alone_s, 3), "rtf": round(alone_s / CLIP_SECONDS, 3),
-            f"batch_{batch}_wall_s": round(wall_s, 3), f"batch_{batch}_rtf_per_clip": round(wall_s / batch / CLIP_SECONDS, 3),
-            "requests_per_batch": round(requests / batches, 2)}
+    return {
+        "size": size,
+        "parameters_m": round(sum(p.numel() for p in recognizer.model.parameters()) / 1e6, 1),
+        "load_s": round(load_s, 2),
+        "alone_s": round(alone_s, 3),
+        "rtf": round(alone_s / CLIP_SECONDS, 3),
+        f"batch_{batch}_wall_s": round(wall_s, 3),
+        f"batch_{batch}_rtf_per_clip": round(wall_s / batch / CLIP_SECONDS, 3),
+        "requests_per_batch": round(requests / batches, 2),
+    }
 
 
 async def first_audio(runner, job_input: dict) -> dict[str, float]:
@@ -124,15 +132,27 @@ def bench_voice_message(work: Path, wav: bytes, repeats: int) -> dict:
     from fish_worker.settings import ChatSettings, Settings, StorageSettings
     from fish_worker.tts.loader import load_tts, warm_up
 
-    settings = Settings(checkpoint_dir=write_tiny_checkpoint(work / "ckpt", seed=0), device="cpu", warmup=False,
-                        storage=StorageSettings(voices_dir=work / "voices"), chat=ChatSettings(frames_per_sentence=8))
+    settings = Settings(
+        checkpoint_dir=write_tiny_checkpoint(work / "ckpt", seed=0),
+        device="cpu",
+        warmup=False,
+        storage=StorageSettings(voices_dir=work / "voices"),
+        chat=ChatSettings(frames_per_sentence=8),
+    )
     service = load_tts(settings)
     warm_up(service)
     chat = ChatModel.load(write_tiny_chat_model(work / "chat", seed=0), device="cpu")
-    transcriber = Transcriber(WhisperRecognizer.load(work / "whisper-tiny", device="cpu"), max_seconds=60.0,
-                              max_bytes=1 << 24)
-    runner = JobRunner(service, settings, ConversationService(service, MemoryConversationStore(ttl_s=60, max_conversations=10),
-                                                    chat=chat, settings=settings), transcriber=transcriber)
+    transcriber = Transcriber(
+        WhisperRecognizer.load(work / "whisper-tiny", device="cpu"), max_seconds=60.0, max_bytes=1 << 24
+    )
+    runner = JobRunner(
+        service,
+        settings,
+        ConversationService(
+            service, MemoryConversationStore(ttl_s=60, max_conversations=10), chat=chat, settings=settings
+        ),
+        transcriber=transcriber,
+    )
     heard = transcriber.transcribe_bytes(wav, language="en").text
     audio = base64.b64encode(wav).decode()
     common = {"language": "en", "max_tokens": 30, "seed": 1, "stream": True}
@@ -141,8 +161,9 @@ def bench_voice_message(work: Path, wav: bytes, repeats: int) -> dict:
     for _ in range(repeats):
         runs["voice"].append(asyncio.run(first_audio(runner, {"audio": audio, **common})))
         runs["text"].append(asyncio.run(first_audio(runner, {"message": heard, **common})))
-    return {kind: {key: round(statistics.median(r[key] for r in rows), 3) for key in rows[0]}
-            for kind, rows in runs.items()}
+    return {
+        kind: {key: round(statistics.median(r[key] for r in rows), 3) for key in rows[0]} for kind, rows in runs.items()
+    }
 
 
 def main() -> None:
@@ -161,9 +182,12 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="asr-bench-"))
     wav = speech_clip(work)
-    report: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                               f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-                    "clip_s": CLIP_SECONDS, "transcription": []}
+    report: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "clip_s": CLIP_SECONDS,
+        "transcription": [],
+    }
     for size in dict.fromkeys(["tiny", *args.sizes]):  # the tiny one is the voice-message run's recognizer
         row = bench_size(size, work, wav, args.repeats, args.batch)
         print(json.dumps(row), flush=True)

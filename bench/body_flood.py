@@ -41,8 +41,12 @@ def body_of(size: int) -> bytes:
 def send(address: tuple[str, int], key: str, body: bytes, statuses: list) -> None:
     try:
         with socket.create_connection(address, timeout=600) as sock:
-            sock.sendall((f"POST /run HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(body)}\r\nAuthorization: Bearer {key}\r\n\r\n").encode())
+            sock.sendall(
+                (
+                    f"POST /run HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\nAuthorization: Bearer {key}\r\n\r\n"
+                ).encode()
+            )
             sock.sendall(body)
             data = b""
             while b"\r\n" not in data:
@@ -66,17 +70,21 @@ def main() -> None:
     args = parser.parse_args()
     key = "flood-key"
     with tempfile.TemporaryDirectory() as workdir:
-        server_args = argparse.Namespace(checkpoint=None, size=args.size_name, max_concurrency=args.max_concurrency,
-                                         max_tokens=args.max_tokens)
+        server_args = argparse.Namespace(
+            checkpoint=None, size=args.size_name, max_concurrency=args.max_concurrency, max_tokens=args.max_tokens
+        )
         server, base_url = start_server(Path(workdir), server_args, {"flood": key})
         address = ("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
         auth = {"Authorization": f"Bearer {key}"}
         try:
             long_jobs = []
             if args.hold_slots:
-                long_jobs = [httpx.post(f"{base_url}/v2/ep/run", json={"input": LONG_JOB}, headers=auth,
-                                        timeout=120).json()["id"]
-                             for _ in range(args.max_concurrency)]
+                long_jobs = [
+                    httpx.post(f"{base_url}/v2/ep/run", json={"input": LONG_JOB}, headers=auth, timeout=120).json()[
+                        "id"
+                    ]
+                    for _ in range(args.max_concurrency)
+                ]
                 time.sleep(2)
             body = body_of(args.size)
             before = rss_kib(server.pid)["VmRSS"]
@@ -106,10 +114,21 @@ def main() -> None:
             answers: dict = {}
             for status in statuses:
                 answers[status] = answers.get(status, 0) + 1
-            print(json.dumps({"bodies": args.bodies, "body_bytes": len(body), "hold_slots": args.hold_slots,
-                              "rss_before_mib": round(before / 1024), "rss_peak_mib": round(max(peak) / 1024),
-                              "rss_after_mib": round(after / 1024), "answers": answers,
-                              "elapsed_s": round(elapsed, 1)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bodies": args.bodies,
+                        "body_bytes": len(body),
+                        "hold_slots": args.hold_slots,
+                        "rss_before_mib": round(before / 1024),
+                        "rss_peak_mib": round(max(peak) / 1024),
+                        "rss_after_mib": round(after / 1024),
+                        "answers": answers,
+                        "elapsed_s": round(elapsed, 1),
+                    }
+                ),
+                flush=True,
+            )
         finally:
             server.terminate()
             server.wait(30)

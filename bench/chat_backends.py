@@ -31,14 +31,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-MESSAGES = ["Hello, how are you?", "What's the weather like today?", "And what about tomorrow?",
-            "Tell me something nice.", "Where should we go this weekend?", "What time is it?",
-            "Can you sing?", "Goodbye for now."]
+MESSAGES = [
+    "Hello, how are you?",
+    "What's the weather like today?",
+    "And what about tomorrow?",
+    "Tell me something nice.",
+    "Where should we go this weekend?",
+    "What time is it?",
+    "Can you sing?",
+    "Goodbye for now.",
+]
 
 
 def start_engine(model_dir: Path, port: int) -> subprocess.Popen:
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port), "--device", "cpu", "--continuous-batching"]
+    command = [
+        str(Path(sys.executable).parent / "transformers"),
+        "serve",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--continuous-batching",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
@@ -57,8 +74,10 @@ async def one_job(runner, index: int, max_tokens: int) -> dict[str, float]:
     from fish_worker.errors import JobFailure
     from fish_worker.jobs.job import Job
 
-    job = Job(id=f"b{index}", input={"message": MESSAGES[index % len(MESSAGES)], "max_tokens": max_tokens,
-                                     "seed": index, "stream": True})
+    job = Job(
+        id=f"b{index}",
+        input={"message": MESSAGES[index % len(MESSAGES)], "max_tokens": max_tokens, "seed": index, "stream": True},
+    )
     async for chunk in runner.stream(job):
         now = time.perf_counter() - started
         if isinstance(chunk, JobFailure):
@@ -102,9 +121,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     checkpoint = write_tiny_checkpoint(work / "ckpt", seed=0)
     chat_dir = write_tiny_chat_model(work / "chat", seed=0)
-    settings = Settings(checkpoint_dir=checkpoint, device="cpu", warmup=False, max_concurrency=max(args.jobs),
-                        storage=StorageSettings(voices_dir=work / "voices"),
-                        chat=ChatSettings(frames_per_sentence=8))
+    settings = Settings(
+        checkpoint_dir=checkpoint,
+        device="cpu",
+        warmup=False,
+        max_concurrency=max(args.jobs),
+        storage=StorageSettings(voices_dir=work / "voices"),
+        chat=ChatSettings(frames_per_sentence=8),
+    )
     service = load_tts(settings)
     warm_up(service)
 
@@ -112,13 +136,20 @@ def main() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     engine = start_engine(chat_dir, port)
-    backends = {"local": ChatModel.load(chat_dir, device="cpu"),
-                "remote": RemoteChatBackend(f"http://127.0.0.1:{port}/v1", read_timeout_s=300)}
+    backends = {
+        "local": ChatModel.load(chat_dir, device="cpu"),
+        "remote": RemoteChatBackend(f"http://127.0.0.1:{port}/v1", read_timeout_s=300),
+    }
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "runs": []}
     try:
         for name, chat in backends.items():
-            runner = JobRunner(service, settings, ConversationService(service, MemoryConversationStore(ttl_s=60, max_conversations=100),
-                                                            chat=chat, settings=settings))
+            runner = JobRunner(
+                service,
+                settings,
+                ConversationService(
+                    service, MemoryConversationStore(ttl_s=60, max_conversations=100), chat=chat, settings=settings
+                ),
+            )
             asyncio.run(run_jobs(runner, 1, 8))  # warm-up: first request compiles / fills caches
             for count in args.jobs:
                 summary = {"backend": name, **asyncio.run(run_jobs(runner, count, args.max_tokens))}

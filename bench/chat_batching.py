@@ -33,17 +33,40 @@ from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Suppre
 from fish_worker.devtools.tiny_chat_model import IM_END, build_tokenizer  # noqa: E402
 from fish_worker.dialogue.llm import ChatModel  # noqa: E402
 
-MESSAGES = ["Hello, how are you?", "What's the weather like today?", "And what about tomorrow?",
-            "Tell me something nice.", "Where should we go this weekend?", "What time is it?",
-            "Can you sing?", "Goodbye for now."]
+MESSAGES = [
+    "Hello, how are you?",
+    "What's the weather like today?",
+    "And what about tomorrow?",
+    "Tell me something nice.",
+    "Where should we go this weekend?",
+    "What time is it?",
+    "Can you sing?",
+    "Goodbye for now.",
+]
 
 SHAPES = {
     # Qwen/Qwen2.5-0.5B-Instruct's config.json
-    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                         rope_theta=1000000.0, tie_word_embeddings=True),
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True),
+    "qwen2.5-0.5b": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -55,8 +78,9 @@ def random_chat_model(shape: str, max_batch: int) -> ChatModel:
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(config).eval()
     model.generation_config = GenerationConfig(eos_token_id=[eos], pad_token_id=tokenizer.pad_token_id)
-    return ChatModel(model, tokenizer, source=f"random {shape}", context_tokens=config.max_position_embeddings,
-                     max_batch=max_batch)
+    return ChatModel(
+        model, tokenizer, source=f"random {shape}", context_tokens=config.max_position_embeddings, max_batch=max_batch
+    )
 
 
 def reply_options(index: int, max_tokens: int) -> tuple[list[dict], dict]:
@@ -90,8 +114,16 @@ def concurrently(chat: ChatModel, count: int, max_tokens: int) -> tuple[float, l
 
 
 async def _job(runner, index: int, max_tokens: int) -> None:
-    job = {"id": f"c{index}", "input": {"message": MESSAGES[index % len(MESSAGES)], "max_tokens": max_tokens,
-                                        "temperature": 0.7, "seed": index, "mode": "chat"}}
+    job = {
+        "id": f"c{index}",
+        "input": {
+            "message": MESSAGES[index % len(MESSAGES)],
+            "max_tokens": max_tokens,
+            "temperature": 0.7,
+            "seed": index,
+            "mode": "chat",
+        },
+    }
     async for chunk in runner.run(job):
         if "error" in chunk:
             raise SystemExit(f"job {index} failed: {chunk['error']}")
@@ -110,9 +142,14 @@ def through_runner(chat: ChatModel, count: int, max_tokens: int) -> dict:
     from fish_worker.tts.loader import load_tts
 
     work = Path(tempfile.mkdtemp(prefix="chat-batching-"))
-    settings = Settings(checkpoint_dir=write_tiny_checkpoint(work / "ckpt", seed=0), device="cpu", warmup=False,
-                        max_concurrency=count, storage=StorageSettings(voices_dir=work / "voices"),
-                        chat=ChatSettings(frames_per_sentence=8))
+    settings = Settings(
+        checkpoint_dir=write_tiny_checkpoint(work / "ckpt", seed=0),
+        device="cpu",
+        warmup=False,
+        max_concurrency=count,
+        storage=StorageSettings(voices_dir=work / "voices"),
+        chat=ChatSettings(frames_per_sentence=8),
+    )
     service = load_tts(settings)
     store = MemoryConversationStore(ttl_s=60, max_conversations=100)
     runner = JobRunner(service, settings, ConversationService(service, store, chat=chat, settings=settings))
@@ -139,8 +176,11 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
     parser.add_argument("--replies", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--runner", action="store_true",
-                        help="also run the replies as chat jobs through JobRunner (tiny TTS checkpoint)")
+    parser.add_argument(
+        "--runner",
+        action="store_true",
+        help="also run the replies as chat jobs through JobRunner (tiny TTS checkpoint)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -149,9 +189,11 @@ def main() -> None:
 
     built = time.perf_counter()
     chat = random_chat_model(args.shape, max_batch=args.replies)
-    print(f"model: {args.shape}, {sum(p.numel() for p in chat.model.parameters()) / 1e6:.0f} M parameters "
-          f"(float32, built in {time.perf_counter() - built:.0f} s), {torch.get_num_threads()} torch threads",
-          flush=True)
+    print(
+        f"model: {args.shape}, {sum(p.numel() for p in chat.model.parameters()) / 1e6:.0f} M parameters "
+        f"(float32, built in {time.perf_counter() - built:.0f} s), {torch.get_num_threads()} torch threads",
+        flush=True,
+    )
     chat.reply([{"role": "user", "content": "Hi"}], max_new_tokens=2, seed=0)  # warm-up
 
     def run(fn):
@@ -165,19 +207,32 @@ def main() -> None:
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "load_average": round(os.getloadavg()[0], 1), "torch_threads": torch.get_num_threads(),
-        "shape": args.shape, "replies": args.replies, "max_tokens": args.max_tokens,
-        "one_after_another": {"wall_s": round(seq_wall, 2), "tokens_per_s": round(tokens / seq_wall, 2),
-                              "steps": seq_steps},
-        "concurrent": {"wall_s": round(con_wall, 2), "tokens_per_s": round(tokens / con_wall, 2),
-                       "steps": con_steps, "rows_per_step": round(con_rows / max(con_steps, 1), 2)},
+        "load_average": round(os.getloadavg()[0], 1),
+        "torch_threads": torch.get_num_threads(),
+        "shape": args.shape,
+        "replies": args.replies,
+        "max_tokens": args.max_tokens,
+        "one_after_another": {
+            "wall_s": round(seq_wall, 2),
+            "tokens_per_s": round(tokens / seq_wall, 2),
+            "steps": seq_steps,
+        },
+        "concurrent": {
+            "wall_s": round(con_wall, 2),
+            "tokens_per_s": round(tokens / con_wall, 2),
+            "steps": con_steps,
+            "rows_per_step": round(con_rows / max(con_steps, 1), 2),
+        },
         "speedup": round(seq_wall / con_wall, 2),
         "replies_equal_to_solo": sum(a == b for a, b in zip(seq_replies, con_replies)),
     }
     if args.runner:
         # Let the random model write only the tokens the tiny tokenizer can decode, so there is text to speak.
-        chat.batcher.processors.append(SuppressTokensLogitsProcessor(
-            list(range(len(chat.tokenizer), chat.model.config.vocab_size)), device=chat.device))
+        chat.batcher.processors.append(
+            SuppressTokensLogitsProcessor(
+                list(range(len(chat.tokenizer), chat.model.config.vocab_size)), device=chat.device
+            )
+        )
         report["job_runner"] = through_runner(chat, args.replies, args.max_tokens)
     print(json.dumps(report, indent=2))
     if args.out:

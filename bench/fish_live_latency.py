@@ -56,9 +56,14 @@ def start_server(checkpoint: Path, device: str, max_frames: int):
     from fish_worker.tts.loader import load_tts, warm_up
     from fish_worker.settings import ServerSettings, Settings, StorageSettings
 
-    settings = Settings(checkpoint_dir=checkpoint, device=device, warmup=True, max_tokens_limit=max(max_frames, 1),
-                        storage=StorageSettings(voices_dir=Path(tempfile.mkdtemp())),
-                        server=ServerSettings(auth_disabled=True))
+    settings = Settings(
+        checkpoint_dir=checkpoint,
+        device=device,
+        warmup=True,
+        max_tokens_limit=max(max_frames, 1),
+        storage=StorageSettings(voices_dir=Path(tempfile.mkdtemp())),
+        server=ServerSettings(auth_disabled=True),
+    )
     service = load_tts(settings)
     warm_up(service)
     with socket.socket() as sock:
@@ -110,9 +115,12 @@ def run_session(base_url: str, sentences: list[str], words_per_s: float, flush: 
 
 def summary(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
-    return {"n": len(ordered), "median_ms": round(1000 * statistics.median(ordered), 1),
-            "p90_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 1),
-            "max_ms": round(1000 * ordered[-1], 1)}
+    return {
+        "n": len(ordered),
+        "median_ms": round(1000 * statistics.median(ordered), 1),
+        "p90_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 1),
+        "max_ms": round(1000 * ordered[-1], 1),
+    }
 
 
 def main() -> None:
@@ -143,7 +151,8 @@ def main() -> None:
         results = {
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": args.device},
             "checkpoint": str(args.checkpoint) if args.checkpoint else f"random ({args.size})",
-            "words_per_s": args.words_per_s, "max_frames": args.max_frames,
+            "words_per_s": args.words_per_s,
+            "max_frames": args.max_frames,
         }
         for mode in ("typing", "flush"):
             latencies = run_session(base_url, sentences, args.words_per_s, mode == "flush", args.max_frames)

@@ -80,8 +80,11 @@ print(f"{(status_kb('VmHWM') - before) / 1024:.1f}\\t{took:.2f}\\t{outcome}")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-seconds", type=float, default=30.0)
-    parser.add_argument("--before", action="store_true",
-                        help="also measure reading each file whole with soundfile (the Fish doors' way before)")
+    parser.add_argument(
+        "--before",
+        action="store_true",
+        help="also measure reading each file whole with soundfile (the Fish doors' way before)",
+    )
     args = parser.parse_args()
     cases = {
         "60-min constant FLAC, length stated": constant_flac(3600, state_length=True),
@@ -97,8 +100,13 @@ def main() -> None:
             with open(path, "wb") as f:
                 f.write(data)
             for mode in ("decoder", "whole") if args.before else ("decoder",):
-                out = subprocess.run([sys.executable, "-c", MEASURE, path, str(args.max_seconds), mode], cwd=root,
-                                     capture_output=True, text=True, check=True).stdout.strip()
+                out = subprocess.run(
+                    [sys.executable, "-c", MEASURE, path, str(args.max_seconds), mode],
+                    cwd=root,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
                 rss_mb, took, outcome = out.split("\t")
                 label = name if mode == "decoder" else "  ... read whole with soundfile (before)"
                 print(f"{label:<44} {len(data) / 1000:>7.0f} kB {rss_mb:>7} MB {took:>6} s  {outcome}")

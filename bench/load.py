@@ -80,17 +80,24 @@ def start_server(workdir: Path, args, keys: dict[str, str]) -> tuple[subprocess.
     checkpoint = args.checkpoint
     if checkpoint is None:
         from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
+
         checkpoint = write_tiny_checkpoint(workdir / "checkpoint", seed=0, size=args.size)
     from fish_worker.devtools.tiny_chat_model import write_tiny_chat_model
+
     chat_dir = write_tiny_chat_model(workdir / "chat", seed=0)
     port = free_port()
     env = {
         **os.environ,
-        "FISH_CHECKPOINT_DIR": str(checkpoint), "FISH_CHAT_MODEL_DIR": str(chat_dir),
-        "FISH_VOICES_DIR": str(workdir / "voices"), "FISH_DOWNLOAD_MISSING": "false",
-        "FISH_HOST": "127.0.0.1", "FISH_PORT": str(port), "FISH_LOG_LEVEL": "WARNING",
+        "FISH_CHECKPOINT_DIR": str(checkpoint),
+        "FISH_CHAT_MODEL_DIR": str(chat_dir),
+        "FISH_VOICES_DIR": str(workdir / "voices"),
+        "FISH_DOWNLOAD_MISSING": "false",
+        "FISH_HOST": "127.0.0.1",
+        "FISH_PORT": str(port),
+        "FISH_LOG_LEVEL": "WARNING",
         "FISH_API_KEYS": ",".join(f"{tenant}:{key}" for tenant, key in keys.items()),
-        "FISH_MAX_CONCURRENCY": str(args.max_concurrency), "TQDM_DISABLE": "1",
+        "FISH_MAX_CONCURRENCY": str(args.max_concurrency),
+        "TQDM_DISABLE": "1",
         # A random chat model rarely ends a sentence: bound each spoken sentence like the others.
         "FISH_CHAT_FRAMES_PER_SENTENCE": str(args.max_tokens),
     }
@@ -111,8 +118,16 @@ def start_server(workdir: Path, args, keys: dict[str, str]) -> tuple[subprocess.
 
 
 class Client:
-    def __init__(self, number: int, tenant: str, key: str, http: httpx.AsyncClient, rng: random.Random,
-                 reference: str, max_tokens: int) -> None:
+    def __init__(
+        self,
+        number: int,
+        tenant: str,
+        key: str,
+        http: httpx.AsyncClient,
+        rng: random.Random,
+        reference: str,
+        max_tokens: int,
+    ) -> None:
         self.tenant, self.http, self.rng = tenant, http, rng
         self.auth = {"Authorization": f"Bearer {key}"}
         self.conversation = f"load-{number}"
@@ -124,11 +139,13 @@ class Client:
     async def request(self, kind: str) -> int:
         job = {"message": self.text(), "max_tokens": self.max_tokens, "mode": "tts"}
         if kind == "plain":
-            return (await self.http.post("/run", json={"input": {**job, "audio_format": "mp3"}},
-                                         headers=self.auth)).status_code
+            return (
+                await self.http.post("/run", json={"input": {**job, "audio_format": "mp3"}}, headers=self.auth)
+            ).status_code
         if kind == "stream":
-            async with self.http.stream("POST", "/run", json={"input": {**job, "stream": True, "audio_format": "opus"}},
-                                        headers=self.auth) as response:
+            async with self.http.stream(
+                "POST", "/run", json={"input": {**job, "stream": True, "audio_format": "opus"}}, headers=self.auth
+            ) as response:
                 async for line in response.aiter_lines():
                     if line and json.loads(line)["status"] == "error":
                         return 599  # the stream ended in an error after its 200
@@ -137,12 +154,21 @@ class Client:
             if self.rng.random() < 0.5:
                 clone = {**job, "reference_audio": self.reference, "reference_text": "A steady tone."}
                 return (await self.http.post("/run", json={"input": clone}, headers=self.auth)).status_code
-            speech = {"model": "tts-1", "input": job["message"], "voice": f"{self.tenant}-voice",
-                      "response_format": "wav", "max_tokens": self.max_tokens}
+            speech = {
+                "model": "tts-1",
+                "input": job["message"],
+                "voice": f"{self.tenant}-voice",
+                "response_format": "wav",
+                "max_tokens": self.max_tokens,
+            }
             return (await self.http.post("/v1/audio/speech", json=speech, headers=self.auth)).status_code
         if kind == "chat":
-            chat = {"message": "Tell me something short.", "mode": "chat", "conversation_id": self.conversation,
-                    "max_tokens": 12}
+            chat = {
+                "message": "Tell me something short.",
+                "mode": "chat",
+                "conversation_id": self.conversation,
+                "max_tokens": 12,
+            }
             return (await self.http.post("/run", json={"input": chat}, headers=self.auth)).status_code
         response = await self.http.post("/v2/ep/runsync", json={"input": job}, headers=self.auth)
         return response.status_code if response.json().get("status") != "FAILED" else 598
@@ -158,8 +184,10 @@ async def drive(base_url: str, keys: dict[str, str], args) -> tuple[list[tuple[s
             response = await http.post("/run", json={"input": save}, headers={"Authorization": f"Bearer {key}"})
             response.raise_for_status()
         tenants = list(keys.items())
-        clients = [Client(i, *tenants[i % len(tenants)], http, random.Random(args.seed + i), reference,
-                          args.max_tokens) for i in range(args.clients)]
+        clients = [
+            Client(i, *tenants[i % len(tenants)], http, random.Random(args.seed + i), reference, args.max_tokens)
+            for i in range(args.clients)
+        ]
         results: list[tuple[str, float, int]] = []
         started = time.monotonic()
         deadline = started + args.duration
@@ -189,8 +217,10 @@ def percentiles(values: list[float]) -> str:
 
 def report(results, elapsed: float, memory: dict[str, int], args) -> None:
     ok = [r for r in results if r[2] == 200]
-    print(f"\n{len(results)} requests in {elapsed:.1f} s from {args.clients} clients of {args.tenants} tenants "
-          f"(--size {args.size}, FISH_MAX_CONCURRENCY={args.max_concurrency}, max_tokens {args.max_tokens})")
+    print(
+        f"\n{len(results)} requests in {elapsed:.1f} s from {args.clients} clients of {args.tenants} tenants "
+        f"(--size {args.size}, FISH_MAX_CONCURRENCY={args.max_concurrency}, max_tokens {args.max_tokens})"
+    )
     print(f"throughput   {len(ok) / elapsed:.2f} successful requests/s")
     print(f"latency      {percentiles([r[1] for r in ok])}   (successful requests)")
     by_kind = defaultdict(list)

@@ -40,17 +40,25 @@ def result_bytes(samples: np.ndarray, fmt: str, raw: bool = False) -> int:
 
 def main() -> None:
     seconds = 20.0
-    signals = {"speech-like": speech_like(seconds),
-               "noise": np.random.default_rng(1).uniform(-1, 1, int(seconds * RATE)).astype(np.float32)}
-    rows = [("float (raw)", "float", True)] + [(f, f, False) for f in ("float", "pcm16", "wav", "flac", "mp3", "opus", "aac")]
-    print(f"{'format':12} {'signal':12} {'B/sample':>9} {'kB/s':>8} {'s in /run':>10} {'s in /runsync':>14}"
-          f" {'s per 1MB chunk':>16}")
+    signals = {
+        "speech-like": speech_like(seconds),
+        "noise": np.random.default_rng(1).uniform(-1, 1, int(seconds * RATE)).astype(np.float32),
+    }
+    rows = [("float (raw)", "float", True)] + [
+        (f, f, False) for f in ("float", "pcm16", "wav", "flac", "mp3", "opus", "aac")
+    ]
+    print(
+        f"{'format':12} {'signal':12} {'B/sample':>9} {'kB/s':>8} {'s in /run':>10} {'s in /runsync':>14}"
+        f" {'s per 1MB chunk':>16}"
+    )
     for name, fmt, raw in rows:
         for signal_name, signal in signals.items():
             per_second = result_bytes(signal, fmt, raw) / seconds
-            print(f"{name:12} {signal_name:12} {per_second / RATE:9.2f} {per_second / 1e3:8.1f}"
-                  f" {RESULT_LIMIT_BYTES['run'] / per_second:10.1f} {RESULT_LIMIT_BYTES['runsync'] / per_second:14.1f}"
-                  f" {STREAM_CHUNK_LIMIT_BYTES / per_second:16.2f}")
+            print(
+                f"{name:12} {signal_name:12} {per_second / RATE:9.2f} {per_second / 1e3:8.1f}"
+                f" {RESULT_LIMIT_BYTES['run'] / per_second:10.1f} {RESULT_LIMIT_BYTES['runsync'] / per_second:14.1f}"
+                f" {STREAM_CHUNK_LIMIT_BYTES / per_second:16.2f}"
+            )
     started = time.perf_counter()
     json.dumps(encode_audio(signals["speech-like"], "float"))
     print(f"\nrounding + json.dumps of {seconds:.0f} s of float audio: {time.perf_counter() - started:.2f} s")

@@ -72,9 +72,17 @@ def fish_speech_tokens(model, text: str, seed: int, max_tokens: int) -> torch.Te
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
-    responses = generate_long(model=model, device=device, decode_one_token=FISH_DECODE_ONE_TOKEN or decode_one_token_ar,
-                              text=text, max_new_tokens=max_tokens, temperature=0.7, top_p=0.8,
-                              repetition_penalty=1.1, prompt_tokens=[])
+    responses = generate_long(
+        model=model,
+        device=device,
+        decode_one_token=FISH_DECODE_ONE_TOKEN or decode_one_token_ar,
+        text=text,
+        max_new_tokens=max_tokens,
+        temperature=0.7,
+        top_p=0.8,
+        repetition_penalty=1.1,
+        prompt_tokens=[],
+    )
     return next(r.codes for r in responses if r.action == "sample").cpu()
 
 
@@ -88,8 +96,15 @@ def fish_speech_job(service, text: str, seed: int, max_tokens: int) -> int:
 def request(text: str, seed: int, max_tokens: int, stream: bool = False):
     from fish_worker.tts.requests import SynthesisRequest
 
-    return SynthesisRequest(text=text, seed=seed, frames_per_sentence=max_tokens, stream=stream,
-                            temperature=0.7, top_p=0.8, repetition_penalty=1.1)
+    return SynthesisRequest(
+        text=text,
+        seed=seed,
+        frames_per_sentence=max_tokens,
+        stream=stream,
+        temperature=0.7,
+        top_p=0.8,
+        repetition_penalty=1.1,
+    )
 
 
 def worker_job(service, text: str, seed: int, max_tokens: int) -> int:
@@ -103,7 +118,9 @@ def worker_job(service, text: str, seed: int, max_tokens: int) -> int:
 def bench_single_stream(service, max_tokens: int) -> dict:
     text, seed = SENTENCES[0], 0
     fish_speech_tokens(service.generator.model, "Warm up.", 0, 4)  # first-call costs out of the timing
-    list(service.generator.generate("Warm up.", [], _params(4), torch.Generator(service.generator.device).manual_seed(0)))
+    list(
+        service.generator.generate("Warm up.", [], _params(4), torch.Generator(service.generator.device).manual_seed(0))
+    )
 
     # Alternate the two and keep each one's best time: other load on the machine hits both alike.
     theirs_s = ours_s = float("inf")
@@ -112,7 +129,11 @@ def bench_single_stream(service, max_tokens: int) -> dict:
         theirs = fish_speech_tokens(service.generator.model, text, seed, max_tokens)
         theirs_s = min(theirs_s, time.perf_counter() - started)
         started = time.perf_counter()
-        ours = list(service.generator.generate(text, [], _params(max_tokens), torch.Generator(service.generator.device).manual_seed(seed)))
+        ours = list(
+            service.generator.generate(
+                text, [], _params(max_tokens), torch.Generator(service.generator.device).manual_seed(seed)
+            )
+        )
         ours_s = min(ours_s, time.perf_counter() - started)
     # fish-speech drops the frame it stops on when the budget ends; the ones both made must agree.
     same = torch.equal(torch.stack(ours, dim=1).cpu()[:, : theirs.shape[1]], theirs)
@@ -121,8 +142,14 @@ def bench_single_stream(service, max_tokens: int) -> dict:
     started = time.perf_counter()
     frames = worker_job(service, text, seed, max_tokens)
     rtf = (time.perf_counter() - started) / (frames * service.codec.samples_per_frame / service.sample_rate)
-    return {"worker_tokens_per_s": worker_tps, "fish_speech_tokens_per_s": fish_tps,
-            "ratio": worker_tps / fish_tps, "tokens": len(ours), "same_tokens": same, "worker_rtf": rtf}
+    return {
+        "worker_tokens_per_s": worker_tps,
+        "fish_speech_tokens_per_s": fish_tps,
+        "ratio": worker_tps / fish_tps,
+        "tokens": len(ours),
+        "same_tokens": same,
+        "worker_rtf": rtf,
+    }
 
 
 def _params(max_tokens: int):
@@ -163,9 +190,14 @@ def bench_concurrency(service, max_tokens: int, levels: list[int], fish_jobs: in
         worker_s = time.perf_counter() - started
         worker_tps = sum(frames) / worker_s
         fish_tps = sum(fish_frames[:n]) / sum(fish_times[:n])  # the first min(n, fish_jobs) jobs
-        results[str(n)] = {"worker_tokens_per_s": worker_tps, "fish_speech_sequential_tokens_per_s": fish_tps,
-                           "ratio": worker_tps / fish_tps, "tokens": sum(frames), "worker_s": worker_s,
-                           "fish_speech_s": sum(fish_times[:n])}
+        results[str(n)] = {
+            "worker_tokens_per_s": worker_tps,
+            "fish_speech_sequential_tokens_per_s": fish_tps,
+            "ratio": worker_tps / fish_tps,
+            "tokens": sum(frames),
+            "worker_s": worker_s,
+            "fish_speech_s": sum(fish_times[:n]),
+        }
     return results
 
 
@@ -193,14 +225,22 @@ def bench_first_audio(service, max_tokens: int) -> dict:
         same = same and max_diff <= 1e-4
     else:
         same = same and snr >= 30
-    return {"first_audio_s": first_s, "full_latency_s": full_s, "ratio": first_s / full_s,
-            "stream_total_s": stream_total_s, "chunks": len(streamed), "audio_s": len(audio) / service.sample_rate,
-            "streamed_equals_one_shot": same, "streamed_max_abs_diff": max_diff, "streamed_snr_db": snr}
+    return {
+        "first_audio_s": first_s,
+        "full_latency_s": full_s,
+        "ratio": first_s / full_s,
+        "stream_total_s": stream_total_s,
+        "chunks": len(streamed),
+        "audio_s": len(audio) / service.sample_rate,
+        "streamed_equals_one_shot": same,
+        "streamed_max_abs_diff": max_diff,
+        "streamed_snr_db": snr,
+    }
 
 
 def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
     noise = float(np.sum((reference - other) ** 2))
-    return float("inf") if noise == 0 else float(10 * np.log10(float(np.sum(reference ** 2)) / noise))
+    return float("inf") if noise == 0 else float(10 * np.log10(float(np.sum(reference**2)) / noise))
 
 
 REPEATS = 2  # end-to-end measures: best of this many
@@ -215,8 +255,17 @@ def bench_end_to_end(service, settings, max_tokens: int, n: int) -> dict:
     from fish_worker.jobs.runner import JobRunner
 
     runner = JobRunner(service, settings)
-    jobs = [{"message": SENTENCES[i % len(SENTENCES)], "seed": 300 + i, "max_tokens": max_tokens,
-             "temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.1} for i in range(n)]
+    jobs = [
+        {
+            "message": SENTENCES[i % len(SENTENCES)],
+            "seed": 300 + i,
+            "max_tokens": max_tokens,
+            "temperature": 0.7,
+            "top_p": 0.8,
+            "repetition_penalty": 1.1,
+        }
+        for i in range(n)
+    ]
 
     async def one(job: dict) -> int:
         output = await runner.result(Job(id="bench", input=job))
@@ -241,9 +290,13 @@ def bench_end_to_end(service, settings, max_tokens: int, n: int) -> dict:
     server_seq, server_par = _server_times(runner, jobs)
     batcher = service.codec.batcher  # FISH_CODEC_BATCH_FRAMES: decodes per batched codec call, over the whole run
     codec = {"decodes": batcher.requests, "batches": batcher.batches} if batcher is not None else None
-    return {"jobs": n, "max_tokens": max_tokens, "codec_batching": codec,
-            "job_runner": {"sequential_s": runner_seq, "concurrent_s": runner_par, "ratio": runner_seq / runner_par},
-            "server": {"sequential_s": server_seq, "concurrent_s": server_par, "ratio": server_seq / server_par}}
+    return {
+        "jobs": n,
+        "max_tokens": max_tokens,
+        "codec_batching": codec,
+        "job_runner": {"sequential_s": runner_seq, "concurrent_s": runner_par, "ratio": runner_seq / runner_par},
+        "server": {"sequential_s": server_seq, "concurrent_s": server_par, "ratio": server_seq / server_par},
+    }
 
 
 def _timed(fn) -> float:
@@ -266,8 +319,12 @@ def _server_times(runner, jobs: list[dict]) -> tuple[float, float]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(runner, runner.settings.model_copy(
-        update={"server": ServerSettings(auth_disabled=True, max_concurrent_jobs=len(jobs))}))
+    app = create_app(
+        runner,
+        runner.settings.model_copy(
+            update={"server": ServerSettings(auth_disabled=True, max_concurrent_jobs=len(jobs))}
+        ),
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -291,8 +348,9 @@ def _server_times(runner, jobs: list[dict]) -> tuple[float, float]:
 
     try:
         asyncio.run(sequential())  # warm (first request costs)
-        times = [(_timed(lambda: asyncio.run(sequential())), _timed(lambda: asyncio.run(together())))
-                 for _ in range(REPEATS)]
+        times = [
+            (_timed(lambda: asyncio.run(sequential())), _timed(lambda: asyncio.run(together()))) for _ in range(REPEATS)
+        ]
         return min(t[0] for t in times), min(t[1] for t in times)
     finally:
         server.should_exit = True
@@ -315,13 +373,22 @@ def kv_memory(service) -> dict:
     # A prefill's batch-1 cache is as long as its prompt and lives only while it runs: in the workspace.
     fixed = weights_bf16 + codec_bytes
     cards = {f"{gb}GB": int(kv_budget.jobs_that_fit(gb * 10**9, fixed, per_token_bf16)) for gb in (24, 48, 80)}
-    full_context = {f"{gb}GB": int(kv_budget.jobs_that_fit(gb * 10**9, fixed, per_token_bf16, model.config.max_seq_len))
-                    for gb in (24, 48, 80)}
-    return {"bytes_per_token_bf16": per_token_bf16, "bytes_per_token_this_run": int(measured_per_token),
-            "typical_job_tokens": typical, "typical_job_bytes_bf16": typical * per_token_bf16,
-            "text2semantic_bf16_bytes": weights_bf16, "codec_bytes": codec_bytes,
-            "typical_jobs_per_card": cards, "full_context_jobs_per_card": full_context,
-            "pool_tokens": pool.pages * pool.page_size, "max_concurrency": service.max_concurrency}
+    full_context = {
+        f"{gb}GB": int(kv_budget.jobs_that_fit(gb * 10**9, fixed, per_token_bf16, model.config.max_seq_len))
+        for gb in (24, 48, 80)
+    }
+    return {
+        "bytes_per_token_bf16": per_token_bf16,
+        "bytes_per_token_this_run": int(measured_per_token),
+        "typical_job_tokens": typical,
+        "typical_job_bytes_bf16": typical * per_token_bf16,
+        "text2semantic_bf16_bytes": weights_bf16,
+        "codec_bytes": codec_bytes,
+        "typical_jobs_per_card": cards,
+        "full_context_jobs_per_card": full_context,
+        "pool_tokens": pool.pages * pool.page_size,
+        "max_concurrency": service.max_concurrency,
+    }
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -336,20 +403,30 @@ def peak_memory(device: torch.device) -> dict:
 
 
 def _timed_subprocess(code: str) -> float:
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def bench_cold_start(checkpoint: Path, device: str) -> dict:
     """Each in a fresh process, with the files in the page cache (each is run once first)."""
-    worker = ("import time; t = time.perf_counter()\n"
-              "from fish_worker.tts.loader import load_tts\nfrom fish_worker.settings import Settings\n"
-              f"load_tts(Settings(checkpoint_dir={str(checkpoint)!r}, device={device!r}, warmup=False))\n"
-              "print(time.perf_counter() - t)")
-    bare = ("import time; t = time.perf_counter()\nimport torch\n"
-            f"for f in ('model.pth', 'codec.pth'): torch.load({str(checkpoint)!r} + '/' + f, map_location={device!r})\n"
-            "print(time.perf_counter() - t)")
+    worker = (
+        "import time; t = time.perf_counter()\n"
+        "from fish_worker.tts.loader import load_tts\nfrom fish_worker.settings import Settings\n"
+        f"load_tts(Settings(checkpoint_dir={str(checkpoint)!r}, device={device!r}, warmup=False))\n"
+        "print(time.perf_counter() - t)"
+    )
+    bare = (
+        "import time; t = time.perf_counter()\nimport torch\n"
+        f"for f in ('model.pth', 'codec.pth'): torch.load({str(checkpoint)!r} + '/' + f, map_location={device!r})\n"
+        "print(time.perf_counter() - t)"
+    )
     _timed_subprocess(bare)
     worker_s = min(_timed_subprocess(worker) for _ in range(2))
     bare_s = min(_timed_subprocess(bare) for _ in range(2))
@@ -360,29 +437,42 @@ def print_table(results: dict) -> None:
     ss = results["single_stream"]
     rows = [("single stream tokens/s", ss["worker_tokens_per_s"], ss["fish_speech_tokens_per_s"], ss["ratio"])]
     for n, r in results["concurrency"].items():
-        rows.append((f"{n} concurrent jobs tokens/s", r["worker_tokens_per_s"],
-                     r["fish_speech_sequential_tokens_per_s"], r["ratio"]))
+        rows.append(
+            (
+                f"{n} concurrent jobs tokens/s",
+                r["worker_tokens_per_s"],
+                r["fish_speech_sequential_tokens_per_s"],
+                r["ratio"],
+            )
+        )
     e2e = results.get("end_to_end")
     if e2e:
         for door in ("job_runner", "server"):
             r = e2e[door]
-            rows.append((f"{e2e['jobs']} jobs via {door} s (vs 1 by 1)", r["concurrent_s"], r["sequential_s"], r["ratio"]))
+            rows.append(
+                (f"{e2e['jobs']} jobs via {door} s (vs 1 by 1)", r["concurrent_s"], r["sequential_s"], r["ratio"])
+            )
     fa = results["first_audio"]
     rows.append(("first audio s (vs full latency)", fa["first_audio_s"], fa["full_latency_s"], fa["ratio"]))
     cs = results.get("cold_start")
     if cs:
-        rows.append(("cold start s (vs bare torch.load)", cs["worker_import_and_load_s"], cs["bare_torch_load_s"],
-                     cs["ratio"]))
+        rows.append(
+            ("cold start s (vs bare torch.load)", cs["worker_import_and_load_s"], cs["bare_torch_load_s"], cs["ratio"])
+        )
     print(f"\n{'measure':<40}{'worker':>12}{'baseline':>12}{'ratio':>9}")
     for name, ours, base, ratio in rows:
         print(f"{name:<40}{ours:>12.3f}{base:>12.3f}{ratio:>8.2f}x")
-    print(f"\nsingle-stream RTF {ss['worker_rtf']:.3f}; same tokens as fish-speech: {ss['same_tokens']}; "
-          f"streamed audio equals one-shot: {fa['streamed_equals_one_shot']} ({fa['chunks']} chunks; "
-          f"max |diff| {fa['streamed_max_abs_diff']:.1e}, SNR {fa['streamed_snr_db']:.1f} dB)")
+    print(
+        f"\nsingle-stream RTF {ss['worker_rtf']:.3f}; same tokens as fish-speech: {ss['same_tokens']}; "
+        f"streamed audio equals one-shot: {fa['streamed_equals_one_shot']} ({fa['chunks']} chunks; "
+        f"max |diff| {fa['streamed_max_abs_diff']:.1e}, SNR {fa['streamed_snr_db']:.1f} dB)"
+    )
     kv = results["kv_memory"]
-    print(f"KV cache: {kv['bytes_per_token_bf16']:,} B/token in bf16; typical job ({kv['typical_job_tokens']} tokens) "
-          f"{kv['typical_job_bytes_bf16'] / 1e6:.0f} MB; typical jobs per card {kv['typical_jobs_per_card']} "
-          f"(full context per job: {kv['full_context_jobs_per_card']})")
+    print(
+        f"KV cache: {kv['bytes_per_token_bf16']:,} B/token in bf16; typical job ({kv['typical_job_tokens']} tokens) "
+        f"{kv['typical_job_bytes_bf16'] / 1e6:.0f} MB; typical jobs per card {kv['typical_jobs_per_card']} "
+        f"(full context per job: {kv['full_context_jobs_per_card']})"
+    )
     print(f"peak memory: {results['memory']}")
     codec = (results.get("end_to_end") or {}).get("codec_batching")
     if codec:
@@ -395,8 +485,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer tokens per job (a smoke run)")
     parser.add_argument("--size", choices=["bench", "s1-mini"], default="bench")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compile", action="store_true",
-                        help="FISH_COMPILE for the worker; fish-speech's decode step compiled as its init_model does")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="FISH_COMPILE for the worker; fish-speech's decode step compiled as its init_model does",
+    )
     parser.add_argument("--levels", default=None, help="concurrent jobs to measure (default 1,4,8; cuda 1,8,16)")
     parser.add_argument("--max-tokens", type=int, default=None, help="frames per job (default 48, --quick 16)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="reuse a written checkpoint directory")
@@ -417,24 +510,41 @@ def main() -> None:
         checkpoint = args.checkpoint or Path(tmp) / f"{args.size}-ckpt"
         if not (checkpoint / "model.pth").is_file():
             write_tiny_checkpoint(checkpoint, seed=0, size=args.size)
-        settings = Settings(checkpoint_dir=checkpoint, device=args.device, warmup=False, compile=args.compile,
-                            max_concurrency=max(levels))
+        settings = Settings(
+            checkpoint_dir=checkpoint,
+            device=args.device,
+            warmup=False,
+            compile=args.compile,
+            max_concurrency=max(levels),
+        )
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         service = load_tts(settings)
         if args.compile:
             from fish_speech.models.text2semantic.inference import decode_one_token_ar
 
-            FISH_DECODE_ONE_TOKEN = torch.compile(decode_one_token_ar, fullgraph=True,
-                                                  **({"mode": "reduce-overhead"} if device.type == "cuda" else {"backend": "aot_eager"}))
+            FISH_DECODE_ONE_TOKEN = torch.compile(
+                decode_one_token_ar,
+                fullgraph=True,
+                **({"mode": "reduce-overhead"} if device.type == "cuda" else {"backend": "aot_eager"}),
+            )
         silence_logs()
         results = {
-            "machine": {"device": str(device), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                        **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})},
-            "checkpoint": {"size": args.size, "max_tokens_per_job": max_tokens, "compile": args.compile,
-                           "precision": str(service.generator.caches.k[0].dtype),
-                           "parameters_m": round(sum(p.numel() for p in service.generator.model.parameters()) / 1e6, 1)},
+            "machine": {
+                "device": str(device),
+                "cores": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+                **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
+            },
+            "checkpoint": {
+                "size": args.size,
+                "max_tokens_per_job": max_tokens,
+                "compile": args.compile,
+                "precision": str(service.generator.caches.k[0].dtype),
+                "parameters_m": round(sum(p.numel() for p in service.generator.model.parameters()) / 1e6, 1),
+            },
             "single_stream": bench_single_stream(service, max_tokens),
             "concurrency": bench_concurrency(service, max_tokens, levels, args.fish_jobs),
             "end_to_end": bench_end_to_end(service, settings, max_tokens, max(n for n in levels if n <= 8)),

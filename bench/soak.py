@@ -53,8 +53,11 @@ async def soak(base_url: str, key: str, args, server_pid: int) -> None:
 
     def report() -> None:
         memory = rss_kib(server_pid)
-        print(f"{answered:>6} {memory['VmRSS'] / 1024:>8.0f} {memory['VmHWM'] / 1024:>9.0f} "
-              f"{time.monotonic() - started:>10.1f}", flush=True)
+        print(
+            f"{answered:>6} {memory['VmRSS'] / 1024:>8.0f} {memory['VmHWM'] / 1024:>9.0f} "
+            f"{time.monotonic() - started:>10.1f}",
+            flush=True,
+        )
 
     async def one(http: httpx.AsyncClient, kind: str, text: str) -> int:
         job = {"message": text, "max_tokens": args.max_tokens, "mode": "tts"}
@@ -62,16 +65,22 @@ async def soak(base_url: str, key: str, args, server_pid: int) -> None:
             fmt = rng.choice(["wav", "mp3", "opus", "flac"])
             return (await http.post("/run", json={"input": {**job, "audio_format": fmt}}, headers=auth)).status_code
         if kind == "stream":
-            async with http.stream("POST", "/run", json={"input": {**job, "stream": True, "audio_format": "mp3"}},
-                                   headers=auth) as response:
+            async with http.stream(
+                "POST", "/run", json={"input": {**job, "stream": True, "audio_format": "mp3"}}, headers=auth
+            ) as response:
                 async for _ in response.aiter_bytes():
                     pass
                 return response.status_code
         if kind == "clone":
             clone = {**job, "reference_audio": reference, "reference_text": "A steady tone."}
             return (await http.post("/run", json={"input": clone}, headers=auth)).status_code
-        speech = {"model": "tts-1", "input": text, "voice": "alloy", "response_format": "wav",
-                  "max_tokens": args.max_tokens}
+        speech = {
+            "model": "tts-1",
+            "input": text,
+            "voice": "alloy",
+            "response_format": "wav",
+            "max_tokens": args.max_tokens,
+        }
         return (await http.post("/v1/audio/speech", json=speech, headers=auth)).status_code
 
     async def client(http: httpx.AsyncClient) -> None:
@@ -103,9 +112,11 @@ def main() -> None:
     args = parser.parse_args()
     # The server inherits this process's environment (start_server): the allocator applies to it only.
     os.environ.update(allocator_environment(args.allocator))
-    print(f"allocator {args.allocator} {ALLOCATORS[args.allocator] or '(glibc defaults)'}; {args.jobs} jobs, "
-          f"{args.clients} clients, FISH_MAX_CONCURRENCY={args.max_concurrency}, max_tokens {args.max_tokens}",
-          flush=True)
+    print(
+        f"allocator {args.allocator} {ALLOCATORS[args.allocator] or '(glibc defaults)'}; {args.jobs} jobs, "
+        f"{args.clients} clients, FISH_MAX_CONCURRENCY={args.max_concurrency}, max_tokens {args.max_tokens}",
+        flush=True,
+    )
     key = "soak-key"
     with tempfile.TemporaryDirectory() as workdir:
         server, base_url = start_server(Path(workdir), args, {"soak": key})

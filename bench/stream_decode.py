@@ -36,15 +36,16 @@ from fish_worker.engine.incremental_decode import IncrementalDecoder  # noqa: E4
 
 def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
     noise = float(np.sum((reference - other) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference ** 2)) / noise)
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference**2)) / noise)
 
 
 def random_codes(codec: Codec, frames: int, seed: int = 0) -> torch.Tensor:
     quantizer = codec.model.quantizer
     generator = torch.Generator().manual_seed(seed)
     semantic = torch.randint(0, quantizer.semantic_quantizer.codebook_size, (1, frames), generator=generator)
-    residual = torch.randint(0, quantizer.quantizer.codebook_size, (quantizer.quantizer.n_codebooks, frames),
-                             generator=generator)
+    residual = torch.randint(
+        0, quantizer.quantizer.codebook_size, (quantizer.quantizer.n_codebooks, frames), generator=generator
+    )
     return torch.cat([semantic, residual])
 
 
@@ -82,8 +83,8 @@ def old_windows(codec: Codec, codes: torch.Tensor, context: int = 16) -> np.ndar
     pieces, done, window = [], 0, 8
     while done < codes.shape[1]:
         end = min(done + window, codes.shape[1])
-        audio = codec.decode(codes[:, max(0, done - context):end])
-        pieces.append(audio[-(end - done) * codec.samples_per_frame:])
+        audio = codec.decode(codes[:, max(0, done - context) : end])
+        pieces.append(audio[-(end - done) * codec.samples_per_frame :])
         done, window = end, min(window * 2, 64)
     return np.concatenate(pieces)
 
@@ -113,30 +114,43 @@ def main() -> int:
     audio, windows, state_bytes = streamed(codec, codes)
     post = codec.model.quantizer.post_module
     results = {
-        "size": args.size, "device": str(device), "precision": str(precision), "frames": args.frames,
+        "size": args.size,
+        "device": str(device),
+        "precision": str(precision),
+        "frames": args.frames,
         "post_module": {"layers": len(post.layers), "window": post.window_size, "dim": post.config.dim},
-        "one_shot_s": whole_s, "streamed_s": sum(w["total_s"] for w in windows), "windows": windows,
-        "max_abs_diff": float(np.max(np.abs(audio - whole))), "snr_db": snr_db(whole, audio),
-        "peak": float(np.max(np.abs(whole))), "state_bytes_per_stream": state_bytes,
+        "one_shot_s": whole_s,
+        "streamed_s": sum(w["total_s"] for w in windows),
+        "windows": windows,
+        "max_abs_diff": float(np.max(np.abs(audio - whole))),
+        "snr_db": snr_db(whole, audio),
+        "peak": float(np.max(np.abs(whole))),
+        "state_bytes_per_stream": state_bytes,
     }
     if args.old:
         old = old_windows(codec, codes)
         results["old_max_abs_diff"] = float(np.max(np.abs(old - whole)))
         results["old_snr_db"] = snr_db(whole, old)
-    exact = (results["max_abs_diff"] <= 1e-4 if precision == torch.float32 else results["snr_db"] >= 30)
+    exact = results["max_abs_diff"] <= 1e-4 if precision == torch.float32 else results["snr_db"] >= 30
     results["streamed_equals_one_shot"] = exact
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{args.size} codec ({results['post_module']}), {args.frames} frames, {device} {precision}")
     print(f"one-shot decode {whole_s:.2f} s; streamed {results['streamed_s']:.2f} s in {len(windows)} windows")
     for w in windows:
-        print(f"  window {w['frames']:>3} frames: {w['total_s']:.3f} s (transformer step {w['transformer_s']:.3f} s, "
-              f"convolutions {w['conv_s']:.3f} s)")
-    print(f"streamed vs one-shot: max |diff| {results['max_abs_diff']:.2e} (peak {results['peak']:.3f}), "
-          f"SNR {results['snr_db']:.1f} dB; state per stream {state_bytes / 1e6:.2f} MB")
+        print(
+            f"  window {w['frames']:>3} frames: {w['total_s']:.3f} s (transformer step {w['transformer_s']:.3f} s, "
+            f"convolutions {w['conv_s']:.3f} s)"
+        )
+    print(
+        f"streamed vs one-shot: max |diff| {results['max_abs_diff']:.2e} (peak {results['peak']:.3f}), "
+        f"SNR {results['snr_db']:.1f} dB; state per stream {state_bytes / 1e6:.2f} MB"
+    )
     if args.old:
-        print(f"old (16 frames of context, no state): max |diff| {results['old_max_abs_diff']:.2e}, "
-              f"SNR {results['old_snr_db']:.1f} dB")
+        print(
+            f"old (16 frames of context, no state): max |diff| {results['old_max_abs_diff']:.2e}, "
+            f"SNR {results['old_snr_db']:.1f} dB"
+        )
     print(f"streamed audio equals one-shot: {exact}")
     return 0 if exact else 1
 

@@ -22,8 +22,9 @@ from typing import Any, BinaryIO
 import httpx
 
 
-def stream_chunks(url: str, job_input: dict[str, Any], key: str | None = None,
-                  timeout: float = 600.0) -> Iterator[dict[str, Any]]:
+def stream_chunks(
+    url: str, job_input: dict[str, Any], key: str | None = None, timeout: float = 600.0
+) -> Iterator[dict[str, Any]]:
     """POST /run with stream: true; yield each chunk's `output` as its line arrives."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     body = {"input": {**job_input, "stream": True}}
@@ -40,8 +41,9 @@ def stream_chunks(url: str, job_input: dict[str, Any], key: str | None = None,
             yield event["output"]
 
 
-def save_stream(url: str, text: str, out: BinaryIO, key: str | None = None, audio_format: str = "wav",
-                **fields: Any) -> dict[str, Any]:
+def save_stream(
+    url: str, text: str, out: BinaryIO, key: str | None = None, audio_format: str = "wav", **fields: Any
+) -> dict[str, Any]:
     """Write the streamed audio to `out`; return {"text", "chunks", "bytes"}."""
     texts, chunks, size = [], 0, 0
     for chunk in stream_chunks(url, {"message": text, "audio_format": audio_format, **fields}, key):

@@ -82,8 +82,9 @@ def merge_threads(
     """
     events: queue.Queue[Any] = queue.Queue()  # items, _Failed, _END
     halt = threading.Event()
-    threads = [_start(produce, events.put, halt, f"{name}-{getattr(produce, '__name__', 'producer')}")
-               for produce in producers]
+    threads = [
+        _start(produce, events.put, halt, f"{name}-{getattr(produce, '__name__', 'producer')}") for produce in producers
+    ]
     running = len(threads)
     try:
         while running:

@@ -43,11 +43,12 @@ def field_path(parts: Sequence[str | int], *, brackets: bool = False, whole: str
     """Where in the input: "message", "extra.deep.1"; a key that is not a plain name is quoted ("''.x").
     `brackets`: list indexes as the Fish doors write them, "references[0].audio"; `whole`: the name of
     the input itself (no parts)."""
-    shown_parts = [str(p) if isinstance(p, int) or _PLAIN_NAME.fullmatch(str(p)) else shown(str(p), 40)
-                   for p in parts]
+    shown_parts = [str(p) if isinstance(p, int) or _PLAIN_NAME.fullmatch(str(p)) else shown(str(p), 40) for p in parts]
     if brackets:
-        return "".join(f"[{s}]" if isinstance(p, int) else f".{s}" for p, s in zip(parts, shown_parts)).lstrip(".") \
+        return (
+            "".join(f"[{s}]" if isinstance(p, int) else f".{s}" for p, s in zip(parts, shown_parts)).lstrip(".")
             or whole
+        )
     return ".".join(shown_parts) or whole
 
 
@@ -59,8 +60,13 @@ class Problem(NamedTuple):
     type: str  # pydantic's error type ("less_than_equal", "extra_forbidden", ...), for a caller's own wording
 
 
-def first_problem(errors: "ValidationError | Sequence[Mapping[str, Any]]", *, brackets: bool = False,
-                  skip: Collection[str | int] = (), whole: str = "input") -> Problem:
+def first_problem(
+    errors: "ValidationError | Sequence[Mapping[str, Any]]",
+    *,
+    brackets: bool = False,
+    skip: Collection[str | int] = (),
+    whole: str = "input",
+) -> Problem:
     """The one reading of a pydantic error, for every door and file (FastAPI's RequestValidationError
     gives its `errors()` list). `brackets` and `whole` as in `field_path`; `skip`: location parts that are
     not the caller's field names (FastAPI's "body")."""

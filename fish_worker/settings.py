@@ -31,7 +31,9 @@ RUNPOD_VOLUME = Path("/runpod-volume")
 def configure_logging(level: str) -> None:
     """The process's log lines at `level` (FISH_LOG_LEVEL), in the one format of every entry point
     (the worker, the server, the quick start), to stderr. Called once, by the entry point."""
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def default_voices_dir() -> Path:
@@ -60,11 +62,14 @@ class _FlatEnvSource(EnvSettingsSource):
 
 class _WithSections(BaseSettings):
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, _FlatEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
 
@@ -82,8 +87,9 @@ class ServerSettings(BaseSettings):
     host: str = "0.0.0.0"
     # PORT / PORT_HEALTH: what RunPod load-balancing endpoints set. Health unset: /ping on `port`.
     port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("port", "PORT", "FISH_PORT"))
-    port_health: int | None = Field(None, ge=1, le=65535,
-                                    validation_alias=AliasChoices("port_health", "PORT_HEALTH", "FISH_PORT_HEALTH"))
+    port_health: int | None = Field(
+        None, ge=1, le=65535, validation_alias=AliasChoices("port_health", "PORT_HEALTH", "FISH_PORT_HEALTH")
+    )
     # Jobs generating at once, across all doors; unset: the worker's FISH_MAX_CONCURRENCY, so the
     # server batches concurrent jobs exactly like a RunPod worker does.
     max_concurrent_jobs: int | None = Field(None, ge=1)
@@ -163,8 +169,9 @@ class S3Settings(BaseSettings):
     key_prefix: str = "fish-speech"
     url_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
 
-    _unset_when_empty = field_validator("bucket", "endpoint_url", "access_key_id", "secret_access_key", "region",
-                                        mode="before")(_empty_is_unset)
+    _unset_when_empty = field_validator(
+        "bucket", "endpoint_url", "access_key_id", "secret_access_key", "region", mode="before"
+    )(_empty_is_unset)
 
 
 class StorageSettings(_WithSections):
@@ -220,8 +227,9 @@ class ChatSettings(BaseSettings):
     @model_validator(mode="after")
     def _one_backend(self) -> "ChatSettings":
         if self.model_dir is not None and self.base_url is not None:
-            raise ValueError("set FISH_CHAT_MODEL_DIR (a local chat model) or FISH_CHAT_BASE_URL (a remote engine), "
-                             "not both")
+            raise ValueError(
+                "set FISH_CHAT_MODEL_DIR (a local chat model) or FISH_CHAT_BASE_URL (a remote engine), not both"
+            )
         return self
 
 
@@ -258,8 +266,9 @@ class AsrSettings(BaseSettings):
     @model_validator(mode="after")
     def _one_backend(self) -> "AsrSettings":
         if self.model_dir is not None and self.base_url is not None:
-            raise ValueError("set FISH_ASR_MODEL_DIR (a local Whisper model) or FISH_ASR_BASE_URL (a remote "
-                             "server), not both")
+            raise ValueError(
+                "set FISH_ASR_MODEL_DIR (a local Whisper model) or FISH_ASR_BASE_URL (a remote server), not both"
+            )
         return self
 
 
@@ -320,7 +329,7 @@ class Settings(_WithSections):
 
 
 def parse_api_keys(text: str) -> dict[str, str]:
-    """"alice:KEY1,bob:KEY2,KEY3" → {KEY1: alice, KEY2: bob, KEY3: key-<hash>}.
+    """ "alice:KEY1,bob:KEY2,KEY3" → {KEY1: alice, KEY2: bob, KEY3: key-<hash>}.
 
     An entry is named when the part before its first ":" is a tenant name; several keys may name one
     tenant (e.g. while rotating keys). A plain key's tenant is a short hash of it, stable across restarts.

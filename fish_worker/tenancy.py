@@ -21,6 +21,8 @@ def validate_tenant(tenant: Any) -> str | None:
     if tenant is None:
         return None
     if not isinstance(tenant, str) or not TENANT_PATTERN.fullmatch(tenant):
-        raise ValueError(f"invalid tenant {str(tenant)[:40]!r}: use 1-64 letters, digits, '_' or '-', "
-                         "starting with a letter or digit")
+        raise ValueError(
+            f"invalid tenant {str(tenant)[:40]!r}: use 1-64 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
     return tenant

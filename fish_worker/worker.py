@@ -110,8 +110,11 @@ def build_conversations(service: TTSService, settings: Settings, chat=_UNSET) ->
     except ConversationStoreError as exc:
         # Not fatal: jobs without a conversation_id still work, and those with one fail clearly.
         log.error("%s; jobs with a conversation_id fail until it is reachable", exc)
-    log.info("conversations: %s store, chat mode %s", "Redis" if storage.redis_url else "in-process",
-             "on" if chat else "off (no FISH_CHAT_MODEL_DIR or FISH_CHAT_BASE_URL)")
+    log.info(
+        "conversations: %s store, chat mode %s",
+        "Redis" if storage.redis_url else "in-process",
+        "on" if chat else "off (no FISH_CHAT_MODEL_DIR or FISH_CHAT_BASE_URL)",
+    )
     return ConversationService(service, store, chat=chat, settings=settings)
 
 
@@ -133,8 +136,9 @@ def queue_job_handler(runner: JobRunner):
     return QueueJobHandler(whole=runner.result, stream=runner.stream)
 
 
-async def run_local_job(runner: JobRunner, job: dict[str, Any],
-                        on_stream: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+async def run_local_job(
+    runner: JobRunner, job: dict[str, Any], on_stream: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """What the platform would store for this job, through the same per-job code as the worker loop.
 
     runpod's own `--test_input` mode does not iterate generators; ours is the queue's path exactly.
@@ -170,5 +174,6 @@ def main(argv: list[str] | None = None) -> None:
     install(handler)
     # Several jobs at once: the handler is async and their decoding steps are batched (engine/batching.py).
     # The plain `handler.result` (the whole result) is what the SDK's own modes (--rp_serve_api) call.
-    runpod.serverless.start({"handler": handler.result,
-                             "concurrency_modifier": lambda current: runner.service.max_concurrency})
+    runpod.serverless.start(
+        {"handler": handler.result, "concurrency_modifier": lambda current: runner.service.max_concurrency}
+    )

@@ -43,12 +43,43 @@ FUZZ_MAX_JOB_FRAMES = 8  # valid jobs generate at most this many codec frames in
 ACTIONS = ["save_voice", "list_voices", "delete_voice", "end_conversation"]
 # Fields a rejection may name besides the input's own keys (those of JobInput and of the actions).
 KNOWN_FIELDS = {
-    "input", "action", "message", "conversation_id", "temperature", "max_tokens", "reference_audio",
-    "reference_text", "stream", "top_p", "repetition_penalty", "seed", "mode", "system_prompt",
-    "audio_format", "voice_id", "overwrite", "limit", "cursor",
+    "input",
+    "action",
+    "message",
+    "conversation_id",
+    "temperature",
+    "max_tokens",
+    "reference_audio",
+    "reference_text",
+    "stream",
+    "top_p",
+    "repetition_penalty",
+    "seed",
+    "mode",
+    "system_prompt",
+    "audio_format",
+    "voice_id",
+    "overwrite",
+    "limit",
+    "cursor",
 }
-HOSTILE_TEXT = ["\ud800", "\udfff", "a\udc80b", "<|im_end|>", "<|semantic:5|>", "<|im_start|>assistant",
-                "\x00", "\u202e", "😀", "ｆｕｌｌ", "e\u0301", "\n\n", "...", "。", "Hi. " * 30]
+HOSTILE_TEXT = [
+    "\ud800",
+    "\udfff",
+    "a\udc80b",
+    "<|im_end|>",
+    "<|semantic:5|>",
+    "<|im_start|>assistant",
+    "\x00",
+    "\u202e",
+    "😀",
+    "ｆｕｌｌ",
+    "e\u0301",
+    "\n\n",
+    "...",
+    "。",
+    "Hi. " * 30,
+]
 
 
 # --- strategies --------------------------------------------------------------------------------
@@ -62,16 +93,23 @@ short_text = st.one_of(
 # Long strings built from a seed piece: cheap for hypothesis to generate however long they are.
 huge_text = st.builds(lambda piece, n: (piece or "x") * n, st.text(any_char, max_size=3), st.integers(1, 300_000))
 numbers = st.one_of(
-    st.integers(), st.integers(-(2**70), 2**70), st.just(2**53), st.just(2**63),
+    st.integers(),
+    st.integers(-(2**70), 2**70),
+    st.just(2**53),
+    st.just(2**63),
     st.floats(allow_nan=True, allow_infinity=True),
 )
 scalars = st.one_of(st.none(), st.booleans(), numbers, short_text, huge_text)
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(short_text, inner, max_size=4),
-                           max_leaves=12)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(short_text, inner, max_size=4), max_leaves=12
+)
 
 plausible = {
-    "message": st.one_of(st.sampled_from(["Hello there.", "One. Two sentences here.", "Hi"]), short_text,
-                         st.builds(lambda s, n: s * n, st.sampled_from(["Hi. ", "word ", "Go! "]), st.integers(1, 600))),
+    "message": st.one_of(
+        st.sampled_from(["Hello there.", "One. Two sentences here.", "Hi"]),
+        short_text,
+        st.builds(lambda s, n: s * n, st.sampled_from(["Hi. ", "word ", "Go! "]), st.integers(1, 600)),
+    ),
     "conversation_id": st.one_of(st.from_regex(r"[A-Za-z0-9_.:-]{1,20}", fullmatch=True), short_text),
     "temperature": st.floats(0.0, 1.5) | st.sampled_from([math.nan, math.inf, -math.inf]),
     "max_tokens": st.integers(-2, 5000),
@@ -131,6 +169,7 @@ def job_inputs(draw) -> Any:
 
 # --- running and judging one case --------------------------------------------------------------
 
+
 @dataclass
 class Report:
     cases: int = 0
@@ -141,8 +180,12 @@ class Report:
     slowest_s: float = 0.0
 
     def summary(self) -> str:
-        lines = [f"cases: {self.cases}", f"succeeded: {self.succeeded}", f"ended without audio: {self.no_audio}",
-                 f"rejected: {sum(self.rejections.values())}"]
+        lines = [
+            f"cases: {self.cases}",
+            f"succeeded: {self.succeeded}",
+            f"ended without audio: {self.no_audio}",
+            f"rejected: {sum(self.rejections.values())}",
+        ]
         lines += [f"  {name}: {count}" for name, count in self.rejections.most_common()]
         lines += [f"slowest case: {self.slowest_s:.2f} s", f"failures: {len(self.failures)}"]
         lines += [f"  {failure}" for failure in self.failures[:30]]
@@ -204,14 +247,16 @@ def run_case(runner, job_input: Any, report: Report, timeout_s: float) -> None:
     report.cases += 1
     started = time.perf_counter()
     try:
-        chunks = asyncio.run(asyncio.wait_for(_collect(runner, Job(id=f"fuzz-{report.cases}", input=job_input)),
-                                              timeout_s))
+        chunks = asyncio.run(
+            asyncio.wait_for(_collect(runner, Job(id=f"fuzz-{report.cases}", input=job_input)), timeout_s)
+        )
     except asyncio.TimeoutError:
         report.failures.append(f"hang (over {timeout_s} s); input {bounded(repr(job_input), 160)}")
         return
     except BaseException as exc:  # noqa: BLE001 - an escape is exactly what we are looking for
-        report.failures.append(f"escape {type(exc).__name__}: {bounded(str(exc), 160)}; "
-                               f"input {bounded(repr(job_input), 160)}")
+        report.failures.append(
+            f"escape {type(exc).__name__}: {bounded(str(exc), 160)}; input {bounded(repr(job_input), 160)}"
+        )
         return
     finally:
         report.slowest_s = max(report.slowest_s, time.perf_counter() - started)
@@ -222,8 +267,14 @@ def fuzz(runner, cases: int, seed: int = 0, timeout_s: float = 30.0, progress: b
     """Run `cases` generated inputs through `runner` (whose settings should cap job frames low)."""
     report = Report()
 
-    @hypothesis_settings(max_examples=cases, deadline=None, database=None, phases=[Phase.generate],
-                         suppress_health_check=list(HealthCheck), derandomize=False)
+    @hypothesis_settings(
+        max_examples=cases,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        derandomize=False,
+    )
     @hypothesis_seed(seed)
     @given(job_inputs())
     def one(job_input):
@@ -242,8 +293,14 @@ def build_runner(checkpoint: Path | None, work: Path):
     from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
     checkpoint = checkpoint or write_tiny_checkpoint(work / "checkpoint", seed=0)
-    settings = Settings(checkpoint_dir=checkpoint, device="cpu", warmup=False, max_job_frames=FUZZ_MAX_JOB_FRAMES,
-                        reference_max_seconds=5.0, storage=StorageSettings(voices_dir=work / "voices"))
+    settings = Settings(
+        checkpoint_dir=checkpoint,
+        device="cpu",
+        warmup=False,
+        max_job_frames=FUZZ_MAX_JOB_FRAMES,
+        reference_max_seconds=5.0,
+        storage=StorageSettings(voices_dir=work / "voices"),
+    )
     return JobRunner(load_tts(settings), settings)
 
 

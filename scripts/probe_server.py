@@ -55,7 +55,14 @@ import ormsgpack
 import soundfile as sf
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
-    AcceptConnection, BytesMessage, CloseConnection, Message, RejectConnection, Request, TextMessage)
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # --start writes a tiny checkpoint with fish_worker's devtools
@@ -175,6 +182,7 @@ def encode_multipart(doc: dict[str, Any], boundary: str) -> bytes:
 @dataclass(frozen=True)
 class Field:
     """A field of a door's document: where it is, which document it goes in, and names its error may use."""
+
     path: PathT
     base: str = "normal"  # key of Door.docs
     names: tuple[str, ...] = ()  # the error must mention one of these (default: the path's last name)
@@ -191,6 +199,7 @@ class Field:
 class Door:
     """One way in. `docs` holds its documents: "normal" (small, fast), "long" (many seconds of audio,
     if it generates), "clip" (with a good reference clip, if it takes audio)."""
+
     name: str
     path: str
     encoding: str  # json | msgpack | multipart | ws
@@ -217,9 +226,10 @@ def _seed_long(**extra: Any) -> dict[str, Any]:
     return {"input": {"message": LONG_TEXT, "max_tokens": 1000, "seed": 1, **extra}}
 
 
-SEED_TEXT = tuple(Field(("input", name)) for name in ("message", "reference_text", "voice_id", "conversation_id",
-                                                      "system_prompt", "audio_format", "mode")) + (
-    Field(("webhook",)),)  # RunPod's extras beside `input`: accepted and ignored, but text all the same
+SEED_TEXT = tuple(
+    Field(("input", name))
+    for name in ("message", "reference_text", "voice_id", "conversation_id", "system_prompt", "audio_format", "mode")
+) + (Field(("webhook",)),)  # RunPod's extras beside `input`: accepted and ignored, but text all the same
 SEED_AUDIO = (Field(("input", "reference_audio"), base="clip"),)
 
 
@@ -227,74 +237,195 @@ def _fish(**extra: Any) -> dict[str, Any]:
     return {"text": "Hi there.", "format": "pcm", "max_new_tokens": 4, "temperature": 0.7, **extra}
 
 
-FISH_TEXT = (Field(("text",)), Field(("reference_id",)), Field(("format",)), Field(("latency",)),
-             Field(("references", 0, "text"), base="clip", names=("references", "text")))
+FISH_TEXT = (
+    Field(("text",)),
+    Field(("reference_id",)),
+    Field(("format",)),
+    Field(("latency",)),
+    Field(("references", 0, "text"), base="clip", names=("references", "text")),
+)
 FISH_AUDIO = (Field(("references", 0, "audio"), base="clip", names=("references", "audio")),)
 
 
 def build_doors(clip: bytes) -> list[Door]:
     seed_docs = {"normal": _seed(), "clip": _seed(reference_audio=clip, reference_text="A steady tone.")}
-    fish_docs = {"normal": _fish(), "long": _fish(text=LONG_TEXT, max_new_tokens=1000, chunk_length=100),
-                 "clip": _fish(references=[{"audio": clip, "text": "A steady tone."}])}
+    fish_docs = {
+        "normal": _fish(),
+        "long": _fish(text=LONG_TEXT, max_new_tokens=1000, chunk_length=100),
+        "clip": _fish(references=[{"audio": clip, "text": "A steady tone."}]),
+    }
     voice_message = {"input": {"audio": clip, "language": "en", "mode": "tts", "max_tokens": 4, "seed": 1}}
     live_docs = {name: {"request": {**doc, "text": ""}, "texts": [doc["text"]]} for name, doc in fish_docs.items()}
-    openai = {"model": "tts-1", "input": "Hi there.", "voice": "alloy", "response_format": "wav",
-              "max_tokens": 4, "seed": 1}
+    openai = {
+        "model": "tts-1",
+        "input": "Hi there.",
+        "voice": "alloy",
+        "response_format": "wav",
+        "max_tokens": 4,
+        "seed": 1,
+    }
     return [
-        Door("seed-run", "/run", "json", {**seed_docs, "long": _seed_long(audio_format="mp3")},
-             SEED_TEXT, SEED_AUDIO, abandon="hangup"),
-        Door("seed-run-stream", "/run", "json",
-             {"normal": _seed(stream=True), "long": _seed_long(stream=True, audio_format="float"),
-              "clip": {"input": {**seed_docs["clip"]["input"], "stream": True}}},
-             SEED_TEXT, SEED_AUDIO, streams=True, abandon="hangup"),
-        Door("seed-save-voice", "/run", "json",
-             {"normal": {"input": {"action": "save_voice", "voice_id": "probe-voice", "reference_audio": clip,
-                                   "reference_text": "A steady tone.", "overwrite": True}}},
-             (Field(("input", "voice_id")), Field(("input", "reference_text"))),
-             (Field(("input", "reference_audio")),)),
+        Door(
+            "seed-run",
+            "/run",
+            "json",
+            {**seed_docs, "long": _seed_long(audio_format="mp3")},
+            SEED_TEXT,
+            SEED_AUDIO,
+            abandon="hangup",
+        ),
+        Door(
+            "seed-run-stream",
+            "/run",
+            "json",
+            {
+                "normal": _seed(stream=True),
+                "long": _seed_long(stream=True, audio_format="float"),
+                "clip": {"input": {**seed_docs["clip"]["input"], "stream": True}},
+            },
+            SEED_TEXT,
+            SEED_AUDIO,
+            streams=True,
+            abandon="hangup",
+        ),
+        Door(
+            "seed-save-voice",
+            "/run",
+            "json",
+            {
+                "normal": {
+                    "input": {
+                        "action": "save_voice",
+                        "voice_id": "probe-voice",
+                        "reference_audio": clip,
+                        "reference_text": "A steady tone.",
+                        "overwrite": True,
+                    }
+                }
+            },
+            (Field(("input", "voice_id")), Field(("input", "reference_text"))),
+            (Field(("input", "reference_audio")),),
+        ),
         # Speech in (a voice message as the job's input, the transcribe action): the server has a tiny Whisper.
-        Door("seed-voice-message", "/run", "json",
-             {"normal": voice_message, "clip": voice_message},
-             (Field(("input", "language")), Field(("input", "mode"))), (Field(("input", "audio"), base="clip"),)),
-        Door("seed-transcribe", "/run", "json",
-             {"normal": {"input": {"action": "transcribe", "audio": clip, "language": "en"}}},
-             (Field(("input", "language")),), (Field(("input", "audio")),)),
+        Door(
+            "seed-voice-message",
+            "/run",
+            "json",
+            {"normal": voice_message, "clip": voice_message},
+            (Field(("input", "language")), Field(("input", "mode"))),
+            (Field(("input", "audio"), base="clip"),),
+        ),
+        Door(
+            "seed-transcribe",
+            "/run",
+            "json",
+            {"normal": {"input": {"action": "transcribe", "audio": clip, "language": "en"}}},
+            (Field(("input", "language")),),
+            (Field(("input", "audio")),),
+        ),
         # The transcription doors (OpenAI's multipart form, Fish's ASRRequest in JSON and msgpack).
-        Door("openai-transcribe", "/v1/audio/transcriptions", "multipart",
-             {"normal": {"file": clip, "model": "whisper-1", "language": "en", "response_format": "verbose_json",
-                         "prompt": "A tone."}},
-             tuple(Field((name,)) for name in ("model", "language", "prompt", "response_format")),
-             (Field(("file",)),)),
-        Door("fish-asr-json", "/v1/asr", "json", {"normal": {"audio": clip, "language": "en"}},
-             (Field(("language",)),), (Field(("audio",)),)),
-        Door("fish-asr-msgpack", "/v1/asr", "msgpack", {"normal": {"audio": clip, "language": "en"}},
-             (Field(("language",)),), (Field(("audio",)),)),
-        Door("v2-runsync", f"{V2}/runsync", "json", {**seed_docs, "long": _seed_long(audio_format="mp3")},
-             SEED_TEXT, SEED_AUDIO, answer="v2-sync"),
-        Door("v2-run", f"{V2}/run", "json", {**seed_docs, "long": _seed_long(stream=True, audio_format="mp3")},
-             SEED_TEXT, SEED_AUDIO, answer="v2-job", abandon="cancel"),
-        Door("openai-speech", "/v1/audio/speech", "json",
-             {"normal": openai, "long": {**openai, "input": LONG_TEXT, "max_tokens": 1000}},
-             tuple(Field((name,)) for name in ("input", "voice", "model", "instructions", "response_format")),
-             abandon="hangup"),
-        Door("openai-speech-stream", "/v1/audio/speech", "json",
-             {"normal": {**openai, "stream": True},
-              "long": {**openai, "input": LONG_TEXT, "max_tokens": 1000, "stream": True, "response_format": "pcm"}},
-             tuple(Field((name,)) for name in ("input", "voice", "model", "instructions")),
-             streams=True, abandon="hangup"),
+        Door(
+            "openai-transcribe",
+            "/v1/audio/transcriptions",
+            "multipart",
+            {
+                "normal": {
+                    "file": clip,
+                    "model": "whisper-1",
+                    "language": "en",
+                    "response_format": "verbose_json",
+                    "prompt": "A tone.",
+                }
+            },
+            tuple(Field((name,)) for name in ("model", "language", "prompt", "response_format")),
+            (Field(("file",)),),
+        ),
+        Door(
+            "fish-asr-json",
+            "/v1/asr",
+            "json",
+            {"normal": {"audio": clip, "language": "en"}},
+            (Field(("language",)),),
+            (Field(("audio",)),),
+        ),
+        Door(
+            "fish-asr-msgpack",
+            "/v1/asr",
+            "msgpack",
+            {"normal": {"audio": clip, "language": "en"}},
+            (Field(("language",)),),
+            (Field(("audio",)),),
+        ),
+        Door(
+            "v2-runsync",
+            f"{V2}/runsync",
+            "json",
+            {**seed_docs, "long": _seed_long(audio_format="mp3")},
+            SEED_TEXT,
+            SEED_AUDIO,
+            answer="v2-sync",
+        ),
+        Door(
+            "v2-run",
+            f"{V2}/run",
+            "json",
+            {**seed_docs, "long": _seed_long(stream=True, audio_format="mp3")},
+            SEED_TEXT,
+            SEED_AUDIO,
+            answer="v2-job",
+            abandon="cancel",
+        ),
+        Door(
+            "openai-speech",
+            "/v1/audio/speech",
+            "json",
+            {"normal": openai, "long": {**openai, "input": LONG_TEXT, "max_tokens": 1000}},
+            tuple(Field((name,)) for name in ("input", "voice", "model", "instructions", "response_format")),
+            abandon="hangup",
+        ),
+        Door(
+            "openai-speech-stream",
+            "/v1/audio/speech",
+            "json",
+            {
+                "normal": {**openai, "stream": True},
+                "long": {**openai, "input": LONG_TEXT, "max_tokens": 1000, "stream": True, "response_format": "pcm"},
+            },
+            tuple(Field((name,)) for name in ("input", "voice", "model", "instructions")),
+            streams=True,
+            abandon="hangup",
+        ),
         Door("fish-tts-json", "/v1/tts", "json", fish_docs, FISH_TEXT, FISH_AUDIO, streams=True, abandon="hangup"),
-        Door("fish-tts-msgpack", "/v1/tts", "msgpack", fish_docs, FISH_TEXT, FISH_AUDIO, streams=True,
-             abandon="hangup"),
-        Door("fish-model", "/model", "multipart",
-             {"normal": {"title": "probe voice", "voices": [clip], "texts": ["A steady tone."], "description": "",
-                         "tags": ["probe"]}},
-             (Field(("title",)), Field(("texts", 0)), Field(("description",)), Field(("tags", 0))),
-             (Field(("voices", 0), names=("voices",)),)),
-        Door("fish-live", "/v1/tts/live", "ws", live_docs,
-             tuple(Field(("request",) + f.path, f.base, f.names) for f in FISH_TEXT if f.path != ("format",))
-             + (Field(("texts", 0), names=("text",)),),
-             tuple(Field(("request",) + f.path, f.base, f.names) for f in FISH_AUDIO),
-             streams=True, answer="ws"),
+        Door(
+            "fish-tts-msgpack", "/v1/tts", "msgpack", fish_docs, FISH_TEXT, FISH_AUDIO, streams=True, abandon="hangup"
+        ),
+        Door(
+            "fish-model",
+            "/model",
+            "multipart",
+            {
+                "normal": {
+                    "title": "probe voice",
+                    "voices": [clip],
+                    "texts": ["A steady tone."],
+                    "description": "",
+                    "tags": ["probe"],
+                }
+            },
+            (Field(("title",)), Field(("texts", 0)), Field(("description",)), Field(("tags", 0))),
+            (Field(("voices", 0), names=("voices",)),),
+        ),
+        Door(
+            "fish-live",
+            "/v1/tts/live",
+            "ws",
+            live_docs,
+            tuple(Field(("request",) + f.path, f.base, f.names) for f in FISH_TEXT if f.path != ("format",))
+            + (Field(("texts", 0), names=("text",)),),
+            tuple(Field(("request",) + f.path, f.base, f.names) for f in FISH_AUDIO),
+            streams=True,
+            answer="ws",
+        ),
     ]
 
 
@@ -376,15 +507,17 @@ class ServerWatch:
             log.seek(self._offset)
             text = log.read().decode(errors="replace")
             self._offset = log.tell()
-        return [line.strip() for line in text.splitlines()
-                if "Traceback" in line or "Exception in ASGI application" in line]
+        return [
+            line.strip() for line in text.splitlines() if "Traceback" in line or "Exception in ASGI application" in line
+        ]
 
     def memory_kib(self) -> dict[str, int]:
         if self.pid is None:
             return {}
         with open(f"/proc/{self.pid}/status") as status:
-            return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in status)
-                    if k in ("VmRSS", "VmHWM")}
+            return {
+                k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in status) if k in ("VmRSS", "VmHWM")
+            }
 
     def reset_peak(self) -> int | None:
         """Reset VmHWM to the current RSS (Linux clear_refs); the current RSS in KiB, None without a pid."""
@@ -407,8 +540,10 @@ def http_request(door: Door, doc: Any, key: str, host: str, extra_headers: str =
         body, content_type = encode_multipart(doc, boundary), f"multipart/form-data; boundary={boundary}"
     else:
         body, content_type = (doc if isinstance(doc, bytes) else encode_json(doc)), "application/json"
-    head = (f"POST {door.path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra_headers}Connection: close\r\n\r\n")
+    head = (
+        f"POST {door.path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra_headers}Connection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -486,15 +621,16 @@ def _body(data: bytes) -> bytes:
             break
         if size == 0:
             break
-        out, rest = out + rest[:size], rest[size + 2:]
+        out, rest = out + rest[:size], rest[size + 2 :]
     return out
 
 
 class LiveClient:
     """A WebSocket client on a raw socket (wsproto), so a test decides when, and whether, it reads."""
 
-    def __init__(self, cfg: ProbeConfig, door: Door, rcvbuf: int | None = None,
-                 extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
+    def __init__(
+        self, cfg: ProbeConfig, door: Door, rcvbuf: int | None = None, extra_headers: list[tuple[bytes, bytes]] = ()
+    ) -> None:
         self.sock = connect(cfg, rcvbuf)
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.events: list[Any] = []
@@ -588,8 +724,7 @@ def _error_text(answer_text: str) -> str:
 class Probe:
     def __init__(self, cfg: ProbeConfig) -> None:
         self.cfg = cfg
-        self.http = httpx.Client(base_url=cfg.base_url, timeout=30,
-                                 headers={"Authorization": f"Bearer {cfg.key}"})
+        self.http = httpx.Client(base_url=cfg.base_url, timeout=30, headers={"Authorization": f"Bearer {cfg.key}"})
         self.watch = ServerWatch(cfg.pid, cfg.log_path)
         self.clips = bad_clips(cfg.cache_dir, 22_050 if cfg.short else 44_100)
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -605,8 +740,11 @@ class Probe:
             try:
                 running = self.running()
                 if not running:  # 0, or a server whose /v2 health does not say: the small job decides
-                    answer = self.http.post("/run", json={"input": {"action": "list_voices", "limit": 1}},
-                                            timeout=max(1.0, deadline - time.monotonic()))
+                    answer = self.http.post(
+                        "/run",
+                        json={"input": {"action": "list_voices", "limit": 1}},
+                        timeout=max(1.0, deadline - time.monotonic()),
+                    )
                     if answer.status_code == 200:
                         return True, ""
                     last = f"a small job got {answer.status_code}: {_error_text(answer.text)[:120]}"
@@ -627,8 +765,13 @@ class Probe:
 
     # -- answers
 
-    def judge_refusal(self, door: Door, answer: HttpAnswer | dict[str, Any] | None, names: tuple[str, ...],
-                      allowed: set[int] = REFUSALS) -> tuple[bool, str]:
+    def judge_refusal(
+        self,
+        door: Door,
+        answer: HttpAnswer | dict[str, Any] | None,
+        names: tuple[str, ...],
+        allowed: set[int] = REFUSALS,
+    ) -> tuple[bool, str]:
         """Refused cleanly (4xx / FAILED job / finish-error), naming one of `names` (if any)?"""
         if door.answer == "ws":
             if answer is None:
@@ -659,8 +802,9 @@ class Probe:
             return False, f"{prefix}does not name {'/'.join(names)}: {message[:150]}"
         return True, f"{prefix}{message[:110]}"
 
-    def send_whole(self, door: Door, doc: Any, timeout: float = 60.0, as_json: bool = False
-                   ) -> HttpAnswer | dict[str, Any] | None:
+    def send_whole(
+        self, door: Door, doc: Any, timeout: float = 60.0, as_json: bool = False
+    ) -> HttpAnswer | dict[str, Any] | None:
         """Send `doc` and wait for the door's verdict: an HttpAnswer, or for the live door its finish event."""
         deadline = time.monotonic() + timeout
         if door.answer == "ws":
@@ -718,8 +862,13 @@ class Probe:
         if value == SURROGATE and door.encoding in ("msgpack", "multipart"):
             names += ("body",)  # there the surrogate is bytes that are not UTF-8: refusing the body is right
         answer = self.send_whole(door, doc, as_json=as_json)
-        if value == SURROGATE and door.encoding == "multipart" and isinstance(answer, HttpAnswer) \
-                and answer.status is not None and 200 <= answer.status < 300:
+        if (
+            value == SURROGATE
+            and door.encoding == "multipart"
+            and isinstance(answer, HttpAnswer)
+            and answer.status is not None
+            and 200 <= answer.status < 300
+        ):
             # Starlette reads a form field's bytes that are not UTF-8 as Latin-1 (as browsers' forms fall
             # back): the field holds valid, if garbled, text. Accepting it is not an escape.
             return Outcome(True, f"{answer.status}: read as Latin-1 text (Starlette's form decoding)")
@@ -777,8 +926,7 @@ class Probe:
     def case_never_reader(self, door: Door) -> Outcome:
         conn, _ = self.open_long(door, rcvbuf=4096)
         # Held open and unread through the slot check: the server must give up on it by itself.
-        return Outcome(True, "socket left unread", held=[conn],
-                       slot_bound_s=self.cfg.slot_bound + self.cfg.fill_s)
+        return Outcome(True, "socket left unread", held=[conn], slot_bound_s=self.cfg.slot_bound + self.cfg.fill_s)
 
     def case_mid_stream_hangup(self, door: Door) -> Outcome:
         conn, _ = self.open_long(door)
@@ -822,9 +970,11 @@ class Probe:
         sock = connect(self.cfg, timeout=20)
         try:
             if door.answer == "ws":
-                request = (f"GET {door.path} HTTP/1.1\r\nHost: {self.cfg.host_port[0]}\r\nUpgrade: websocket\r\n"
-                           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                           f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {self.cfg.key}\r\n{filler}\r\n").encode()
+                request = (
+                    f"GET {door.path} HTTP/1.1\r\nHost: {self.cfg.host_port[0]}\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {self.cfg.key}\r\n{filler}\r\n"
+                ).encode()
             else:
                 request = http_request(door, door.docs["normal"], self.cfg.key, self.cfg.host_port[0], filler)
             sock.sendall(request)  # one write
@@ -872,8 +1022,14 @@ class Probe:
         statuses = sorted(str(a.status or a.error) for a in answers)
         # A body refused unread (429, Connection: close) may reach the client as a reset: that is a refusal.
         # What fails: a 5xx, a hang, a close with no answer, or a plain door accepting such a body.
-        bad = [a for a in answers if (a.status is None and a.error in ("", "timed out")) or (a.status or 0) >= 500
-               or a.status == 200 and door.answer == "http"]
+        bad = [
+            a
+            for a in answers
+            if (a.status is None and a.error in ("", "timed out"))
+            or (a.status or 0) >= 500
+            or a.status == 200
+            and door.answer == "http"
+        ]
         summary = f"{count} x {len(request) / 1e6:.1f} MB: {', '.join(sorted(set(statuses)))} (alone: {alone.status})"
         return Outcome(not bad and len(answers) == count, summary, rss_before_kib=before)
 
@@ -895,15 +1051,17 @@ def plan(probe: Probe, door: Door) -> Iterator[tuple[str, Callable[[], Outcome],
         yield "abandoned", lambda: probe.case_abandoned(door), None
     for name, make in probe.clips.items():
         for fld in door.audio_fields:
-            yield (f"{name}:{fld.label}", lambda fld=fld, make=make: probe.case_field(door, fld, make()),
-                   "bomb" if name in MEMORY_CASES else None)
+            yield (
+                f"{name}:{fld.label}",
+                lambda fld=fld, make=make: probe.case_field(door, fld, make()),
+                "bomb" if name in MEMORY_CASES else None,
+            )
     if door.encoding in ("json", "ws"):
         yield "nesting:json", lambda: probe.case_nesting(door, JSON_NESTING, binary=False), None
     if door.encoding in ("msgpack", "ws"):
         yield "nesting:msgpack", lambda: probe.case_nesting(door, MSGPACK_NESTING, binary=True), None
     for fld in door.text_fields:
-        yield (f"surrogate:{fld.label}",
-               lambda fld=fld: probe.case_field(door, fld, SURROGATE, as_json=True), None)
+        yield (f"surrogate:{fld.label}", lambda fld=fld: probe.case_field(door, fld, SURROGATE, as_json=True), None)
     yield "headers-20k", lambda: probe.case_headers(door, 20_000), None
     yield "headers-100k", lambda: probe.case_headers(door, 100_000), None
     if door.encoding != "ws":
@@ -983,13 +1141,19 @@ def run_probe(cfg: ProbeConfig) -> list[Result]:
 # Short deadlines so every case ends in seconds. FISH_SEND_TIMEOUT_S and FISH_BODY_BUDGET_BYTES are the
 # settings issue 23's fixes introduce; an older server ignores them (and fails the cases they fix).
 PROBE_SERVER_ENV = {
-    "FISH_MAX_CONCURRENCY": "1", "FISH_MAX_QUEUED_JOBS": "1", "FISH_MAX_QUEUED_JOBS_PER_TENANT": "1",
+    "FISH_MAX_CONCURRENCY": "1",
+    "FISH_MAX_QUEUED_JOBS": "1",
+    "FISH_MAX_QUEUED_JOBS_PER_TENANT": "1",
     "FISH_MAX_JOB_FRAMES": "1500",  # a long request: ~15 s of generation on 2 busy CPU cores
-    "FISH_SEND_TIMEOUT_S": "2", "FISH_HEADER_TIMEOUT_S": "5",
-    "FISH_BODY_TIMEOUT_S": "10", "FISH_LIVE_IDLE_TIMEOUT_S": "10", "FISH_LIVE_MAX_SESSION_S": "120",
+    "FISH_SEND_TIMEOUT_S": "2",
+    "FISH_HEADER_TIMEOUT_S": "5",
+    "FISH_BODY_TIMEOUT_S": "10",
+    "FISH_LIVE_IDLE_TIMEOUT_S": "10",
+    "FISH_LIVE_MAX_SESSION_S": "120",
     # One body at the default FISH_MAX_BODY_BYTES (23.4 MB) read and parsed at a time: ~100 MB of RSS.
     "FISH_BODY_BUDGET_BYTES": "24000000",
-    "FISH_LOG_LEVEL": "WARNING", "MALLOC_ARENA_MAX": "2",
+    "FISH_LOG_LEVEL": "WARNING",
+    "MALLOC_ARENA_MAX": "2",
 }
 
 
@@ -1002,9 +1166,14 @@ class StartedServer:
 
     def config(self, **overrides: Any) -> ProbeConfig:
         """A ProbeConfig for this server, its deadlines and limits as PROBE_SERVER_ENV set them."""
-        return ProbeConfig(base_url=self.base_url, key=self.key, pid=self.process.pid, log_path=self.log_path,
-                           send_timeout_s=float(PROBE_SERVER_ENV["FISH_SEND_TIMEOUT_S"]),
-                           **overrides)
+        return ProbeConfig(
+            base_url=self.base_url,
+            key=self.key,
+            pid=self.process.pid,
+            log_path=self.log_path,
+            send_timeout_s=float(PROBE_SERVER_ENV["FISH_SEND_TIMEOUT_S"]),
+            **overrides,
+        )
 
     def stop(self) -> None:
         self.process.terminate()
@@ -1021,23 +1190,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(checkpoint: Path, workdir: Path, key: str = "probe-key", env: dict[str, str] | None = None,
-                 timeout_s: float = 240.0) -> StartedServer:
+def start_server(
+    checkpoint: Path, workdir: Path, key: str = "probe-key", env: dict[str, str] | None = None, timeout_s: float = 240.0
+) -> StartedServer:
     """`python -m fish_worker.server` on 127.0.0.1 with PROBE_SERVER_ENV; its stderr in workdir/server.log."""
     port = free_port()
     log_path = workdir / "server.log"
     env = dict(env or {})
     if "FISH_ASR_MODEL_DIR" not in env and "FISH_ASR_BASE_URL" not in env:  # speech in, for its doors
         from fish_worker.devtools.tiny_whisper import write_tiny_whisper
+
         env["FISH_ASR_MODEL_DIR"] = str(write_tiny_whisper(workdir / "tiny-whisper", seed=0))
-    full_env = {**os.environ, **PROBE_SERVER_ENV, **env,
-                "FISH_CHECKPOINT_DIR": str(checkpoint), "FISH_DEVICE": "cpu", "FISH_WARMUP": "false",
-                "FISH_DOWNLOAD_MISSING": "false", "FISH_VOICES_DIR": str(workdir / "voices"),
-                "FISH_HOST": "127.0.0.1", "FISH_PORT": str(port), "FISH_API_KEYS": f"probe:{key}",
-                "TQDM_DISABLE": "1"}
+    full_env = {
+        **os.environ,
+        **PROBE_SERVER_ENV,
+        **env,
+        "FISH_CHECKPOINT_DIR": str(checkpoint),
+        "FISH_DEVICE": "cpu",
+        "FISH_WARMUP": "false",
+        "FISH_DOWNLOAD_MISSING": "false",
+        "FISH_VOICES_DIR": str(workdir / "voices"),
+        "FISH_HOST": "127.0.0.1",
+        "FISH_PORT": str(port),
+        "FISH_API_KEYS": f"probe:{key}",
+        "TQDM_DISABLE": "1",
+    }
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "fish_worker.server"], cwd=ROOT, env=full_env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fish_worker.server"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
     server = StartedServer(process, f"http://127.0.0.1:{port}", key, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -1058,6 +1239,7 @@ def local_server(checkpoint: Path | None = None) -> Iterator[StartedServer]:
         workdir = Path(tmp)
         if checkpoint is None:
             from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
+
             checkpoint = write_tiny_checkpoint(workdir / "checkpoint", seed=0)
         server = start_server(checkpoint, workdir)
         try:
@@ -1077,15 +1259,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the fast mode CI runs (smaller payloads)")
     parser.add_argument("--send-timeout-s", type=float, default=30.0, help="the server's FISH_SEND_TIMEOUT_S")
     parser.add_argument("--max-body-bytes", type=int, help="the server's FISH_MAX_BODY_BYTES")
-    parser.add_argument("--fill-s", type=float, default=5.0,
-                        help="extra bound for a never/slow reader: time for what is generated to fill the buffers")
+    parser.add_argument(
+        "--fill-s",
+        type=float,
+        default=5.0,
+        help="extra bound for a never/slow reader: time for what is generated to fill the buffers",
+    )
     parser.add_argument("--memory-budget-mb", type=float, default=100.0)
     parser.add_argument("--bodies-budget-mb", type=float, default=400.0)
     parser.add_argument("--doors", default="", help="comma-separated door names (default: all)")
     parser.add_argument("--cases", default="", help="comma-separated case name prefixes (default: all)")
     args = parser.parse_args(argv)
-    choose = dict(short=args.short, doors=tuple(filter(None, args.doors.split(","))),
-                  cases=tuple(filter(None, args.cases.split(","))))
+    choose = dict(
+        short=args.short,
+        doors=tuple(filter(None, args.doors.split(","))),
+        cases=tuple(filter(None, args.cases.split(","))),
+    )
     if args.start:
         with local_server(args.checkpoint) as server:
             results = run_probe(server.config(**choose))
@@ -1093,10 +1282,20 @@ def main(argv: list[str] | None = None) -> int:
         if not args.base_url or not args.key:
             parser.error("--base-url and --key (or --start)")
         extra = {"max_body_bytes": args.max_body_bytes} if args.max_body_bytes else {}
-        results = run_probe(ProbeConfig(args.base_url, args.key, args.pid, args.log, send_timeout_s=args.send_timeout_s,
-                                        fill_s=args.fill_s,
-                                        memory_budget_mb=args.memory_budget_mb,
-                                        bodies_budget_mb=args.bodies_budget_mb, **extra, **choose))
+        results = run_probe(
+            ProbeConfig(
+                args.base_url,
+                args.key,
+                args.pid,
+                args.log,
+                send_timeout_s=args.send_timeout_s,
+                fill_s=args.fill_s,
+                memory_budget_mb=args.memory_budget_mb,
+                bodies_budget_mb=args.bodies_budget_mb,
+                **extra,
+                **choose,
+            )
+        )
     return 1 if any(not r.ok for r in results) else 0
 
 

@@ -31,8 +31,13 @@ class Seen:
 
 def chunk(content: str | None = None, finish_reason: str | None = None) -> dict:
     delta = {"content": content} if content is not None else {}
-    return {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "stub-model",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "stub-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
 
 
 def sse(data: dict | str, event: str | None = None) -> bytes:
@@ -56,7 +61,8 @@ class StubEngine:
     def __enter__(self) -> StubEngine:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0), self._loop).result(timeout=10)
+            asyncio.start_server(self._serve, "127.0.0.1", 0), self._loop
+        ).result(timeout=10)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -89,22 +95,36 @@ class StubEngine:
 
     async def _json(self, writer, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
-        writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                     "Connection: close\r\n\r\n".encode() + data)
+        writer.write(
+            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + data
+        )
         await writer.drain()
 
     async def _chat(self, reader, writer, behaviour: str) -> None:
         if behaviour == "401":
-            return await self._json(writer, 401, {"error": {"message": "Incorrect API key provided",
-                                                            "type": "invalid_request_error", "code": "invalid_api_key"}})
+            return await self._json(
+                writer,
+                401,
+                {
+                    "error": {
+                        "message": "Incorrect API key provided",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+            )
         if behaviour == "429":
             return await self._json(writer, 429, {"error": {"message": "Too many requests", "type": "rate_limit"}})
         if behaviour == "silent":
             await reader.read()  # until the client hangs up
             return
 
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
-                     b"Connection: close\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n"
+        )
 
         async def send(data: bytes) -> None:
             writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -126,7 +146,7 @@ class StubEngine:
             writer.transport.abort()  # gone without the closing chunk
             return
         elif behaviour == "malformed":
-            await send(sse(chunk(REPLY[0])) + b"data: {\"choices\": [{\"delta\n\n")
+            await send(sse(chunk(REPLY[0])) + b'data: {"choices": [{"delta\n\n')
         elif behaviour == "bad_shape":
             await send(sse(chunk(REPLY[0])) + sse({"choices": [{"delta": {"content": 5}}]}))
         elif behaviour == "no_finish":

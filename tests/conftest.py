@@ -21,8 +21,10 @@ def pytest_configure(config):
 
 
 # What CI installs for the groups that skip without it (.ci/run installs them when missing).
-SKIPPED_GROUP_FIX = ("apt-get install redis-server nginx-light chromium chromium-driver nodejs (.ci/run installs all "
-                     "but nodejs when missing); bash scripts/setup_clients_env.sh for the voice-agent clients")
+SKIPPED_GROUP_FIX = (
+    "apt-get install redis-server nginx-light chromium chromium-driver nodejs (.ci/run installs all "
+    "but nodejs when missing); bash scripts/setup_clients_env.sh for the voice-agent clients"
+)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -53,8 +55,13 @@ def tiny_checkpoint(tmp_path_factory):
 def settings(tiny_checkpoint, tmp_path_factory):
     from fish_worker.settings import Settings, StorageSettings
 
-    return Settings(checkpoint_dir=tiny_checkpoint, device="cpu", warmup=False, reference_max_seconds=5.0,
-                    storage=StorageSettings(voices_dir=tmp_path_factory.mktemp("voices")))
+    return Settings(
+        checkpoint_dir=tiny_checkpoint,
+        device="cpu",
+        warmup=False,
+        reference_max_seconds=5.0,
+        storage=StorageSettings(voices_dir=tmp_path_factory.mktemp("voices")),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -110,8 +117,11 @@ def s3_endpoint():
     server.start()
     url = f"http://127.0.0.1:{port}"
     boto3.client(
-        "s3", endpoint_url=url, region_name="us-east-1",
-        aws_access_key_id="test-key", aws_secret_access_key="test-secret",
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="test-key",
+        aws_secret_access_key="test-secret",
     ).create_bucket(Bucket=BUCKET)
     yield url
     server.stop()
@@ -120,8 +130,16 @@ def s3_endpoint():
 @pytest.fixture
 def no_ambient_aws_config(monkeypatch, tmp_path):
     """Only what the test passes counts: no AWS_* variables, profiles or instance metadata."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))

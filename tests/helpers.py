@@ -33,14 +33,21 @@ if TYPE_CHECKING:
 
 def run_job(runner, job_input: dict) -> list[dict]:
     """The job's chunks as RunPod gets them: a failure is a last {"error": message} chunk."""
+
     async def collect():
         return [chunk async for chunk in runpod_chunks(runner.stream(Job(id="t", input=job_input)))]
 
     return asyncio.run(collect())
 
 
-def wav_b64(seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1, amplitude: float = 0.3,
-            subtype: str = "PCM_16", fmt: str = "WAV") -> str:
+def wav_b64(
+    seconds: float = 1.0,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    amplitude: float = 0.3,
+    subtype: str = "PCM_16",
+    fmt: str = "WAV",
+) -> str:
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     tone = amplitude * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) / 1.5
     data = np.stack([tone] * channels, axis=1) if channels > 1 else tone
@@ -93,8 +100,9 @@ FRAMES = 3  # codec frames per spoken reply sentence (the tiny checkpoint never 
 
 
 def expected_reply(chat_model, chat_settings, messages, seed, max_tokens=40) -> str:
-    return chat_model.reply(messages, temperature=0.7, max_new_tokens=max_tokens,
-                            system_prompt=chat_settings.chat.system_prompt, seed=seed)
+    return chat_model.reply(
+        messages, temperature=0.7, max_new_tokens=max_tokens, system_prompt=chat_settings.chat.system_prompt, seed=seed
+    )
 
 
 def expected_audio(service, text: str, seed: int, voice: VoicePrompt | None, frames: int = FRAMES) -> list[float]:
@@ -158,9 +166,23 @@ def start_redis_server(directory: Path) -> tuple[subprocess.Popen, str]:
         pytest.skip("redis-server is not installed (apt-get install redis-server); Redis store tests need a real one")
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)

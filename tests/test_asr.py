@@ -62,8 +62,16 @@ def samples_of(wav: bytes) -> np.ndarray:
 
 def test_tiny_whisper_has_the_released_layout(tiny_whisper_dir):
     names = {p.name for p in tiny_whisper_dir.iterdir()}
-    assert {"config.json", "generation_config.json", "preprocessor_config.json", "vocab.json", "merges.txt",
-            "tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= names
+    assert {
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    } <= names
     generation = json.loads((tiny_whisper_dir / "generation_config.json").read_text())
     assert generation["lang_to_id"]["<|en|>"] == generation["decoder_start_token_id"] + 1
     assert generation["task_to_id"]["transcribe"] > generation["lang_to_id"]["<|yue|>"]
@@ -110,8 +118,11 @@ def reference_transcript(recognizer, audio: np.ndarray, language: str | None) ->
 
 
 def test_transcripts_equal_transformers_generate_alone_and_batched(recognizer, speech_wav, tmp_path_factory):
-    clips = [samples_of(speech_wav), samples_of(espeak("Good morning to you all.", tmp_path_factory)),
-             samples_of(espeak("Bonjour tout le monde.", tmp_path_factory, voice="fr"))]
+    clips = [
+        samples_of(speech_wav),
+        samples_of(espeak("Good morning to you all.", tmp_path_factory)),
+        samples_of(espeak("Bonjour tout le monde.", tmp_path_factory, voice="fr")),
+    ]
     languages = [None, "en", "fr"]
     expected = [reference_transcript(recognizer, clip, lang) for clip, lang in zip(clips, languages)]
     assert any(text for text, _ in expected)  # the random model does write something
@@ -184,8 +195,9 @@ def encode(wav: bytes, fmt: str, codec: str | None = None) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("fmt,codec", [("flac", None), ("mp3", "libmp3lame"), ("ogg", "libopus"),
-                                       ("webm", "libopus"), ("ipod", "aac")])
+@pytest.mark.parametrize(
+    "fmt,codec", [("flac", None), ("mp3", "libmp3lame"), ("ogg", "libopus"), ("webm", "libopus"), ("ipod", "aac")]
+)
 def test_any_common_format_is_transcribed_like_the_wav(transcriber, speech_wav, fmt, codec):
     wav_transcript = transcriber.transcribe_bytes(speech_wav, language="en")
     other = transcriber.transcribe_bytes(encode(speech_wav, fmt, codec), language="en")
@@ -215,12 +227,15 @@ def silent_wav(seconds: float) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("data,field,problem", [
-    (b"not audio at all", "audio", "is not a readable audio file"),
-    ("!!! not base64", "audio", "is not valid base64"),
-    (b"", "audio", "is empty"),
-    (silent_wav(1.0), "file", "is silent"),
-])
+@pytest.mark.parametrize(
+    "data,field,problem",
+    [
+        (b"not audio at all", "audio", "is not a readable audio file"),
+        ("!!! not base64", "audio", "is not valid base64"),
+        (b"", "audio", "is empty"),
+        (silent_wav(1.0), "file", "is silent"),
+    ],
+)
 def test_bad_audio_is_a_bad_input_naming_the_field(transcriber, data, field, problem):
     with pytest.raises(JobInputError) as caught:
         transcriber.transcribe_bytes(data, field=field)
@@ -287,8 +302,9 @@ def test_batcher_stress_every_request_ends_with_its_own_result(seed):
             raise ValueError("a bad item in the batch")
         return [item * 10 for item in items]
 
-    batcher: Batcher[int, int] = Batcher(run_many, max_batch=rng.randint(1, 6),
-                                         fits=lambda batch, item: (item % 5 == 0) == (batch[0] % 5 == 0))
+    batcher: Batcher[int, int] = Batcher(
+        run_many, max_batch=rng.randint(1, 6), fits=lambda batch, item: (item % 5 == 0) == (batch[0] % 5 == 0)
+    )
     outcomes: dict[int, object] = {}
 
     def client(first: int) -> None:
@@ -356,14 +372,20 @@ def test_transcript_types_are_frozen_values():
 
 
 @pytest.mark.timeout(300)
-def test_concurrent_transcriptions_on_random_schedules_each_get_their_own_transcript(recognizer, speech_wav,
-                                                                                     tmp_path_factory):
+def test_concurrent_transcriptions_on_random_schedules_each_get_their_own_transcript(
+    recognizer, speech_wav, tmp_path_factory
+):
     """Clips of different lengths and languages (one over 30 s, which runs alone), sent from threads at
     random moments: every call ends, with the transcript its clip gets alone."""
     base = samples_of(speech_wav)
     other = samples_of(espeak("Good morning to you all.", tmp_path_factory))
-    clips = [(base, "en"), (other, None), (base[: base.size // 2], "de"), (np.concatenate([other] * 20), "en"),
-             (other[::-1].copy(), "fr")]
+    clips = [
+        (base, "en"),
+        (other, None),
+        (base[: base.size // 2], "de"),
+        (np.concatenate([other] * 20), "en"),
+        (other[::-1].copy(), "fr"),
+    ]
     expected = [recognizer.transcribe(audio, language=lang) for audio, lang in clips]
     rng = random.Random(7)
     schedule = [rng.randrange(len(clips)) for _ in range(14)]
@@ -376,7 +398,9 @@ def test_concurrent_transcriptions_on_random_schedules_each_get_their_own_transc
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             results[slot] = exc
 
-    threads = [threading.Thread(target=run, args=(slot, clip, rng.random() * 0.5)) for slot, clip in enumerate(schedule)]
+    threads = [
+        threading.Thread(target=run, args=(slot, clip, rng.random() * 0.5)) for slot, clip in enumerate(schedule)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

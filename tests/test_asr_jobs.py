@@ -35,8 +35,9 @@ def voice_message(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def transcriber(tiny_whisper_dir) -> Transcriber:
-    return Transcriber(WhisperRecognizer.load(tiny_whisper_dir, device="cpu"), max_seconds=30.0,
-                       max_bytes=4 * 1024 * 1024)
+    return Transcriber(
+        WhisperRecognizer.load(tiny_whisper_dir, device="cpu"), max_seconds=30.0, max_bytes=4 * 1024 * 1024
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,12 @@ def store():
 
 @pytest.fixture
 def chat_runner(service, chat_settings, chat_model, store, transcriber) -> JobRunner:
-    return JobRunner(service, chat_settings, ConversationService(service, store, chat=chat_model, settings=chat_settings),
-                     transcriber=transcriber)
+    return JobRunner(
+        service,
+        chat_settings,
+        ConversationService(service, store, chat=chat_model, settings=chat_settings),
+        transcriber=transcriber,
+    )
 
 
 @pytest.fixture
@@ -73,10 +78,12 @@ def tts_runner(service, settings, transcriber) -> JobRunner:
     return JobRunner(service, settings, transcriber=transcriber)
 
 
-def test_a_voice_message_is_answered_in_chat_mode(chat_runner, chat_model, chat_settings, service, heard,
-                                                   voice_message, store):
-    [out] = run_job(chat_runner, {"audio": voice_message, "language": "en", "max_tokens": 20, "seed": 3,
-                                  "conversation_id": "v-1"})
+def test_a_voice_message_is_answered_in_chat_mode(
+    chat_runner, chat_model, chat_settings, service, heard, voice_message, store
+):
+    [out] = run_job(
+        chat_runner, {"audio": voice_message, "language": "en", "max_tokens": 20, "seed": 3, "conversation_id": "v-1"}
+    )
     assert out["transcript"] == heard
     reply = expected_reply(chat_model, chat_settings, [{"role": "user", "content": heard}], seed=3, max_tokens=20)
     assert out["text"] == reply
@@ -86,16 +93,18 @@ def test_a_voice_message_is_answered_in_chat_mode(chat_runner, chat_model, chat_
 
 
 def test_a_streamed_voice_message_sends_its_transcript_first(chat_runner, heard, voice_message):
-    chunks = run_job(chat_runner, {"audio": voice_message, "language": "en", "max_tokens": 20, "seed": 4,
-                                   "stream": True})
+    chunks = run_job(
+        chat_runner, {"audio": voice_message, "language": "en", "max_tokens": 20, "seed": 4, "stream": True}
+    )
     assert chunks[0] == {"transcript": heard}
     assert any("text_delta" in c for c in chunks[1:]) and any("audio" in c for c in chunks[1:])
     assert not any("error" in c for c in chunks)
 
 
 def test_in_tts_mode_the_transcript_is_spoken_back(tts_runner, service, heard, voice_message):
-    [out] = run_job(tts_runner, {"audio": voice_message, "language": "en", "mode": "tts", "seed": 2,
-                                 "max_tokens": FRAMES})
+    [out] = run_job(
+        tts_runner, {"audio": voice_message, "language": "en", "mode": "tts", "seed": 2, "max_tokens": FRAMES}
+    )
     assert out["transcript"] == heard
     assert out["audio"] == expected_audio(service, heard, seed=2, voice=None)
 
@@ -109,20 +118,23 @@ def test_the_transcribe_action_returns_the_transcript_with_timed_segments(tts_ru
     assert all(0 <= s["start_s"] <= s["end_s"] <= out["duration_s"] for s in out["segments"])
 
 
-@pytest.mark.parametrize("job_input,error", [
-    ({"audio": "AAAA", "message": "hi"}, "message: give either message or audio (a voice message), not both"),
-    ({}, "message: Field required"),
-    ({"audio": "   "}, "audio: is empty"),
-    ({"audio": "!!"}, "audio: is not valid base64"),
-    ({"audio": base64.b64encode(b"not audio").decode()}, "audio: is not a readable audio file"),
-    ({"audio": wav_b64(seconds=1.0, amplitude=0.0)}, "audio: is silent"),
-    ({"audio": wav_b64(seconds=40.0)}, "audio: is 40.0 s long, the limit is 30 s"),
-    ({"audio": 5}, "audio: Input should be a valid string"),
-    ({"action": "transcribe"}, "audio: Field required"),
-    ({"action": "transcribe", "audio": wav_b64(), "language": "klingon"}, "language: 'klingon' is not a language"),
-    ({"action": "transcribe", "audio": wav_b64(), "extra": 1}, "extra: unknown field"),
-    ({"action": "transcribe", "audio": "!!"}, "audio: is not valid base64"),
-])
+@pytest.mark.parametrize(
+    "job_input,error",
+    [
+        ({"audio": "AAAA", "message": "hi"}, "message: give either message or audio (a voice message), not both"),
+        ({}, "message: Field required"),
+        ({"audio": "   "}, "audio: is empty"),
+        ({"audio": "!!"}, "audio: is not valid base64"),
+        ({"audio": base64.b64encode(b"not audio").decode()}, "audio: is not a readable audio file"),
+        ({"audio": wav_b64(seconds=1.0, amplitude=0.0)}, "audio: is silent"),
+        ({"audio": wav_b64(seconds=40.0)}, "audio: is 40.0 s long, the limit is 30 s"),
+        ({"audio": 5}, "audio: Input should be a valid string"),
+        ({"action": "transcribe"}, "audio: Field required"),
+        ({"action": "transcribe", "audio": wav_b64(), "language": "klingon"}, "language: 'klingon' is not a language"),
+        ({"action": "transcribe", "audio": wav_b64(), "extra": 1}, "extra: unknown field"),
+        ({"action": "transcribe", "audio": "!!"}, "audio: is not valid base64"),
+    ],
+)
 def test_bad_voice_messages_are_refused_naming_the_field(tts_runner, job_input, error):
     [out] = run_job(tts_runner, job_input)
     assert out["error"].startswith(error), out
@@ -146,8 +158,11 @@ def test_a_transcript_is_held_to_the_message_limits(settings):
     request = parse_job_input({"audio": "AAAA", "mode": "tts"}, settings)
     with pytest.raises(JobInputError, match=r"^audio: contains no recognisable speech"):
         request.with_transcript("  ", settings)
-    with pytest.raises(JobInputError, match=rf"^audio: has a transcript that is 5000 characters, the limit is "
-                                            rf"{settings.max_text_chars}"):
+    with pytest.raises(
+        JobInputError,
+        match=rf"^audio: has a transcript that is 5000 characters, the limit is "
+        rf"{settings.max_text_chars}",
+    ):
         request.with_transcript("a" * 5000, settings)
     heard = request.with_transcript("Hello there.", settings)
     assert (heard.message, heard.audio, heard.mode) == ("Hello there.", None, "tts")
@@ -158,8 +173,9 @@ def test_the_worker_starts_with_speech_in_and_warms_it_up(settings, tiny_whisper
     from fish_worker.settings import AsrSettings
     from fish_worker.worker import build_runner
 
-    configured = settings.model_copy(update={"warmup": True, "asr": AsrSettings(model_dir=tiny_whisper_dir,
-                                                                                max_seconds=30.0)})
+    configured = settings.model_copy(
+        update={"warmup": True, "asr": AsrSettings(model_dir=tiny_whisper_dir, max_seconds=30.0)}
+    )
     with caplog.at_level("INFO", logger="fish_worker"):
         runner = build_runner(configured)
     assert runner.transcriber is not None and runner.transcriber.recognizer.batches[1] == 1  # the warm-up clip

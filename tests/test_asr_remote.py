@@ -45,8 +45,17 @@ def asr_server(tiny_whisper_dir, tmp_path_factory):
     """`transformers serve` on the tiny Whisper: its /v1 URL."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("asr-server") / "serve.log"
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(tiny_whisper_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    command = [
+        str(Path(sys.executable).parent / "transformers"),
+        "serve",
+        str(tiny_whisper_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + SERVER_START_S
@@ -72,8 +81,9 @@ def test_a_real_server_transcribes_and_its_refusals_are_bounded_errors(asr_serve
     transcript = recognizer.transcribe(TONE, language="en")
     # transformers serve answers {"text": ...} only: the language asked for and one segment spanning the clip.
     assert transcript.duration_s == 1.0 and transcript.language == "en"
-    assert transcript.segments == (() if not transcript.text else
-                                   ((transcript.segments[0].__class__(0.0, 1.0, transcript.text)),))
+    assert transcript.segments == (
+        () if not transcript.text else ((transcript.segments[0].__class__(0.0, 1.0, transcript.text)),)
+    )
     wrong = RemoteRecognizer(asr_server, model="not-the-served-model")
     with pytest.raises(SpeechRecognizerError, match=r"^speech recognizer unavailable: .* answered 400 \(") as caught:
         wrong.transcribe(TONE)
@@ -90,9 +100,13 @@ def test_the_docs_remote_server_example_runs(asr_server, tiny_whisper_dir, tiny_
     [command] = [line for line in joined.splitlines() if "handler.py" in line]
     port = asr_server.split(":")[2].split("/")[0]
     wav = str(tmp_path / "hi.wav")
-    command = (command.replace("127.0.0.1:8002", f"127.0.0.1:{port}").replace("/tmp/tiny-whisper", str(tiny_whisper_dir))
-               .replace("/tmp/hi.wav", wav).replace("checkpoints/tiny", str(tiny_checkpoint))
-               .replace(".venv/bin/python", shlex.quote(sys.executable)))
+    command = (
+        command.replace("127.0.0.1:8002", f"127.0.0.1:{port}")
+        .replace("/tmp/tiny-whisper", str(tiny_whisper_dir))
+        .replace("/tmp/hi.wav", wav)
+        .replace("checkpoints/tiny", str(tiny_checkpoint))
+        .replace(".venv/bin/python", shlex.quote(sys.executable))
+    )
     subprocess.run(["bash", "-c", speak.replace("/tmp/hi.wav", wav)], check=True, timeout=60)
     env = {**os.environ, "FISH_WARMUP": "false"}
     result = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
@@ -106,8 +120,9 @@ def test_the_docs_remote_server_example_runs(asr_server, tiny_whisper_dir, tiny_
 
 
 def stub(handler) -> RemoteRecognizer:
-    return RemoteRecognizer("http://asr.test/v1", api_key="secret-key", model="served-name",
-                            transport=httpx.MockTransport(handler))
+    return RemoteRecognizer(
+        "http://asr.test/v1", api_key="secret-key", model="served-name", transport=httpx.MockTransport(handler)
+    )
 
 
 def test_the_request_is_a_16_bit_wav_with_model_language_and_key():
@@ -116,11 +131,19 @@ def test_the_request_is_a_16_bit_wav_with_model_language_and_key():
     def answer(request: httpx.Request) -> httpx.Response:
         seen["url"], seen["auth"] = str(request.url), request.headers["authorization"]
         seen["body"] = request.read()
-        return httpx.Response(200, json={
-            "text": " Hello there. How are you?", "language": "english", "duration": 1.0,
-            "segments": [{"start": 0.0, "end": 0.4, "text": " Hello there."},
-                         {"start": 0.4, "end": 9.0, "text": " How are you?"},
-                         {"start": "x", "text": "malformed"}]})
+        return httpx.Response(
+            200,
+            json={
+                "text": " Hello there. How are you?",
+                "language": "english",
+                "duration": 1.0,
+                "segments": [
+                    {"start": 0.0, "end": 0.4, "text": " Hello there."},
+                    {"start": 0.4, "end": 9.0, "text": " How are you?"},
+                    {"start": "x", "text": "malformed"},
+                ],
+            },
+        )
 
     transcript = stub(answer).transcribe(TONE, language="en")
     assert seen["url"] == "http://asr.test/v1/audio/transcriptions" and seen["auth"] == "Bearer secret-key"
@@ -133,17 +156,31 @@ def test_the_request_is_a_16_bit_wav_with_model_language_and_key():
         assert clip.getnframes() == TONE.size
     assert transcript.text == "Hello there. How are you?" and transcript.language == "en"
     assert [(s.start_s, s.end_s, s.text) for s in transcript.segments] == [
-        (0.0, 0.4, "Hello there."), (0.4, 1.0, "How are you?")]  # times within the clip; the malformed one dropped
+        (0.0, 0.4, "Hello there."),
+        (0.4, 1.0, "How are you?"),
+    ]  # times within the clip; the malformed one dropped
 
 
-@pytest.mark.parametrize("status,body,expected,kind", [
-    (401, {"error": {"message": "Invalid API key"}}, r"refused the API key \(401: Invalid API key\); check FISH_ASR_API_KEY",
-     ErrorKind.UNAVAILABLE),
-    (429, {"error": {"message": "slow down"}}, r"busy: .* rate limiting requests \(429: slow down\)", ErrorKind.BUSY),
-    (500, "<html>" + "x" * 100_000 + "</html>", r"answered 500 \(<html>x+…", ErrorKind.UNAVAILABLE),
-    (200, "not json", r"answered something that is not a transcript", ErrorKind.UNAVAILABLE),
-    (200, {"segments": []}, r"answered something that is not a transcript", ErrorKind.UNAVAILABLE),
-])
+@pytest.mark.parametrize(
+    "status,body,expected,kind",
+    [
+        (
+            401,
+            {"error": {"message": "Invalid API key"}},
+            r"refused the API key \(401: Invalid API key\); check FISH_ASR_API_KEY",
+            ErrorKind.UNAVAILABLE,
+        ),
+        (
+            429,
+            {"error": {"message": "slow down"}},
+            r"busy: .* rate limiting requests \(429: slow down\)",
+            ErrorKind.BUSY,
+        ),
+        (500, "<html>" + "x" * 100_000 + "</html>", r"answered 500 \(<html>x+…", ErrorKind.UNAVAILABLE),
+        (200, "not json", r"answered something that is not a transcript", ErrorKind.UNAVAILABLE),
+        (200, {"segments": []}, r"answered something that is not a transcript", ErrorKind.UNAVAILABLE),
+    ],
+)
 def test_server_failures_are_bounded_errors(status, body, expected, kind):
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, json=body) if isinstance(body, dict) else httpx.Response(status, text=body)

@@ -72,7 +72,10 @@ def test_the_callers_stop_ends_the_stream_and_every_producer():
 
 @pytest.mark.timeout(30)
 def test_none_is_an_item_like_any_other():
-    assert list(merge_threads(lambda emit, stop: [emit(None), emit(0)], stop=threading.Event(), poll_s=0.01)) == [None, 0]
+    assert list(merge_threads(lambda emit, stop: [emit(None), emit(0)], stop=threading.Event(), poll_s=0.01)) == [
+        None,
+        0,
+    ]
 
 
 @pytest.mark.timeout(30)
@@ -146,6 +149,7 @@ def test_async_random_schedules_every_producer_thread_ends():
                     raise Boom(str(i))
                 yield i
                 time.sleep(0.0005)
+
         return numbers
 
     async def one(run: int) -> None:

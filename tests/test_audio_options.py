@@ -39,8 +39,12 @@ def samples_of(chunks: list[dict]) -> tuple[np.ndarray, int]:
     """The audio of a job's chunks (float or pcm16) and the one rate they all report."""
     rates = {c["sample_rate"] for c in chunks}
     assert len(rates) == 1, rates
-    parts = [np.asarray(c["audio"], dtype=np.float32) if c["audio_format"] == "float"
-             else np.frombuffer(base64.b64decode(c["audio"]), "<i2") / 32768 for c in chunks]
+    parts = [
+        np.asarray(c["audio"], dtype=np.float32)
+        if c["audio_format"] == "float"
+        else np.frombuffer(base64.b64decode(c["audio"]), "<i2") / 32768
+        for c in chunks
+    ]
     return np.concatenate(parts), rates.pop()
 
 
@@ -117,8 +121,9 @@ def test_volume_scales_rms(door, runner, app, baselines):
 def test_streamed_adjusted_chunks_are_one_file_and_arrive_early(runner):
     """Rate, speed and volume together on a streamed WAV: one file, every chunk at the new rate, and
     each sentence's first chunk carries audio (the time-stretch does not hold it to the sentence end)."""
-    chunks = run_job(runner, {**JOB, "stream": True, "audio_format": "wav", "sample_rate": 22050,
-                              "speed": 1.5, "volume": -3.0})
+    chunks = run_job(
+        runner, {**JOB, "stream": True, "audio_format": "wav", "sample_rate": 22050, "speed": 1.5, "volume": -3.0}
+    )
     assert {c["sample_rate"] for c in chunks} == {22050}
     data = b"".join(base64.b64decode(c["audio"]) for c in chunks)
     with wave.open(io.BytesIO(data)) as w:
@@ -133,19 +138,22 @@ def test_streamed_adjusted_chunks_are_one_file_and_arrive_early(runner):
     assert abs(len(samples) // 2 - len(whole[0]["audio"])) <= 0.02 * len(whole[0]["audio"])
 
 
-@pytest.mark.parametrize("extra, field", [
-    ({"sample_rate": 7999}, "sample_rate"),
-    ({"sample_rate": 48001}, "sample_rate"),
-    ({"sample_rate": "16000"}, "sample_rate"),
-    ({"speed": 0.4}, "speed"),
-    ({"speed": 2.5}, "speed"),
-    ({"speed": "fast"}, "speed"),
-    ({"volume": 25.0}, "volume"),
-    ({"volume": -25}, "volume"),
-    ({"audio_format": "mp3", "sample_rate": 10000}, "sample_rate"),
-    ({"audio_format": "aac", "sample_rate": 20000}, "sample_rate"),
-    ({"audio_format": "opus", "sample_rate": 16000}, "sample_rate"),
-])
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ({"sample_rate": 7999}, "sample_rate"),
+        ({"sample_rate": 48001}, "sample_rate"),
+        ({"sample_rate": "16000"}, "sample_rate"),
+        ({"speed": 0.4}, "speed"),
+        ({"speed": 2.5}, "speed"),
+        ({"speed": "fast"}, "speed"),
+        ({"volume": 25.0}, "volume"),
+        ({"volume": -25}, "volume"),
+        ({"audio_format": "mp3", "sample_rate": 10000}, "sample_rate"),
+        ({"audio_format": "aac", "sample_rate": 20000}, "sample_rate"),
+        ({"audio_format": "opus", "sample_rate": 16000}, "sample_rate"),
+    ],
+)
 def test_out_of_range_is_an_error_naming_the_field(runner, app, extra, field):
     chunks = run_job(runner, {**JOB, **extra})
     assert len(chunks) == 1 and chunks[0]["error"].startswith(f"{field}: "), chunks

@@ -45,14 +45,21 @@ BAD_INPUTS = [
     ({"message": "hi", "seed": -1}, "seed: Input should be greater than or equal to 0"),
     ({"message": "hi", "conversation_id": "../etc"}, "conversation_id: String should match pattern"),
     ({"message": "hi", "voice": "alice"}, "voice: unknown field"),
-    ({"action": "bogus"}, "action: unknown action 'bogus'; one of: save_voice, list_voices, delete_voice, end_conversation"),
+    (
+        {"action": "bogus"},
+        "action: unknown action 'bogus'; one of: save_voice, list_voices, delete_voice, end_conversation",
+    ),
     ({"message": "hi", "action": None}, "action: unknown action None"),
     ({"message": "hi", "reference_audio": "not base64!!"}, "reference_audio: is not valid base64"),
     ({"message": "hi", "reference_audio": ""}, "reference_audio: is empty"),
-    ({"message": "hi", "reference_audio": base64.b64encode(b"RIFFjunkjunk").decode()},
-     "reference_audio: is not a readable audio file (WAV, FLAC, MP3, Ogg, WebM or M4A)"),
-    ({"message": "hi", "reference_audio": wav_b64(seconds=1 / 96000, sample_rate=96000)},  # 1 frame: 0 at 44.1 kHz
-     "reference_audio: contains no samples"),
+    (
+        {"message": "hi", "reference_audio": base64.b64encode(b"RIFFjunkjunk").decode()},
+        "reference_audio: is not a readable audio file (WAV, FLAC, MP3, Ogg, WebM or M4A)",
+    ),
+    (
+        {"message": "hi", "reference_audio": wav_b64(seconds=1 / 96000, sample_rate=96000)},  # 1 frame: 0 at 44.1 kHz
+        "reference_audio: contains no samples",
+    ),
     ({"message": "hi", "reference_audio": silent_wav()}, "reference_audio: is silent"),
     ({"message": "hi", "reference_audio": nan_wav()}, "reference_audio: contains NaN or infinite samples"),
     ({"message": "hi", "reference_audio": wav_b64(seconds=6.0)}, "reference_audio: is 6.0 s long, the limit is 5 s"),
@@ -60,7 +67,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("job_input", "expected"), BAD_INPUTS, ids=[e.split(":")[0] + f"-{i}" for i, (_, e) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    ("job_input", "expected"), BAD_INPUTS, ids=[e.split(":")[0] + f"-{i}" for i, (_, e) in enumerate(BAD_INPUTS)]
+)
 def test_bad_input_is_a_clear_error_and_worker_keeps_serving(runner, job_input, expected):
     chunks = run_job(runner, job_input)
     assert len(chunks) == 1 and set(chunks[0]) == {"error"}

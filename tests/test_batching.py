@@ -75,7 +75,9 @@ def test_stopping_one_job_leaves_the_others_intact(engines):
     stop = threading.Event()
     expected = frames(single.generate, TEXTS[1], 5, 30)
     settings = SamplingParams(0.7, 0.8, 1.1, 30)
-    stopped = scheduler.generate(TEXTS[0], [], SamplingParams(0.7, 0.8, 1.1, 2000), torch.Generator().manual_seed(6), stop)
+    stopped = scheduler.generate(
+        TEXTS[0], [], SamplingParams(0.7, 0.8, 1.1, 2000), torch.Generator().manual_seed(6), stop
+    )
     next(stopped)
     other = scheduler.generate(TEXTS[1], [], settings, torch.Generator().manual_seed(5))
     first = next(other)
@@ -124,8 +126,10 @@ def test_a_dying_engine_ends_every_consumer_and_the_next_job_starts_a_new_one(en
         raise _EngineBug("boom")
 
     scheduler.step_fn = broken_step
-    jobs = [scheduler.generate(text, [], SamplingParams(max_new_tokens=20), torch.Generator().manual_seed(i))
-            for i, text in enumerate(TEXTS[:3])]  # 3 jobs, 2 slots: one is still waiting when it dies
+    jobs = [
+        scheduler.generate(text, [], SamplingParams(max_new_tokens=20), torch.Generator().manual_seed(i))
+        for i, text in enumerate(TEXTS[:3])
+    ]  # 3 jobs, 2 slots: one is still waiting when it dies
     for job in jobs:
         with pytest.raises(EngineStoppedError):
             list(job)

@@ -57,8 +57,18 @@ def engine(tiny_chat_model_dir, tmp_path_factory):
     """`transformers serve` on the tiny chat model: its /v1 URL."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("engine") / "serve.log"
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(tiny_chat_model_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--continuous-batching"]
+    command = [
+        str(Path(sys.executable).parent / "transformers"),
+        "serve",
+        str(tiny_chat_model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--continuous-batching",
+    ]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + ENGINE_START_S
@@ -93,24 +103,30 @@ def engine_reply(engine: str, model: str, messages: list[dict], *, seed: int, ma
     """What the engine streams for these messages, asked directly with the official client. (Streamed, as
     the worker asks: `transformers serve`'s whole answer drops a leading space its stream keeps.)"""
     with openai.OpenAI(base_url=engine, api_key="none", timeout=60) as client:
-        stream = client.chat.completions.create(model=model, messages=messages, temperature=0.7,
-                                                max_tokens=max_tokens, seed=seed, stream=True)
+        stream = client.chat.completions.create(
+            model=model, messages=messages, temperature=0.7, max_tokens=max_tokens, seed=seed, stream=True
+        )
         return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 
 
 @pytest.mark.timeout(ENGINE_START_S + 120)
-def test_a_chat_job_streams_the_engines_reply_and_speaks_it(engine, remote, service, chat_settings,
-                                                           tiny_chat_model_dir):
+def test_a_chat_job_streams_the_engines_reply_and_speaks_it(
+    engine, remote, service, chat_settings, tiny_chat_model_dir
+):
     store = MemoryConversationStore(ttl_s=60, max_conversations=10)
     runner = JobRunner(service, chat_settings, ConversationService(service, store, chat=remote, settings=chat_settings))
-    chunks = run_job(runner, {"message": HELLO, "max_tokens": 40, "seed": 5, "stream": True,
-                              "conversation_id": "r-1"})
+    chunks = run_job(runner, {"message": HELLO, "max_tokens": 40, "seed": 5, "stream": True, "conversation_id": "r-1"})
     deltas = [(i, c["text_delta"]) for i, c in enumerate(chunks) if "text_delta" in c]
     spoken = [(i, c) for i, c in enumerate(chunks) if "audio" in c]
     reply = "".join(d for _, d in deltas)
     model = str(tiny_chat_model_dir)  # the engine is pinned to it, and lists it at /v1/models
-    assert reply == engine_reply(engine, model, [{"role": "system", "content": SYSTEM},
-                                                 {"role": "user", "content": HELLO}], seed=5, max_tokens=40)
+    assert reply == engine_reply(
+        engine,
+        model,
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": HELLO}],
+        seed=5,
+        max_tokens=40,
+    )
     assert len(deltas) > 1 and chunks[0].keys() == {"text_delta"}  # the text streams in, before any audio
     sentences = split_sentences(reply, chat_settings.sentence_max_chars)
     assert sentences and [c["text"] for _, c in spoken] == sentences  # each sentence spoken, in order
@@ -119,11 +135,17 @@ def test_a_chat_job_streams_the_engines_reply_and_speaks_it(engine, remote, serv
     # The next turn sends the history as messages: the engine answers what it answers to them.
     [two] = run_job(runner, {"message": "And tomorrow?", "max_tokens": 20, "seed": 6, "conversation_id": "r-1"})
     history = [{"role": "user", "content": HELLO}, {"role": "assistant", "content": reply}]
-    assert two["text"] == engine_reply(engine, model, [{"role": "system", "content": SYSTEM}, *history,
-                                                       {"role": "user", "content": "And tomorrow?"}],
-                                       seed=6, max_tokens=20)
-    assert store.get("r-1").history() == history + [{"role": "user", "content": "And tomorrow?"},
-                                                    {"role": "assistant", "content": two["text"]}]
+    assert two["text"] == engine_reply(
+        engine,
+        model,
+        [{"role": "system", "content": SYSTEM}, *history, {"role": "user", "content": "And tomorrow?"}],
+        seed=6,
+        max_tokens=20,
+    )
+    assert store.get("r-1").history() == history + [
+        {"role": "user", "content": "And tomorrow?"},
+        {"role": "assistant", "content": two["text"]},
+    ]
 
 
 @pytest.mark.timeout(ENGINE_START_S + 60)
@@ -137,8 +159,9 @@ def test_the_engine_reads_im_end_in_message_text_as_its_control_token(engine, ti
 
     def prompt_tokens(content: str) -> int:
         with openai.OpenAI(base_url=engine, api_key="none", timeout=60) as client:
-            answer = client.chat.completions.create(model=str(tiny_chat_model_dir), max_tokens=1, seed=0,
-                                                    messages=[{"role": "user", "content": content}])
+            answer = client.chat.completions.create(
+                model=str(tiny_chat_model_dir), max_tokens=1, seed=0, messages=[{"role": "user", "content": content}]
+            )
         return answer.usage.prompt_tokens
 
     assert prompt_tokens("Hi<|im_end|>") == prompt_tokens("Hi") + 1  # one token: the control token
@@ -152,8 +175,12 @@ def test_the_docs_local_engine_example_runs(engine, tiny_chat_model_dir, tiny_ch
     joined = re.sub(r"\\\n\s*", "", block)
     [command] = [line for line in joined.splitlines() if "handler.py" in line]
     port = engine.split(":")[2].split("/")[0]
-    command = (command.replace("127.0.0.1:8001", f"127.0.0.1:{port}").replace("/tmp/tiny-chat", str(tiny_chat_model_dir))
-               .replace("checkpoints/tiny", str(tiny_checkpoint)).replace(".venv/bin/python", shlex.quote(sys.executable)))
+    command = (
+        command.replace("127.0.0.1:8001", f"127.0.0.1:{port}")
+        .replace("/tmp/tiny-chat", str(tiny_chat_model_dir))
+        .replace("checkpoints/tiny", str(tiny_checkpoint))
+        .replace(".venv/bin/python", shlex.quote(sys.executable))
+    )
     env = {**os.environ, "FISH_WARMUP": "false"}
     result = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -170,20 +197,37 @@ def test_history_system_prompt_and_sampling_go_as_messages_and_parameters(servic
         backend = RemoteChatBackend(stub.base_url, api_key="secret-key", model="served-name", max_retries=0)
         store = MemoryConversationStore(ttl_s=60, max_conversations=10)
         store.append_turn("c", "Earlier question?", "Earlier answer.", voice=None)
-        runner = JobRunner(service, chat_settings, ConversationService(service, store, chat=backend, settings=chat_settings))
-        [out] = run_job(runner, {"message": "Next <|im_end|> question?", "max_tokens": 33, "seed": 9,
-                                 "temperature": 0.4, "conversation_id": "c", "system_prompt": "Answer in French."})
+        runner = JobRunner(
+            service, chat_settings, ConversationService(service, store, chat=backend, settings=chat_settings)
+        )
+        [out] = run_job(
+            runner,
+            {
+                "message": "Next <|im_end|> question?",
+                "max_tokens": 33,
+                "seed": 9,
+                "temperature": 0.4,
+                "conversation_id": "c",
+                "system_prompt": "Answer in French.",
+            },
+        )
         backend.close()
     assert out["text"] == "".join(REPLY)
     [seen] = stub.requests
     assert seen.path == "/v1/chat/completions" and seen.headers["authorization"] == "Bearer secret-key"
     assert seen.body["messages"] == [
         {"role": "system", "content": "Answer in French."},
-        {"role": "user", "content": "Earlier question?"}, {"role": "assistant", "content": "Earlier answer."},
+        {"role": "user", "content": "Earlier question?"},
+        {"role": "assistant", "content": "Earlier answer."},
         {"role": "user", "content": "Next <|im_end|> question?"},  # the text as the user wrote it
     ]
     assert {k: seen.body[k] for k in ("model", "stream", "temperature", "max_tokens", "seed")} == {
-        "model": "served-name", "stream": True, "temperature": 0.4, "max_tokens": 33, "seed": 9}
+        "model": "served-name",
+        "stream": True,
+        "temperature": 0.4,
+        "max_tokens": 33,
+        "seed": 9,
+    }
 
 
 @pytest.mark.timeout(60)
@@ -193,8 +237,11 @@ def test_the_worker_builds_the_remote_backend_and_says_so(service, settings, cap
         conversations = build_conversations(service, settings.model_copy(update={"chat": chat}))
     assert isinstance(conversations.chat, RemoteChatBackend) and isinstance(conversations.chat, ChatBackend)
     assert conversations.mode(None) == "chat"
-    assert any("chat backend: remote OpenAI-compatible engine at http://127.0.0.1:9/v1, model 'm'; no chat weights"
-               in record.getMessage() for record in caplog.records)
+    assert any(
+        "chat backend: remote OpenAI-compatible engine at http://127.0.0.1:9/v1, model 'm'; no chat weights"
+        in record.getMessage()
+        for record in caplog.records
+    )
     conversations.chat.close()
     assert make_chat_backend(ChatSettings()) is None
 
@@ -209,17 +256,22 @@ def test_the_local_model_is_a_chat_backend_too(tiny_chat_model_dir):
 
 
 FAILURES = {
-    "401": ("chat backend unavailable: {url} refused the API key (401: Incorrect API key provided); "
-            "check FISH_CHAT_API_KEY"),
+    "401": (
+        "chat backend unavailable: {url} refused the API key (401: Incorrect API key provided); check FISH_CHAT_API_KEY"
+    ),
     "429": "chat backend busy: {url} is rate limiting requests (429: Too many requests); try again later",
     "silent": "chat backend unavailable: {url} sent nothing for 0.5 s before the reply (FISH_CHAT_READ_TIMEOUT_S)",
     "stall": "chat backend unavailable: {url} sent nothing for 0.5 s mid-reply (FISH_CHAT_READ_TIMEOUT_S)",
     "break": "chat backend unavailable: the stream from {url} broke off mid-reply (RemoteProtocolError: ",
     "malformed": "chat backend unavailable: {url} sent a malformed stream chunk (JSONDecodeError: ",
-    "bad_shape": ("chat backend unavailable: {url} sent a malformed stream chunk (ValidationError: "
-                  "choices.0.delta.content: Input should be a valid string)"),
-    "no_finish": ("chat backend unavailable: the stream from {url} ended before the reply did (no finish_reason): "
-                  "the engine stopped mid-reply"),
+    "bad_shape": (
+        "chat backend unavailable: {url} sent a malformed stream chunk (ValidationError: "
+        "choices.0.delta.content: Input should be a valid string)"
+    ),
+    "no_finish": (
+        "chat backend unavailable: the stream from {url} ended before the reply did (no finish_reason): "
+        "the engine stopped mid-reply"
+    ),
     "error_event": "chat backend unavailable: {url} reported an error mid-reply (CUDA out of memory)",
 }
 
@@ -232,34 +284,45 @@ def test_an_engine_failure_is_a_job_error_naming_the_chat_backend(behaviour, ser
     with StubEngine() as stub:
         stub.behaviour = behaviour
         backend = RemoteChatBackend(stub.base_url, model="m", read_timeout_s=0.5, max_retries=0)
-        runner = JobRunner(service, chat_settings, ConversationService(service, store, chat=backend, settings=chat_settings))
+        runner = JobRunner(
+            service, chat_settings, ConversationService(service, store, chat=backend, settings=chat_settings)
+        )
         started = time.monotonic()
-        chunks = run_job(runner, {"message": HELLO, "max_tokens": 40, "seed": 1, "stream": True,
-                                  "conversation_id": "c"})
+        chunks = run_job(
+            runner, {"message": HELLO, "max_tokens": 40, "seed": 1, "stream": True, "conversation_id": "c"}
+        )
         elapsed = time.monotonic() - started
         backend.close()
     error = chunks[-1]["error"]
     assert error.startswith(FAILURES[behaviour].format(url=stub.base_url)), error
     assert len(error) <= 300 and elapsed < 20
     assert all("error" not in c for c in chunks[:-1])  # what came before the failure was the reply's start
-    assert store.get("c").history() == [{"role": "user", "content": "Earlier question?"},
-                                        {"role": "assistant", "content": "Earlier answer."}]
+    assert store.get("c").history() == [
+        {"role": "user", "content": "Earlier question?"},
+        {"role": "assistant", "content": "Earlier answer."},
+    ]
 
 
 @pytest.mark.timeout(60)
 def test_an_unreachable_engine_is_a_job_error(service, chat_settings):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     backend = RemoteChatBackend(url, model="m", max_retries=0)
-    runner = JobRunner(service, chat_settings, ConversationService(service, MemoryConversationStore(ttl_s=60, max_conversations=10),
-                                                    chat=backend, settings=chat_settings))
+    runner = JobRunner(
+        service,
+        chat_settings,
+        ConversationService(
+            service, MemoryConversationStore(ttl_s=60, max_conversations=10), chat=backend, settings=chat_settings
+        ),
+    )
     [out] = run_job(runner, {"message": HELLO, "conversation_id": "c"})
     backend.close()
     assert out["error"].startswith(f"chat backend unavailable: cannot reach {url} (ConnectError: "), out
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("behaviour, kind", [("401", ErrorKind.UNAVAILABLE), ("429", ErrorKind.BUSY),
-                                             ("break", ErrorKind.UNAVAILABLE)])
+@pytest.mark.parametrize(
+    "behaviour, kind", [("401", ErrorKind.UNAVAILABLE), ("429", ErrorKind.BUSY), ("break", ErrorKind.UNAVAILABLE)]
+)
 def test_error_kinds(behaviour, kind):
     """429 is the engine's 'try again later' (BUSY: a door answers 429); the rest are UNAVAILABLE (500)."""
     with StubEngine() as stub:
@@ -281,8 +344,9 @@ def test_stopping_a_turn_closes_the_http_stream_at_once(service, chat_settings):
     with StubEngine() as stub:
         stub.behaviour = "stall"
         backend = RemoteChatBackend(stub.base_url, model="m", read_timeout_s=30, max_retries=0)
-        conversations = ConversationService(service, MemoryConversationStore(ttl_s=60, max_conversations=10),
-                                            chat=backend, settings=chat_settings)
+        conversations = ConversationService(
+            service, MemoryConversationStore(ttl_s=60, max_conversations=10), chat=backend, settings=chat_settings
+        )
         request = JobInput(message=HELLO, seed=1, mode="chat", conversation_id="c").to_turn("chat", FRAMES)
         stop_turn = threading.Event()
         events = []
@@ -323,8 +387,7 @@ def test_concurrent_replies_with_random_stops_all_end_and_leave_no_task(service)
             outcomes.append("whole" if "".join(got) == "".join(REPLY) else plan)
 
         plans = [(rng.choice(["whole", "close", "abort"]), rng.randint(1, 3)) for _ in range(40)]
-        threads = [threading.Thread(target=lambda chunk=plans[i::8]: [one_reply(*p) for p in chunk])
-                   for i in range(8)]
+        threads = [threading.Thread(target=lambda chunk=plans[i::8]: [one_reply(*p) for p in chunk]) for i in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -207,8 +207,15 @@ def test_the_chat_models_kv_at_full_batch_is_kept_from_the_speech_pool(chat, ser
 
 
 def _small(config_class, **extra):
-    return config_class(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, **extra)
+    return config_class(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **extra,
+    )
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
@@ -217,8 +224,11 @@ def test_the_batched_step_computes_what_the_models_own_forward_does(family):
 
     from fish_worker.dialogue.batched_decode import BatchedDecoder
 
-    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
-                                 "llama": (LlamaConfig, LlamaForCausalLM)}[family]
+    config_class, model_class = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+    }[family]
     torch.manual_seed(0)
     model = model_class(_small(config_class, max_position_embeddings=256)).eval()
     decoder = BatchedDecoder(model)
@@ -226,7 +236,7 @@ def test_the_batched_step_computes_what_the_models_own_forward_does(family):
     with torch.inference_mode():
         _, cache = decoder.prefill(prompt, len(prompt) + len(fed))
         stepped = torch.stack([decoder.step([token], [cache])[0] for token in fed])
-        reference = model(torch.tensor([prompt + fed])).logits[0, len(prompt):].float()
+        reference = model(torch.tensor([prompt + fed])).logits[0, len(prompt) :].float()
     assert torch.allclose(stepped, reference, rtol=0, atol=1e-5)
 
 

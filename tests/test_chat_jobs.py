@@ -37,7 +37,9 @@ def chat_settings(settings, tiny_chat_model_dir):
 
 def make_runner(service, chat_settings, chat_model=None, store=None) -> JobRunner:
     store = store if store is not None else MemoryConversationStore(ttl_s=60, max_conversations=10)
-    return JobRunner(service, chat_settings, ConversationService(service, store, chat=chat_model, settings=chat_settings))
+    return JobRunner(
+        service, chat_settings, ConversationService(service, store, chat=chat_model, settings=chat_settings)
+    )
 
 
 @pytest.fixture
@@ -100,8 +102,14 @@ def test_first_sentence_is_spoken_while_the_model_is_still_writing(service, chat
         if isinstance(event, SpeechChunk) and event.index == 0:
             heard_first.set()
     assert chat.waited, "sentence 1 was not delivered while the model was still writing"
-    assert [e.text for e in events if isinstance(e, SpeechChunk)] == ["The first sentence is here.", "The second one ends the reply."]
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "The first sentence is here. The second one ends the reply."
+    assert [e.text for e in events if isinstance(e, SpeechChunk)] == [
+        "The first sentence is here.",
+        "The second one ends the reply.",
+    ]
+    assert (
+        "".join(e.text for e in events if isinstance(e, TextDelta))
+        == "The first sentence is here. The second one ends the reply."
+    )
 
 
 # --- modes --------------------------------------------------------------------------------------------------
@@ -122,15 +130,18 @@ def test_default_mode_is_chat_with_a_chat_model_and_tts_without(service, chat_se
     assert tts_out["text"] == HELLO and chat_out["text"] != HELLO
 
 
-@pytest.mark.parametrize(("job_input", "expected"), [
-    ({"message": "hi", "mode": "chat"}, "mode: chat needs a chat model; set FISH_CHAT_MODEL_DIR"),
-    ({"message": "hi", "mode": "talk"}, "mode: Input should be 'chat' or 'tts'"),
-    ({"message": "hi", "mode": "tts", "system_prompt": "Be brief."}, "system_prompt: is only used in chat mode"),
-    ({"message": "hi", "system_prompt": ""}, "system_prompt: String should have at least 1 character"),
-    ({"action": "end_conversation"}, "conversation_id: Field required"),
-    ({"action": "end_conversation", "conversation_id": "a b"}, "conversation_id: String should match pattern"),
-    ({"action": "end_conversation", "conversation_id": "c", "message": "hi"}, "message: unknown field"),
-])
+@pytest.mark.parametrize(
+    ("job_input", "expected"),
+    [
+        ({"message": "hi", "mode": "chat"}, "mode: chat needs a chat model; set FISH_CHAT_MODEL_DIR"),
+        ({"message": "hi", "mode": "talk"}, "mode: Input should be 'chat' or 'tts'"),
+        ({"message": "hi", "mode": "tts", "system_prompt": "Be brief."}, "system_prompt: is only used in chat mode"),
+        ({"message": "hi", "system_prompt": ""}, "system_prompt: String should have at least 1 character"),
+        ({"action": "end_conversation"}, "conversation_id: Field required"),
+        ({"action": "end_conversation", "conversation_id": "a b"}, "conversation_id: String should match pattern"),
+        ({"action": "end_conversation", "conversation_id": "c", "message": "hi"}, "message: unknown field"),
+    ],
+)
 def test_mode_and_action_errors_name_the_field(service, chat_settings, job_input, expected):
     [out] = run_job(make_runner(service, chat_settings), job_input)
     assert out == {"error": out["error"]} and out["error"].startswith(expected), out
@@ -146,13 +157,28 @@ def test_message_too_long_for_the_chat_model_is_an_input_error(chat_runner):
 
 def test_conversation_keeps_history_and_the_reference_voice(chat_runner, store, service, chat_model, chat_settings):
     reference = wav_b64(seconds=1.0, sample_rate=22050)
-    [one] = run_job(chat_runner, {"message": "What's the weather?", "conversation_id": "c-1", "max_tokens": 20,
-                                  "seed": 1, "reference_audio": reference, "reference_text": "A reference."})
-    [two] = run_job(chat_runner, {"message": "And what about tomorrow?", "conversation_id": "c-1",
-                                  "max_tokens": 20, "seed": 2})
+    [one] = run_job(
+        chat_runner,
+        {
+            "message": "What's the weather?",
+            "conversation_id": "c-1",
+            "max_tokens": 20,
+            "seed": 1,
+            "reference_audio": reference,
+            "reference_text": "A reference.",
+        },
+    )
+    [two] = run_job(
+        chat_runner, {"message": "And what about tomorrow?", "conversation_id": "c-1", "max_tokens": 20, "seed": 2}
+    )
     history = [{"role": "user", "content": "What's the weather?"}, {"role": "assistant", "content": one["text"]}]
-    reply = expected_reply(chat_model, chat_settings, history + [{"role": "user", "content": "And what about tomorrow?"}],
-                           seed=2, max_tokens=20)
+    reply = expected_reply(
+        chat_model,
+        chat_settings,
+        history + [{"role": "user", "content": "And what about tomorrow?"}],
+        seed=2,
+        max_tokens=20,
+    )
     assert two["text"] == reply  # the model saw turn 1
     voice = reference_prompt(service, reference, "A reference.")
     assert two["audio"] == expected_audio(service, reply, seed=2, voice=voice)  # spoken in the reference voice
@@ -163,14 +189,16 @@ def test_conversation_keeps_history_and_the_reference_voice(chat_runner, store, 
 
 
 def test_conversation_without_reference_keeps_its_first_reply_voice(chat_runner, store, service):
-    one = run_job(chat_runner, {"message": HELLO, "conversation_id": "c-2", "max_tokens": 20, "seed": 4,
-                                  "stream": True})
+    one = run_job(
+        chat_runner, {"message": HELLO, "conversation_id": "c-2", "max_tokens": 20, "seed": 4, "stream": True}
+    )
     first = next(c for c in one if "audio" in c)
     kept = store.get("c-2").voice
     assert kept.source == "first_reply" and kept.text == first["text"] and kept.codes.shape[1] == FRAMES
     # tts mode in the same conversation speaks in that voice too, without any reference.
-    [two] = run_job(chat_runner, {"message": "Now say this.", "mode": "tts", "conversation_id": "c-2",
-                                  "max_tokens": 4, "seed": 6})
+    [two] = run_job(
+        chat_runner, {"message": "Now say this.", "mode": "tts", "conversation_id": "c-2", "max_tokens": 4, "seed": 6}
+    )
     voice = VoicePrompt(text=kept.text, codes=torch_codes(kept.codes))
     assert two["audio"] == expected_audio(service, "Now say this.", seed=6, voice=voice, frames=4)
     assert two["audio"] != expected_audio(service, "Now say this.", seed=6, voice=None, frames=4)
@@ -178,14 +206,18 @@ def test_conversation_without_reference_keeps_its_first_reply_voice(chat_runner,
 
 
 def test_tts_conversation_keeps_its_first_voice(chat_runner, store, service):
-    [one] = run_job(chat_runner, {"message": "First words here.", "mode": "tts", "conversation_id": "c-3",
-                                  "max_tokens": 4, "seed": 1})
+    [one] = run_job(
+        chat_runner,
+        {"message": "First words here.", "mode": "tts", "conversation_id": "c-3", "max_tokens": 4, "seed": 1},
+    )
     kept = store.get("c-3").voice
     assert kept.source == "first_reply" and kept.text == "First words here."
-    [two] = run_job(chat_runner, {"message": "More words.", "mode": "tts", "conversation_id": "c-3",
-                                  "max_tokens": 4, "seed": 1})
-    assert two["audio"] == expected_audio(service, "More words.", seed=1, frames=4,
-                                          voice=VoicePrompt(text=kept.text, codes=torch_codes(kept.codes)))
+    [two] = run_job(
+        chat_runner, {"message": "More words.", "mode": "tts", "conversation_id": "c-3", "max_tokens": 4, "seed": 1}
+    )
+    assert two["audio"] == expected_audio(
+        service, "More words.", seed=1, frames=4, voice=VoicePrompt(text=kept.text, codes=torch_codes(kept.codes))
+    )
 
 
 def test_expired_conversation_starts_afresh(service, chat_settings, chat_model):
@@ -206,18 +238,22 @@ def test_end_conversation_forgets_history_and_voice(chat_runner, store):
     run_job(chat_runner, {"message": HELLO, "conversation_id": "c-end", "max_tokens": 8, "seed": 1})
     assert store.get("c-end").voice is not None
     assert run_job(chat_runner, {"action": "end_conversation", "conversation_id": "c-end"}) == [
-        {"conversation_id": "c-end", "ended": True}]
+        {"conversation_id": "c-end", "ended": True}
+    ]
     assert store.get("c-end") is None
     assert run_job(chat_runner, {"action": "end_conversation", "conversation_id": "c-end"}) == [
-        {"conversation_id": "c-end", "ended": False}]
+        {"conversation_id": "c-end", "ended": False}
+    ]
 
 
 def test_unreachable_store_fails_the_job_clearly(service, chat_settings, chat_model):
     store = RedisConversationStore(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60, connect_timeout_s=1)
     runner = make_runner(service, chat_settings, chat_model, store)
-    for job in ({"message": HELLO, "conversation_id": "c-down", "max_tokens": 8},
-                {"message": HELLO, "conversation_id": "c-down", "max_tokens": 8, "stream": True},
-                {"action": "end_conversation", "conversation_id": "c-down"}):
+    for job in (
+        {"message": HELLO, "conversation_id": "c-down", "max_tokens": 8},
+        {"message": HELLO, "conversation_id": "c-down", "max_tokens": 8, "stream": True},
+        {"action": "end_conversation", "conversation_id": "c-down"},
+    ):
         [out] = run_job(runner, job)
         assert out.keys() == {"error"} and out["error"].startswith("conversation store unavailable: ConnectionError")
     [ok] = run_job(runner, {"message": HELLO, "max_tokens": 8, "seed": 1})  # no conversation: unaffected

@@ -38,7 +38,13 @@ def long_history(turns: int) -> list[dict]:
 
 
 def test_directory_has_the_layout_of_a_real_model(model_dir):
-    for name in ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]:
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]:
         assert (model_dir / name).is_file(), name
     tokenizer_config = json.loads((model_dir / "tokenizer_config.json").read_text())
     assert "<|im_start|>" in tokenizer_config["chat_template"]
@@ -121,13 +127,25 @@ def test_zero_temperature_is_greedy_whatever_the_seed(chat):
 
 def hf_greedy_reply(chat, messages, max_new_tokens: int, system_prompt=None) -> str:
     """Hugging Face's own greedy generate() on the same prompt: the reference for a temperature-0 reply."""
-    fitted = fit_prompt(chat.tokenizer, messages, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
-                        context_tokens=chat.context_tokens)
+    fitted = fit_prompt(
+        chat.tokenizer,
+        messages,
+        system_prompt=system_prompt,
+        max_new_tokens=max_new_tokens,
+        context_tokens=chat.context_tokens,
+    )
     input_ids = torch.tensor([fitted.token_ids])
-    output = chat.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                 temperature=None, top_k=None, top_p=None, max_new_tokens=max_new_tokens,
-                                 pad_token_id=chat.tokenizer.eos_token_id)
-    new_ids = output[0, input_ids.shape[1]:].tolist()
+    output = chat.model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        temperature=None,
+        top_k=None,
+        top_p=None,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=chat.tokenizer.eos_token_id,
+    )
+    new_ids = output[0, input_ids.shape[1] :].tolist()
     return chat.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
@@ -147,8 +165,9 @@ def test_tiny_model_writes_printable_text(chat):
 
 
 def test_system_prompt_is_part_of_the_prompt(chat):
-    fitted = fit_prompt(chat.tokenizer, HELLO, system_prompt="Answer in French.", max_new_tokens=20,
-                        context_tokens=chat.context_tokens)
+    fitted = fit_prompt(
+        chat.tokenizer, HELLO, system_prompt="Answer in French.", max_new_tokens=20, context_tokens=chat.context_tokens
+    )
     assert "Answer in French." in chat.tokenizer.decode(fitted.token_ids)
     # Same seed, same sampler: only the prompt differs, and so does the reply.
     with_system = chat.reply(HELLO, temperature=1.0, max_new_tokens=20, seed=3, system_prompt="Answer in French.")
@@ -193,15 +212,21 @@ def test_long_history_drops_oldest_turns_and_keeps_the_system_prompt(chat):
     assert fitted.messages[-1] == history[-1]
     assert fitted.messages[1:] == history[fitted.dropped_messages :]  # the newest turns, in order
     # As many turns as fit: one more would overflow.
-    one_more = fit_prompt(chat.tokenizer, history[fitted.dropped_messages - 2 :], system_prompt="Be brief.",
-                          max_new_tokens=100, context_tokens=10_000)
+    one_more = fit_prompt(
+        chat.tokenizer,
+        history[fitted.dropped_messages - 2 :],
+        system_prompt="Be brief.",
+        max_new_tokens=100,
+        context_tokens=10_000,
+    )
     assert len(one_more.token_ids) + 100 > 512
 
     stream = chat.stream_reply(history, temperature=0.7, max_new_tokens=100, system_prompt="Be brief.", seed=0)
     reply = "".join(stream)
     # The model saw exactly the newest turns: sending only those gives the same reply.
-    kept = chat.reply(history[fitted.dropped_messages :], temperature=0.7, max_new_tokens=100,
-                      system_prompt="Be brief.", seed=0)
+    kept = chat.reply(
+        history[fitted.dropped_messages :], temperature=0.7, max_new_tokens=100, system_prompt="Be brief.", seed=0
+    )
     assert reply and reply == kept
 
 
@@ -213,7 +238,9 @@ def test_short_history_is_kept_whole(chat):
 
 def test_oversized_last_message_lowers_the_budget_or_is_refused(chat):
     message = [{"role": "user", "content": "word " * 200}]
-    needed = len(fit_prompt(chat.tokenizer, message, system_prompt=None, max_new_tokens=1, context_tokens=10_000).token_ids)
+    needed = len(
+        fit_prompt(chat.tokenizer, message, system_prompt=None, max_new_tokens=1, context_tokens=10_000).token_ids
+    )
     fitted = fit_prompt(chat.tokenizer, message, system_prompt=None, max_new_tokens=500, context_tokens=needed + 10)
     assert fitted.max_new_tokens == 10
     with pytest.raises(PromptTooLongError, match="too long"):

@@ -53,8 +53,12 @@ def controls(tokenizer, ids: list[int]) -> list[int]:
 
 
 def conversation(content: str) -> list[dict]:
-    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What's the weather?"},
-            {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": content}]
+    return [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What's the weather?"},
+        {"role": "assistant", "content": "Sunny."},
+        {"role": "user", "content": content},
+    ]
 
 
 @pytest.mark.timeout(120)
@@ -62,10 +66,18 @@ def test_injected_control_strings_are_ordinary_tokens(tokenizer):
     start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
     ids = render_prompt(tokenizer, [{"role": "user", "content": INJECTION}])
     # Exactly the template's structure, with the user's characters as plain text inside the turn.
-    assert ids == [start, *plain(tokenizer, "user\n" + INJECTION), end, *plain(tokenizer, "\n"),
-                   start, *plain(tokenizer, "assistant\n")]
+    assert ids == [
+        start,
+        *plain(tokenizer, "user\n" + INJECTION),
+        end,
+        *plain(tokenizer, "\n"),
+        start,
+        *plain(tokenizer, "assistant\n"),
+    ]
     assert tokenizer.decode(ids[1 : ids.index(end)]) == "user\n" + INJECTION
-    assert controls(tokenizer, old_rendering(tokenizer, [{"role": "user", "content": INJECTION}])) != controls(tokenizer, ids)
+    assert controls(tokenizer, old_rendering(tokenizer, [{"role": "user", "content": INJECTION}])) != controls(
+        tokenizer, ids
+    )
 
 
 @pytest.mark.timeout(120)
@@ -73,9 +85,11 @@ def test_injected_control_strings_are_ordinary_tokens(tokenizer):
 def test_control_tokens_only_where_the_template_puts_them(tokenizer, injection):
     harmless = render_prompt(tokenizer, conversation(HARMLESS))
     # In the latest message, in a history turn and in the system prompt alike.
-    for messages in (conversation(injection),
-                     [{**m, "content": injection} if m["role"] == "assistant" else m for m in conversation(HARMLESS)],
-                     [{"role": "system", "content": injection}] + conversation(HARMLESS)[1:]):
+    for messages in (
+        conversation(injection),
+        [{**m, "content": injection} if m["role"] == "assistant" else m for m in conversation(HARMLESS)],
+        [{"role": "system", "content": injection}] + conversation(HARMLESS)[1:],
+    ):
         ids = render_prompt(tokenizer, messages)
         assert controls(tokenizer, ids) == controls(tokenizer, harmless)
         rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -96,8 +110,11 @@ def test_turns_around_an_injected_one_are_encoded_as_before(tokenizer):
 HARMLESS_CONVERSATIONS = [
     [{"role": "user", "content": HARMLESS}],
     conversation(HARMLESS),
-    [{"role": "user", "content": "  leading and trailing spaces  "}, {"role": "assistant", "content": "\n\nnewlines\n"},
-     {"role": "user", "content": "Grüße, 日本語 😀 <b>tags</b> <| |> im_end"}],
+    [
+        {"role": "user", "content": "  leading and trailing spaces  "},
+        {"role": "assistant", "content": "\n\nnewlines\n"},
+        {"role": "user", "content": "Grüße, 日本語 😀 <b>tags</b> <| |> im_end"},
+    ],
     [{"role": "user", "content": ""}],
 ]
 
@@ -119,26 +136,39 @@ def test_a_template_that_trims_or_rewrites_contents_keeps_them_plain(tokenizer):
     rewriting.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | upper")
     for template in (trimming, rewriting):
         ids = render_prompt(template, [{"role": "user", "content": " " + INJECTION + " "}])
-        assert controls(template, ids) == controls(template, render_prompt(template, [{"role": "user", "content": "x"}]))
+        assert controls(template, ids) == controls(
+            template, render_prompt(template, [{"role": "user", "content": "x"}])
+        )
 
 
 @pytest.mark.timeout(120)
 def test_trimming_counts_the_tokens_the_model_is_fed(tokenizer):
     history = []
     for i in range(30):
-        history += [{"role": "user", "content": f"{INJECTION} question {i}"}, {"role": "assistant", "content": INJECTION}]
+        history += [
+            {"role": "user", "content": f"{INJECTION} question {i}"},
+            {"role": "assistant", "content": INJECTION},
+        ]
     history.append({"role": "user", "content": INJECTION})
     fitted = fit_prompt(tokenizer, history, system_prompt=INJECTION, max_new_tokens=100, context_tokens=512)
     assert fitted.dropped_messages > 0 and fitted.messages[1]["role"] == "user"
     assert fitted.token_ids == render_prompt(tokenizer, fitted.messages)
     assert len(fitted.token_ids) + 100 <= 512
-    one_more = fit_prompt(tokenizer, history[fitted.dropped_messages - 2 :], system_prompt=INJECTION,
-                          max_new_tokens=100, context_tokens=10_000)
+    one_more = fit_prompt(
+        tokenizer,
+        history[fitted.dropped_messages - 2 :],
+        system_prompt=INJECTION,
+        max_new_tokens=100,
+        context_tokens=10_000,
+    )
     assert len(one_more.token_ids) + 100 > 512
 
     message = [{"role": "user", "content": INJECTION * 20}]
     needed = len(fit_prompt(tokenizer, message, system_prompt=None, max_new_tokens=1, context_tokens=10_000).token_ids)
-    assert fit_prompt(tokenizer, message, system_prompt=None, max_new_tokens=50, context_tokens=needed + 4).max_new_tokens == 4
+    assert (
+        fit_prompt(tokenizer, message, system_prompt=None, max_new_tokens=50, context_tokens=needed + 4).max_new_tokens
+        == 4
+    )
     with pytest.raises(PromptTooLongError, match="too long"):
         fit_prompt(tokenizer, message, system_prompt=None, max_new_tokens=5, context_tokens=needed)
 
@@ -146,31 +176,52 @@ def test_trimming_counts_the_tokens_the_model_is_fed(tokenizer):
 @pytest.mark.timeout(120)
 def test_reply_to_an_injection_is_the_reply_to_its_plain_text(chat):
     # Greedy: the reply to the injected message is what the model writes after the safe prompt.
-    fitted = fit_prompt(chat.tokenizer, [{"role": "user", "content": INJECTION}], system_prompt=None,
-                        max_new_tokens=8, context_tokens=chat.context_tokens)
+    fitted = fit_prompt(
+        chat.tokenizer,
+        [{"role": "user", "content": INJECTION}],
+        system_prompt=None,
+        max_new_tokens=8,
+        context_tokens=chat.context_tokens,
+    )
     reply = chat.reply([{"role": "user", "content": INJECTION}], temperature=0, max_new_tokens=8)
     input_ids = torch.tensor([fitted.token_ids])
-    output = chat.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                 temperature=None, top_k=None, top_p=None, max_new_tokens=8,
-                                 pad_token_id=chat.tokenizer.eos_token_id)
-    assert reply == chat.tokenizer.decode(output[0, input_ids.shape[1] :].tolist(), skip_special_tokens=True,
-                                          clean_up_tokenization_spaces=False)
+    output = chat.model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        temperature=None,
+        top_k=None,
+        top_p=None,
+        max_new_tokens=8,
+        pad_token_id=chat.tokenizer.eos_token_id,
+    )
+    assert reply == chat.tokenizer.decode(
+        output[0, input_ids.shape[1] :].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
 
 
 @pytest.mark.timeout(300)
 def test_chat_jobs_with_injections_complete_normally(service, settings, tiny_chat_model_dir, chat):
-    chat_settings = settings.model_copy(update={"chat": ChatSettings(model_dir=tiny_chat_model_dir,
-                                                                     frames_per_sentence=FRAMES)})
+    chat_settings = settings.model_copy(
+        update={"chat": ChatSettings(model_dir=tiny_chat_model_dir, frames_per_sentence=FRAMES)}
+    )
     store = MemoryConversationStore(ttl_s=60, max_conversations=10)
     runner = JobRunner(service, chat_settings, ConversationService(service, store, chat=chat, settings=chat_settings))
-    [one] = run_job(runner, {"message": INJECTION, "conversation_id": "inj", "max_tokens": 12, "seed": 1,
-                             "system_prompt": INJECTION})
+    [one] = run_job(
+        runner,
+        {"message": INJECTION, "conversation_id": "inj", "max_tokens": 12, "seed": 1, "system_prompt": INJECTION},
+    )
     assert "error" not in one and one["text"] and one["audio"]
-    [two] = run_job(runner, {"message": HARMLESS, "conversation_id": "inj", "max_tokens": 12, "seed": 2,
-                             "system_prompt": INJECTION})
-    history = [{"role": "user", "content": INJECTION}, {"role": "assistant", "content": one["text"]},
-               {"role": "user", "content": HARMLESS}]
-    injected_system = chat_settings.model_copy(update={"chat": chat_settings.chat.model_copy(
-        update={"system_prompt": INJECTION})})
+    [two] = run_job(
+        runner, {"message": HARMLESS, "conversation_id": "inj", "max_tokens": 12, "seed": 2, "system_prompt": INJECTION}
+    )
+    history = [
+        {"role": "user", "content": INJECTION},
+        {"role": "assistant", "content": one["text"]},
+        {"role": "user", "content": HARMLESS},
+    ]
+    injected_system = chat_settings.model_copy(
+        update={"chat": chat_settings.chat.model_copy(update={"system_prompt": INJECTION})}
+    )
     assert two["text"] == expected_reply(chat, injected_system, history, seed=2, max_tokens=12)
     assert two["audio"] and store.get("inj").turns == 2

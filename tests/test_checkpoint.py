@@ -79,8 +79,14 @@ def test_missing_weight_is_reported(broken_copy):
 
 def test_worker_refuses_to_start_without_checkpoint(tmp_path):
     env = {**os.environ, "FISH_CHECKPOINT_DIR": str(tmp_path / "nowhere"), "FISH_WARMUP": "false"}
-    result = subprocess.run([sys.executable, "handler.py", "--test_input", '{"input": {"message": "hi"}}'],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "handler.py", "--test_input", '{"input": {"message": "hi"}}'],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "checkpoint directory not found" in result.stderr and "nowhere" in result.stderr
     assert "Traceback" not in result.stderr
@@ -89,39 +95,66 @@ def test_worker_refuses_to_start_without_checkpoint(tmp_path):
 def test_handler_test_input_runs_the_job_for_real(tiny_checkpoint):
     env = {**os.environ, "FISH_CHECKPOINT_DIR": str(tiny_checkpoint), "FISH_WARMUP": "false", "FISH_DEVICE": "cpu"}
     job = '{"input": {"message": "One. Two sentences here.", "stream": true, "max_tokens": 3, "seed": 1}}'
-    result = subprocess.run([sys.executable, "handler.py", "--test_input", job],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "handler.py", "--test_input", job],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     # What RunPod stores for a streamed job: the chunks (/stream) and a summary as `output` (/status).
     assert [c["output"]["text"] for c in printed["stream"]] == ["One. Two sentences here."]
     assert len(printed["stream"][0]["output"]["audio"]) == 3 * 2048
-    assert printed["output"] == {"text": "One. Two sentences here.", "duration_s": round(3 * 2048 / 44100, 3),
-                                 "chunks": 1, "seed": 1}
+    assert printed["output"] == {
+        "text": "One. Two sentences here.",
+        "duration_s": round(3 * 2048 / 44100, 3),
+        "chunks": 1,
+        "seed": 1,
+    }
 
 
 def test_worker_tries_to_download_a_missing_checkpoint_when_given_a_token(tmp_path):
     """HF_TOKEN set + empty volume → the worker fetches the weights; offline it stops, saying what to copy."""
-    env = {**os.environ, "FISH_CHECKPOINT_DIR": str(tmp_path / "volume"), "FISH_WARMUP": "false",
-           "HF_TOKEN": "hf_test", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    result = subprocess.run([sys.executable, "handler.py", "--test_input", '{"input": {"message": "hi"}}'],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "FISH_CHECKPOINT_DIR": str(tmp_path / "volume"),
+        "FISH_WARMUP": "false",
+        "HF_TOKEN": "hf_test",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "handler.py", "--test_input", '{"input": {"message": "hi"}}'],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "downloading fishaudio/openaudio-s1-mini" in result.stderr
     assert "could not download fishaudio/openaudio-s1-mini" in result.stderr and "model.pth" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(("yaml_text", "expected"), [
-    ("_target_: builtins.print\n", "codec_config.yaml: _target_: not a codec size this file may set"),
-    ("quantizer:\n  post_module:\n    _target_: os.system\n",
-     "codec_config.yaml: quantizer.post_module._target_: not a codec size"),
-    ("decoder_dim: '64'\n", "codec_config.yaml: decoder_dim: Input should be a valid integer"),
-    ("decoder_dim: ${oc.env:HOME}\n", "codec_config.yaml: decoder_dim: Input should be a valid integer"),
-    ("decoder_dim: .nan\n", "codec_config.yaml: decoder_dim: Input should be a valid integer"),
-    ("decoder_dim: [\n", "codec_config.yaml: cannot be read as YAML"),
-    ("- 1\n", "codec_config.yaml: the file: Input should be a valid dictionary"),
-])
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("_target_: builtins.print\n", "codec_config.yaml: _target_: not a codec size this file may set"),
+        (
+            "quantizer:\n  post_module:\n    _target_: os.system\n",
+            "codec_config.yaml: quantizer.post_module._target_: not a codec size",
+        ),
+        ("decoder_dim: '64'\n", "codec_config.yaml: decoder_dim: Input should be a valid integer"),
+        ("decoder_dim: ${oc.env:HOME}\n", "codec_config.yaml: decoder_dim: Input should be a valid integer"),
+        ("decoder_dim: .nan\n", "codec_config.yaml: decoder_dim: Input should be a valid integer"),
+        ("decoder_dim: [\n", "codec_config.yaml: cannot be read as YAML"),
+        ("- 1\n", "codec_config.yaml: the file: Input should be a valid dictionary"),
+    ],
+)
 def test_codec_config_is_data_checked_against_a_whitelist(broken_copy, capsys, yaml_text, expected):
     from fish_worker.engine.checkpoint import load_codec
 
@@ -144,8 +177,14 @@ def test_codec_weights_that_do_not_match_name_the_codec_config(broken_copy):
 def test_worker_with_a_bad_codec_config_stops_saying_so(broken_copy):
     (broken_copy / "codec_config.yaml").write_text("_target_: builtins.print\n")
     env = {**os.environ, "FISH_CHECKPOINT_DIR": str(broken_copy), "FISH_WARMUP": "false", "FISH_DEVICE": "cpu"}
-    result = subprocess.run([sys.executable, "handler.py", "--test_input", '{"input": {"message": "hi"}}'],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "handler.py", "--test_input", '{"input": {"message": "hi"}}'],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "cannot start: codec_config.yaml: _target_: not a codec size" in result.stderr
     assert "Traceback" not in result.stderr

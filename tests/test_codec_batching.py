@@ -18,15 +18,21 @@ from fish_worker.tts.voice_resolver import VoiceResolver
 
 
 def random_codes(service, frames: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 64, (service.generator.num_codebooks, frames), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 64, (service.generator.num_codebooks, frames), generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def batched_service(service, batch_frames: int) -> TTSService:
     """The session's models and engine, with a codec that batches concurrent decodes."""
     codec = Codec(service.codec.model, service.codec.device, service.codec.precision, batch_frames)
     voices = service.voices
-    return TTSService(service.generator, codec, VoiceResolver(codec, voices.num_codebooks, voices.store, voices.cache,
-                                                              voices.max_bytes, voices.max_seconds), service.limits)
+    return TTSService(
+        service.generator,
+        codec,
+        VoiceResolver(codec, voices.num_codebooks, voices.store, voices.cache, voices.max_bytes, voices.max_seconds),
+        service.limits,
+    )
 
 
 def test_padded_rows_decode_to_their_solo_audio(service):
@@ -46,8 +52,12 @@ def test_a_batch_of_sentences_and_streamed_windows_gives_each_its_solo_audio(ser
     latents = [torch.randn(dim, n, generator=torch.Generator().manual_seed(n)) for n in (24, 9)]
     inputs = [random_codes(service, 17, seed=1), latents[0], random_codes(service, 30, seed=2), latents[1]]
     together = batched._decode_on_stream(inputs)
-    solo = [service.codec.decode(inputs[0]), service.codec.decode_window(latents[0]),
-            service.codec.decode(inputs[2]), service.codec.decode_window(latents[1])]
+    solo = [
+        service.codec.decode(inputs[0]),
+        service.codec.decode_window(latents[0]),
+        service.codec.decode(inputs[2]),
+        service.codec.decode_window(latents[1]),
+    ]
     for got, alone in zip(together, solo, strict=True):
         assert got.shape == alone.shape
         np.testing.assert_allclose(got, alone, atol=1e-5)
@@ -56,8 +66,12 @@ def test_a_batch_of_sentences_and_streamed_windows_gives_each_its_solo_audio(ser
 def test_concurrent_jobs_share_decodes_and_keep_their_audio(service):
     """Streamed jobs at once through a batching codec: same audio as the plain codec, fewer decode calls."""
     batched = batched_service(service, batch_frames=512)
-    requests = [SynthesisRequest(text=f"Sentence number {i}. And one more, {i}.", seed=40 + i, frames_per_sentence=24,
-                                 stream=bool(i % 2)) for i in range(4)]
+    requests = [
+        SynthesisRequest(
+            text=f"Sentence number {i}. And one more, {i}.", seed=40 + i, frames_per_sentence=24, stream=bool(i % 2)
+        )
+        for i in range(4)
+    ]
 
     def audio(svc, request):
         return np.concatenate([c.audio for c in svc.synthesize(request)])

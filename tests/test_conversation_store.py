@@ -56,7 +56,9 @@ def test_voice_codes_are_a_read_only_copy():
         v.codes[0, 0] = 1
 
 
-@pytest.mark.parametrize("codes", [np.zeros((2, 3), dtype=np.float32), np.zeros(5, dtype=np.int32), np.zeros((2, 0), dtype=np.int32)])
+@pytest.mark.parametrize(
+    "codes", [np.zeros((2, 3), dtype=np.float32), np.zeros(5, dtype=np.int32), np.zeros((2, 0), dtype=np.int32)]
+)
 def test_voice_rejects_codes_that_are_not_integer_codebooks_by_frames(codes):
     with pytest.raises(ValueError, match="codes"):
         ConversationVoice(codes=codes, text="x", source="reference")
@@ -122,7 +124,12 @@ def test_history_keeps_the_newest_messages_only(store):
         store.append_turn("chat-1", f"user {turn}", f"assistant {turn}")
     conversation = store.get("chat-1")
     assert [m.content for m in conversation.messages] == [
-        "user 2", "assistant 2", "user 3", "assistant 3", "user 4", "assistant 4"
+        "user 2",
+        "assistant 2",
+        "user 3",
+        "assistant 3",
+        "user 4",
+        "assistant 4",
     ]
     assert conversation.turns == 5
 
@@ -207,7 +214,10 @@ def test_memory_store_evicts_the_least_recently_used():
 
 def test_memory_store_serialises_concurrent_turns():
     store = MemoryConversationStore(ttl_s=60, max_conversations=10, max_messages=1000)
-    threads = [threading.Thread(target=lambda w=w: [store.append_turn("chat-1", f"{w}-{i}", "ok") for i in range(50)]) for w in range(4)]
+    threads = [
+        threading.Thread(target=lambda w=w: [store.append_turn("chat-1", f"{w}-{i}", "ok") for i in range(50)])
+        for w in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -336,8 +346,12 @@ def test_wrong_key_type_is_reported(redis_url, redis_client):
 
 def test_unreachable_redis_is_a_clear_error():
     store = RedisConversationStore(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60, connect_timeout_s=1)
-    for call in (store.ping, lambda: store.get("chat-1"), lambda: store.append_turn("chat-1", "a", "b"),
-                 lambda: store.delete("chat-1")):
+    for call in (
+        store.ping,
+        lambda: store.get("chat-1"),
+        lambda: store.append_turn("chat-1", "a", "b"),
+        lambda: store.delete("chat-1"),
+    ):
         with pytest.raises(ConversationStoreError, match="conversation store unavailable"):
             call()
 

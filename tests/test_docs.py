@@ -68,7 +68,7 @@ def shell_blocks(path: Path) -> list[Block]:
             before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
             marker = MARKER.match(before)
             indent = len(opening.group(1))
-            body = "\n".join(line[indent:] for line in lines[i + 1:end])
+            body = "\n".join(line[indent:] for line in lines[i + 1 : end])
             blocks.append(Block(path, i + 1, marker.group(1) if marker else None, body))
         i = end + 1
     return blocks
@@ -83,11 +83,15 @@ def blocks_of(kind: str) -> list[Block]:
 
 def test_every_shell_block_is_run_or_says_why_not():
     known = {"here", "serve", "with-server", "ci"} | NOT_RUNNABLE
-    unaccounted = [f"{b.name} ({b.kind or 'no marker'})" for b in BLOCKS
-                   if b.kind not in known and not (b.kind or "").startswith("tests/")]
+    unaccounted = [
+        f"{b.name} ({b.kind or 'no marker'})"
+        for b in BLOCKS
+        if b.kind not in known and not (b.kind or "").startswith("tests/")
+    ]
     assert not unaccounted, (
         "shell blocks nothing runs: put <!-- commands: here|serve|with-server|ci|tests/<file>.py|"
-        f"needs-gpu|needs-network|needs-deployment --> before each (see {Path(__file__).name}): {unaccounted}")
+        f"needs-gpu|needs-network|needs-deployment --> before each (see {Path(__file__).name}): {unaccounted}"
+    )
     assert blocks_of("here") and blocks_of("ci")  # the parser found the README's and the docs' blocks
 
 
@@ -103,8 +107,12 @@ def test_the_named_test_runs_the_blocks_scripts(block):
     test_file = ROOT / block.kind
     assert test_file.is_file(), f"{block.name}: no such test file {block.kind}"
     source = test_file.read_text()
-    scripts = {word for command in block.commands() for word in command.split()
-               if re.fullmatch(r"[\w./-]+\.(py|mjs|js|sh)", word)}
+    scripts = {
+        word
+        for command in block.commands()
+        for word in command.split()
+        if re.fullmatch(r"[\w./-]+\.(py|mjs|js|sh)", word)
+    }
     assert scripts, f"{block.name}: names no script for {block.kind} to run"
     for script in scripts:
         assert Path(script).name in source, f"{block.name}: {block.kind} never mentions {script}"
@@ -139,8 +147,9 @@ def doc_env(**extra: str) -> dict[str, str]:
 @pytest.mark.parametrize("block", blocks_of("here"), ids=lambda b: b.name)
 def test_here_block_runs(block, substitutions):
     script = "set -euo pipefail\n" + substituted(block.text, substitutions)
-    result = subprocess.run(["bash", "-c", script], cwd=ROOT, env=doc_env(), capture_output=True, text=True,
-                            timeout=280)
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, env=doc_env(), capture_output=True, text=True, timeout=280
+    )
     assert result.returncode == 0, f"{block.name} failed:\n{result.stdout[-1500:]}\n{result.stderr[-3000:]}"
     assert '"error"' not in result.stdout[-2000:], f"{block.name}: {result.stdout[-1500:]}"
 
@@ -170,16 +179,24 @@ def wait_until_ready(url: str, process: subprocess.Popen, deadline_s: float) -> 
 def test_served_block_answers(block, substitutions, tmp_path):
     port = free_port()
     log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(["bash", "-c", substituted(block.text, substitutions)], cwd=ROOT,
-                              env=doc_env(PORT=str(port), FISH_HOST="127.0.0.1"), stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        ["bash", "-c", substituted(block.text, substitutions)],
+        cwd=ROOT,
+        env=doc_env(PORT=str(port), FISH_HOST="127.0.0.1"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until_ready(f"http://127.0.0.1:{port}/ping", server, deadline_s=240)
         for client in [b for b in blocks_of("with-server") if b.path == block.path]:
-            script = "set -euo pipefail\n" + substituted(client.text, {**substitutions, "localhost:8000": f"127.0.0.1:{port}"})
+            script = "set -euo pipefail\n" + substituted(
+                client.text, {**substitutions, "localhost:8000": f"127.0.0.1:{port}"}
+            )
             result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
             assert result.returncode == 0 and '"status":"success"' in result.stdout.replace(" ", ""), (
-                f"{client.name}: {result.stdout[-1000:]} {result.stderr[-1000:]}")
+                f"{client.name}: {result.stdout[-1000:]} {result.stderr[-1000:]}"
+            )
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the group this test started: bash and the server
         try:
@@ -196,6 +213,7 @@ def test_every_with_server_block_has_a_server():
 
 
 # ---- docs/configuration.md ---------------------------------------------------------------------------
+
 
 def env_names(settings_class: type[BaseSettings]) -> dict[str, object]:
     """Every variable a settings class reads (sections included) → its default."""
@@ -286,6 +304,7 @@ def test_every_relative_link_points_at_something(doc):
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.kind not in NOT_RUNNABLE], ids=lambda b: b.name)
 def test_commands_name_the_interpreter_a_reader_needs(block):
     # A fresh clone's system python has neither torch nor httpx: commands run with the project's venv.
-    bare = [command for command in block.commands()
-            if re.search(r"(^|[\s;&|=])(python3?|pip3?)\s", command.split("#")[0])]
+    bare = [
+        command for command in block.commands() if re.search(r"(^|[\s;&|=])(python3?|pip3?)\s", command.split("#")[0])
+    ]
     assert not bare, f"{block.name}: use .venv/bin/python (the venv the quick start makes): {bare}"

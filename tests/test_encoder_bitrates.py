@@ -17,15 +17,26 @@ def noise(rate):
 def kbps(fmt, rate, bitrate):
     encoder = StreamEncoder(fmt, rate, bitrate)
     audio = noise(rate)
-    data = b"".join([encoder.feed_bytes(audio[i:i + 4000]) for i in range(0, len(audio), 4000)] + [encoder.close_bytes()])
+    data = b"".join(
+        [encoder.feed_bytes(audio[i : i + 4000]) for i in range(0, len(audio), 4000)] + [encoder.close_bytes()]
+    )
     return len(data) * 8 / SECONDS / 1000
 
 
-@pytest.mark.parametrize("rate, bitrate, expected", [
-    (44100, 64, 64), (44100, 128, 128), (44100, 192, 192), (48000, 128, 128),
-    (24000, 64, 64), (16000, 128, 128), (16000, 192, 160),  # MPEG-2 tops out at 160
-    (8000, 64, 64), (8000, 128, 64),  # MPEG-2.5 at 64
-])
+@pytest.mark.parametrize(
+    "rate, bitrate, expected",
+    [
+        (44100, 64, 64),
+        (44100, 128, 128),
+        (44100, 192, 192),
+        (48000, 128, 128),
+        (24000, 64, 64),
+        (16000, 128, 128),
+        (16000, 192, 160),  # MPEG-2 tops out at 160
+        (8000, 64, 64),
+        (8000, 128, 64),  # MPEG-2.5 at 64
+    ],
+)
 def test_mp3_bitrate_is_what_was_asked_at_every_rate(rate, bitrate, expected):
     assert kbps("mp3", rate, bitrate) == pytest.approx(expected, rel=0.1)
 

@@ -22,8 +22,14 @@ FISH = {"text": "Hello there.", "max_new_tokens": 4}
 # A message that would have fooled the old prefix matching: only the kind may decide the status.
 MISLEADING = "internal error: voice_id: no saved voice, says the text; the kind decides"
 
-EXPECTED_STATUS = {ErrorKind.BAD_INPUT: 400, ErrorKind.NOT_FOUND: 404, ErrorKind.TOO_LARGE: 413,
-                   ErrorKind.BUSY: 429, ErrorKind.UNAVAILABLE: 500, ErrorKind.INTERNAL: 500}
+EXPECTED_STATUS = {
+    ErrorKind.BAD_INPUT: 400,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.BUSY: 429,
+    ErrorKind.UNAVAILABLE: 500,
+    ErrorKind.INTERNAL: 500,
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +68,15 @@ def events(runner, job_input):
     return asyncio.run(go())
 
 
-@pytest.mark.parametrize("job_input, kind, field", [
-    ({**JOB, "temperature": 5.0}, ErrorKind.BAD_INPUT, "temperature"),
-    ({**JOB, "voice_id": "never-saved"}, ErrorKind.NOT_FOUND, "voice_id"),
-    ({"action": "delete_voice", "voice_id": "never-saved"}, ErrorKind.NOT_FOUND, "voice_id"),
-    ({"message": "word " * 390, "max_tokens": 2000, "audio_format": "float"}, ErrorKind.TOO_LARGE, None),
-])
+@pytest.mark.parametrize(
+    "job_input, kind, field",
+    [
+        ({**JOB, "temperature": 5.0}, ErrorKind.BAD_INPUT, "temperature"),
+        ({**JOB, "voice_id": "never-saved"}, ErrorKind.NOT_FOUND, "voice_id"),
+        ({"action": "delete_voice", "voice_id": "never-saved"}, ErrorKind.NOT_FOUND, "voice_id"),
+        ({"message": "word " * 390, "max_tokens": 2000, "audio_format": "float"}, ErrorKind.TOO_LARGE, None),
+    ],
+)
 def test_runner_events_end_with_a_typed_failure(runner, job_input, kind, field):
     failure = events(runner, job_input)[-1]
     assert isinstance(failure, JobFailure) and (failure.kind, failure.field) == (kind, field)

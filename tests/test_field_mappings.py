@@ -34,8 +34,16 @@ def app(runner, app_settings):
 
 @pytest.fixture(scope="module")
 def saved_voice(runner) -> str:
-    [saved] = run_job(runner, {"action": "save_voice", "voice_id": "mapper", "reference_audio": REFERENCE,
-                               "reference_text": "A voice to map.", "overwrite": True})
+    [saved] = run_job(
+        runner,
+        {
+            "action": "save_voice",
+            "voice_id": "mapper",
+            "reference_audio": REFERENCE,
+            "reference_text": "A voice to map.",
+            "overwrite": True,
+        },
+    )
     assert saved["voice"]["voice_id"] == "mapper", saved
     return "mapper"
 
@@ -95,8 +103,12 @@ def test_openai_speech_is_the_job_with_the_same_voice_seed_speed_and_rate(app, r
 
 
 def test_openai_response_format_is_the_file_format(app):
-    response = call(app, "POST", "/v1/audio/speech",
-                    json={"input": TEXT, "voice": "alloy", "response_format": "wav", "max_tokens": 4, "seed": 1})
+    response = call(
+        app,
+        "POST",
+        "/v1/audio/speech",
+        json={"input": TEXT, "voice": "alloy", "response_format": "wav", "max_tokens": 4, "seed": 1},
+    )
     assert response.status_code == 200 and response.content[:4] == b"RIFF"
     assert response.headers["content-type"] == "audio/wav"
 
@@ -105,9 +117,19 @@ def test_openai_response_format_is_the_file_format(app):
 
 
 def test_seed_run_is_the_job(app, runner, saved_voice):
-    fields = {"message": TEXT, "max_tokens": 6, "seed": 7, "audio_format": "pcm16", "voice_id": saved_voice,
-              "speed": 1.25, "volume": -3.0, "sample_rate": 22050, "temperature": 0.4, "top_p": 0.5,
-              "repetition_penalty": 1.5}
+    fields = {
+        "message": TEXT,
+        "max_tokens": 6,
+        "seed": 7,
+        "audio_format": "pcm16",
+        "voice_id": saved_voice,
+        "speed": 1.25,
+        "volume": -3.0,
+        "sample_rate": 22050,
+        "temperature": 0.4,
+        "top_p": 0.5,
+        "repetition_penalty": 1.5,
+    }
     response = call(app, "POST", "/run", json={"input": fields})
     assert response.status_code == 200, response.text
     assert response.json()["output"] == run_job(runner, fields)[0]
@@ -116,8 +138,15 @@ def test_seed_run_is_the_job(app, runner, saved_voice):
 
 
 def test_v2_runsync_is_the_job(app, runner, saved_voice):
-    fields = {"message": TEXT, "max_tokens": 6, "seed": 8, "audio_format": "pcm16", "voice_id": saved_voice,
-              "speed": 0.8, "temperature": 0.4}
+    fields = {
+        "message": TEXT,
+        "max_tokens": 6,
+        "seed": 8,
+        "audio_format": "pcm16",
+        "voice_id": saved_voice,
+        "speed": 0.8,
+        "temperature": 0.4,
+    }
     response = call(app, "POST", "/v2/ep/runsync", json={"input": fields})
     assert response.json()["status"] == "COMPLETED", response.text
     assert response.json()["output"] == run_job(runner, fields)[0]
@@ -127,10 +156,19 @@ def test_v2_runsync_is_the_job(app, runner, saved_voice):
 
 
 def test_fish_request_fields_reach_the_synthesis_plan(service, settings, saved_voice):
-    request = FishTTSRequest.model_validate({
-        "text": TEXT, "temperature": 0.35, "top_p": 0.45, "repetition_penalty": 1.55, "max_new_tokens": 17,
-        "format": "wav", "sample_rate": 16_000, "prosody": {"speed": 1.3, "volume": -4.0},
-        "reference_id": saved_voice})
+    request = FishTTSRequest.model_validate(
+        {
+            "text": TEXT,
+            "temperature": 0.35,
+            "top_p": 0.45,
+            "repetition_penalty": 1.55,
+            "max_new_tokens": 17,
+            "format": "wav",
+            "sample_rate": 16_000,
+            "prosody": {"speed": 1.3, "volume": -4.0},
+            "reference_id": saved_voice,
+        }
+    )
     plan = plan_speech(request, service.voices, service.voices.store, settings)
     assert (plan.speech.temperature, plan.speech.top_p, plan.speech.repetition_penalty) == (0.35, 0.45, 1.55)
     assert plan.speech.frames_per_sentence == 17
@@ -140,9 +178,12 @@ def test_fish_request_fields_reach_the_synthesis_plan(service, settings, saved_v
 
 
 def test_fish_references_keep_their_transcripts(service, settings):
-    request = FishTTSRequest.model_validate({
-        "text": TEXT, "references": [{"audio": REFERENCE, "text": "First clip."},
-                                     {"audio": REFERENCE, "text": "Second clip."}]})
+    request = FishTTSRequest.model_validate(
+        {
+            "text": TEXT,
+            "references": [{"audio": REFERENCE, "text": "First clip."}, {"audio": REFERENCE, "text": "Second clip."}],
+        }
+    )
     plan = plan_speech(request, service.voices, service.voices.store, settings)
     assert plan.speech.voice.text == "First clip. Second clip."
 
@@ -162,8 +203,20 @@ def test_fish_tts_audio_follows_format_and_sample_rate(app, service):
 def test_a_tenants_saved_voice_speaks_through_every_door(runner, app_settings):
     app = create_app(runner, app_settings(api_keys="carol:carol-key"))
     carol = {"Authorization": "Bearer carol-key"}
-    saved = call(app, "POST", "/run", headers=carol, json={"input": {
-        "action": "save_voice", "voice_id": "carols", "reference_audio": REFERENCE, "reference_text": "Carol."}})
+    saved = call(
+        app,
+        "POST",
+        "/run",
+        headers=carol,
+        json={
+            "input": {
+                "action": "save_voice",
+                "voice_id": "carols",
+                "reference_audio": REFERENCE,
+                "reference_text": "Carol.",
+            }
+        },
+    )
     assert saved.status_code == 200, saved.text
     job = {"message": "Hi.", "voice_id": "carols", "max_tokens": 3, "seed": 1, "audio_format": "pcm16"}
 
@@ -172,11 +225,21 @@ def test_a_tenants_saved_voice_speaks_through_every_door(runner, app_settings):
     runsync = call(app, "POST", "/v2/ep/runsync", headers=carol, json={"input": job})
     assert runsync.json()["status"] == "COMPLETED", runsync.text
     assert runsync.json()["output"] == seed_run.json()["output"]
-    openai = call(app, "POST", "/v1/audio/speech", headers=carol, json={
-        "input": "Hi.", "voice": "carols", "response_format": "wav", "max_tokens": 3, "seed": 1})
+    openai = call(
+        app,
+        "POST",
+        "/v1/audio/speech",
+        headers=carol,
+        json={"input": "Hi.", "voice": "carols", "response_format": "wav", "max_tokens": 3, "seed": 1},
+    )
     assert openai.status_code == 200, openai.text
-    fish = call(app, "POST", "/v1/tts", headers=carol, json={"text": "Hi.", "reference_id": "carols",
-                                                              "format": "wav", "max_new_tokens": 3})
+    fish = call(
+        app,
+        "POST",
+        "/v1/tts",
+        headers=carol,
+        json={"text": "Hi.", "reference_id": "carols", "format": "wav", "max_new_tokens": 3},
+    )
     assert fish.status_code == 200, fish.text
 
 
@@ -244,11 +307,14 @@ def live_error(live_url, request: dict) -> str:
 MANY_SENTENCES = "Hello there. " * 101  # 101 sentences at any sentence length (FISH_MAX_SENTENCES: 100)
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("x" * 2001, "is 2001 characters, the limit is 2000"),
-    (MANY_SENTENCES, "has 101 sentences, the limit is 100 (FISH_MAX_SENTENCES)"),
-    ("   ", "must contain text"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("x" * 2001, "is 2001 characters, the limit is 2000"),
+        (MANY_SENTENCES, "has 101 sentences, the limit is 100 (FISH_MAX_SENTENCES)"),
+        ("   ", "must contain text"),
+    ],
+)
 def test_text_over_a_limit_is_the_same_error_on_every_door(app, runner, live_url, text, problem):
     errors = {door: job_door_error(app, runner, door, {"message": text}) for door in JOB_DOORS}
     assert errors == dict.fromkeys(JOB_DOORS, f"message: {problem}")
@@ -258,14 +324,17 @@ def test_text_over_a_limit_is_the_same_error_on_every_door(app, runner, live_url
         assert live_error(live_url, {"text": text}) == f"text: {problem}"
 
 
-@pytest.mark.parametrize("field, value, problem", [
-    ("temperature", 1.5, "Input should be less than or equal to 1"),
-    ("temperature", -0.1, "Input should be greater than or equal to 0"),
-    ("top_p", 1.01, "Input should be less than or equal to 1"),
-    ("top_p", -0.5, "Input should be greater than or equal to 0"),
-    ("repetition_penalty", 2.0, "Input should be less than 2"),
-    ("repetition_penalty", 0.0, "Input should be greater than 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, problem",
+    [
+        ("temperature", 1.5, "Input should be less than or equal to 1"),
+        ("temperature", -0.1, "Input should be greater than or equal to 0"),
+        ("top_p", 1.01, "Input should be less than or equal to 1"),
+        ("top_p", -0.5, "Input should be greater than or equal to 0"),
+        ("repetition_penalty", 2.0, "Input should be less than 2"),
+        ("repetition_penalty", 0.0, "Input should be greater than 0"),
+    ],
+)
 def test_a_sampling_value_out_of_range_is_the_same_error_on_every_door(app, runner, live_url, field, value, problem):
     # One range on every door (engine/sampling_rules.py); the OpenAI door has no sampling fields.
     errors = {door: job_door_error(app, runner, door, {"message": "Hi.", field: value}) for door in JOB_DOORS}
@@ -288,12 +357,15 @@ OPUS_AT_16K = "sample_rate: opus is always 48000 Hz; leave sample_rate out or ch
 def test_a_sample_rate_with_opus_is_refused_alike_and_ignored_by_the_fish_doors(app, runner):
     # The one rule (jobs/output_adjustments.py), its Fish leniency explicit there: pipecat sends its
     # pipeline's rate with every format, and Fish Audio's API ignores it with opus.
-    errors = {door: job_door_error(app, runner, door, {"message": "Hi.", "audio_format": "opus",
-                                                         "sample_rate": 16_000}) for door in JOB_DOORS}
+    errors = {
+        door: job_door_error(app, runner, door, {"message": "Hi.", "audio_format": "opus", "sample_rate": 16_000})
+        for door in JOB_DOORS
+    }
     assert errors == dict.fromkeys(JOB_DOORS, OPUS_AT_16K)
     assert openai_error(app, {"input": "Hi.", "response_format": "opus", "sample_rate": 16_000}) == OPUS_AT_16K
-    fish = call(app, "POST", "/v1/tts", json={"text": "Hi.", "format": "opus", "sample_rate": 16_000,
-                                              "max_new_tokens": 2})
+    fish = call(
+        app, "POST", "/v1/tts", json={"text": "Hi.", "format": "opus", "sample_rate": 16_000, "max_new_tokens": 2}
+    )
     assert fish.status_code == 200 and fish.content[:4] == b"OggS", fish.text
 
 
@@ -302,10 +374,10 @@ def test_an_unknown_format_names_each_doors_field_and_its_formats(app, runner):
     [job] = run_job(runner, {"message": "Hi.", "audio_format": "ogg"})
     for door in JOB_DOORS:
         assert job_door_error(app, runner, door, {"message": "Hi.", "audio_format": "ogg"}) == job["error"]
-    assert job["error"] == ("audio_format: Input should be 'float', 'pcm16', 'wav', 'flac', 'mp3', 'opus' "
-                            "or 'aac'")
+    assert job["error"] == ("audio_format: Input should be 'float', 'pcm16', 'wav', 'flac', 'mp3', 'opus' or 'aac'")
     assert openai_error(app, {"input": "Hi.", "response_format": "ogg"}) == (
-        "response_format: Input should be 'mp3', 'opus', 'aac', 'flac', 'wav' or 'pcm'")
+        "response_format: Input should be 'mp3', 'opus', 'aac', 'flac', 'wav' or 'pcm'"
+    )
     assert fish_error(app, {"text": "Hi.", "format": "ogg"}) == "format: Input should be 'wav', 'pcm', 'mp3' or 'opus'"
 
 
@@ -339,11 +411,15 @@ def test_job_audio_is_transcribed_in_its_language_and_the_transcript_spoken(runn
 SILENT_WAV = base64.b64decode(wav_b64(seconds=1.0, amplitude=0.0))
 
 
-@pytest.mark.parametrize("audio, language, field", [
-    (b"this is not an audio file", None, "audio"),
-    (SILENT_WAV, None, "audio"),
-    (base64.b64decode(REFERENCE), "xx", "language"),
-], ids=["undecodable", "silent", "unknown-language"])
+@pytest.mark.parametrize(
+    "audio, language, field",
+    [
+        (b"this is not an audio file", None, "audio"),
+        (SILENT_WAV, None, "audio"),
+        (base64.b64decode(REFERENCE), "xx", "language"),
+    ],
+    ids=["undecodable", "silent", "unknown-language"],
+)
 def test_bad_speech_in_is_the_same_error_through_every_door(asr_runner, app_settings, audio, language, field):
     import ormsgpack
 
@@ -353,8 +429,13 @@ def test_bad_speech_in_is_the_same_error_through_every_door(asr_runner, app_sett
     [action] = run_job(asr_runner, {"action": "transcribe", "audio": b64, **given})
     app = create_app(asr_runner, app_settings(auth_disabled=True))
     openai = call(app, "POST", "/v1/audio/transcriptions", files={"file": ("clip.wav", audio)}, data=given)
-    fish = call(app, "POST", "/v1/asr", content=ormsgpack.packb({"audio": audio, **given}),
-                headers={"Content-Type": "application/msgpack"})
+    fish = call(
+        app,
+        "POST",
+        "/v1/asr",
+        content=ormsgpack.packb({"audio": audio, **given}),
+        headers={"Content-Type": "application/msgpack"},
+    )
     fish_json = call(app, "POST", "/v1/asr", json={"audio": b64, **given})
     assert job["error"].startswith(f"{field}: ") and action["error"] == job["error"]
     # OpenAI's form calls the audio `file`: the same problem, in that door's own name for the field.
@@ -372,13 +453,26 @@ def test_a_transcript_and_its_language_are_the_same_through_every_door(asr_runne
     [action] = run_job(asr_runner, {"action": "transcribe", "audio": REFERENCE, "language": "de"})
     assert action["transcript"] != run_job(asr_runner, {"action": "transcribe", "audio": REFERENCE})[0]["transcript"]
     app = create_app(asr_runner, app_settings(auth_disabled=True))
-    openai = call(app, "POST", "/v1/audio/transcriptions", files={"file": ("clip.wav", audio)},
-                  data={"language": "de", "response_format": "verbose_json"}).json()
-    fish = call(app, "POST", "/v1/asr", content=ormsgpack.packb({"audio": audio, "language": "de"}),
-                headers={"Content-Type": "application/msgpack"}).json()
+    openai = call(
+        app,
+        "POST",
+        "/v1/audio/transcriptions",
+        files={"file": ("clip.wav", audio)},
+        data={"language": "de", "response_format": "verbose_json"},
+    ).json()
+    fish = call(
+        app,
+        "POST",
+        "/v1/asr",
+        content=ormsgpack.packb({"audio": audio, "language": "de"}),
+        headers={"Content-Type": "application/msgpack"},
+    ).json()
     segments = [(s["start_s"], s["end_s"], s["text"]) for s in action["segments"]]
     assert (openai["text"], openai["language"], openai["duration"]) == (
-        action["transcript"], "german", action["duration_s"])
+        action["transcript"],
+        "german",
+        action["duration_s"],
+    )
     assert [(s["start"], s["end"], s["text"]) for s in openai["segments"]] == segments
     assert (fish["text"], fish["duration"]) == (action["transcript"], action["duration_s"] * 1000)
     assert [(s["start"], s["end"], s["text"]) for s in fish["segments"]] == segments

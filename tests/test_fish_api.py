@@ -75,9 +75,15 @@ def test_convert_wav_has_the_frames_of_each_sentence(client, samples_per_frame):
     assert rest == 0 and 2 <= frames <= 2 * MAX_FRAMES  # two sentences, at most MAX_FRAMES frames each
 
 
-@pytest.mark.parametrize("fmt, rate, expected_rate", [
-    ("pcm", 16000, 16000), ("wav", 8000, 8000), ("mp3", 24000, 24000), ("opus", None, 48000),
-])
+@pytest.mark.parametrize(
+    "fmt, rate, expected_rate",
+    [
+        ("pcm", 16000, 16000),
+        ("wav", 8000, 8000),
+        ("mp3", 24000, 24000),
+        ("opus", None, 48000),
+    ],
+)
 def test_stream_formats_and_sample_rates(client, samples_per_frame, fmt, rate, expected_rate):
     config = TTSConfig(max_new_tokens=MAX_FRAMES, format=fmt, sample_rate=rate)
     chunks = list(client.tts.stream(text="Hello there.", config=config))
@@ -102,8 +108,9 @@ def test_prosody_speed_shortens_and_volume_scales(client, samples_per_frame):
     # Same voice and text, but sampling differs between requests: compare against the expected ratio
     # only loosely; the sample counts are exact multiples of the frames generated.
     fast = np.frombuffer(client.tts.convert(text="Hello there.", config=base, speed=2.0), "<i2")
-    quiet = np.frombuffer(client.tts.convert(
-        text="Hello there.", config=base.model_copy(update={"prosody": Prosody(volume=-20)})), "<i2")
+    quiet = np.frombuffer(
+        client.tts.convert(text="Hello there.", config=base.model_copy(update={"prosody": Prosody(volume=-20)})), "<i2"
+    )
     normal = np.frombuffer(client.tts.convert(text="Hello there.", config=base), "<i2")
     frame = samples_per_frame / 44100
     assert len(fast) / 44100 <= MAX_FRAMES * frame / 2 + 0.05
@@ -127,8 +134,9 @@ def test_async_convert_and_stream(base_url):
 
 def test_references_clone_a_voice_inline(client):
     clip = base64.b64decode(wav_b64(seconds=1.0))
-    audio = client.tts.convert(text="Hello.", config=CONFIG,
-                               references=[ReferenceAudio(audio=clip, text="A reference.")])
+    audio = client.tts.convert(
+        text="Hello.", config=CONFIG, references=[ReferenceAudio(audio=clip, text="A reference.")]
+    )
     assert len(read_wav(audio)[0]) > 0
 
 
@@ -195,8 +203,11 @@ def test_websocket_close_stops_generation(base_url, runner, monkeypatch):
     """Closing the socket mid-sentence ends the synthesis thread promptly."""
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
         with connect_ws("/v1/tts/live", client=http) as ws:
-            request = {"text": "A long sentence that keeps the engine busy for a while.", "format": "pcm",
-                       "max_new_tokens": 2000}
+            request = {
+                "text": "A long sentence that keeps the engine busy for a while.",
+                "format": "pcm",
+                "max_new_tokens": 2000,
+            }
             ws.send_bytes(ormsgpack.packb({"event": "start", "request": request}))
             ws.send_bytes(ormsgpack.packb({"event": "flush"}))
             assert ormsgpack.unpackb(ws.receive_bytes(timeout=60))["event"] == "audio"
@@ -226,8 +237,13 @@ def test_bad_input_and_keys(base_url, client):
 
 
 def test_json_body_is_accepted(base_url):
-    body = {"text": "Hello.", "format": "pcm", "max_new_tokens": MAX_FRAMES, "sample_rate": 8000,
-            "references": [{"audio": wav_b64(seconds=0.5), "text": "Hi."}]}
+    body = {
+        "text": "Hello.",
+        "format": "pcm",
+        "max_new_tokens": MAX_FRAMES,
+        "sample_rate": 8000,
+        "references": [{"audio": wav_b64(seconds=0.5), "text": "Hi."}],
+    }
     response = httpx.post(f"{base_url}/v1/tts", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     assert response.status_code == 200 and len(response.content) > 0 and len(response.content) % 2 == 0
 
@@ -285,8 +301,9 @@ def test_live_sessions_under_random_schedules_all_end(base_url, service, fish_ap
     async def tts(seed: int) -> str:
         rng = random.Random(seed)
         body = ormsgpack.packb({"text": " ".join(words), "format": "pcm", "max_new_tokens": rng.choice([3, 40])})
-        async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {KEY}",
-                                                                 "Content-Type": "application/msgpack"}) as http:
+        async with httpx.AsyncClient(
+            base_url=base_url, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/msgpack"}
+        ) as http:
             async with http.stream("POST", "/v1/tts", content=body, timeout=120) as response:
                 assert response.status_code == 200
                 async for _ in response.aiter_bytes():
@@ -302,8 +319,11 @@ def test_live_sessions_under_random_schedules_all_end(base_url, service, fish_ap
     gate = limiter_of(fish_app)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (
-            service.generator.free_slots < service.max_concurrency
-            or any(t.name == "synthesis" for t in threading.enumerate()) or gate.admitted or gate.running):
+        service.generator.free_slots < service.max_concurrency
+        or any(t.name == "synthesis" for t in threading.enumerate())
+        or gate.admitted
+        or gate.running
+    ):
         time.sleep(0.05)
     assert gate.admitted == 0 and gate.running == 0
     assert service.generator.free_slots == service.max_concurrency
@@ -338,13 +358,18 @@ def test_a_tenant_cannot_list_get_use_or_delete_anothers_voice(tenants_url):
     with FishAudio(api_key=ALICE, base_url=tenants_url) as alice, FishAudio(api_key=BOB, base_url=tenants_url) as bob:
         voice = alice.voices.create(title="Alice's voice", voices=[clip], texts=["A reference."])
         assert voice.id not in [v.id for v in bob.voices.list(page_size=100).items]
-        for refused in (lambda: bob.voices.get(voice.id), lambda: bob.voices.delete(voice.id),
-                        lambda: bob.tts.convert(text="Hi.", config=CONFIG, reference_id=voice.id)):
+        for refused in (
+            lambda: bob.voices.get(voice.id),
+            lambda: bob.voices.delete(voice.id),
+            lambda: bob.tts.convert(text="Hi.", config=CONFIG, reference_id=voice.id),
+        ):
             with pytest.raises(NotFoundError) as err:
                 refused()
             assert err.value.status == 404 and voice.id in err.value.message  # as for an id never saved
-        start = {"event": "start", "request": {"text": "Hi.", "format": "pcm", "max_new_tokens": MAX_FRAMES,
-                                               "reference_id": voice.id}}
+        start = {
+            "event": "start",
+            "request": {"text": "Hi.", "format": "pcm", "max_new_tokens": MAX_FRAMES, "reference_id": voice.id},
+        }
         audio, finish = live_events(tenants_url, BOB, [start, {"event": "stop"}])
         assert not audio and finish["reason"] == "error" and "reference_id: no saved voice" in finish["message"]
         # Alice still has it, and can use it on both.
@@ -363,8 +388,11 @@ def test_errors_have_the_fish_shape_for_both_sdks(tenants_url):
     assert wrong.status_code == 401 and wrong.json() == {"status": 401, "message": "invalid API key"}
     missing = httpx.get(f"{tenants_url}/model/nope", headers={"Authorization": f"Bearer {ALICE}"})
     assert missing.status_code == 404 and missing.json() == {"status": 404, "message": "no voice with id 'nope'"}
-    bad = httpx.post(f"{tenants_url}/v1/tts", content=b"{", headers={"Authorization": f"Bearer {ALICE}",
-                                                                     "Content-Type": "application/json"})
+    bad = httpx.post(
+        f"{tenants_url}/v1/tts",
+        content=b"{",
+        headers={"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"},
+    )
     assert bad.status_code == 400 and bad.json() == {"status": 400, "message": "body: is not valid JSON"}
     with pytest.raises(HttpCodeErr) as err:  # the older SDK builds its error from exactly these two keys
         Session(ALICE, base_url=tenants_url).get_model("nope")
@@ -379,16 +407,27 @@ def bounded(runner, app_settings):
     """One job per tenant; short live-session limits; uvicorn run as `python -m fish_worker.server` runs it."""
     from fish_worker.server.protocol import uvicorn_options
 
-    settings = app_settings(api_keys=f"alice:{ALICE},bob:{BOB}", max_queued_jobs_per_tenant=1, retry_after_s=7,
-                            max_body_bytes=20_000, header_timeout_s=0.5, live_idle_timeout_s=1.0,
-                            live_max_session_s=2.5, live_max_text_chars=40)
+    settings = app_settings(
+        api_keys=f"alice:{ALICE},bob:{BOB}",
+        max_queued_jobs_per_tenant=1,
+        retry_after_s=7,
+        max_body_bytes=20_000,
+        header_timeout_s=0.5,
+        live_idle_timeout_s=1.0,
+        live_max_session_s=2.5,
+        live_max_text_chars=40,
+    )
     app = create_app(runner, settings)
     with serving(app, **uvicorn_options(settings.server)) as url:
         yield url, limiter_of(app)
 
 
-WS_UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-              "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()}
+WS_UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode(),
+}
 
 
 def wait_all_released(gate):
@@ -455,8 +494,11 @@ def test_fish_bodies_over_the_limit_are_413(bounded):
     with FishAudio(api_key=ALICE, base_url=url) as alice, pytest.raises(APIError) as err:
         alice.tts.convert(text="Hi.", references=[ReferenceAudio(audio=b"x" * 30_000, text="")])
     assert err.value.status == 413 and "FISH_MAX_BODY_BYTES" in err.value.message
-    response = httpx.post(f"{url}/v1/tts", content=big, headers={"Authorization": f"Bearer {ALICE}",
-                                                                 "Content-Type": "application/msgpack"})
+    response = httpx.post(
+        f"{url}/v1/tts",
+        content=big,
+        headers={"Authorization": f"Bearer {ALICE}", "Content-Type": "application/msgpack"},
+    )
     assert response.status_code == 413 and response.json()["status"] == 413
 
 
@@ -474,7 +516,8 @@ def test_fish_asr_without_a_recognizer_says_how_to_configure_one(client):
         client.asr.transcribe(audio=base64.b64decode(wav_b64()), language="en")
     assert caught.value.status == 400
     assert "audio: speech recognition is not configured: set FISH_ASR_MODEL_DIR or FISH_ASR_BASE_URL" in str(
-        caught.value)
+        caught.value
+    )
 
 
 @pytest.mark.parametrize("fmt, bitrate", [("wav", 64000), ("mp3", 64000), ("opus", 64000), ("opus", 24)])

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def test_two_hundred_generated_jobs_end_in_a_result_or_a_bounded_field_error(runner, service, monkeypatch):
-    monkeypatch.setattr(service, "limits", dataclasses.replace(service.limits, max_job_frames=FUZZ_MAX_JOB_FRAMES))  # valid jobs stay cheap
+    monkeypatch.setattr(
+        service, "limits", dataclasses.replace(service.limits, max_job_frames=FUZZ_MAX_JOB_FRAMES)
+    )  # valid jobs stay cheap
     report = fuzz(runner, cases=200, seed=0, timeout_s=60)
     print(report.summary())
     assert report.cases == 200

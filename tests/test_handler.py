@@ -81,7 +81,9 @@ def test_the_jobs_language_decides_where_its_sentences_end(runner):
         return [c["text"] for c in chunks if c.get("text")]
 
     assert spoken(run_job(runner, {**job, "language": "de"})) == [
-        "Er wohnt in der Hauptstr. 5 in Berlin.", "Das ist weit weg."]
+        "Er wohnt in der Hauptstr. 5 in Berlin.",
+        "Das ist weit weg.",
+    ]
     assert spoken(run_job(runner, job))[0] == "Er wohnt in der Hauptstr."  # English rules by default
     [refused] = run_job(runner, {**job, "language": "German!"})
     assert refused["error"].startswith("language: String should match pattern")

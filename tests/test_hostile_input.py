@@ -22,19 +22,34 @@ def only_error(chunks: list[dict]) -> str:
     return chunks[0]["error"]
 
 
-@pytest.mark.parametrize(("job_input", "expected"), [
-    ({"message": f"{LONE} hello."}, "message: contains invalid unicode (lone surrogate) at position 0"),
-    ({"message": f"hi {LONE}"}, "message: contains invalid unicode (lone surrogate) at position 3"),
-    ({"message": "hi", "reference_text": f"ab{LONE}"}, "reference_text: contains invalid unicode (lone surrogate) at position 2"),
-    ({"message": "hi", "system_prompt": LONE}, "system_prompt: contains invalid unicode"),
-    ({"message": "hi", "voice_id": f"v{LONE}"}, "voice_id: contains invalid unicode (lone surrogate) at position 1"),
-    ({"message": "hi", "conversation_id": LONE}, "conversation_id: contains invalid unicode"),
-    ({"message": "hi", "extra": {"deep": [1, f"x{LONE}"]}}, "extra.deep.1: contains invalid unicode (lone surrogate) at position 1"),
-    ({"message": "hi", f"bad{LONE}key": 1}, "'bad\\ud800key': the field name contains invalid unicode (lone surrogate) at position 3"),
-    ({"action": f"save{LONE}"}, "action: contains invalid unicode (lone surrogate) at position 4"),
-    ({"action": "delete_voice", "voice_id": LONE}, "voice_id: contains invalid unicode"),
-    ({"action": "end_conversation", "conversation_id": LONE}, "conversation_id: contains invalid unicode"),
-])
+@pytest.mark.parametrize(
+    ("job_input", "expected"),
+    [
+        ({"message": f"{LONE} hello."}, "message: contains invalid unicode (lone surrogate) at position 0"),
+        ({"message": f"hi {LONE}"}, "message: contains invalid unicode (lone surrogate) at position 3"),
+        (
+            {"message": "hi", "reference_text": f"ab{LONE}"},
+            "reference_text: contains invalid unicode (lone surrogate) at position 2",
+        ),
+        ({"message": "hi", "system_prompt": LONE}, "system_prompt: contains invalid unicode"),
+        (
+            {"message": "hi", "voice_id": f"v{LONE}"},
+            "voice_id: contains invalid unicode (lone surrogate) at position 1",
+        ),
+        ({"message": "hi", "conversation_id": LONE}, "conversation_id: contains invalid unicode"),
+        (
+            {"message": "hi", "extra": {"deep": [1, f"x{LONE}"]}},
+            "extra.deep.1: contains invalid unicode (lone surrogate) at position 1",
+        ),
+        (
+            {"message": "hi", f"bad{LONE}key": 1},
+            "'bad\\ud800key': the field name contains invalid unicode (lone surrogate) at position 3",
+        ),
+        ({"action": f"save{LONE}"}, "action: contains invalid unicode (lone surrogate) at position 4"),
+        ({"action": "delete_voice", "voice_id": LONE}, "voice_id: contains invalid unicode"),
+        ({"action": "end_conversation", "conversation_id": LONE}, "conversation_id: contains invalid unicode"),
+    ],
+)
 def test_lone_surrogates_are_rejected_naming_field_and_position(runner, job_input, expected):
     error = only_error(run_job(runner, job_input))
     assert error.startswith(expected), error
@@ -44,24 +59,29 @@ def test_lone_surrogates_are_rejected_naming_field_and_position(runner, job_inpu
 def test_a_result_chunk_that_cannot_be_json_becomes_a_job_error(runner, monkeypatch):
     import fish_worker.jobs.runner
 
-    monkeypatch.setattr(fish_worker.jobs.runner, "whole_output", lambda chunks, fmt: {"text": LONE, "audio": [float("nan")]})
+    monkeypatch.setattr(
+        fish_worker.jobs.runner, "whole_output", lambda chunks, fmt: {"text": LONE, "audio": [float("nan")]}
+    )
     error = only_error(run_job(runner, GOOD))
     assert error.startswith("internal error: a result chunk cannot be sent as JSON"), error
     monkeypatch.undo()
     assert run_job(runner, GOOD)[0]["audio"]
 
 
-@pytest.mark.parametrize("job_input", [
-    {"action": "x" * 1_000_000},
-    {"message": "hi", "voice_id": "v" * 100_000},
-    {"message": "hi", "conversation_id": "c" * 100_000},
-    {"message": "hi", "k" * 100_000: 1},
-    {"message": "hi", "mode": "m" * 100_000},
-    {"message": "hi", "audio_format": "f" * 100_000},
-    {"action": "delete_voice", "voice_id": "v" * 100_000},
-    {"message": "hi", "seed": 10**5000},
-    {"message": "x" * 1_000_000},
-])
+@pytest.mark.parametrize(
+    "job_input",
+    [
+        {"action": "x" * 1_000_000},
+        {"message": "hi", "voice_id": "v" * 100_000},
+        {"message": "hi", "conversation_id": "c" * 100_000},
+        {"message": "hi", "k" * 100_000: 1},
+        {"message": "hi", "mode": "m" * 100_000},
+        {"message": "hi", "audio_format": "f" * 100_000},
+        {"action": "delete_voice", "voice_id": "v" * 100_000},
+        {"message": "hi", "seed": 10**5000},
+        {"message": "x" * 1_000_000},
+    ],
+)
 def test_errors_never_echo_more_than_a_hundred_characters_of_input(runner, job_input):
     error = only_error(run_job(runner, job_input))
     assert len(error) <= MESSAGE_CHARS, (len(error), error[:400])
@@ -103,7 +123,9 @@ def test_seeds_are_javascript_safe(runner):
 
 def test_too_many_sentences_are_rejected_at_validation(runner, monkeypatch):
     monkeypatch.setattr(runner.settings, "max_sentences", 2)
-    error = only_error(run_job(runner, {**GOOD, "message": "The first sentence. The second sentence. The third sentence."}))
+    error = only_error(
+        run_job(runner, {**GOOD, "message": "The first sentence. The second sentence. The third sentence."})
+    )
     assert error == "message: has 3 sentences, the limit is 2 (FISH_MAX_SENTENCES)"
 
 

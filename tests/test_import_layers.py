@@ -45,15 +45,18 @@ LAYERS: dict[str, int] = {
     "tenancy": 0,
     "async_bridge": 0,
 }
-ENTRY_POINTS = {"fish_worker.worker", "fish_worker.server.__main__", "fish_worker.devtools.quickstart",
-                "fish_worker.devtools.chat_stress"}
+ENTRY_POINTS = {
+    "fish_worker.worker",
+    "fish_worker.server.__main__",
+    "fish_worker.devtools.quickstart",
+    "fish_worker.devtools.chat_stress",
+}
 DEVTOOLS = "devtools"
 DEVTOOLS_MAY_IMPORT_UP_TO = LAYERS["tts"]
 
 # Upward imports that are known and being removed, each with the reason it is still here. The test
 # fails once one has gone, so the exception cannot outlive its cause: delete the entry then.
-KNOWN_UPWARD: dict[tuple[str, str], str] = {
-}
+KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 
 def module_files() -> dict[str, Path]:
@@ -103,7 +106,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(module)
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         path.pop()
@@ -130,11 +133,15 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
                 if LAYERS.get(to, 99) > DEVTOOLS_MAY_IMPORT_UP_TO:
                     problems.append(f"{module} imports {target}: devtools sits below jobs/dialogue/server")
             elif source in LAYERS and to in LAYERS and LAYERS[to] >= LAYERS[source] and LAYERS[to] > 0:
-                problems.append(f"{module} ({source}, layer {LAYERS[source]}) imports {target} "
-                                f"({to}, layer {LAYERS[to]}): imports must run downward")
+                problems.append(
+                    f"{module} ({source}, layer {LAYERS[source]}) imports {target} "
+                    f"({to}, layer {LAYERS[to]}): imports must run downward"
+                )
             elif source not in LAYERS or to not in LAYERS:
-                problems.append(f"{module} imports {target}: put {source if source not in LAYERS else to} "
-                                "in a layer (LAYERS in this test)")
+                problems.append(
+                    f"{module} imports {target}: put {source if source not in LAYERS else to} "
+                    "in a layer (LAYERS in this test)"
+                )
     return problems
 
 
@@ -152,11 +159,14 @@ def test_known_upward_imports_still_exist_so_none_outlives_its_cause():
     assert gone == [], f"remove these from KNOWN_UPWARD, they are fixed: {gone}"
 
 
-@pytest.mark.parametrize(("graph", "expected"), [
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
-    ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
-    ({"a": {"a2"}, "a2": {"a2b"}, "a2b": {"a2"}}, ["a2", "a2b", "a2"]),
-])
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
+        ({"a": {"a2"}, "a2": {"a2b"}, "a2b": {"a2"}}, ["a2", "a2b", "a2"]),
+    ],
+)
 def test_the_cycle_finder_finds_cycles_and_only_cycles(graph, expected):
     assert find_cycle(graph) == expected
 
@@ -171,8 +181,9 @@ def test_the_layer_check_flags_upward_and_devtools_imports():
     }
     problems = layer_violations(graph)
     assert len(problems) == 4, problems
-    assert any(p.startswith("fish_worker.engine.codec (engine, layer 1) imports fish_worker.jobs.runner")
-               for p in problems)
+    assert any(
+        p.startswith("fish_worker.engine.codec (engine, layer 1) imports fish_worker.jobs.runner") for p in problems
+    )
     assert any("only entry points may import devtools" in p for p in problems)
     assert any("devtools sits below" in p for p in problems)
     assert any(p.startswith("fish_worker.audio.formats (audio, layer 1) imports fish_worker.engine") for p in problems)
@@ -183,6 +194,9 @@ APP_STATE_READERS = {"fish_worker.server.app", "fish_worker.server.dependencies"
 
 
 def test_only_the_app_factory_and_the_dependencies_touch_app_state():
-    touching = sorted(module for module, path in module_files().items()
-                      if "app.state" in path.read_text() and module not in APP_STATE_READERS)
+    touching = sorted(
+        module
+        for module, path in module_files().items()
+        if "app.state" in path.read_text() and module not in APP_STATE_READERS
+    )
     assert touching == [], f"read these through server/dependencies.py instead: {touching}"

@@ -11,7 +11,9 @@ from fish_worker.tts.requests import SynthesisRequest
 
 
 def random_codes(service, frames: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 64, (service.generator.num_codebooks, frames), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 64, (service.generator.num_codebooks, frames), generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def decode_incrementally(decoder: IncrementalDecoder, codes: torch.Tensor) -> list[np.ndarray]:

@@ -83,8 +83,9 @@ FORMATS = [  # (name, file maker, source rate, channels, lossless)
 ]
 
 
-@pytest.mark.parametrize(("maker", "rate", "channels", "lossless"), [f[1:] for f in FORMATS],
-                         ids=[f[0] for f in FORMATS])
+@pytest.mark.parametrize(
+    ("maker", "rate", "channels", "lossless"), [f[1:] for f in FORMATS], ids=[f[0] for f in FORMATS]
+)
 def test_every_format_decodes_to_mono_at_the_codec_rate(maker, rate, channels, lossless):
     audio = decode_reference_audio(maker(rate, channels), RATE, max_seconds=5.0, max_bytes=1 << 24)
     assert audio.dtype == np.float32 and audio.ndim == 1
@@ -130,7 +131,7 @@ def test_damaged_files_are_refused_or_read_never_an_other_error(name, maker, rat
             damaged = damaged[: rng.randrange(len(damaged))]
         else:
             at = rng.randrange(min(200, len(damaged)))
-            damaged[at:at + 4] = rng.randbytes(4)
+            damaged[at : at + 4] = rng.randbytes(4)
         try:
             audio = decode_audio_file(bytes(damaged), RATE, 5.0)
         except JobInputError as exc:
@@ -250,13 +251,19 @@ def test_too_many_bytes_are_refused_before_decoding():
 # ---- one base64 rule: line breaks and data: URIs ------------------------------------------------
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda b64: b64,
-    lambda b64: "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76)) + "\n",  # MIME, as base64(1) writes
-    lambda b64: "\r\n".join(b64[i:i + 64] for i in range(0, len(b64), 64)),  # PEM-style CRLF
-    lambda b64: "data:audio/wav;base64," + b64,
-    lambda b64: "data:audio/x-wav;name=clip.wav;base64,\n" + "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76)),
-], ids=["plain", "mime-lines", "crlf-lines", "data-uri", "data-uri-wrapped"])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda b64: b64,
+        lambda b64: "\n".join(b64[i : i + 76] for i in range(0, len(b64), 76)) + "\n",  # MIME, as base64(1) writes
+        lambda b64: "\r\n".join(b64[i : i + 64] for i in range(0, len(b64), 64)),  # PEM-style CRLF
+        lambda b64: "data:audio/wav;base64," + b64,
+        lambda b64: (
+            "data:audio/x-wav;name=clip.wav;base64,\n" + "\n".join(b64[i : i + 76] for i in range(0, len(b64), 76))
+        ),
+    ],
+    ids=["plain", "mime-lines", "crlf-lines", "data-uri", "data-uri-wrapped"],
+)
 def test_base64_may_be_wrapped_or_a_data_uri(wrap):
     data = soundfile_bytes("WAV", "PCM_16", 16000, 1)
     assert reference_bytes(wrap(base64.b64encode(data).decode()), 1 << 24) == data
@@ -289,13 +296,16 @@ def live_finish(client, *events, text_frames: bool = False) -> dict:
         return event
 
 
-UNUSABLE = [*ZERO_SIZE[:3],
-            (constant_flac(600), "is 600.0 s long, the limit is 5 s"),
-            (constant_flac(600, state_length=False), "is longer than the limit of 5 s")]
+UNUSABLE = [
+    *ZERO_SIZE[:3],
+    (constant_flac(600), "is 600.0 s long, the limit is 5 s"),
+    (constant_flac(600, state_length=False), "is longer than the limit of 5 s"),
+]
 
 
-@pytest.mark.parametrize(("data", "problem"), UNUSABLE,
-                         ids=["1-frame-96k", "2-GHz", "0-frames", "bomb-stated", "bomb-hidden"])
+@pytest.mark.parametrize(
+    ("data", "problem"), UNUSABLE, ids=["1-frame-96k", "2-GHz", "0-frames", "bomb-stated", "bomb-hidden"]
+)
 def test_every_door_answers_a_zero_size_clip_or_a_bomb_with_a_400_naming_the_field(client, runner, data, problem):
     b64 = base64.b64encode(data).decode()
     job = client.post("/run", json={"input": {"message": "Hi.", "max_tokens": 2, "reference_audio": b64}})
@@ -305,8 +315,11 @@ def test_every_door_answers_a_zero_size_clip_or_a_bomb_with_a_400_naming_the_fie
     fish = {"text": "Hi.", "max_new_tokens": 2, "references": [{"audio": b64, "text": ""}]}
     as_json = client.post("/v1/tts", json=fish)
     assert as_json.status_code == 400 and as_json.json()["message"] == f"references[0].audio: {problem}"
-    as_msgpack = client.post("/v1/tts", content=ormsgpack.packb({**fish, "references": [{"audio": data}]}),
-                             headers={"Content-Type": "application/msgpack"})
+    as_msgpack = client.post(
+        "/v1/tts",
+        content=ormsgpack.packb({**fish, "references": [{"audio": data}]}),
+        headers={"Content-Type": "application/msgpack"},
+    )
     assert as_msgpack.status_code == 400 and as_msgpack.json()["message"] == f"references[0].audio: {problem}"
     model = client.post("/model", data={"title": "zero"}, files=[("voices", ("clip.wav", data, "audio/wav"))])
     assert model.status_code == 400 and model.json()["message"] == f"voices[0].audio: {problem}"
@@ -318,7 +331,9 @@ def test_every_door_answers_a_zero_size_clip_or_a_bomb_with_a_400_naming_the_fie
 def test_the_fish_doors_take_wrapped_base64_and_data_uris(client, runner):
     data = soundfile_bytes("FLAC", "PCM_16", 22050, 1, seconds=0.5)
     wrapped = "data:audio/flac;base64," + base64.encodebytes(data).decode()  # 76-character lines
-    job = client.post("/run", json={"input": {"message": "Hi.", "max_tokens": 2, "seed": 1, "reference_audio": wrapped}})
+    job = client.post(
+        "/run", json={"input": {"message": "Hi.", "max_tokens": 2, "seed": 1, "reference_audio": wrapped}}
+    )
     assert job.status_code == 200, job.text
     hits = runner.service.voices.cache.hits
     fish = {"text": "Hi.", "format": "pcm", "max_new_tokens": 2, "references": [{"audio": wrapped, "text": ""}]}
@@ -330,19 +345,31 @@ def test_the_fish_doors_take_wrapped_base64_and_data_uris(client, runner):
 def test_fish_json_with_bad_base64_names_the_clip(client):
     response = client.post("/v1/tts", json={"text": "Hi.", "references": [{"audio": "not base64!!"}]})
     assert response.status_code == 400 and response.json()["message"] == (
-        "references[0].audio: is not valid base64 (audio is bytes: base64 text in JSON)")
+        "references[0].audio: is not valid base64 (audio is bytes: base64 text in JSON)"
+    )
 
 
 # ---- lone surrogates on the Fish doors ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ({"text": f"{LONE} hi there."}, "text: contains invalid unicode (lone surrogate) at position 0"),
-    ({"text": "Hi.", "references": [{"audio": "UklGRg==", "text": f"ab{LONE}"}]},
-     "references[0].text: contains invalid unicode (lone surrogate) at position 2"),
-    ({"text": "Hi.", "reference_id": LONE}, "reference_id: contains invalid unicode (lone surrogate) at position 0"),
-    ({"text": "Hi.", f"x{LONE}": 1}, "'x\\ud800': the field name contains invalid unicode (lone surrogate) at position 1"),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"text": f"{LONE} hi there."}, "text: contains invalid unicode (lone surrogate) at position 0"),
+        (
+            {"text": "Hi.", "references": [{"audio": "UklGRg==", "text": f"ab{LONE}"}]},
+            "references[0].text: contains invalid unicode (lone surrogate) at position 2",
+        ),
+        (
+            {"text": "Hi.", "reference_id": LONE},
+            "reference_id: contains invalid unicode (lone surrogate) at position 0",
+        ),
+        (
+            {"text": "Hi.", f"x{LONE}": 1},
+            "'x\\ud800': the field name contains invalid unicode (lone surrogate) at position 1",
+        ),
+    ],
+)
 def test_v1_tts_refuses_lone_surrogates_in_json(client, body, expected):
     response = client.post("/v1/tts", content=json.dumps(body), headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and response.json() == {"status": 400, "message": expected}
@@ -358,31 +385,51 @@ def test_v1_tts_msgpack_cannot_carry_a_lone_surrogate(client):
 def test_live_socket_ends_cleanly_on_a_lone_surrogate(client, runner):
     start = {"event": "start", "request": {"text": f"{LONE} hi there.", "format": "pcm", "max_new_tokens": 2}}
     assert live_finish(client, start, text_frames=True) == {
-        "event": "finish", "reason": "error",
-        "message": "text: contains invalid unicode (lone surrogate) at position 0"}
+        "event": "finish",
+        "reason": "error",
+        "message": "text: contains invalid unicode (lone surrogate) at position 0",
+    }
     start["request"]["text"] = ""
-    finish = live_finish(client, start, {"event": "text", "text": f"Hello {LONE} there."}, {"event": "stop"},
-                         text_frames=True)
-    assert finish == {"event": "finish", "reason": "error",
-                      "message": "text: contains invalid unicode (lone surrogate) at position 6"}
+    finish = live_finish(
+        client, start, {"event": "text", "text": f"Hello {LONE} there."}, {"event": "stop"}, text_frames=True
+    )
+    assert finish == {
+        "event": "finish",
+        "reason": "error",
+        "message": "text: contains invalid unicode (lone surrogate) at position 6",
+    }
     assert runner.service.generator.free_slots == runner.service.max_concurrency
 
 
-@pytest.mark.parametrize(("field", "value", "expected"), [
-    ("title", "\\ud800 voice", "title: contains invalid unicode (lone surrogate) at position 0"),
-    ("texts", "ab \\udfff", "texts[0]: contains invalid unicode (lone surrogate) at position 3"),
-    ("description", "x\\ud800", "description: contains invalid unicode (lone surrogate) at position 1"),
-    ("tags", "\\udfff", "tags[0]: contains invalid unicode (lone surrogate) at position 0"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("title", "\\ud800 voice", "title: contains invalid unicode (lone surrogate) at position 0"),
+        ("texts", "ab \\udfff", "texts[0]: contains invalid unicode (lone surrogate) at position 3"),
+        ("description", "x\\ud800", "description: contains invalid unicode (lone surrogate) at position 1"),
+        ("tags", "\\udfff", "tags[0]: contains invalid unicode (lone surrogate) at position 0"),
+    ],
+)
 def test_post_model_refuses_lone_surrogates_a_form_charset_can_make(client, field, value, expected):
     # Starlette decodes form fields with the charset the client names; unicode_escape makes "\ud800".
     boundary = "b0undary"
     clip = soundfile_bytes("WAV", "PCM_16", 16000, 1, seconds=0.5)
     fields = {"title": "voice", field: value}
-    body = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{text}\r\n"
-                   for name, text in fields.items())
-    body = (body + f"--{boundary}\r\nContent-Disposition: form-data; name=\"voices\"; filename=\"a.wav\"\r\n"
-            f"Content-Type: audio/wav\r\n\r\n").encode() + clip + f"\r\n--{boundary}--\r\n".encode()
-    response = client.post("/model", content=body,
-                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}; charset=unicode_escape"})
+    body = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{text}\r\n'
+        for name, text in fields.items()
+    )
+    body = (
+        (
+            body + f'--{boundary}\r\nContent-Disposition: form-data; name="voices"; filename="a.wav"\r\n'
+            f"Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + clip
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = client.post(
+        "/model",
+        content=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}; charset=unicode_escape"},
+    )
     assert response.status_code == 400 and response.json() == {"status": 400, "message": expected}

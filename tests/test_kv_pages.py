@@ -22,8 +22,9 @@ def single(service):
 
 
 def generate(scheduler, text: str, seed: int, budget: int, stop=None) -> torch.Tensor:
-    out = list(scheduler.generate(text, [], SamplingParams(0.7, 0.8, 1.1, budget),
-                                  torch.Generator().manual_seed(seed), stop))
+    out = list(
+        scheduler.generate(text, [], SamplingParams(0.7, 0.8, 1.1, budget), torch.Generator().manual_seed(seed), stop)
+    )
     return torch.stack(out, dim=1) if out else torch.zeros(0)
 
 
@@ -76,8 +77,10 @@ def test_a_job_larger_than_the_pool_fails_naming_the_setting(single):
 def test_random_schedules_end_every_job_and_return_every_page(single):
     rng = random.Random(13)
     scheduler = BatchScheduler(single, max_batch=3, kv_tokens=6 * 64)
-    jobs = [(rng.choice(["Hi.", "Hello there.", "A longer sentence."]), rng.randint(1, 150), rng.random() < 0.3)
-            for _ in range(10)]
+    jobs = [
+        (rng.choice(["Hi.", "Hello there.", "A longer sentence."]), rng.randint(1, 150), rng.random() < 0.3)
+        for _ in range(10)
+    ]
 
     def job(i: int):
         text, budget, cancel = jobs[i]

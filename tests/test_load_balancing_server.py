@@ -145,8 +145,9 @@ def test_python_example_client_raises_the_jobs_error(server):
 @pytest.mark.timeout(120)
 def test_event_stream_carries_the_same_objects(server):
     job = {"input": {**JOB, "stream": True, "audio_format": "pcm16"}}
-    with httpx.stream("POST", f"{server.url}/run", json=job, timeout=60,
-                      headers={**AUTH, "Accept": "text/event-stream"}) as response:
+    with httpx.stream(
+        "POST", f"{server.url}/run", json=job, timeout=60, headers={**AUTH, "Accept": "text/event-stream"}
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         text = response.read().decode()
     events = [json.loads(block.removeprefix("data: ")) for block in text.split("\n\n") if block.strip()]
@@ -159,9 +160,25 @@ def test_event_stream_carries_the_same_objects(server):
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_javascript_example_client_streams_a_playable_wav(server, tmp_path):
     out = tmp_path / "speech.wav"
-    result = subprocess.run(["node", str(ROOT / "examples" / "stream_client.mjs"), "--url", server.url,
-                             "--text", JOB["message"], "--out", str(out), "--key", KEY, "--max-tokens", "5"],
-                            capture_output=True, text=True, timeout=100)
+    result = subprocess.run(
+        [
+            "node",
+            str(ROOT / "examples" / "stream_client.mjs"),
+            "--url",
+            server.url,
+            "--text",
+            JOB["message"],
+            "--out",
+            str(out),
+            "--key",
+            KEY,
+            "--max-tokens",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     samples, rate = sf.read(out)

@@ -29,8 +29,16 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 KEY = "playground-key"
 TENANT = "playground"  # the key's tenant: voices saved from the page are its own
 FRAMES = 8  # codec frames per sentence (and chat reply tokens): keeps the tiny model quick
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -51,12 +59,17 @@ def chat_runner(service, settings, tiny_chat_model_dir, transcriber):
     from fish_worker.jobs.runner import JobRunner
     from fish_worker.settings import ChatSettings
 
-    chat_settings = settings.model_copy(update={"chat": ChatSettings(model_dir=tiny_chat_model_dir,
-                                                                     frames_per_sentence=FRAMES)})
+    chat_settings = settings.model_copy(
+        update={"chat": ChatSettings(model_dir=tiny_chat_model_dir, frames_per_sentence=FRAMES)}
+    )
     chat = ChatModel.load(tiny_chat_model_dir, device="cpu")
     store = MemoryConversationStore(ttl_s=60, max_conversations=10)
-    return JobRunner(service, chat_settings, ConversationService(service, store, chat=chat, settings=chat_settings),
-                     transcriber=transcriber)
+    return JobRunner(
+        service,
+        chat_settings,
+        ConversationService(service, store, chat=chat, settings=chat_settings),
+        transcriber=transcriber,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +114,9 @@ def enter_key(page, key=KEY):
 def play_and_wait(page) -> dict:
     page.click("#play")
     page.wait_for_selector('#output[data-state="done"], #output[data-state="error"]')
-    return page.eval_on_selector("#output", "el => ({...el.dataset, error: document.getElementById('error').textContent})")
+    return page.eval_on_selector(
+        "#output", "el => ({...el.dataset, error: document.getElementById('error').textContent})"
+    )
 
 
 def audio_element_duration(page) -> float:
@@ -204,7 +219,9 @@ def test_page_is_public_and_locked_down(base_url):
     assert "http://" not in script.text and "https://" not in script.text
     assert httpx.get(base_url + "/playground/secret.txt").status_code == 404
     assert httpx.get(base_url + "/playground/..%2Fapp.py").status_code == 404
-    assert httpx.post(base_url + "/run", json={"input": {"message": "Hi."}}).status_code == 401  # the API still needs a key
+    assert (
+        httpx.post(base_url + "/run", json={"input": {"message": "Hi."}}).status_code == 401
+    )  # the API still needs a key
 
 
 def test_playground_can_be_turned_off(runner, app_settings):
@@ -235,8 +252,11 @@ def spoken_wav(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mic_browser(playwright, spoken_wav):
     # Chromium's fake microphone plays the espeak-ng file (looped); the fake UI grants it without asking.
-    args = LAUNCH_ARGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                          f"--use-file-for-fake-audio-capture={spoken_wav}"]
+    args = LAUNCH_ARGS + [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={spoken_wav}",
+    ]
     chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
     yield chromium
     chromium.close()
@@ -244,7 +264,8 @@ def mic_browser(playwright, spoken_wav):
 
 @pytest.mark.parametrize("mode", ["tts", "chat"])
 def test_microphone_records_a_voice_message_shows_its_transcript_and_plays_the_reply(
-        mic_browser, base_url, transcriber, mode):
+    mic_browser, base_url, transcriber, mode
+):
     context = mic_browser.new_context(permissions=["microphone"])
     page = context.new_page()
     page.set_default_timeout(60_000)
@@ -264,8 +285,9 @@ def test_microphone_records_a_voice_message_shows_its_transcript_and_plays_the_r
         page.wait_for_timeout(2500)  # about the clip's length
         page.click("#record")
         page.wait_for_selector('#output[data-state="done"], #output[data-state="error"]')
-        status = page.eval_on_selector("#output", "el => ({...el.dataset, error: "
-                                                  "document.getElementById('error').textContent})")
+        status = page.eval_on_selector(
+            "#output", "el => ({...el.dataset, error: document.getElementById('error').textContent})"
+        )
         assert status["state"] == "done", status
         # What the page sent: the recording (WebM/Opus from Chromium) as `audio`, no text.
         [job] = sent

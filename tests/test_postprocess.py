@@ -21,7 +21,7 @@ def peak_hz(audio, rate):
 
 def streamed(audio, adjustments, piece=3001):
     processor = AudioPostProcessor(adjustments, RATE)
-    parts = [processor.process(audio[i:i + piece]) for i in range(0, len(audio), piece)]
+    parts = [processor.process(audio[i : i + piece]) for i in range(0, len(audio), piece)]
     return np.concatenate(parts + [processor.flush()])
 
 
@@ -59,10 +59,16 @@ def test_all_at_once_in_pieces():
     assert np.abs(out).max() == pytest.approx(0.3 * 10 ** (3 / 20), rel=0.05)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"sample_rate": 4000}, "sample_rate"), ({"sample_rate": 96000}, "sample_rate"),
-    ({"speed": 0.4}, "speed"), ({"speed": 2.5}, "speed"), ({"volume_db": 30.0}, "volume"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"sample_rate": 4000}, "sample_rate"),
+        ({"sample_rate": 96000}, "sample_rate"),
+        ({"speed": 0.4}, "speed"),
+        ({"speed": 2.5}, "speed"),
+        ({"volume_db": 30.0}, "volume"),
+    ],
+)
 def test_out_of_range_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         AudioAdjustments(**kwargs)

@@ -77,14 +77,13 @@ def test_encoded_stream_chunks_join_into_one_clip(fmt):
     rate = 44100
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
     encoder = StreamEncoder(fmt, rate)
-    payloads = [encoder.feed(tone[i:i + 9000]) for i in range(0, len(tone), 9000)] + [encoder.close()]
-    chunks = [{"audio": payload, "audio_format": fmt, "sample_rate": encoder.sample_rate}
-              for payload in payloads]
+    payloads = [encoder.feed(tone[i : i + 9000]) for i in range(0, len(tone), 9000)] + [encoder.close()]
+    chunks = [{"audio": payload, "audio_format": fmt, "sample_rate": encoder.sample_rate} for payload in payloads]
     audio = quickstart.joined_audio(chunks)
     assert audio.sample_rate == encoder.sample_rate
     seconds = len(audio.samples) / audio.sample_rate
     assert abs(seconds - 1.0) < 0.1  # lossy codecs pad by a frame or so
-    assert 0.15 < float(np.sqrt(np.mean(audio.samples ** 2))) < 0.25  # the tone's level (0.3 / sqrt 2)
+    assert 0.15 < float(np.sqrt(np.mean(audio.samples**2))) < 0.25  # the tone's level (0.3 / sqrt 2)
 
 
 @pytest.mark.timeout(120)

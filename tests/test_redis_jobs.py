@@ -192,7 +192,7 @@ def test_a_dead_replicas_running_job_fails_with_a_clear_error_and_its_taken_job_
             assert answer["error"] == LOST_ERROR.format(lease_s=1.0)
             assert detected_s < 1.0 + 2.0, detected_s  # the lease, plus a poll
             # b comes back to life (a new replica, same Redis): the queued job is run, not lost.
-            c = (await replicas_like(redis_server, a))
+            c = await replicas_like(redis_server, a)
             try:
                 assert (await until_final(c.jobs, queued["id"], "alice"))["status"] == "COMPLETED"
             finally:
@@ -276,8 +276,12 @@ def test_random_schedules_every_job_ends_and_no_place_leaks(redis_server, seed):
             victim = rng.choice(group)
             kill_after = rng.randint(3, 25)
             for n in range(30):
-                spec = {"chunks": rng.randint(1, 6), "delay_s": rng.choice([0, 0.01, 0.05]),
-                        "fail": rng.random() < 0.15, "stream": rng.random() < 0.5}
+                spec = {
+                    "chunks": rng.randint(1, 6),
+                    "delay_s": rng.choice([0, 0.01, 0.05]),
+                    "fail": rng.random() < 0.15,
+                    "stream": rng.random() < 0.5,
+                }
                 via = rng.choice([r for r in group if r is not victim or not victim.runner.frozen.is_set()])
                 job = await via.jobs.submit(spec, "run", rng.choice(["alice", "bob", None]))
                 specs[job["id"]] = spec
@@ -348,12 +352,23 @@ def test_every_doors_admissions_count_across_replicas_with_the_v2_jobs_and_a_dea
 
     async def main():
         prefix = f"test-{uuid.uuid4().hex[:8]}:"
-        limiters = [SharedJobLimiter(ScriptedRunner(), 2, 100, 3, redis_url=redis_server, lease_s=1.0,
-                                     key_prefix=prefix) for _ in range(2)]
+        limiters = [
+            SharedJobLimiter(ScriptedRunner(), 2, 100, 3, redis_url=redis_server, lease_s=1.0, key_prefix=prefix)
+            for _ in range(2)
+        ]
         for limiter in limiters:
             await limiter.start()
-        jobs = RedisV2Jobs(redis_server, limiters[0], ttl_s=60, max_jobs=100, max_bytes=1 << 30, max_queued=100,
-                           max_queued_per_tenant=3, lease_s=1.0, key_prefix=prefix)
+        jobs = RedisV2Jobs(
+            redis_server,
+            limiters[0],
+            ttl_s=60,
+            max_jobs=100,
+            max_bytes=1 << 30,
+            max_queued=100,
+            max_queued_per_tenant=3,
+            lease_s=1.0,
+            key_prefix=prefix,
+        )
         try:
             first = limiters[0].admit("alice")
             second = limiters[1].admit("alice")

@@ -39,9 +39,17 @@ KEY = "replica-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LEASE_S = 2.0
 REPLICA_ENV = {
-    "FISH_MAX_CONCURRENCY": "2", "FISH_MAX_QUEUED_JOBS": "16", "FISH_MAX_QUEUED_JOBS_PER_TENANT": "12",
-    "FISH_JOB_LEASE_S": str(LEASE_S), "FISH_WARMUP": "false", "FISH_DEVICE": "cpu", "FISH_DOWNLOAD_MISSING": "false",
-    "FISH_API_KEYS": f"alice:{KEY}", "FISH_LOG_LEVEL": "WARNING", "FISH_HOST": "127.0.0.1", "TQDM_DISABLE": "1",
+    "FISH_MAX_CONCURRENCY": "2",
+    "FISH_MAX_QUEUED_JOBS": "16",
+    "FISH_MAX_QUEUED_JOBS_PER_TENANT": "12",
+    "FISH_JOB_LEASE_S": str(LEASE_S),
+    "FISH_WARMUP": "false",
+    "FISH_DEVICE": "cpu",
+    "FISH_DOWNLOAD_MISSING": "false",
+    "FISH_API_KEYS": f"alice:{KEY}",
+    "FISH_LOG_LEVEL": "WARNING",
+    "FISH_HOST": "127.0.0.1",
+    "TQDM_DISABLE": "1",
     "MALLOC_ARENA_MAX": "2",
 }
 SHORT = {"max_tokens": 6, "seed": 3, "audio_format": "wav"}
@@ -94,20 +102,42 @@ def cluster(tiny_checkpoint, redis_server, tmp_path_factory):
     if nginx is None:
         pytest.skip("nginx is not installed (apt-get install nginx-light); the replica test runs a real balancer")
     workdir = tmp_path_factory.mktemp("replicas")
-    env = {**os.environ, **REPLICA_ENV, "FISH_CHECKPOINT_DIR": str(tiny_checkpoint), "REDIS_URL": redis_server,
-           "FISH_VOICES_DIR": str(workdir / "voices")}  # one directory for all, as the compose file's volume
+    env = {
+        **os.environ,
+        **REPLICA_ENV,
+        "FISH_CHECKPOINT_DIR": str(tiny_checkpoint),
+        "REDIS_URL": redis_server,
+        "FISH_VOICES_DIR": str(workdir / "voices"),
+    }  # one directory for all, as the compose file's volume
     replicas = []
     for n in range(3):
         port, log_path = free_port(), workdir / f"replica-{n}.log"
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "fish_worker.server"], cwd=ROOT,
-                                       env={**env, "FISH_PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fish_worker.server"],
+                cwd=ROOT,
+                env={**env, "FISH_PORT": str(port)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         replicas.append(Replica(process, f"http://127.0.0.1:{port}", log_path))
     listen = free_port()
     (workdir / "nginx.conf").write_text(balancer_config([int(r.url.rsplit(":", 1)[1]) for r in replicas], listen))
-    proxy = subprocess.Popen([nginx, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e",
-                              str(workdir / "nginx-error.log"), "-g", f"daemon off; pid {workdir / 'nginx.pid'};"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proxy = subprocess.Popen(
+        [
+            nginx,
+            "-p",
+            str(workdir),
+            "-c",
+            str(workdir / "nginx.conf"),
+            "-e",
+            str(workdir / "nginx-error.log"),
+            "-g",
+            f"daemon off; pid {workdir / 'nginx.pid'};",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     started = Cluster(f"http://127.0.0.1:{listen}", replicas, redis_server, proxy)
     try:
         for replica in replicas:
@@ -139,10 +169,18 @@ def test_seed_run_whole_and_streamed_through_the_balancer(cluster):
     for _ in range(3):  # one per replica, round-robin
         answer = run_job(cluster.url, {"message": "Hello there.", **SHORT})
         assert answer["status"] == "success" and len(base64.b64decode(answer["output"]["audio"])) > 0
-    with httpx.stream("POST", f"{cluster.url}/run", headers=AUTH, timeout=60,
-                      json={"input": {"message": "Hello there. How are you?", "stream": True, **SHORT}}) as response:
+    with httpx.stream(
+        "POST",
+        f"{cluster.url}/run",
+        headers=AUTH,
+        timeout=60,
+        json={"input": {"message": "Hello there. How are you?", "stream": True, **SHORT}},
+    ) as response:
         lines = [json.loads(line) for line in response.iter_lines() if line]
-    assert [line["output"]["text"] for line in lines if "audio" in line.get("output", {})] == ["Hello there.", "How are you?"]
+    assert [line["output"]["text"] for line in lines if "audio" in line.get("output", {})] == [
+        "Hello there.",
+        "How are you?",
+    ]
 
 
 @pytest.mark.timeout(120)
@@ -182,8 +220,9 @@ def test_v2_jobs_are_polled_streamed_and_cancelled_through_any_replica(cluster, 
 def test_openai_and_fish_doors_through_the_balancer(cluster):
     client = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key=KEY)
     for fmt in ("flac", "mp3"):
-        response = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format=fmt,
-                                                 extra_body={"max_tokens": 6})
+        response = client.audio.speech.create(
+            model="tts-1", voice="alloy", input="Hello there.", response_format=fmt, extra_body={"max_tokens": 6}
+        )
         assert len(decode_ffmpeg(response.content)[0]) > 0
     fish = FishAudio(api_key=KEY, base_url=cluster.url)
     config = TTSConfig(max_new_tokens=6, format="wav")
@@ -198,8 +237,10 @@ def test_a_voice_saved_on_one_replica_speaks_on_the_others(cluster):
     first, *others = cluster.replicas
     saved = run_job(first.url, {"action": "save_voice", "voice_id": "shared-voice", "reference_audio": wav_b64(1.0)})
     assert saved["output"]["voice"]["voice_id"] == "shared-voice", saved
-    outputs = [run_job(r.url, {"message": "Hello there.", "voice_id": "shared-voice", **SHORT})["output"]
-               for r in cluster.replicas]
+    outputs = [
+        run_job(r.url, {"message": "Hello there.", "voice_id": "shared-voice", **SHORT})["output"]
+        for r in cluster.replicas
+    ]
     assert all(o["audio"] == outputs[0]["audio"] for o in outputs)  # the same voice, the same seed
     listed = run_job(others[-1].url, {"action": "list_voices"})["output"]
     assert "shared-voice" in [v["voice_id"] for v in listed["voices"]]
@@ -210,8 +251,9 @@ def test_a_voice_saved_on_one_replica_speaks_on_the_others(cluster):
 @pytest.mark.timeout(120)
 def test_a_conversation_is_continued_on_another_replica(cluster):
     first, second, third = cluster.replicas
-    run_job(first.url, {"message": "Hello there.", "conversation_id": "talk-1", "reference_audio": wav_b64(1.0),
-                        **SHORT})
+    run_job(
+        first.url, {"message": "Hello there.", "conversation_id": "talk-1", "reference_audio": wav_b64(1.0), **SHORT}
+    )
     turn = run_job(second.url, {"message": "And again.", "conversation_id": "talk-1", **SHORT})
     assert turn["status"] == "success"
     ended = run_job(third.url, {"action": "end_conversation", "conversation_id": "talk-1"})["output"]
@@ -266,8 +308,10 @@ def test_a_killed_replicas_jobs_fail_clearly_and_no_other_job_is_lost(cluster):
         else:
             assert answer["status"] == "COMPLETED", answer
     assert lost
-    print(f"killed replica's job(s) reported FAILED {min(detected[i] for i in lost):.2f} s after the kill "
-          f"(lease {LEASE_S:g} s)")
+    print(
+        f"killed replica's job(s) reported FAILED {min(detected[i] for i in lost):.2f} s after the kill "
+        f"(lease {LEASE_S:g} s)"
+    )
     for _ in range(6):  # the balancer's next requests succeed, whichever replica they were meant for
         assert run_job(cluster.url, {"message": "Still here.", **SHORT})["status"] == "success"
         assert v2(cluster.url, "GET", "health")["jobs"]["failed"] >= len(lost)

@@ -21,7 +21,9 @@ def test_ordinary_float_request_is_let_through():
 
 def test_long_float_request_fails_naming_the_estimate_and_the_ways_out():
     error = result_too_large_error(LONG, 1000 * 20, "float", SETTINGS, "run")
-    assert str(error).startswith("audio_format: the result would be at least 30.9 MB, over RunPod's ~10 MB limit for /run")
+    assert str(error).startswith(
+        "audio_format: the result would be at least 30.9 MB, over RunPod's ~10 MB limit for /run"
+    )
     assert "mp3" in str(error) and "stream" in str(error) and "S3" in str(error)
 
 
@@ -31,17 +33,32 @@ def test_the_frames_budget_caps_the_estimate():
     assert estimated_result_bytes(LONG, 50, "float") < estimated_result_bytes(LONG, 10_000, "float")
 
 
-@pytest.mark.parametrize("fmt, route, fails", [
-    ("float", "runsync", True), ("pcm16", "run", True), ("pcm16", "runsync", False),
-    ("mp3", "run", False), ("opus", "run", False),
-])
+@pytest.mark.parametrize(
+    "fmt, route, fails",
+    [
+        ("float", "runsync", True),
+        ("pcm16", "run", True),
+        ("pcm16", "runsync", False),
+        ("mp3", "run", False),
+        ("opus", "run", False),
+    ],
+)
 def test_limit_depends_on_format_and_route(fmt, route, fails):
     assert (result_too_large_error(LONG, 1000 * 20, fmt, SETTINGS, route) is not None) == fails
 
 
 def test_no_check_without_a_limit_or_with_a_bucket():
     assert result_too_large_error(LONG, 20_000, "float", SETTINGS, None) is None  # self-hosted /run
-    assert result_too_large_error(LONG, 20_000, "float", SETTINGS.model_copy(update={"storage": StorageSettings(s3=S3Settings(bucket="b"))}), "run") is None
+    assert (
+        result_too_large_error(
+            LONG,
+            20_000,
+            "float",
+            SETTINGS.model_copy(update={"storage": StorageSettings(s3=S3Settings(bucket="b"))}),
+            "run",
+        )
+        is None
+    )
 
 
 @pytest.mark.timeout(60)

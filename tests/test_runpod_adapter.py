@@ -114,12 +114,19 @@ def test_a_result_over_the_limit_is_an_error_not_a_rejected_post():
     assert "over RunPod's" in done[0][0]["error"]
 
 
-@pytest.mark.parametrize("job_input, expected", [
-    ({"message": "x"}, {"output": {"text": "hi", "audio": [0.5]}}),
-    ({"stream": True, "chunks": 1}, {"output": {"text": "S0.", "duration_s": 0.5, "chunks": 1, "seed": 9},
-                                     "stream": [{"output": {"text": "S0.", "audio": [0.0] * 3, "duration_s": 0.5,
-                                                            "seed": 9}}]}),
-])
+@pytest.mark.parametrize(
+    "job_input, expected",
+    [
+        ({"message": "x"}, {"output": {"text": "hi", "audio": [0.5]}}),
+        (
+            {"stream": True, "chunks": 1},
+            {
+                "output": {"text": "S0.", "duration_s": 0.5, "chunks": 1, "seed": 9},
+                "stream": [{"output": {"text": "S0.", "audio": [0.0] * 3, "duration_s": 0.5, "seed": 9}}],
+            },
+        ),
+    ],
+)
 def test_local_run_shows_what_the_platform_stores(job_input, expected):
     assert asyncio.run(run_local(ADAPTER, {"input": job_input})) == expected
 
@@ -148,8 +155,13 @@ def test_many_concurrent_jobs_in_random_order_each_end_once_with_their_own_chunk
             yield {"text": f"{job.id}:{i}", "audio": [0.0], "duration_s": 0.25, "seed": 1}
 
     adapter = QueueJobHandler(whole=whole, stream=stream)
-    jobs = [{"id": f"j{n}", "input": {"stream": rng.random() < 0.5, "fail": rng.random() < 0.2,
-                                      "chunks": rng.randint(2, 5)}} for n in range(60)]
+    jobs = [
+        {
+            "id": f"j{n}",
+            "input": {"stream": rng.random() < 0.5, "fail": rng.random() < 0.2, "chunks": rng.randint(2, 5)},
+        }
+        for n in range(60)
+    ]
     posts: dict[str, list] = {job["id"]: [] for job in jobs}
 
     async def run_one(job):
@@ -174,8 +186,14 @@ def test_many_concurrent_jobs_in_random_order_each_end_once_with_their_own_chunk
         if job["input"]["fail"]:
             assert "error" in done and (len(chunks) == (1 if job["input"]["stream"] else 0))
         elif job["input"]["stream"]:
-            assert done == {"output": {"text": " ".join(c["text"] for c in chunks), "chunks": job["input"]["chunks"],
-                                       "duration_s": 0.25 * job["input"]["chunks"], "seed": 1}}
+            assert done == {
+                "output": {
+                    "text": " ".join(c["text"] for c in chunks),
+                    "chunks": job["input"]["chunks"],
+                    "duration_s": 0.25 * job["input"]["chunks"],
+                    "seed": 1,
+                }
+            }
         else:
             assert done == {"output": {"text": job["id"], "audio": [0.1]}} and chunks == []
 

@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LONG_TEXT = "First long sentence. Second long sentence. Third one."
 JOBS = [
     {"id": "plain", "input": {"message": "Hello from the queue.", "max_tokens": 6, "seed": 1}},
-    {"id": "stream", "input": {"message": "One sentence here. And a second one.", "max_tokens": 5,
-                               "seed": 2, "stream": True}},
+    {
+        "id": "stream",
+        "input": {"message": "One sentence here. And a second one.", "max_tokens": 5, "seed": 2, "stream": True},
+    },
     # ~16 MB of float audio (37 s) in all: over the /run limit as one result, fine as <= 1 MB chunks.
     {"id": "long-stream", "input": {"message": LONG_TEXT, "max_tokens": 300, "seed": 1, "stream": True}},
     {"id": "bad", "input": {"message": "hi", "temperature": 3}},
@@ -29,8 +31,10 @@ JOBS = [
     {"id": "too-big", "input": {"message": "word " * 400, "max_tokens": 1000}},
     {"id": "after-bad", "input": {"message": "Still alive.", "max_tokens": 4, "seed": 3}},
     # Concurrent small jobs, plain and streamed, taken in batches (FISH_MAX_CONCURRENCY=4).
-    *({"id": f"c{i}", "input": {"message": f"Job number {i}.", "max_tokens": 3 + i, "seed": i,
-                                "stream": i % 2 == 1}} for i in range(5)),
+    *(
+        {"id": f"c{i}", "input": {"message": f"Job number {i}.", "max_tokens": 3 + i, "seed": i, "stream": i % 2 == 1}}
+        for i in range(5)
+    ),
     # A lone surrogate (valid JSON "\\ud800") cannot be written back as UTF-8: refused before any work.
     {"id": "surrogate", "input": {"message": "\ud800 hello.", "max_tokens": 4, "seed": 4}},
     {"id": "after-surrogate", "input": {"message": "Alive again.", "max_tokens": 4, "seed": 5}},
@@ -40,12 +44,20 @@ JOBS = [
 @pytest.fixture(scope="module")
 def queue(tiny_checkpoint, tmp_path_factory):
     with FakeJobQueue([dict(j) for j in JOBS]) as queue:
-        env = {**os.environ, **queue.worker_env(), "FISH_CHECKPOINT_DIR": str(tiny_checkpoint),
-               "FISH_DEVICE": "cpu", "FISH_WARMUP": "false", "FISH_MAX_CONCURRENCY": "4",
-               "RUNPOD_LOG_LEVEL": "INFO"}
+        env = {
+            **os.environ,
+            **queue.worker_env(),
+            "FISH_CHECKPOINT_DIR": str(tiny_checkpoint),
+            "FISH_DEVICE": "cpu",
+            "FISH_WARMUP": "false",
+            "FISH_MAX_CONCURRENCY": "4",
+            "RUNPOD_LOG_LEVEL": "INFO",
+        }
         log = tmp_path_factory.mktemp("worker") / "worker.log"
         with open(log, "w") as out:
-            worker = subprocess.Popen([sys.executable, "handler.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            worker = subprocess.Popen(
+                [sys.executable, "handler.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
             try:
                 finished = queue.wait_for(len(JOBS), timeout=240)
             finally:
@@ -77,8 +89,14 @@ def test_streamed_job_sends_chunks_then_a_summary(queue):
     streamed = queue.streamed["stream"]
     assert [c["text"] for c in streamed] == ["One sentence here.", "And a second one."]
     assert all(len(c["audio"]) == 5 * 2048 for c in streamed)
-    assert queue.done["stream"] == {"output": {"text": "One sentence here. And a second one.",
-                                               "duration_s": round(2 * 5 * 2048 / 44100, 3), "chunks": 2, "seed": 2}}
+    assert queue.done["stream"] == {
+        "output": {
+            "text": "One sentence here. And a second one.",
+            "duration_s": round(2 * 5 * 2048 / 44100, 3),
+            "chunks": 2,
+            "seed": 2,
+        }
+    }
     assert queue.done_query["stream"]["isStream"] == "true"
 
 
@@ -125,16 +143,26 @@ def test_test_input_prints_what_the_platform_stores(tiny_checkpoint):
     job = {"input": {"message": "Local one. Local two.", "max_tokens": 3, "seed": 5, "stream": True}}
     env = {**os.environ, "FISH_CHECKPOINT_DIR": str(tiny_checkpoint), "FISH_DEVICE": "cpu", "FISH_WARMUP": "false"}
     env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
-    result = subprocess.run([sys.executable, "handler.py", "--test_input", json.dumps(job)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=170)
+    result = subprocess.run(
+        [sys.executable, "handler.py", "--test_input", json.dumps(job)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     stored = json.loads(result.stdout.strip().splitlines()[-1])
     chunks = [c["output"] for c in stored["stream"]]  # what GET /stream hands out
     samples = sum(len(c["audio"]) for c in chunks)
     assert samples > 0 and chunks[0]["text"].startswith("Local one.")
     assert stored.keys() == {"output", "stream"}  # job-done: the summary, never the audio again
-    assert stored["output"] == {"text": " ".join(c["text"] for c in chunks if c["text"]),
-                                "duration_s": round(samples / 44100, 3), "chunks": len(chunks), "seed": 5}
+    assert stored["output"] == {
+        "text": " ".join(c["text"] for c in chunks if c["text"]),
+        "duration_s": round(samples / 44100, 3),
+        "chunks": len(chunks),
+        "seed": 5,
+    }
 
 
 def test_lone_surrogate_gets_exactly_one_error_and_the_worker_goes_on(queue):

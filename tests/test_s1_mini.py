@@ -31,8 +31,14 @@ def s1_mini(tmp_path_factory):
     from fish_worker.devtools.tiny_checkpoint import write_tiny_checkpoint
 
     checkpoint = write_tiny_checkpoint(tmp_path_factory.mktemp("s1-mini"), seed=0, size="s1-mini")
-    settings = Settings(checkpoint_dir=checkpoint, device="cpu", precision="bfloat16", warmup=False,
-                        max_concurrency=2, storage=StorageSettings(voices_dir=tmp_path_factory.mktemp("voices")))
+    settings = Settings(
+        checkpoint_dir=checkpoint,
+        device="cpu",
+        precision="bfloat16",
+        warmup=False,
+        max_concurrency=2,
+        storage=StorageSettings(voices_dir=tmp_path_factory.mktemp("voices")),
+    )
     return load_tts(settings)
 
 
@@ -90,8 +96,9 @@ def test_streamed_windows_equal_the_one_shot_decode(s1_mini):
     Its reach past the 128-frame window is tested on the tiny codec (tests/test_incremental_decode.py)."""
     codec = s1_mini.codec
     generator = torch.Generator().manual_seed(5)
-    codes = torch.cat([torch.randint(0, 4096, (1, 40), generator=generator),
-                       torch.randint(0, 1024, (9, 40), generator=generator)])
+    codes = torch.cat(
+        [torch.randint(0, 4096, (1, 40), generator=generator), torch.randint(0, 1024, (9, 40), generator=generator)]
+    )
     whole = codec.decode(codes)
     decoder = IncrementalDecoder(codec, first=8)
     pieces = [a for frame in codes.T if (a := decoder.push(frame)) is not None] + [decoder.flush()]

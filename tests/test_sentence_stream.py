@@ -25,9 +25,44 @@ TEXTS = [
 ]
 
 # Words that exercise sentencex's rules, and the gaps between them.
-WORDS = ["Mr.", "Jones", "e.g.", "U.S.A.", "v1.2.3", "3.14", "https://a.example/x.y?z=1.", "Hi.", "Ok!", "what?",
-         "so...", "wait…", '"Stop."', "“Yes!”", "«Non»", "(see", "above.)", "the", "cat", "sat", "mat.", "今天很好。",
-         "明天下雨！", "です。", "Привет.", "т.е.", "z.B.", "¿Qué?", "है।", "؟", "word,", "x" * 40, "’", "'", "A.", "5"]
+WORDS = [
+    "Mr.",
+    "Jones",
+    "e.g.",
+    "U.S.A.",
+    "v1.2.3",
+    "3.14",
+    "https://a.example/x.y?z=1.",
+    "Hi.",
+    "Ok!",
+    "what?",
+    "so...",
+    "wait…",
+    '"Stop."',
+    "“Yes!”",
+    "«Non»",
+    "(see",
+    "above.)",
+    "the",
+    "cat",
+    "sat",
+    "mat.",
+    "今天很好。",
+    "明天下雨！",
+    "です。",
+    "Привет.",
+    "т.е.",
+    "z.B.",
+    "¿Qué?",
+    "है।",
+    "؟",
+    "word,",
+    "x" * 40,
+    "’",
+    "'",
+    "A.",
+    "5",
+]
 GAPS = [" ", " ", "", "\n", "  \n ", "\t"]
 
 
@@ -47,15 +82,18 @@ def streamed(pieces: list[str], max_chars: int, language: str | None = None) -> 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_pieces_give_the_sentences_of_the_whole_text(text, seed):
     rng = random.Random(seed)
-    assert streamed(pieces_of(text, [rng.randint(0, len(text)) for _ in range(len(text) // 3)]), 80) == \
-        split_sentences(text, 80)
+    assert streamed(pieces_of(text, [rng.randint(0, len(text)) for _ in range(len(text) // 3)]), 80) == split_sentences(
+        text, 80
+    )
 
 
 @settings(max_examples=300, deadline=None)
-@given(words=st.lists(st.tuples(st.sampled_from(WORDS), st.sampled_from(GAPS)), max_size=50),
-       cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=60),
-       max_chars=st.sampled_from([20, 40, 80, 300]),
-       language=st.sampled_from([None, "en", "de", "ja", "ru"]))
+@given(
+    words=st.lists(st.tuples(st.sampled_from(WORDS), st.sampled_from(GAPS)), max_size=50),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=60),
+    max_chars=st.sampled_from([20, 40, 80, 300]),
+    language=st.sampled_from([None, "en", "de", "ja", "ru"]),
+)
 @pytest.mark.timeout(120)
 def test_random_texts_cut_anywhere_give_the_sentences_of_the_whole_text(words, cuts, max_chars, language):
     text = "".join(word + gap for word, gap in words)

@@ -27,17 +27,25 @@ ALICE, BOB = "key-of-alice", "key-of-bob"
 KEYS = f"alice:{ALICE},bob:{BOB}"
 JOB = {"message": "Hello there.", "max_tokens": 4, "seed": 1}
 # One body may be 1 MB; 1.5 MB of bodies in flight on the server, 1 MB per tenant.
-BUDGET = dict(api_keys=KEYS, max_body_bytes=1_000_000, body_budget_bytes=1_500_000,
-              body_budget_per_tenant_bytes=1_000_000, body_permit_wait_s=0.5, body_timeout_s=20.0,
-              header_timeout_s=20.0, retry_after_s=3)
+BUDGET = dict(
+    api_keys=KEYS,
+    max_body_bytes=1_000_000,
+    body_budget_bytes=1_500_000,
+    body_budget_per_tenant_bytes=1_000_000,
+    body_permit_wait_s=0.5,
+    body_timeout_s=20.0,
+    header_timeout_s=20.0,
+    retry_after_s=3,
+)
 
 
 def serve(app, server_settings):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           **uvicorn_options(server_settings)))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options(server_settings))
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -55,8 +63,9 @@ def budget_server(runner, app_settings):
     thread.join(timeout=10)
 
 
-def request_head(path: str = "/run", key: str | None = ALICE, length: int | None = None,
-                 extra: list[str] | None = None) -> bytes:
+def request_head(
+    path: str = "/run", key: str | None = ALICE, length: int | None = None, extra: list[str] | None = None
+) -> bytes:
     lines = [f"POST {path} HTTP/1.1", "Host: test", "Content-Type: application/json", *(extra or [])]
     lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
     if key:
@@ -99,8 +108,12 @@ def wait_for(condition, timeout_s: float = 10) -> None:
 
 def post(address, key: str, body: dict | bytes, path: str = "/run") -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"http://{address[0]}:{address[1]}{path}", content=content, timeout=60,
-                      headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    return httpx.post(
+        f"http://{address[0]}:{address[1]}{path}",
+        content=content,
+        timeout=60,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
 
 
 # ---- body budget --------------------------------------------------------------------------------
@@ -220,9 +233,13 @@ def test_concurrent_maximal_bodies_take_no_more_memory_than_the_budget(runner, a
     # refused as bad audio once it runs). Unbudgeted, all 20 are read, parsed and queued with their
     # input: ~20 bodies' worth of memory. With an 8 MB budget only two are read; the rest wait unread.
     # Python's own peak is measured (tracemalloc), not RSS, which says more about the allocator's arenas.
-    settings = app_settings(api_keys=KEYS, max_body_bytes=4_000_000, body_permit_wait_s=120.0,
-                            max_concurrent_jobs=1,
-                            body_budget_bytes=int(os.environ.get("FISH_TEST_BODY_BUDGET", 8_000_000)))
+    settings = app_settings(
+        api_keys=KEYS,
+        max_body_bytes=4_000_000,
+        body_permit_wait_s=120.0,
+        max_concurrent_jobs=1,
+        body_budget_bytes=int(os.environ.get("FISH_TEST_BODY_BUDGET", 8_000_000)),
+    )
     app = create_app(runner, settings)
     server, thread, address = serve(app, settings.server)
     base = f"http://{address[0]}:{address[1]}"
@@ -274,7 +291,7 @@ def test_headers_over_16_kib_are_431_however_they_arrive(budget_server, size, pi
             step = -(-len(head) // pieces)
             try:
                 for start in range(0, len(head), step):
-                    sock.sendall(head[start:start + step])
+                    sock.sendall(head[start : start + step])
                     time.sleep(0.005)
             except OSError:  # refused (and closed) before the rest was sent
                 pass
@@ -310,10 +327,12 @@ def test_list_voices_answers_at_once_while_every_slot_generates_another_tenants_
         started = time.monotonic()
         alice = {"Authorization": f"Bearer {ALICE}"}
         listed = await client.post("/run", json={"input": {"action": "list_voices"}}, headers=alice)
-        deleted = await client.post("/run", json={"input": {"action": "delete_voice", "voice_id": "none"}},
-                                    headers=alice)
-        ended = await client.post("/run", json={"input": {"action": "end_conversation", "conversation_id": "c1"}},
-                                  headers=alice)
+        deleted = await client.post(
+            "/run", json={"input": {"action": "delete_voice", "voice_id": "none"}}, headers=alice
+        )
+        ended = await client.post(
+            "/run", json={"input": {"action": "end_conversation", "conversation_id": "c1"}}, headers=alice
+        )
         took = time.monotonic() - started
         for job in jobs:
             await client.post(f"/v2/ep/cancel/{job['id']}", headers=auth)

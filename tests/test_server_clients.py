@@ -40,8 +40,12 @@ def test_runpod_client_run_status_output_and_stream(endpoint):
     job = endpoint.run({**JOB, "stream": True, "audio_format": "wav"})
     streamed = list(job.stream())
     assert [c["text"] for c in streamed] == ["Hello there.", "How are you?"]
-    summary = {"text": "Hello there. How are you?", "duration_s": round(sum(c["duration_s"] for c in streamed), 3),
-               "chunks": len(streamed), "seed": streamed[0]["seed"]}
+    summary = {
+        "text": "Hello there. How are you?",
+        "duration_s": round(sum(c["duration_s"] for c in streamed), 3),
+        "chunks": len(streamed),
+        "seed": streamed[0]["seed"],
+    }
     assert job.status() == "COMPLETED" and job.output(timeout=30) == summary  # never the audio again
     samples, rate = decode_ffmpeg(b"".join(__import__("base64").b64decode(c["audio"]) for c in streamed))
     assert rate == 44100 and len(samples) > 0
@@ -62,15 +66,24 @@ def test_runpod_client_wrong_key_is_unauthorized(base_url, monkeypatch):
 
 def test_openai_client_speech(base_url):
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY)
-    response = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format="flac",
-                                             extra_body={"max_tokens": 6, "stream": False})
+    response = client.audio.speech.create(
+        model="tts-1",
+        voice="alloy",
+        input="Hello there.",
+        response_format="flac",
+        extra_body={"max_tokens": 6, "stream": False},
+    )
     samples, rate = decode_ffmpeg(response.content)
     assert rate == 44100 and len(samples) > 0
     # A whole file (stream: false): its header has the true length, so libsndfile reads it too.
     assert soundfile.info(io.BytesIO(response.content)).frames == len(samples)
 
     with client.audio.speech.with_streaming_response.create(
-        model="tts-1", voice="alloy", input="One. Two.", response_format="mp3", extra_body={"max_tokens": 6},
+        model="tts-1",
+        voice="alloy",
+        input="One. Two.",
+        response_format="mp3",
+        extra_body={"max_tokens": 6},
     ) as streamed:
         data = b"".join(streamed.iter_bytes(4096))
     assert len(decode_ffmpeg(data)[0]) > 0
@@ -99,7 +112,10 @@ def test_openai_client_streams_the_first_bytes_before_the_file_is_done(base_url,
     monkeypatch.setattr(service, "synthesize", first_sentence_then_wait_for_the_client)
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
     with client.audio.speech.with_streaming_response.create(
-        model="tts-1", voice="alloy", input="Hello there. How are you? I am fine.", response_format=fmt,
+        model="tts-1",
+        voice="alloy",
+        input="Hello there. How are you? I am fine.",
+        response_format=fmt,
         extra_body={"max_tokens": 6, "seed": 1},
     ) as response:
         pieces = response.iter_bytes()
@@ -119,10 +135,14 @@ def test_openai_client_every_response_format(base_url):
     """Each of OpenAI's formats, aac included, is the same speech (same seed) at the format's rate."""
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY)
     durations = {}
-    for fmt, rate in (("mp3", 44100), ("opus", 48000), ("aac", 44100), ("flac", 44100), ("wav", 44100),
-                      ("pcm", 24000)):
-        content = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format=fmt,
-                                             extra_body={"max_tokens": 6, "seed": 2}).content
+    for fmt, rate in (("mp3", 44100), ("opus", 48000), ("aac", 44100), ("flac", 44100), ("wav", 44100), ("pcm", 24000)):
+        content = client.audio.speech.create(
+            model="tts-1",
+            voice="alloy",
+            input="Hello there.",
+            response_format=fmt,
+            extra_body={"max_tokens": 6, "seed": 2},
+        ).content
         if fmt == "pcm":  # headerless 16-bit at 24 kHz, as OpenAI's
             samples, decoded_rate = np.frombuffer(content, "<i2"), 24000
         else:
@@ -137,7 +157,9 @@ def test_openai_client_every_response_format(base_url):
 def test_openai_client_errors(base_url):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0).audio.speech.create(
-            model="tts-1", voice="alloy", input="Hi.")
+            model="tts-1", voice="alloy", input="Hi."
+        )
     with pytest.raises(openai.BadRequestError, match="no saved voice named 'ghost'"):
         openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0).audio.speech.create(
-            model="tts-1", voice="ghost", input="Hi.")
+            model="tts-1", voice="ghost", input="Hi."
+        )

@@ -28,6 +28,7 @@ def app(runner, app_settings):
 
 def call(app, method, url, **kwargs):
     """One request against the app, on a fresh event loop (background jobs live in that loop)."""
+
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             return await client.request(method, url, **kwargs)
@@ -37,6 +38,7 @@ def call(app, method, url, **kwargs):
 
 def scenario(app, steps):
     """Several requests in one event loop, so /v2 jobs started by one are seen by the next."""
+
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             return await steps(client)
@@ -145,11 +147,14 @@ def test_seed_stream_is_one_json_object_per_line(app):
     assert len({o["id"] for o in objects}) == 1
 
 
-@pytest.mark.parametrize("job_input, field", [
-    ({"message": ""}, "message"),
-    ({"message": "Hi", "temperature": "hot"}, "temperature"),
-    ({"message": "Hi", "stream": True, "audio_format": "wma"}, "audio_format"),
-])
+@pytest.mark.parametrize(
+    "job_input, field",
+    [
+        ({"message": ""}, "message"),
+        ({"message": "Hi", "temperature": "hot"}, "temperature"),
+        ({"message": "Hi", "stream": True, "audio_format": "wma"}, "audio_format"),
+    ],
+)
 def test_seed_bad_input_is_400_with_the_field(app, job_input, field):
     response = call(app, "POST", "/run", json={"input": job_input}, headers=AUTH)
     assert response.status_code == 400
@@ -175,8 +180,10 @@ def test_seed_server_fault_is_500(app, runner, monkeypatch):
 
 def test_seed_voice_actions_go_through_the_same_runner(app):
     save = {"action": "save_voice", "voice_id": "door-voice", "reference_audio": wav_b64(1.0)}
-    assert call(app, "POST", "/run", json={"input": save}, headers=AUTH).json()["output"]["voice"]["voice_id"] \
+    assert (
+        call(app, "POST", "/run", json={"input": save}, headers=AUTH).json()["output"]["voice"]["voice_id"]
         == "door-voice"
+    )
     response = call(app, "POST", "/run", json={"input": {**JOB, "voice_id": "door-voice"}}, headers=AUTH)
     assert response.status_code == 200
 
@@ -250,8 +257,13 @@ def test_runpod_cancel_stops_a_running_generation(app):
 
 @pytest.mark.parametrize("response_format, rate", [("mp3", 44100), ("wav", 44100), ("opus", 48000)])
 def test_openai_speech_returns_one_audio_file(app, response_format, rate):
-    body = {"model": "tts-1", "input": "Hello there. How are you?", "voice": "alloy",
-            "response_format": response_format, "max_tokens": 8}
+    body = {
+        "model": "tts-1",
+        "input": "Hello there. How are you?",
+        "voice": "alloy",
+        "response_format": response_format,
+        "max_tokens": 8,
+    }
     response = call(app, "POST", "/v1/audio/speech", json=body, headers=AUTH)
     assert response.status_code == 200 and response.headers["content-type"].startswith("audio/")
     samples, decoded_rate = decode_ffmpeg(response.content)
@@ -259,23 +271,37 @@ def test_openai_speech_returns_one_audio_file(app, response_format, rate):
 
 
 def test_openai_speech_sse_and_saved_voice(app):
-    call(app, "POST", "/run", headers=AUTH,
-         json={"input": {"action": "save_voice", "voice_id": "narrator", "reference_audio": wav_b64(1.0)}})
-    body = {"model": "tts-1", "input": "Hi there.", "voice": "narrator", "response_format": "pcm",
-            "stream_format": "sse", "max_tokens": 6}
+    call(
+        app,
+        "POST",
+        "/run",
+        headers=AUTH,
+        json={"input": {"action": "save_voice", "voice_id": "narrator", "reference_audio": wav_b64(1.0)}},
+    )
+    body = {
+        "model": "tts-1",
+        "input": "Hi there.",
+        "voice": "narrator",
+        "response_format": "pcm",
+        "stream_format": "sse",
+        "max_tokens": 6,
+    }
     response = call(app, "POST", "/v1/audio/speech", json=body, headers=AUTH)
-    events = [json.loads(line[len("data: "):]) for line in response.text.split("\n\n") if line]
+    events = [json.loads(line[len("data: ") :]) for line in response.text.split("\n\n") if line]
     assert [e["type"] for e in events][-1] == "speech.audio.done"
     pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
     assert len(pcm) > 0 and len(pcm) % 2 == 0
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"input": "Hi.", "voice": "nobody"}, "voice"),
-    ({"input": "Hi.", "voice": "alloy", "response_format": "wma"}, "response_format"),
-    ({"input": "", "voice": "alloy"}, "input"),
-    ({"voice": "alloy"}, "input"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"input": "Hi.", "voice": "nobody"}, "voice"),
+        ({"input": "Hi.", "voice": "alloy", "response_format": "wma"}, "response_format"),
+        ({"input": "", "voice": "alloy"}, "input"),
+        ({"voice": "alloy"}, "input"),
+    ],
+)
 def test_openai_errors_have_openai_shape(app, body, param):
     response = call(app, "POST", "/v1/audio/speech", json={"model": "tts-1", **body}, headers=AUTH)
     assert response.status_code == 400
@@ -306,19 +332,28 @@ def test_errors_outside_the_doors_have_the_door_shape(app):
 
 @pytest.mark.parametrize("url", ["/run", "/v2/ep/run"])
 def test_malformed_json_is_a_readable_400(app, url):
-    response = call(app, "POST", url, content=b'{"input": {"message": "Hi",}}',
-                    headers={**AUTH, "Content-Type": "application/json"})
+    response = call(
+        app, "POST", url, content=b'{"input": {"message": "Hi",}}', headers={**AUTH, "Content-Type": "application/json"}
+    )
     assert response.status_code == 400
-    assert response.json() == {"id": None, "status": "error",
-                               "error": "body: invalid JSON at character 27: Expecting property name enclosed "
-                                        "in double quotes"}
+    assert response.json() == {
+        "id": None,
+        "status": "error",
+        "error": "body: invalid JSON at character 27: Expecting property name enclosed in double quotes",
+    }
     without_key = call(app, "POST", url, content=b"not json", headers={"Content-Type": "application/json"})
     assert without_key.status_code == 401  # the key is checked first: the body is never parsed
 
 
-@pytest.mark.parametrize("body", [b'{"input": {"message": "hi \xff\xfe"}}', b"[" * 100_000 + b"]" * 100_000,
-                                  b'{"input": {"message": "hi", "seed": ' + b"9" * 5000 + b"}}"],
-                         ids=["not-utf8", "nested-too-deep", "5000-digit-number"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"input": {"message": "hi \xff\xfe"}}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"input": {"message": "hi", "seed": ' + b"9" * 5000 + b"}}",
+    ],
+    ids=["not-utf8", "nested-too-deep", "5000-digit-number"],
+)
 @pytest.mark.parametrize("url", ["/run", "/v1/audio/speech"])
 def test_bodies_json_cannot_read_say_so(app, url, body):
     response = call(app, "POST", url, content=body, headers={**AUTH, "Content-Type": "application/json"})
@@ -368,8 +403,16 @@ def test_openai_whole_files_have_true_lengths(app, response_format):
 
     import av
     import soundfile as sf
-    body = {"model": "tts-1", "input": "Hello there. How are you?", "voice": "alloy",
-            "response_format": response_format, "max_tokens": 8, "seed": 3, "stream": False}
+
+    body = {
+        "model": "tts-1",
+        "input": "Hello there. How are you?",
+        "voice": "alloy",
+        "response_format": response_format,
+        "max_tokens": 8,
+        "seed": 3,
+        "stream": False,
+    }
     response = call(app, "POST", "/v1/audio/speech", json=body, headers=AUTH)
     assert response.status_code == 200 and int(response.headers["content-length"]) == len(response.content)
     info = sf.info(io.BytesIO(response.content))
@@ -378,8 +421,13 @@ def test_openai_whole_files_have_true_lengths(app, response_format):
         av_samples = sum(frame.samples for frame in container.decode(audio=0))
     assert 0 < info.frames == len(samples) == av_samples
     # The same clip as the seed door's whole result (same seed): same number of samples.
-    seed = call(app, "POST", "/run", headers=AUTH, json={"input": {
-        "message": body["input"], "max_tokens": 8, "seed": 3, "audio_format": "pcm16"}}).json()["output"]
+    seed = call(
+        app,
+        "POST",
+        "/run",
+        headers=AUTH,
+        json={"input": {"message": body["input"], "max_tokens": 8, "seed": 3, "audio_format": "pcm16"}},
+    ).json()["output"]
     rate = 48000 if response_format == "opus" else 44100
     assert info.samplerate == rate and abs(info.frames / rate - seed["duration_s"]) < 0.002
 
@@ -388,8 +436,8 @@ def test_openai_streams_by_default_with_a_length_unknown_header(app):
     import io
 
     import av
-    body = {"model": "tts-1", "input": "Hello there.", "voice": "alloy", "response_format": "flac",
-            "max_tokens": 6}
+
+    body = {"model": "tts-1", "input": "Hello there.", "voice": "alloy", "response_format": "flac", "max_tokens": 6}
     response = call(app, "POST", "/v1/audio/speech", json=body, headers=AUTH)
     assert response.status_code == 200 and "content-length" not in response.headers
     assert int.from_bytes(response.content[18:26], "big") & 0xFFFFFFFFF == 0  # STREAMINFO total samples: unknown
@@ -409,6 +457,7 @@ def tenants_app(runner, app_settings):
 
 def test_plain_and_named_keys_are_tenants():
     from fish_worker.settings import parse_api_keys
+
     keys = parse_api_keys("alice:K1, bob:K2, K3, alice:K4")
     assert keys["K1"] == keys["K4"] == "alice" and keys["K2"] == "bob" and keys["K3"].startswith("key-")
     assert parse_api_keys("K3") == {"K3": keys["K3"]}  # a plain key's tenant is stable
@@ -430,8 +479,13 @@ def test_a_tenant_cannot_use_list_or_delete_anothers_voices(tenants_app):
         assert used.status_code == 404 and used.json()["error"] == f"voice_id: no saved voice named {voice_id!r}"
         deleted = action(BOB, action="delete_voice", voice_id=voice_id)
         assert deleted.status_code == 404 and deleted.json()["error"] == f"voice_id: no saved voice named {voice_id!r}"
-        speech = call(tenants_app, "POST", "/v1/audio/speech", headers=BOB,
-                      json={"model": "tts-1", "input": "Hi.", "voice": voice_id, "max_tokens": 4})
+        speech = call(
+            tenants_app,
+            "POST",
+            "/v1/audio/speech",
+            headers=BOB,
+            json={"model": "tts-1", "input": "Hi.", "voice": voice_id, "max_tokens": 4},
+        )
         assert speech.status_code == 400 and speech.json()["error"]["param"] == "voice"
     assert action(ALICE, message="Hi.", voice_id="alices-voice", max_tokens=4).status_code == 200
     assert action(ALICE, action="delete_voice", voice_id="alices-voice").json()["output"] == {"deleted": "alices-voice"}
@@ -461,9 +515,11 @@ def test_a_tenant_cannot_read_stream_cancel_or_purge_anothers_jobs(tenants_app):
     async def steps(client):
         running = (await client.post("/v2/ep/run", json={"input": long_job}, headers=ALICE)).json()
         queued = (await client.post("/v2/ep/run", json={"input": JOB}, headers=ALICE)).json()
-        bob = {f"{verb} {name}": (await client.request(method, f"/v2/ep/{verb}/{job['id']}", headers=BOB))
-               for verb, method in (("status", "GET"), ("stream", "GET"), ("cancel", "POST"))
-               for name, job in (("running", running), ("queued", queued))}
+        bob = {
+            f"{verb} {name}": (await client.request(method, f"/v2/ep/{verb}/{job['id']}", headers=BOB))
+            for verb, method in (("status", "GET"), ("stream", "GET"), ("cancel", "POST"))
+            for name, job in (("running", running), ("queued", queued))
+        }
         bob["purge"] = await client.post("/v2/ep/purge-queue", headers=BOB)
         bob["health"] = await client.get("/v2/ep/health", headers=BOB)
         alice_status = (await client.get(f"/v2/ep/status/{running['id']}", headers=ALICE)).json()
@@ -482,8 +538,13 @@ def test_a_tenant_cannot_read_stream_cancel_or_purge_anothers_jobs(tenants_app):
 
 
 def test_tenant_data_lives_apart_on_disk(tenants_app, settings):
-    call(tenants_app, "POST", "/run", headers=BOB,
-         json={"input": {"action": "save_voice", "voice_id": "bobs", "reference_audio": wav_b64(0.5)}})
+    call(
+        tenants_app,
+        "POST",
+        "/run",
+        headers=BOB,
+        json={"input": {"action": "save_voice", "voice_id": "bobs", "reference_audio": wav_b64(0.5)}},
+    )
     assert (settings.storage.voices_dir / "tenants" / "bob" / "bobs.npz").is_file()
     assert not (settings.storage.voices_dir / "bobs.npz").exists()
 
@@ -492,8 +553,16 @@ def test_tenant_data_lives_apart_on_disk(tenants_app, settings):
 
 
 def test_too_many_jobs_get_429_with_retry_after(runner, app_settings):
-    bounded = create_app(runner, app_settings(api_keys="alice:key-of-alice,bob:key-of-bob", max_concurrent_jobs=1,
-                                              max_queued_jobs=3, max_queued_jobs_per_tenant=2, retry_after_s=7))
+    bounded = create_app(
+        runner,
+        app_settings(
+            api_keys="alice:key-of-alice,bob:key-of-bob",
+            max_concurrent_jobs=1,
+            max_queued_jobs=3,
+            max_queued_jobs_per_tenant=2,
+            retry_after_s=7,
+        ),
+    )
     # Streamed: a whole float result this long would be refused at once as too large for /run.
     long_job = {"message": " ".join(f"Sentence number {i}." for i in range(40)), "max_tokens": 200, "stream": True}
 
@@ -504,8 +573,9 @@ def test_too_many_jobs_get_429_with_retry_after(runner, app_settings):
         bob = (await client.post("/v2/ep/run", json={"input": long_job}, headers=BOB)).json()
         out["bob /v2"] = await client.post("/v2/ep/run", json={"input": JOB}, headers=BOB)
         out["bob /run"] = await client.post("/run", json={"input": JOB}, headers=BOB)
-        out["bob /v1"] = await client.post("/v1/audio/speech", headers=BOB,
-                                           json={"model": "tts-1", "input": "Hi.", "voice": "alloy"})
+        out["bob /v1"] = await client.post(
+            "/v1/audio/speech", headers=BOB, json={"model": "tts-1", "input": "Hi.", "voice": "alloy"}
+        )
         for job, headers in [(alice[0], ALICE), (alice[1], ALICE), (bob, BOB)]:
             await client.post(f"/v2/ep/cancel/{job['id']}", headers=headers)
         await asyncio.sleep(0.1)  # the cancelled tasks end and give their places back
@@ -542,12 +612,14 @@ def test_stored_results_are_capped_oldest_first(runner, app_settings):
 
 def test_a_tenant_flooding_the_store_pushes_out_its_own_results_first(runner, app_settings):
     """Past either cap, results go from the tenant holding the most: a quiet tenant's result stays."""
+
     async def alice_once_then_bob_four_times(client):
         alices = (await client.post("/v2/ep/runsync", json={"input": JOB}, headers=ALICE)).json()["id"]
-        bobs = [(await client.post("/v2/ep/runsync", json={"input": JOB}, headers=BOB)).json()["id"]
-                for _ in range(4)]
-        return ((await client.get(f"/v2/ep/status/{alices}", headers=ALICE)).status_code,
-                [(await client.get(f"/v2/ep/status/{i}", headers=BOB)).status_code for i in bobs])
+        bobs = [(await client.post("/v2/ep/runsync", json={"input": JOB}, headers=BOB)).json()["id"] for _ in range(4)]
+        return (
+            (await client.get(f"/v2/ep/status/{alices}", headers=ALICE)).status_code,
+            [(await client.get(f"/v2/ep/status/{i}", headers=BOB)).status_code for i in bobs],
+        )
 
     tenants = "alice:key-of-alice,bob:key-of-bob"
     by_count = create_app(runner, app_settings(api_keys=tenants, max_stored_jobs=3))
@@ -559,8 +631,15 @@ def test_a_tenant_flooding_the_store_pushes_out_its_own_results_first(runner, ap
 
 def test_a_tenants_jobs_in_flight_never_push_out_another_tenants_result(runner, app_settings):
     """The cap counts stored (finished) results: bob's burst, queued and running, is not one."""
-    app = create_app(runner, app_settings(api_keys="alice:key-of-alice,bob:key-of-bob", max_stored_jobs=4,
-                                          max_queued_jobs=8, max_queued_jobs_per_tenant=8))
+    app = create_app(
+        runner,
+        app_settings(
+            api_keys="alice:key-of-alice,bob:key-of-bob",
+            max_stored_jobs=4,
+            max_queued_jobs=8,
+            max_queued_jobs_per_tenant=8,
+        ),
+    )
 
     async def alice_stored_then_bobs_burst(client):
         alices = (await client.post("/v2/ep/runsync", json={"input": JOB}, headers=ALICE)).json()["id"]
@@ -568,8 +647,10 @@ def test_a_tenants_jobs_in_flight_never_push_out_another_tenants_result(runner, 
         alice_during = []
         for _ in range(600):  # until bob's burst has finished (each check sees alice's result, or not)
             alice_during.append((await client.get(f"/v2/ep/status/{alices}", headers=ALICE)).status_code)
-            if all(r.status in ("COMPLETED", "FAILED") for r in registry_of(app).of_tenant("bob")) and \
-                    len(registry_of(app).of_tenant("bob")) == 3:
+            if (
+                all(r.status in ("COMPLETED", "FAILED") for r in registry_of(app).of_tenant("bob"))
+                and len(registry_of(app).of_tenant("bob")) == 3
+            ):
                 break
             await asyncio.sleep(0.05)
         bob_after = [(await client.get(f"/v2/ep/status/{i}", headers=BOB)).status_code for i in bobs]
@@ -583,9 +664,16 @@ def test_a_tenants_jobs_in_flight_never_push_out_another_tenants_result(runner, 
 @pytest.mark.timeout(240)
 def test_stress_random_schedules_every_job_ends_and_every_place_is_given_back(runner, app_settings):
     import random
-    stressed = create_app(runner, app_settings(api_keys="alice:key-of-alice,bob:key-of-bob,carol:key-of-carol",
-                                               max_queued_jobs=6, max_queued_jobs_per_tenant=3,
-                                               max_stored_jobs=10))
+
+    stressed = create_app(
+        runner,
+        app_settings(
+            api_keys="alice:key-of-alice,bob:key-of-bob,carol:key-of-carol",
+            max_queued_jobs=6,
+            max_queued_jobs_per_tenant=3,
+            max_stored_jobs=10,
+        ),
+    )
     who = [ALICE, BOB, {"Authorization": "Bearer key-of-carol"}]
     statuses = []
 
@@ -597,8 +685,11 @@ def test_stress_random_schedules_every_job_ends_and_every_place_is_given_back(ru
         if kind in ("run", "stream"):
             response = await client.post("/run", json={"input": {**job, "stream": kind == "stream"}}, headers=headers)
         elif kind == "v1":
-            response = await client.post("/v1/audio/speech", headers=headers, json={
-                "model": "tts-1", "input": job["message"], "voice": "alloy", "max_tokens": 4})
+            response = await client.post(
+                "/v1/audio/speech",
+                headers=headers,
+                json={"model": "tts-1", "input": job["message"], "voice": "alloy", "max_tokens": 4},
+            )
         else:
             response = await client.post("/v2/ep/run", json={"input": job}, headers=headers)
             if response.status_code == 200:

@@ -188,8 +188,15 @@ def test_defaults_without_any_variable(clean_env):
 
 def test_empty_variables_mean_unset(clean_env):
     # Hosting templates leave optional fields as "": no bucket (so no upload), boto3's own defaults.
-    for name in ("FISH_S3_BUCKET", "FISH_S3_ENDPOINT_URL", "FISH_S3_ACCESS_KEY_ID", "FISH_S3_SECRET_ACCESS_KEY",
-                 "FISH_S3_REGION", "REDIS_URL", "FISH_CHAT_MODEL_DIR"):
+    for name in (
+        "FISH_S3_BUCKET",
+        "FISH_S3_ENDPOINT_URL",
+        "FISH_S3_ACCESS_KEY_ID",
+        "FISH_S3_SECRET_ACCESS_KEY",
+        "FISH_S3_REGION",
+        "REDIS_URL",
+        "FISH_CHAT_MODEL_DIR",
+    ):
         clean_env.setenv(name, "")
     settings = Settings()
     s3 = settings.storage.s3

@@ -39,8 +39,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def server(runner, app_settings):
     """(address, limiter): a real uvicorn, configured as `python -m fish_worker.server` configures it."""
-    settings = app_settings(api_keys=KEY, send_timeout_s=SEND_TIMEOUT_S, live_idle_timeout_s=30,
-                            max_queued_jobs=4)
+    settings = app_settings(api_keys=KEY, send_timeout_s=SEND_TIMEOUT_S, live_idle_timeout_s=30, max_queued_jobs=4)
     app = create_app(runner, settings)
     with serve_app(app, **uvicorn_options(settings.server)) as address:
         yield address, limiter_of(app)
@@ -57,8 +56,13 @@ def never_reader(address) -> socket.socket:
 
 def post(sock: socket.socket, path: str, body: dict, extra: str = "") -> None:
     data = json.dumps(body).encode()
-    sock.sendall((f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY}\r\n"
-                  f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n{extra}\r\n").encode() + data)
+    sock.sendall(
+        (
+            f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n{extra}\r\n"
+        ).encode()
+        + data
+    )
 
 
 def wait_released(limiter, within_s: float) -> float:
@@ -98,8 +102,12 @@ def ws_frame(payload: bytes) -> bytes:
 def ws_open(address) -> socket.socket:
     sock = never_reader(address)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /v1/tts/live HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET /v1/tts/live HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     answer = b""
     while b"\r\n\r\n" not in answer:
         answer += sock.recv(1)  # byte by byte: nothing after the handshake is read
@@ -128,8 +136,10 @@ def synthesis_threads() -> int:
 
 STREAMED = {  # every streamed HTTP door: path, body
     "seed /run stream": ("/run", {"input": {"message": LONG_TEXT[:1900], "stream": True, "max_tokens": 200}}),
-    "openai stream": ("/v1/audio/speech", {"input": LONG_TEXT[:1900], "response_format": "wav",
-                                           "max_tokens": 200}),  # streamed by default
+    "openai stream": (
+        "/v1/audio/speech",
+        {"input": LONG_TEXT[:1900], "response_format": "wav", "max_tokens": 200},
+    ),  # streamed by default
     "fish /v1/tts": ("/v1/tts", {"text": LONG_TEXT[:1900], "format": "wav", "max_new_tokens": 200}),
 }
 
@@ -157,19 +167,31 @@ def test_streamed_answers_that_are_never_read_are_dropped_and_their_places_freed
 
 WHOLE = {  # every door that answers only once the work is done (or its first audio, for /v1/tts)
     "seed /run": ("/run", {"input": {"message": LONG_TEXT[:1900], "max_tokens": 1000}}),
-    "/v2 runsync": ("/v2/any/runsync", {"input": {"message": LONG_TEXT[:1900], "max_tokens": 1000,
-                                                   "audio_format": "mp3"}}),  # within /runsync's result limit
-    "openai whole file": ("/v1/audio/speech", {"input": LONG_TEXT[:1900], "response_format": "wav",
-                                               "max_tokens": 1000, "stream": False}),
+    "/v2 runsync": (
+        "/v2/any/runsync",
+        {"input": {"message": LONG_TEXT[:1900], "max_tokens": 1000, "audio_format": "mp3"}},
+    ),  # within /runsync's result limit
+    "openai whole file": (
+        "/v1/audio/speech",
+        {"input": LONG_TEXT[:1900], "response_format": "wav", "max_tokens": 1000, "stream": False},
+    ),
     # The first sentence is awaited whole before the answer starts (a bad voice is still a 400).
-    "fish /v1/tts": ("/v1/tts", {"text": "A first sentence far longer than the rest, " * 6, "format": "wav",
-                                 "max_new_tokens": 2000, "chunk_length": 300}),
+    "fish /v1/tts": (
+        "/v1/tts",
+        {
+            "text": "A first sentence far longer than the rest, " * 6,
+            "format": "wav",
+            "max_new_tokens": 2000,
+            "chunk_length": 300,
+        },
+    ),
 }
 
 
 @pytest.mark.parametrize("door", WHOLE)
-def test_a_client_that_hangs_up_before_a_whole_answer_stops_its_generation(server, door, server_log, service,
-                                                                            monkeypatch):
+def test_a_client_that_hangs_up_before_a_whole_answer_stops_its_generation(
+    server, door, server_log, service, monkeypatch
+):
     caplog = server_log
     # /v1/tts: its first audio (what is awaited before answering) comes at the first sentence's end.
     monkeypatch.setattr(service, "limits", dataclasses.replace(service.limits, stream_first_frames=100_000))
@@ -231,10 +253,13 @@ def test_the_frame_cap_mid_stream_ends_each_door_as_documented(server, server_lo
     with http(server) as client:
         fish = client.post("/v1/tts", json={"text": CAP_TEXT, "format": "wav", "max_new_tokens": 8})
         raw = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "response_format": "wav", "max_tokens": 8})
-        sse = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "stream_format": "sse", "max_tokens": 8,
-                                                    "response_format": "wav"})
-        whole = client.post("/v1/audio/speech", json={"input": CAP_TEXT, "response_format": "wav", "max_tokens": 8,
-                                                      "stream": False})
+        sse = client.post(
+            "/v1/audio/speech",
+            json={"input": CAP_TEXT, "stream_format": "sse", "max_tokens": 8, "response_format": "wav"},
+        )
+        whole = client.post(
+            "/v1/audio/speech", json={"input": CAP_TEXT, "response_format": "wav", "max_tokens": 8, "stream": False}
+        )
     # Raw audio bodies: the status went out first, so the file ends, complete, at the cap.
     for answer in (fish, raw):
         assert answer.status_code == 200
@@ -251,9 +276,11 @@ def test_the_frame_cap_mid_stream_ends_each_door_as_documented(server, server_lo
     assert server_log.text.count("ended early, its audio complete up to there") == 3
 
 
-NESTED = [("application/json", b"[" * 100_000, "body: is not valid JSON: nested too deep"),
-          ("text/plain", b"[" * 100_000, "body: is not valid JSON: nested too deep"),
-          ("application/msgpack", b"\x91" * 100_000, "body: is not valid msgpack")]
+NESTED = [
+    ("application/json", b"[" * 100_000, "body: is not valid JSON: nested too deep"),
+    ("text/plain", b"[" * 100_000, "body: is not valid JSON: nested too deep"),
+    ("application/msgpack", b"\x91" * 100_000, "body: is not valid msgpack"),
+]
 
 
 @pytest.mark.parametrize("content_type, body, message", NESTED, ids=[c for c, _, _ in NESTED])
@@ -264,8 +291,10 @@ def test_nesting_bombs_on_the_fish_door_are_400(server, server_log, content_type
     assert "Traceback" not in server_log.text
 
 
-LIVE_NESTED = [({"bytes": b"\x91" * 100_000}, "event: is not valid msgpack (or JSON)"),
-               ({"text": "[" * 100_000}, "event: is not valid JSON: nested too deep")]
+LIVE_NESTED = [
+    ({"bytes": b"\x91" * 100_000}, "event: is not valid msgpack (or JSON)"),
+    ({"text": "[" * 100_000}, "event: is not valid JSON: nested too deep"),
+]
 
 
 @pytest.mark.parametrize("message, said", LIVE_NESTED, ids=["msgpack", "json"])

@@ -34,8 +34,10 @@ TEXT = "Hello there. How are you today?"
 PLUGIN_RATE = 24000  # both clients' default output: LiveKit wav 24 kHz; pipecat pcm at the pipeline's 24 kHz
 
 if not CLIENTS_PYTHON.exists():
-    pytest.skip("the third-party clients' venv .venv-clients is missing (bash scripts/setup_clients_env.sh)",
-                allow_module_level=True)
+    pytest.skip(
+        "the third-party clients' venv .venv-clients is missing (bash scripts/setup_clients_env.sh)",
+        allow_module_level=True,
+    )
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -45,13 +47,21 @@ def server(tiny_checkpoint, tmp_path_factory):
     """`python -m fish_worker.server` on a free port of 127.0.0.1; yields its base URL."""
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("FISH_") and name != "REDIS_URL"}
-    env.update(FISH_API_KEYS=KEY, FISH_CHECKPOINT_DIR=str(tiny_checkpoint), FISH_DEVICE="cpu", FISH_WARMUP="false",
-               FISH_HOST="127.0.0.1", FISH_PORT=str(port), FISH_MAX_TOKENS_LIMIT="12",
-               FISH_VOICES_DIR=str(tmp_path_factory.mktemp("client-voices")))
+    env.update(
+        FISH_API_KEYS=KEY,
+        FISH_CHECKPOINT_DIR=str(tiny_checkpoint),
+        FISH_DEVICE="cpu",
+        FISH_WARMUP="false",
+        FISH_HOST="127.0.0.1",
+        FISH_PORT=str(port),
+        FISH_MAX_TOKENS_LIMIT="12",
+        FISH_VOICES_DIR=str(tmp_path_factory.mktemp("client-voices")),
+    )
     log = tmp_path_factory.mktemp("client-server") / "server.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "fish_worker.server"], cwd=ROOT, env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fish_worker.server"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -81,8 +91,13 @@ def local_voice(server) -> str:
 
 def run_client(driver: str, server: str, *args: str) -> dict:
     """tests/clients/<driver> with the clients venv's python; its JSON summary (the last line it prints)."""
-    result = subprocess.run([str(CLIENTS_PYTHON), str(DRIVERS / driver), "--base-url", server, "--api-key", KEY,
-                             *args], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    result = subprocess.run(
+        [str(CLIENTS_PYTHON), str(DRIVERS / driver), "--base-url", server, "--api-key", KEY, *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, f"{driver} failed:\n{result.stderr[-4000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -83,33 +83,46 @@ def test_openai_json_and_text_are_the_transcript(base_url, speech_wav, heard):
     result = client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), language="en")
     assert result.text == heard.text
     assert result.usage.seconds == -(-heard.duration_s // 1)
-    text = client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), language="en",
-                                              response_format="text", prompt="ignored", temperature=0.2)
+    text = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("q.wav", speech_wav),
+        language="en",
+        response_format="text",
+        prompt="ignored",
+        temperature=0.2,
+    )
     assert text.strip() == heard.text
 
 
 def test_openai_verbose_json_has_language_duration_and_timed_segments(base_url, speech_wav, heard):
     result = openai_client(base_url).audio.transcriptions.create(
-        model="whisper-1", file=("q.wav", speech_wav), language="en", response_format="verbose_json",
-        timestamp_granularities=["segment"])
+        model="whisper-1",
+        file=("q.wav", speech_wav),
+        language="en",
+        response_format="verbose_json",
+        timestamp_granularities=["segment"],
+    )
     assert (result.text, result.language, result.duration) == (heard.text, "english", heard.duration_s)
-    assert [(s.start, s.end, s.text) for s in result.segments] == [
-        (s.start_s, s.end_s, s.text) for s in heard.segments]
+    assert [(s.start, s.end, s.text) for s in result.segments] == [(s.start_s, s.end_s, s.text) for s in heard.segments]
 
 
 def test_openai_srt_and_vtt_are_the_segments_as_subtitles(base_url, speech_wav, heard):
     client = openai_client(base_url)
-    subtitles = client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), language="en",
-                                                   response_format="srt")
+    subtitles = client.audio.transcriptions.create(
+        model="whisper-1", file=("q.wav", speech_wav), language="en", response_format="srt"
+    )
     cues = list(srt.parse(subtitles))
     assert [(c.start.total_seconds(), c.end.total_seconds(), c.content) for c in cues] == [
-        (round(s.start_s, 3), round(s.end_s, 3), " ".join(s.text.split())) for s in heard.segments]
-    captions = client.audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav), language="en",
-                                                  response_format="vtt")
+        (round(s.start_s, 3), round(s.end_s, 3), " ".join(s.text.split())) for s in heard.segments
+    ]
+    captions = client.audio.transcriptions.create(
+        model="whisper-1", file=("q.wav", speech_wav), language="en", response_format="vtt"
+    )
     assert captions.startswith("WEBVTT")
     parsed = webvtt.from_string(captions)
     assert [(c.start_time.in_milliseconds(), c.end_time.in_milliseconds(), c.text) for c in parsed] == [
-        (round(s.start_s * 1000), round(s.end_s * 1000), " ".join(s.text.split())) for s in heard.segments]
+        (round(s.start_s * 1000), round(s.end_s * 1000), " ".join(s.text.split())) for s in heard.segments
+    ]
 
 
 def test_openai_transcription_errors_name_the_field(base_url, bare_url, speech_wav):
@@ -129,10 +142,12 @@ def test_openai_transcription_errors_name_the_field(base_url, bare_url, speech_w
     with pytest.raises(openai.BadRequestError) as caught:
         openai_client(bare_url).audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav))
     assert caught.value.body["message"] == (
-        "file: speech recognition is not configured: set FISH_ASR_MODEL_DIR or FISH_ASR_BASE_URL")
+        "file: speech recognition is not configured: set FISH_ASR_MODEL_DIR or FISH_ASR_BASE_URL"
+    )
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(api_key="wrong", base_url=f"{base_url}/v1", max_retries=0).audio.transcriptions.create(
-            model="whisper-1", file=("q.wav", speech_wav))
+            model="whisper-1", file=("q.wav", speech_wav)
+        )
 
 
 # ---- Fish /v1/asr ------------------------------------------------------------------------------------------
@@ -143,8 +158,7 @@ def test_fish_sdk_asr_is_the_transcript_with_duration_in_ms(base_url, speech_wav
         result = client.asr.transcribe(audio=speech_wav, language="en")
         untimed = client.asr.transcribe(audio=speech_wav, language="en", include_timestamps=False)
     assert result.text == heard.text and result.duration == heard.duration_s * 1000
-    assert [(s.start, s.end, s.text) for s in result.segments] == [
-        (s.start_s, s.end_s, s.text) for s in heard.segments]
+    assert [(s.start, s.end, s.text) for s in result.segments] == [(s.start_s, s.end_s, s.text) for s in heard.segments]
     assert untimed.text == heard.text and untimed.segments == []
 
 
@@ -185,8 +199,11 @@ def test_an_abandoned_transcription_gives_its_slot_back(asr_app, base_url, speec
     body = ormsgpack.packb({"audio": clip, "language": "en"})
     host, port = base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"POST /v1/asr HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
-                     f"Content-Type: application/msgpack\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        sock.sendall(
+            f"POST /v1/asr HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/msgpack\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         deadline = time.monotonic() + 30
         while limiter.running == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -205,8 +222,11 @@ def test_a_full_server_answers_429_in_each_doors_shape(asr_app, base_url, speech
     try:
         with pytest.raises(openai.RateLimitError):
             openai_client(base_url).audio.transcriptions.create(model="whisper-1", file=("q.wav", speech_wav))
-        response = httpx.post(f"{base_url}/v1/asr", json={"audio": base64.b64encode(speech_wav).decode()},
-                              headers={"Authorization": f"Bearer {KEY}"})
+        response = httpx.post(
+            f"{base_url}/v1/asr",
+            json={"audio": base64.b64encode(speech_wav).decode()},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
         assert response.status_code == 429 and set(response.json()) == {"status", "message"}
     finally:
         for admission in held:
@@ -215,7 +235,8 @@ def test_a_full_server_answers_429_in_each_doors_shape(asr_app, base_url, speech
 
 @pytest.mark.timeout(240)
 def test_concurrent_transcriptions_with_random_hang_ups_all_end_and_give_their_slots_back(
-        asr_app, base_url, speech_wav, heard, caplog):
+    asr_app, base_url, speech_wav, heard, caplog
+):
     """Random schedules: requests on both doors, some abandoned at a random moment; every one ends (its
     transcript, a 429, or the hang-up), and afterwards no slot or admission is left held."""
     import asyncio
@@ -227,11 +248,18 @@ def test_concurrent_transcriptions_with_random_hang_ups_all_end_and_give_their_s
 
     async def one(client: httpx.AsyncClient, i: int) -> str:
         if i % 2:
-            request = client.post("/v1/audio/transcriptions", headers=headers, files={"file": ("q.wav", speech_wav)},
-                                  data={"language": "en"})
+            request = client.post(
+                "/v1/audio/transcriptions",
+                headers=headers,
+                files={"file": ("q.wav", speech_wav)},
+                data={"language": "en"},
+            )
         else:
-            request = client.post("/v1/asr", headers={**headers, "Content-Type": "application/msgpack"},
-                                  content=ormsgpack.packb({"audio": speech_wav, "language": "en"}))
+            request = client.post(
+                "/v1/asr",
+                headers={**headers, "Content-Type": "application/msgpack"},
+                content=ormsgpack.packb({"audio": speech_wav, "language": "en"}),
+            )
         task = asyncio.ensure_future(request)
         if rng.random() < 0.4:  # hang up at a random moment
             await asyncio.sleep(rng.uniform(0.0, 1.5))
@@ -273,18 +301,29 @@ def test_subtitles_keep_every_segment_and_stay_parseable():
     from fish_worker.asr.backend import Transcript, TranscriptSegment
     from fish_worker.server.transcript_formats import fish_asr_response, srt_text, vtt_text
 
-    awkward = Transcript("a --> b\n\nc d", "en", 3.5, (
-        TranscriptSegment(0.0, 1.25, "a --> b\n\nc"),  # a timing arrow and an empty line inside the text
-        TranscriptSegment(1.25, 1.25, "d"),  # zero-length, as Whisper can give: kept, not dropped
-    ))
+    awkward = Transcript(
+        "a --> b\n\nc d",
+        "en",
+        3.5,
+        (
+            TranscriptSegment(0.0, 1.25, "a --> b\n\nc"),  # a timing arrow and an empty line inside the text
+            TranscriptSegment(1.25, 1.25, "d"),  # zero-length, as Whisper can give: kept, not dropped
+        ),
+    )
     cues = list(srt.parse(srt_text(awkward)))
     assert [(c.start.total_seconds(), c.end.total_seconds(), c.content) for c in cues] == [
-        (0.0, 1.25, "a -> b c"), (1.25, 1.25, "d")]
+        (0.0, 1.25, "a -> b c"),
+        (1.25, 1.25, "d"),
+    ]
     captions = webvtt.from_string(vtt_text(awkward))
     assert [(c.start, c.end, c.text) for c in captions] == [
-        ("00:00:00.000", "00:00:01.250", "a -> b c"), ("00:00:01.250", "00:00:01.250", "d")]
+        ("00:00:00.000", "00:00:01.250", "a -> b c"),
+        ("00:00:01.250", "00:00:01.250", "d"),
+    ]
     # A recognizer that gives text but no segments: one cue over the whole clip.
     bare = Transcript("hello", "en", 2.0, ())
     assert [c.content for c in srt.parse(srt_text(bare))] == ["hello"]
     assert fish_asr_response(bare, timestamps=True)["segments"] == [{"text": "hello", "start": 0.0, "end": 2.0}]
-    assert srt_text(Transcript("", None, 1.0, ())) == "" and vtt_text(Transcript("", None, 1.0, ())).startswith("WEBVTT")
+    assert srt_text(Transcript("", None, 1.0, ())) == "" and vtt_text(Transcript("", None, 1.0, ())).startswith(
+        "WEBVTT"
+    )

@@ -19,11 +19,26 @@ SETTINGS = Settings(max_tokens_limit=2048)
 
 
 def test_a_job_carries_every_synthesis_field():
-    job = JobInput(message="Hi there.", temperature=0.5, top_p=0.6, repetition_penalty=1.3, max_tokens=77,
-                   seed=9, stream=True, voice_id="anna")
-    assert job.to_synthesis() == SynthesisRequest(text="Hi there.", temperature=0.5, top_p=0.6,
-                                                  repetition_penalty=1.3, frames_per_sentence=77, seed=9,
-                                                  stream=True, voice=SavedVoiceRef("anna"))
+    job = JobInput(
+        message="Hi there.",
+        temperature=0.5,
+        top_p=0.6,
+        repetition_penalty=1.3,
+        max_tokens=77,
+        seed=9,
+        stream=True,
+        voice_id="anna",
+    )
+    assert job.to_synthesis() == SynthesisRequest(
+        text="Hi there.",
+        temperature=0.5,
+        top_p=0.6,
+        repetition_penalty=1.3,
+        frames_per_sentence=77,
+        seed=9,
+        stream=True,
+        voice=SavedVoiceRef("anna"),
+    )
 
 
 def test_a_job_reference_clip_is_its_voice():
@@ -46,14 +61,17 @@ def test_openai_speech_request_carries_text_voice_seed_frames_and_streaming():
 
     body = SpeechRequest(input="Hello there.", voice="narrator", seed=5, max_tokens=33, stream=True, speed=1.5)
     assert synthesis_request(body, SETTINGS, "narrator") == SynthesisRequest(
-        text="Hello there.", frames_per_sentence=33, seed=5, stream=True, voice=SavedVoiceRef("narrator"))
+        text="Hello there.", frames_per_sentence=33, seed=5, stream=True, voice=SavedVoiceRef("narrator")
+    )
     assert synthesis_request(SpeechRequest(input="Hi.", stream_format="sse"), SETTINGS, None).stream
     assert synthesis_request(SpeechRequest(input="Hi."), SETTINGS, None).voice is None
     assert adjustments(body, "mp3").speed == 1.5
     assert adjustments(SpeechRequest(input="Hi.", response_format="pcm"), "pcm16").sample_rate == 24_000
 
 
-@pytest.mark.parametrize("fields, field", [({"input": "  "}, "message"), ({"input": "Hi.", "max_tokens": 4096}, "max_tokens")])
+@pytest.mark.parametrize(
+    "fields, field", [({"input": "  "}, "message"), ({"input": "Hi.", "max_tokens": 4096}, "max_tokens")]
+)
 def test_openai_speech_request_refuses_what_the_service_would(fields, field):
     from fish_worker.server.routers.openai_speech import SpeechRequest, synthesis_request
 
@@ -63,7 +81,9 @@ def test_openai_speech_request_refuses_what_the_service_would(fields, field):
 
 
 def test_the_hand_off_types_do_not_import_torch():
-    code = ("import sys, fish_worker.tts.requests, fish_worker.dialogue.requests, fish_worker.jobs.outputs, "
-            "fish_worker.jobs.output_adjustments; print('torch' in sys.modules)")
+    code = (
+        "import sys, fish_worker.tts.requests, fish_worker.dialogue.requests, fish_worker.jobs.outputs, "
+        "fish_worker.jobs.output_adjustments; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"

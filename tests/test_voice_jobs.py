@@ -9,8 +9,15 @@ JOB = {"message": "Speak as the saved voice.", "max_tokens": 6, "seed": 9}
 
 
 def test_saved_voice_speaks_like_its_reference_audio(runner):
-    [saved] = run_job(runner, {"action": "save_voice", "voice_id": "anna", "reference_audio": REFERENCE,
-                               "reference_text": "Hello from Anna."})
+    [saved] = run_job(
+        runner,
+        {
+            "action": "save_voice",
+            "voice_id": "anna",
+            "reference_audio": REFERENCE,
+            "reference_text": "Hello from Anna.",
+        },
+    )
     assert saved["voice"]["voice_id"] == "anna" and saved["voice"]["num_frames"] > 0
 
     [by_id] = run_job(runner, {**JOB, "voice_id": "anna"})
@@ -47,8 +54,9 @@ def test_unknown_voice_and_bad_inputs_are_clear_errors(runner):
 
 def test_save_without_overwrite_keeps_the_existing_voice(runner):
     run_job(runner, {"action": "save_voice", "voice_id": "keep", "reference_audio": REFERENCE})
-    [out] = run_job(runner, {"action": "save_voice", "voice_id": "keep", "reference_audio": REFERENCE,
-                             "overwrite": False})
+    [out] = run_job(
+        runner, {"action": "save_voice", "voice_id": "keep", "reference_audio": REFERENCE, "overwrite": False}
+    )
     assert out["error"].startswith("voice_id: a voice named 'keep' exists")
 
 

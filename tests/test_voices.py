@@ -23,7 +23,10 @@ def test_save_then_load_gives_back_tokens_text_and_time(store):
     before = time.time()
     info = store.save("alice", tokens(), "Hello there, I'm Alice.")
     assert (info.voice_id, info.text, info.num_codebooks, info.num_frames) == (
-        "alice", "Hello there, I'm Alice.", 10, 50,
+        "alice",
+        "Hello there, I'm Alice.",
+        10,
+        50,
     )
     loaded = store.load("alice")
     np.testing.assert_array_equal(loaded.tokens, tokens())
@@ -38,8 +41,13 @@ def test_title_is_kept_and_older_files_have_none(store):
     assert store.load("bob").title == "Bob — narrator"
     assert [v.title for v in store.list()] == ["Bob — narrator"]
     # A file written before titles existed (no "title" array) still loads, untitled.
-    np.savez(store.root / "old.npz", format_version=np.int64(1), tokens=tokens(), text=np.str_("Old."),
-             created_at=np.float64(1.0))
+    np.savez(
+        store.root / "old.npz",
+        format_version=np.int64(1),
+        tokens=tokens(),
+        text=np.str_("Old."),
+        created_at=np.float64(1.0),
+    )
     assert store.load("old").title == "" and store.load("old").text == "Old."
 
 
@@ -73,8 +81,29 @@ def test_save_replaces_unless_told_not_to(store):
 
 @pytest.mark.parametrize(
     "bad_id",
-    ["../x", "/etc", "/etc/passwd", "", "a" * 65, "..", ".", ".hidden", "a..b", "a/b", "a\\b",
-     "-dash", "_under", "sp ace", "tab\t", "new\nline", "nul\x00", "é", "a:b", None, 5],
+    [
+        "../x",
+        "/etc",
+        "/etc/passwd",
+        "",
+        "a" * 65,
+        "..",
+        ".",
+        ".hidden",
+        "a..b",
+        "a/b",
+        "a\\b",
+        "-dash",
+        "_under",
+        "sp ace",
+        "tab\t",
+        "new\nline",
+        "nul\x00",
+        "é",
+        "a:b",
+        None,
+        5,
+    ],
 )
 def test_bad_ids_are_rejected_with_a_clear_error(store, bad_id):
     with pytest.raises(ValueError, match="voice_id"):

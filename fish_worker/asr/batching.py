@@ -44,8 +44,12 @@ class Batcher(Generic[Item, Result]):
     may join `batch` (default: always); the first request of a batch is always taken.
     """
 
-    def __init__(self, run_many: Callable[[Sequence[Item]], list[Result]], max_batch: int,
-                 fits: Callable[[Sequence[Item], Item], bool] | None = None) -> None:
+    def __init__(
+        self,
+        run_many: Callable[[Sequence[Item]], list[Result]],
+        max_batch: int,
+        fits: Callable[[Sequence[Item], Item], bool] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._run_many = run_many

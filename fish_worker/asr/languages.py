@@ -26,6 +26,6 @@ def language_code(language: str) -> str | None:
 
 
 def language_name(code: str) -> str | None:
-    """"en" → "english"; None for a code Whisper does not know."""
+    """ "en" → "english"; None for a code Whisper does not know."""
     names, _ = _tables()
     return names.get(code.strip().lower())

@@ -28,8 +28,11 @@ def make_transcriber(settings: Settings, device: str | torch.device | None = Non
     """The Transcriber of `settings.asr`, on `device` (unset: FISH_DEVICE, "auto" → a GPU if there is
     one); None when neither FISH_ASR_MODEL_DIR nor FISH_ASR_BASE_URL is set."""
     if device is None:
-        device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else \
-            ("cpu" if settings.device == "auto" else settings.device)
+        device = (
+            "cuda"
+            if settings.device == "auto" and torch.cuda.is_available()
+            else ("cpu" if settings.device == "auto" else settings.device)
+        )
     recognizer = make_recognizer(settings.asr, device=device)
     if recognizer is None:
         return None

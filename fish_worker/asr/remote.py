@@ -35,20 +35,36 @@ SERVER_TEXT_CHARS = 150  # most characters of a server's own error text repeated
 
 
 class RemoteRecognizer:
-    def __init__(self, base_url: str, *, api_key: str | None = None, model: str = "whisper-1",
-                 connect_timeout_s: float = 10.0, timeout_s: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str = "whisper-1",
+        connect_timeout_s: float = 10.0,
+        timeout_s: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=self.base_url, headers=headers, transport=transport,
-                                    timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+        )
 
     @classmethod
     def from_settings(cls, settings: AsrSettings) -> RemoteRecognizer:
         assert settings.base_url is not None
-        return cls(settings.base_url, api_key=settings.api_key, model=settings.model,
-                   connect_timeout_s=settings.connect_timeout_s, timeout_s=settings.timeout_s)
+        return cls(
+            settings.base_url,
+            api_key=settings.api_key,
+            model=settings.model,
+            connect_timeout_s=settings.connect_timeout_s,
+            timeout_s=settings.timeout_s,
+        )
 
     @property
     def description(self) -> str:
@@ -71,8 +87,9 @@ class RemoteRecognizer:
             data["language"] = language
         url = f"{self.base_url}/audio/transcriptions"
         try:
-            response = self._client.post("/audio/transcriptions", data=data,
-                                         files={"file": ("audio.wav", wav.getvalue(), "audio/wav")})
+            response = self._client.post(
+                "/audio/transcriptions", data=data, files={"file": ("audio.wav", wav.getvalue(), "audio/wav")}
+            )
         except httpx.TimeoutException:
             raise SpeechRecognizerError(f"speech recognizer unavailable: {url} did not answer in time") from None
         except httpx.HTTPError as exc:
@@ -86,8 +103,10 @@ class RemoteRecognizer:
         except ValueError:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-            raise SpeechRecognizerError(f"speech recognizer unavailable: {url} answered something that is not a "
-                                        f"transcript ({bounded(response.text, SERVER_TEXT_CHARS)!r})")
+            raise SpeechRecognizerError(
+                f"speech recognizer unavailable: {url} answered something that is not a "
+                f"transcript ({bounded(response.text, SERVER_TEXT_CHARS)!r})"
+            )
         return _transcript(body, language, duration_s)
 
     @staticmethod
@@ -95,11 +114,14 @@ class RemoteRecognizer:
         says = bounded(_server_message(response), SERVER_TEXT_CHARS)
         status = response.status_code
         if status == 429:
-            return SpeechRecognizerError(f"speech recognizer busy: {url} is rate limiting requests (429: {says}); "
-                                         "try again later", kind=ErrorKind.BUSY)
+            return SpeechRecognizerError(
+                f"speech recognizer busy: {url} is rate limiting requests (429: {says}); try again later",
+                kind=ErrorKind.BUSY,
+            )
         if status in (401, 403):
-            return SpeechRecognizerError(f"speech recognizer unavailable: {url} refused the API key ({status}: "
-                                         f"{says}); check FISH_ASR_API_KEY")
+            return SpeechRecognizerError(
+                f"speech recognizer unavailable: {url} refused the API key ({status}: {says}); check FISH_ASR_API_KEY"
+            )
         if status in (400, 422) and language is not None and "language" in says.lower():
             return UnsupportedLanguageError(f"the transcription server refused the language {language!r} ({says})")
         return SpeechRecognizerError(f"speech recognizer unavailable: {url} answered {status} ({says})")
@@ -138,8 +160,12 @@ def _transcript(body: dict[str, Any], language: str | None, duration_s: float) -
     if not segments and text:
         segments.append(TranscriptSegment(start_s=0.0, end_s=round(duration_s, 3), text=text))
     spoken = body.get("language")
-    return Transcript(text=text, language=_language_code(spoken) if isinstance(spoken, str) else language,
-                      duration_s=round(duration_s, 3), segments=tuple(segments))
+    return Transcript(
+        text=text,
+        language=_language_code(spoken) if isinstance(spoken, str) else language,
+        duration_s=round(duration_s, 3),
+        segments=tuple(segments),
+    )
 
 
 def _language_code(language: str) -> str:

@@ -62,15 +62,17 @@ class WhisperRecognizer:
         lang_to_id: dict[str, int] = dict(getattr(generation, "lang_to_id", None) or {})
         self._id_to_language = {token_id: token.strip("<|>") for token, token_id in lang_to_id.items()}
         self._languages = frozenset(self._id_to_language.values())
-        self._eos = int(generation.eos_token_id if isinstance(generation.eos_token_id, int)
-                        else generation.eos_token_id[0])
+        self._eos = int(
+            generation.eos_token_id if isinstance(generation.eos_token_id, int) else generation.eos_token_id[0]
+        )
         self._window_samples = WINDOW_SECONDS * ASR_SAMPLE_RATE
         self._batcher: Batcher[_Clip, Transcript] = Batcher(self._transcribe_many, max_batch, fits=self._fits)
         self._lock = threading.Lock()  # one model call at a time, also outside the batcher (warm-up)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None,
-             max_batch: int = DEFAULT_MAX_BATCH) -> WhisperRecognizer:
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> WhisperRecognizer:
         """Load the processor and weights from a local directory (never the network)."""
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -97,7 +99,7 @@ class WhisperRecognizer:
         return self._batcher.batches, self._batcher.requests
 
     def language_code(self, language: str | None) -> str | None:
-        """"en", "English" or "english" → "en"; None stays None; an unknown one raises UnsupportedLanguageError."""
+        """ "en", "English" or "english" → "en"; None stays None; an unknown one raises UnsupportedLanguageError."""
         if language is None:
             return None
         code = language_code(language) or language.strip().lower()
@@ -106,8 +108,10 @@ class WhisperRecognizer:
                 raise UnsupportedLanguageError(f"this Whisper model is English-only; got {language!r}")
             return code
         if code not in self._languages:
-            raise UnsupportedLanguageError(f"{language!r} is not a language this Whisper model knows "
-                                           f"(a code such as 'en', 'de', 'ja' or a name such as 'english')")
+            raise UnsupportedLanguageError(
+                f"{language!r} is not a language this Whisper model knows "
+                f"(a code such as 'en', 'de', 'ja' or a name such as 'english')"
+            )
         return code
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> Transcript:
@@ -121,8 +125,9 @@ class WhisperRecognizer:
     def _transcribe_many(self, clips: Sequence[_Clip]) -> list[Transcript]:
         long_form = any(c.audio.size > self._window_samples for c in clips)
         extractor = self.processor.feature_extractor
-        kwargs: dict[str, Any] = {"truncation": False, "padding": "longest", "return_attention_mask": True} \
-            if long_form else {}
+        kwargs: dict[str, Any] = (
+            {"truncation": False, "padding": "longest", "return_attention_mask": True} if long_form else {}
+        )
         inputs = extractor([c.audio for c in clips], sampling_rate=ASR_SAMPLE_RATE, return_tensors="pt", **kwargs)
         features = inputs.input_features.to(self.model.device, self.model.dtype)
         extra: dict[str, Any] = {}
@@ -132,13 +137,19 @@ class WhisperRecognizer:
             with self._lock, torch.inference_mode():
                 languages = self._languages_of(clips, features)
                 output = self.model.generate(
-                    features, language=languages if self._multilingual else None,
+                    features,
+                    language=languages if self._multilingual else None,
                     task="transcribe" if self._multilingual else None,
-                    return_timestamps=True, return_segments=True, **extra)
+                    return_timestamps=True,
+                    return_segments=True,
+                    **extra,
+                )
         except (RuntimeError, ValueError, IndexError) as exc:
             raise SpeechRecognizerError(f"speech recognizer failed: {type(exc).__name__}: {exc}") from exc
-        return [self._transcript(segments, language, clip.audio.size / ASR_SAMPLE_RATE)
-                for segments, language, clip in zip(output["segments"], languages, clips, strict=True)]
+        return [
+            self._transcript(segments, language, clip.audio.size / ASR_SAMPLE_RATE)
+            for segments, language, clip in zip(output["segments"], languages, clips, strict=True)
+        ]
 
     def _languages_of(self, clips: Sequence[_Clip], features: torch.Tensor) -> list[str]:
         """Each clip's language: as given, else detected on its first 30 s (English for English-only models)."""

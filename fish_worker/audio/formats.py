@@ -70,8 +70,17 @@ MEDIA_TYPES: dict[str, str] = {
 # highest), and onto 256..6 kbit/s for Opus. 128 kbit/s MP3 is plenty for mono speech.
 DEFAULT_MP3_KBPS = 128
 # Bitrate ranges (kbit/s) of MP3 by sample rate: MPEG-1 (32-48 kHz), MPEG-2 (16-24), MPEG-2.5 (8-12).
-_MP3_KBPS_RANGE = {32000: (320, 32), 44100: (320, 32), 48000: (320, 32), 16000: (160, 8), 22050: (160, 8),
-                   24000: (160, 8), 8000: (64, 8), 11025: (64, 8), 12000: (64, 8)}
+_MP3_KBPS_RANGE = {
+    32000: (320, 32),
+    44100: (320, 32),
+    48000: (320, 32),
+    16000: (160, 8),
+    22050: (160, 8),
+    24000: (160, 8),
+    8000: (64, 8),
+    11025: (64, 8),
+    12000: (64, 8),
+}
 _OPUS_KBPS_RANGE = (256, 6)
 # AAC-LC at 64 kbit/s is transparent enough for mono speech (OpenAI does not say what it uses).
 DEFAULT_AAC_KBPS = 64
@@ -86,7 +95,9 @@ FIXED_SAMPLE_RATES: dict[str, tuple[int, ...]] = {"mp3": MP3_SAMPLE_RATES, "aac"
 def mp3_compression_level(kbps: int, sample_rate: int) -> float:
     """libsndfile's compression_level for a CBR MP3 of `kbps` (capped at what the rate allows)."""
     if sample_rate not in _MP3_KBPS_RANGE:
-        raise ValueError(f"mp3 cannot carry {sample_rate} Hz; use one of {', '.join(map(str, sorted(_MP3_KBPS_RANGE)))}")
+        raise ValueError(
+            f"mp3 cannot carry {sample_rate} Hz; use one of {', '.join(map(str, sorted(_MP3_KBPS_RANGE)))}"
+        )
     high, low = _MP3_KBPS_RANGE[sample_rate]
     return min(max((high - kbps) / (high - low), 0.0), 0.99)  # 1.0 is refused at some rates
 
@@ -94,6 +105,7 @@ def mp3_compression_level(kbps: int, sample_rate: int) -> float:
 def opus_compression_level(kbps: int) -> float:
     high, low = _OPUS_KBPS_RANGE
     return min(max((high - kbps) / (high - low), 0.0), 1.0)
+
 
 # RunPod's documented limits, in bytes of JSON (MB taken as 10^6, the conservative reading).
 STREAM_CHUNK_LIMIT_BYTES = 1_000_000
@@ -331,11 +343,7 @@ def streaming_wav_header(sample_rate: int = MODEL_SAMPLE_RATE) -> bytes:
     fmt_chunk = struct.pack(
         "<4sIHHIIHH", b"fmt ", 16, 1, channels, sample_rate, sample_rate * block_align, block_align, bits
     )
-    return (
-        struct.pack("<4sI4s", b"RIFF", unknown, b"WAVE")
-        + fmt_chunk
-        + struct.pack("<4sI", b"data", unknown)
-    )
+    return struct.pack("<4sI4s", b"RIFF", unknown, b"WAVE") + fmt_chunk + struct.pack("<4sI", b"data", unknown)
 
 
 class _ForwardOnlySink:
@@ -445,8 +453,11 @@ class ResultTooLargeError(WorkerError, ValueError):
     def __init__(self, size: int, limit: int, route: str, estimated: bool = False) -> None:
         self.size, self.limit, self.route, self.estimated = size, limit, route, estimated
         # Estimated before synthesis, it is a rejection of the request: it names the field that fixes it.
-        what = (f"audio_format: the result would be at least {size / 1e6:.1f} MB" if estimated
-                else f"result is {size / 1e6:.1f} MB")
+        what = (
+            f"audio_format: the result would be at least {size / 1e6:.1f} MB"
+            if estimated
+            else f"result is {size / 1e6:.1f} MB"
+        )
         super().__init__(
             f"{what}, over RunPod's ~{limit / 1e6:.0f} MB limit for /{route}; "
             "ask for a compressed audio_format (mp3, opus, flac), use streaming, "

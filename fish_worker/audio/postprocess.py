@@ -39,13 +39,13 @@ class AudioAdjustments:
     def __post_init__(self) -> None:
         # ValueError naming the field: each door turns it into its own 400.
         if self.sample_rate is not None and not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
-            raise ValueError(f"sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}; "
-                             f"got {self.sample_rate}")
+            raise ValueError(
+                f"sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}; got {self.sample_rate}"
+            )
         if not MIN_SPEED <= self.speed <= MAX_SPEED:
             raise ValueError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}; got {self.speed}")
         if not MIN_VOLUME_DB <= self.volume_db <= MAX_VOLUME_DB:
-            raise ValueError(f"volume must be between {MIN_VOLUME_DB:g} and {MAX_VOLUME_DB:g} dB; "
-                             f"got {self.volume_db}")
+            raise ValueError(f"volume must be between {MIN_VOLUME_DB:g} and {MAX_VOLUME_DB:g} dB; got {self.volume_db}")
 
     def output_rate(self, model_rate: int) -> int:
         return self.sample_rate or model_rate
@@ -63,8 +63,11 @@ class AudioPostProcessor:
         self.input_rate = model_rate
         self.output_rate = adjustments.output_rate(model_rate)
         self._stretch = _TimeStretch(adjustments.speed, model_rate) if adjustments.speed != 1.0 else None
-        self._resampler = (soxr.ResampleStream(model_rate, self.output_rate, 1, dtype="float32")
-                           if self.output_rate != model_rate else None)
+        self._resampler = (
+            soxr.ResampleStream(model_rate, self.output_rate, 1, dtype="float32")
+            if self.output_rate != model_rate
+            else None
+        )
         self._gain = np.float32(10 ** (adjustments.volume_db / 20))
 
     def process(self, audio: np.ndarray) -> np.ndarray:
@@ -100,8 +103,9 @@ class _TimeStretch:
         self._rate = sample_rate
         self._pts = 0
         self._graph = av.filter.Graph()
-        source = self._graph.add_abuffer(format="flt", sample_rate=sample_rate, layout="mono",
-                                         time_base=Fraction(1, sample_rate))
+        source = self._graph.add_abuffer(
+            format="flt", sample_rate=sample_rate, layout="mono", time_base=Fraction(1, sample_rate)
+        )
         tempo = self._graph.add("atempo", f"{speed:.6f}")
         sink = self._graph.add("abuffersink")
         source.link_to(tempo)
@@ -114,7 +118,7 @@ class _TimeStretch:
         # holds the block being filled: small frames keep what a stream waits for at ~50 ms, where
         # one 0.4 s chunk pushed whole would hold back ~0.3 s.
         for start in range(0, audio.size, _STRETCH_FRAME):
-            piece = np.ascontiguousarray(audio[start:start + _STRETCH_FRAME])
+            piece = np.ascontiguousarray(audio[start : start + _STRETCH_FRAME])
             frame = self._av.AudioFrame.from_ndarray(piece[None, :], format="flt", layout="mono")
             frame.sample_rate = self._rate
             frame.pts = self._pts

@@ -44,8 +44,9 @@ UNREADABLE = "is not a readable audio file (WAV, FLAC, MP3, Ogg, WebM or M4A)"
 _DATA_URI = re.compile(r"data:[^,;]*(?:;[^,;]*)*;base64,", re.IGNORECASE)
 
 
-def decode_reference_audio(audio: str | bytes, sample_rate: int, max_seconds: float, max_bytes: int,
-                           field: str = FIELD) -> np.ndarray:
+def decode_reference_audio(
+    audio: str | bytes, sample_rate: int, max_seconds: float, max_bytes: int, field: str = FIELD
+) -> np.ndarray:
     """Base64 text or a file's bytes → mono float32 at `sample_rate`, clipped to [-1, 1]."""
     return decode_audio_file(reference_bytes(audio, max_bytes, field), sample_rate, max_seconds, field)
 
@@ -74,7 +75,7 @@ def base64_audio(text: str, field: str = FIELD) -> bytes:
     """Standard base64, whitespace (MIME line breaks) ignored, after an optional `data:...;base64,` prefix."""
     text = text.strip()
     if uri := _DATA_URI.match(text):
-        text = text[uri.end():]
+        text = text[uri.end() :]
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):  # ValueError: non-ASCII text
@@ -103,8 +104,9 @@ def decode_audio_file(raw: bytes, sample_rate: int, max_seconds: float, field: s
     return clipped
 
 
-def _decode_mono(container: av.container.InputContainer, sample_rate: int, max_seconds: float,
-                 field: str) -> np.ndarray:
+def _decode_mono(
+    container: av.container.InputContainer, sample_rate: int, max_seconds: float, field: str
+) -> np.ndarray:
     import av
 
     if not container.streams.audio:
@@ -124,8 +126,9 @@ def _decode_mono(container: av.container.InputContainer, sample_rate: int, max_s
 
     max_frames = int(max_seconds * rate)  # source samples per channel
     to_float = av.AudioResampler(format="fltp")  # sample format only: same rate, same channels
-    resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ") \
-        if rate != sample_rate else None
+    resampler = (
+        soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ") if rate != sample_rate else None
+    )
     decoded, pieces = 0, []
     for frame in container.decode(stream):
         decoded += frame.samples

@@ -75,8 +75,11 @@ class MemoryConversationStore:
             store = self._tenants.get(tenant)
             if store is None:
                 store = self._tenants[tenant] = MemoryConversationStore(
-                    ttl_s=self.ttl_s, max_conversations=self.max_conversations,
-                    max_messages=self.max_messages, clock=self._clock)
+                    ttl_s=self.ttl_s,
+                    max_conversations=self.max_conversations,
+                    max_messages=self.max_messages,
+                    clock=self._clock,
+                )
             return store
 
     def _update(self, conversation_id: str, change: Callable[[Conversation], Conversation]) -> Conversation:

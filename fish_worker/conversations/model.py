@@ -18,8 +18,9 @@ MAX_CONVERSATION_ID_LENGTH = 128
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 # The rule as a field type, for every request model that takes a conversation_id (the job, its actions).
-ConversationId = Annotated[str, Field(min_length=1, max_length=MAX_CONVERSATION_ID_LENGTH,
-                                      pattern=CONVERSATION_ID_PATTERN)]
+ConversationId = Annotated[
+    str, Field(min_length=1, max_length=MAX_CONVERSATION_ID_LENGTH, pattern=CONVERSATION_ID_PATTERN)
+]
 
 
 class InvalidConversationIdError(ValueError):
@@ -35,8 +36,7 @@ def validate_conversation_id(conversation_id: object) -> str:
         )
     if not _CONVERSATION_ID.fullmatch(conversation_id):
         raise InvalidConversationIdError(
-            "conversation_id: only letters, digits and '-', '_', '.', ':' are allowed, "
-            f"got {conversation_id[:40]!r}"
+            f"conversation_id: only letters, digits and '-', '_', '.', ':' are allowed, got {conversation_id[:40]!r}"
         )
     return conversation_id
 
@@ -125,9 +125,7 @@ class Conversation(BaseModel):
         )
 
     def with_voice(self, voice: ConversationVoice) -> Conversation:
-        return Conversation(
-            conversation_id=self.conversation_id, messages=self.messages, voice=voice, turns=self.turns
-        )
+        return Conversation(conversation_id=self.conversation_id, messages=self.messages, voice=voice, turns=self.turns)
 
 
 def new_conversation(conversation_id: str) -> Conversation:

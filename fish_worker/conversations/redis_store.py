@@ -43,9 +43,7 @@ class RedisConversationStore:
         self.key_prefix = key_prefix
         try:
             # Timeouts so a dead or unreachable Redis fails the job promptly instead of hanging it.
-            self._client = redis.Redis.from_url(
-                url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s
-            )
+            self._client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s)
         except ValueError as exc:
             raise ConversationStoreError(f"conversation store unavailable: bad REDIS_URL: {exc}") from exc
 

@@ -113,8 +113,17 @@ class StressRun:
             ending = rng.choice(ENDINGS)
             # Poisoned prompts are told apart by their text: give each its own.
             message = rng.choice(MESSAGES) + (f" #{number}.{index}" if ending.startswith("poison") else "")
-            jobs.append(Job(message, rng.choice(TEMPERATURES), rng.choice(SEEDS), rng.randint(1, MAX_BUDGET),
-                            ending, rng.randint(0, 4), rng.uniform(0, 0.02)))
+            jobs.append(
+                Job(
+                    message,
+                    rng.choice(TEMPERATURES),
+                    rng.choice(SEEDS),
+                    rng.randint(1, MAX_BUDGET),
+                    ending,
+                    rng.randint(0, 4),
+                    rng.uniform(0, 0.02),
+                )
+            )
         return jobs
 
     def run_schedule(self, rng: random.Random) -> list[str]:
@@ -147,8 +156,13 @@ class StressRun:
     def _prompt(self, job: Job) -> list[int]:
         from fish_worker.dialogue.prompt import fit_prompt
 
-        return fit_prompt(self.chat.tokenizer, [{"role": "user", "content": job.message}], system_prompt=None,
-                          max_new_tokens=job.budget, context_tokens=self.chat.context_tokens).token_ids
+        return fit_prompt(
+            self.chat.tokenizer,
+            [{"role": "user", "content": job.message}],
+            system_prompt=None,
+            max_new_tokens=job.budget,
+            context_tokens=self.chat.context_tokens,
+        ).token_ids
 
     def _consume(self, job: Job) -> None:
         time.sleep(job.delay_s)
@@ -175,8 +189,10 @@ class StressRun:
             if batcher.active_rows == 0 and not batcher._waiting and threading.active_count() <= threads_before:
                 return []
             time.sleep(0.01)
-        return [f"batcher not idle: {batcher.active_rows} rows active, {len(batcher._waiting)} waiting, "
-                f"{threading.active_count()} threads (were {threads_before})"]
+        return [
+            f"batcher not idle: {batcher.active_rows} rows active, {len(batcher._waiting)} waiting, "
+            f"{threading.active_count()} threads (were {threads_before})"
+        ]
 
     def _check_job(self, job: Job) -> str | None:
         text = "".join(job.deltas)
@@ -192,7 +208,9 @@ class StressRun:
         solo = self.solo_reply(job)
         if job.ending == "natural":
             return None if text == solo else f"reply differs from its solo reply: {text!r} vs {solo!r}"
-        return None if solo.startswith(text) else f"stopped reply is not a prefix of its solo reply: {text!r} vs {solo!r}"
+        return (
+            None if solo.startswith(text) else f"stopped reply is not a prefix of its solo reply: {text!r} vs {solo!r}"
+        )
 
 
 def _injected(error: BaseException | None) -> bool:
@@ -225,9 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     stress = run(chat, args.schedules, args.seed)
     batcher = chat.batcher
-    print(f"{stress.schedules} schedules in {time.perf_counter() - started:.1f} s: {batcher.steps} steps, "
-          f"{batcher.rows_decoded} rows decoded, {batcher.step_failures} failed steps survived, "
-          f"{len(stress.failures)} failures")
+    print(
+        f"{stress.schedules} schedules in {time.perf_counter() - started:.1f} s: {batcher.steps} steps, "
+        f"{batcher.rows_decoded} rows decoded, {batcher.step_failures} failed steps survived, "
+        f"{len(stress.failures)} failures"
+    )
     for failure in stress.failures[:20]:
         print(failure)
     sys.exit(1 if stress.failures else 0)

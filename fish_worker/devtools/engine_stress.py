@@ -112,13 +112,21 @@ class StressRun:
         if (text, seed) not in self.solo:
             params = SamplingParams(max_new_tokens=MAX_BUDGET)
             out = list(self.single.generate(text, [], params, torch.Generator().manual_seed(seed)))
-            self.solo[(text, seed)] = torch.stack(out) if out else torch.zeros((0, self.single.num_codebooks), dtype=torch.int)
+            self.solo[(text, seed)] = (
+                torch.stack(out) if out else torch.zeros((0, self.single.num_codebooks), dtype=torch.int)
+            )
         return self.solo[(text, seed)]
 
     def random_jobs(self, rng: random.Random) -> list[Job]:
         return [
-            Job(rng.choice(TEXTS), rng.choice(SEEDS), rng.randint(1, MAX_BUDGET), rng.choice(ENDINGS),
-                rng.randint(0, 6), rng.uniform(0, 0.01))
+            Job(
+                rng.choice(TEXTS),
+                rng.choice(SEEDS),
+                rng.randint(1, MAX_BUDGET),
+                rng.choice(ENDINGS),
+                rng.randint(0, 6),
+                rng.uniform(0, 0.01),
+            )
             for _ in range(rng.randint(1, 6))
         ]
 
@@ -133,8 +141,9 @@ class StressRun:
                 self.faults.poisoned.add(id(gen))
             elif job.ending == "poison_join":
                 self.faults.poisoned_at_join.add(id(gen))
-        threads = [threading.Thread(target=self._consume, args=(job, gen), daemon=True)
-                   for job, gen in zip(jobs, generators)]
+        threads = [
+            threading.Thread(target=self._consume, args=(job, gen), daemon=True) for job, gen in zip(jobs, generators)
+        ]
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + JOB_TIMEOUT_S
@@ -172,8 +181,10 @@ class StressRun:
             if s.free_slots == s.max_batch and not s._active and not s._waiting:
                 return []
             time.sleep(0.01)
-        return [f"engine not idle: free slots {s.free_slots}/{s.max_batch}, "
-                f"{len(s._active)} active, {len(s._waiting)} waiting"]
+        return [
+            f"engine not idle: free slots {s.free_slots}/{s.max_batch}, "
+            f"{len(s._active)} active, {len(s._waiting)} waiting"
+        ]
 
     def _check_job(self, job: Job) -> str | None:
         if job.ending == "poison_join" or (job.ending == "poison" and job.error is not None):
@@ -186,7 +197,11 @@ class StressRun:
         solo = self.solo_frames(job.text, job.seed)[: job.budget]
         got = torch.stack(job.frames) if job.frames else solo[:0]
         if job.ending == "natural":
-            return None if torch.equal(got, solo) else f"tokens differ from the solo run ({len(got)} vs {len(solo)} frames)"
+            return (
+                None
+                if torch.equal(got, solo)
+                else f"tokens differ from the solo run ({len(got)} vs {len(solo)} frames)"
+            )
         # Stopped or closed: a prefix of the solo run (the engine may run a frame ahead of the consumer).
         return None if torch.equal(got, solo[: len(got)]) else "stopped job's tokens are not a prefix of its solo run"
 
@@ -212,12 +227,16 @@ def main(argv: list[str] | None = None) -> int:
 
     models = load_models(args.checkpoint_dir, torch.device("cpu"), torch.float32)
     started = time.perf_counter()
-    stress = run(SemanticGenerator(models.text2semantic, torch.device("cpu")), args.schedules, args.seed, args.max_batch)
+    stress = run(
+        SemanticGenerator(models.text2semantic, torch.device("cpu")), args.schedules, args.seed, args.max_batch
+    )
     for failure in stress.failures:
         print(failure)
-    print(f"schedules run: {stress.schedules}, failures: {len(stress.failures)}, "
-          f"steps: {stress.scheduler.steps}, step failures injected and survived: {stress.scheduler.step_failures}, "
-          f"in {time.perf_counter() - started:.0f} s")
+    print(
+        f"schedules run: {stress.schedules}, failures: {len(stress.failures)}, "
+        f"steps: {stress.scheduler.steps}, step failures injected and survived: {stress.scheduler.step_failures}, "
+        f"in {time.perf_counter() - started:.0f} s"
+    )
     return 1 if stress.failures else 0
 
 

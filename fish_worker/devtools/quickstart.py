@@ -104,7 +104,9 @@ def _decode_file(data: bytes) -> Audio:
     with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.audio[0]
         to_float = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
-        frames = [out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in to_float.resample(frame)]
+        frames = [
+            out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in to_float.resample(frame)
+        ]
         rate = stream.rate
     return Audio(np.concatenate(frames) if frames else np.zeros(0, np.float32), rate)
 
@@ -114,15 +116,18 @@ def write_wav(audio: Audio, path: Path) -> None:
     sf.write(path, np.clip(audio.samples, -1.0, 1.0), audio.sample_rate, subtype="PCM_16")
 
 
-def summary_lines(timed: TimedJob, load_s: float, audio_path: Path | None, audio: Audio | None,
-                  json_path: Path, tiny: bool) -> list[str]:
+def summary_lines(
+    timed: TimedJob, load_s: float, audio_path: Path | None, audio: Audio | None, json_path: Path, tiny: bool
+) -> list[str]:
     stored = timed.stored
     if "error" in stored:
         return [f"the job failed: {stored['error']}", f"  full result   {json_path}"]
     output = stored.get("output", {})
     chunks = outputs(stored)
-    lines = ["one job through the worker, as `python handler.py --test_input` runs it:",
-             f"  text          {output.get('text', '')}"]
+    lines = [
+        "one job through the worker, as `python handler.py --test_input` runs it:",
+        f"  text          {output.get('text', '')}",
+    ]
     if audio is not None and audio_path is not None:
         seconds = len(audio.samples) / audio.sample_rate
         lines.append(f"  audio         {audio_path}  ({seconds:.2f} s at {audio.sample_rate} Hz)")
@@ -150,8 +155,14 @@ def is_tiny_checkpoint(settings: Settings) -> bool:
     return (Path(settings.checkpoint_dir) / "codec_config.yaml").is_file()
 
 
-def run(job: dict[str, Any], out_dir: Path, settings: Settings, raw: bool = False,
-        stdout: TextIO = sys.stdout, runner: JobRunner | None = None) -> int:
+def run(
+    job: dict[str, Any],
+    out_dir: Path,
+    settings: Settings,
+    raw: bool = False,
+    stdout: TextIO = sys.stdout,
+    runner: JobRunner | None = None,
+) -> int:
     """Load the worker (unless given its runner), run `job`, write out_dir/quickstart.json and the audio
     (quickstart.wav, or .mp3/.opus/.flac as the job's audio_format), print
     the summary; returns the exit code."""
@@ -187,9 +198,13 @@ def run(job: dict[str, Any], out_dir: Path, settings: Settings, raw: bool = Fals
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m fish_worker.devtools.quickstart", description=__doc__.split("\n")[0])
-    parser.add_argument("--test_input", help="the job as JSON, {\"input\": {...}} (default: ./test_input.json)")
-    parser.add_argument("--out", type=Path, default=Path("out"), help="where quickstart.json and the audio file go (default: out)")
+    parser = argparse.ArgumentParser(
+        prog="python -m fish_worker.devtools.quickstart", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--test_input", help='the job as JSON, {"input": {...}} (default: ./test_input.json)')
+    parser.add_argument(
+        "--out", type=Path, default=Path("out"), help="where quickstart.json and the audio file go (default: out)"
+    )
     parser.add_argument("--raw", action="store_true", help="also print what the platform stores, as one JSON line")
     return parser.parse_args(argv)
 

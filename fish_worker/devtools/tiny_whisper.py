@@ -53,18 +53,40 @@ _CORPUS = [
 BPE_VOCAB = 400
 
 SIZES: dict[str, dict[str, Any]] = {  # WhisperConfig keywords by size
-    "tiny": {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
-             "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128},
-    "small": {"d_model": 768, "encoder_layers": 12, "decoder_layers": 12, "encoder_attention_heads": 12,
-              "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072},
+    "tiny": {
+        "d_model": 64,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 128,
+        "decoder_ffn_dim": 128,
+    },
+    "small": {
+        "d_model": 768,
+        "encoder_layers": 12,
+        "decoder_layers": 12,
+        "encoder_attention_heads": 12,
+        "decoder_attention_heads": 12,
+        "encoder_ffn_dim": 3072,
+        "decoder_ffn_dim": 3072,
+    },
 }
 
 
 def special_tokens() -> list[str]:
     """Whisper's special tokens in their released order (ids follow the byte-level vocabulary)."""
     languages = [f"<|{code}|>" for code in LANGUAGES]
-    return [END_OF_TEXT, "<|startoftranscript|>", *languages, *TASKS,
-            "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    return [
+        END_OF_TEXT,
+        "<|startoftranscript|>",
+        *languages,
+        *TASKS,
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|nospeech|>",
+        "<|notimestamps|>",
+    ]
 
 
 def timestamp_tokens() -> list[str]:
@@ -75,8 +97,9 @@ def build_tokenizer() -> WhisperTokenizer:
     """A byte-level BPE with Whisper's special and timestamp tokens appended, trained offline."""
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     core.train_from_iterator(_CORPUS, trainer=trainer)
     core.decoder = decoders.ByteLevel()
     bpe = json.loads(core.to_str())["model"]
@@ -96,9 +119,14 @@ def build_generation_config(tokenizer: WhisperTokenizer) -> GenerationConfig:
     space = ids("Ġ")
     # The released configs suppress the non-speech symbols (music notes, brackets ...); here: the
     # byte tokens for a few of them, and the task/LM tokens a transcript never contains.
-    suppress = sorted({ids(t) for t in ["<|startoflm|>", "<|startofprev|>", "<|nospeech|>", *TASKS]}
-                      | {ids(t) for t in ["#", "(", ")", "*", "+", "/", "<", "=", ">", "@", "[", "]", "^", "_", "`",
-                                          "{", "|", "}", "~"] if t in tokenizer.get_vocab()})
+    suppress = sorted(
+        {ids(t) for t in ["<|startoflm|>", "<|startofprev|>", "<|nospeech|>", *TASKS]}
+        | {
+            ids(t)
+            for t in ["#", "(", ")", "*", "+", "/", "<", "=", ">", "@", "[", "]", "^", "_", "`", "{", "|", "}", "~"]
+            if t in tokenizer.get_vocab()
+        }
+    )
     return GenerationConfig(
         bos_token_id=eos,
         eos_token_id=eos,
@@ -146,8 +174,9 @@ def write_tiny_whisper(directory: str | Path, seed: int = 0, size: str = "tiny")
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     build_model(tokenizer, seed, size).save_pretrained(directory)
-    features = WhisperFeatureExtractor(feature_size=MEL_BINS, sampling_rate=16_000, hop_length=160,
-                                       chunk_length=30, n_fft=400, padding_value=0.0)
+    features = WhisperFeatureExtractor(
+        feature_size=MEL_BINS, sampling_rate=16_000, hop_length=160, chunk_length=30, n_fft=400, padding_value=0.0
+    )
     features.save_pretrained(directory)  # preprocessor_config.json, as released (not processor_config.json)
     tokenizer.save_pretrained(directory)
     tokenizer.save_vocabulary(str(directory))  # vocab.json + merges.txt, which the released repos carry too

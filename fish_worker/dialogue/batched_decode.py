@@ -140,20 +140,25 @@ def check_supported(model) -> None:
     if inner is None or layers is None or not hasattr(inner, "rotary_emb") or not hasattr(model, "lm_head"):
         raise UnsupportedChatModelError(
             f"{name} is not a Llama-style model (model.layers, rotary_emb, lm_head); the local chat backend "
-            "batches Qwen2/2.5/3, Llama and Mistral models; serve others with FISH_CHAT_BASE_URL")
+            "batches Qwen2/2.5/3, Llama and Mistral models; serve others with FISH_CHAT_BASE_URL"
+        )
     attention = layers[0].self_attn
     needed = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "num_key_value_groups", "scaling")
     missing = [part for part in needed if not hasattr(attention, part)]
-    missing += [f"mlp.{part}" for part in ("gate_proj", "up_proj", "down_proj", "act_fn")
-                if not hasattr(layers[0].mlp, part)]
+    missing += [
+        f"mlp.{part}" for part in ("gate_proj", "up_proj", "down_proj", "act_fn") if not hasattr(layers[0].mlp, part)
+    ]
     if missing or not hasattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb"):
-        raise UnsupportedChatModelError(f"{name}'s attention lacks {missing or 'apply_rotary_pos_emb'}; "
-                                        "serve it with FISH_CHAT_BASE_URL")
+        raise UnsupportedChatModelError(
+            f"{name}'s attention lacks {missing or 'apply_rotary_pos_emb'}; serve it with FISH_CHAT_BASE_URL"
+        )
     config = model.config
     layer_types = getattr(config, "layer_types", None) or []
     window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
     if any(kind != "full_attention" for kind in layer_types) or (
-            window and window < getattr(config, "max_position_embeddings", 0)):
-        raise UnsupportedChatModelError(f"{name} uses sliding-window attention, which the local chat backend "
-                                        "does not batch; serve it with FISH_CHAT_BASE_URL")
-
+        window and window < getattr(config, "max_position_embeddings", 0)
+    ):
+        raise UnsupportedChatModelError(
+            f"{name} uses sliding-window attention, which the local chat backend "
+            "does not batch; serve it with FISH_CHAT_BASE_URL"
+        )

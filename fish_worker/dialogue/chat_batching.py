@@ -109,8 +109,9 @@ class ChatBatcher:
     list, the rows' caches and ending a reply belong to the engine thread (`_end`, exactly once).
     """
 
-    def __init__(self, decoder: BatchedDecoder, *, max_batch: int, eos_token_ids: list[int],
-                 processors: LogitsProcessorList):
+    def __init__(
+        self, decoder: BatchedDecoder, *, max_batch: int, eos_token_ids: list[int], processors: LogitsProcessorList
+    ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.decoder = decoder
@@ -130,8 +131,16 @@ class ChatBatcher:
         """Replies holding a row (and its KV cache) now."""
         return sum(not reply.done for reply in list(self._active))
 
-    def generate(self, prompt: list[int], *, max_new_tokens: int, temperature: float, seed: int | None,
-                 top_k: int | None = None, top_p: float | None = None) -> TokenStream:
+    def generate(
+        self,
+        prompt: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int | None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> TokenStream:
         """The reply's token ids (without the end-of-turn token), at most `max_new_tokens` of them."""
         sampler = None
         if temperature > 0:
@@ -158,8 +167,9 @@ class ChatBatcher:
                     self._cycle()
         except BaseException as exc:  # a bug of ours: end every reply rather than strand its consumer
             log.exception("chat engine died")
-            self._abandon_all(ChatBackendError(f"chat backend failed: the local chat engine stopped "
-                                               f"({type(exc).__name__}: {exc})"))
+            self._abandon_all(
+                ChatBackendError(f"chat backend failed: the local chat engine stopped ({type(exc).__name__}: {exc})")
+            )
 
     def _cycle(self) -> None:
         with self._wake:
@@ -210,8 +220,9 @@ class ChatBatcher:
             if len(replies) == 1 and retried:
                 log.error("chat decoding step failed twice for one reply: %s: %s", type(exc).__name__, exc)
                 return self._end(replies[0], _failed("the chat model failed mid-reply", exc))
-            log.warning("chat decoding step failed for %d reply(s) (%s: %s); retrying", len(replies),
-                        type(exc).__name__, exc)
+            log.warning(
+                "chat decoding step failed for %d reply(s) (%s: %s); retrying", len(replies), type(exc).__name__, exc
+            )
             if len(replies) == 1:
                 return self._step_rows(replies, retried=True)
             half = len(replies) // 2

@@ -42,8 +42,12 @@ class ChatModel:
         self.source = source
         self.context_tokens = context_tokens
         self.decoder = BatchedDecoder(model)
-        self.batcher = ChatBatcher(self.decoder, max_batch=max_batch, eos_token_ids=self._eos_token_ids(),
-                                   processors=row_processors(model.generation_config, model.device))
+        self.batcher = ChatBatcher(
+            self.decoder,
+            max_batch=max_batch,
+            eos_token_ids=self._eos_token_ids(),
+            processors=row_processors(model.generation_config, model.device),
+        )
 
     @property
     def device(self) -> torch.device:
@@ -62,8 +66,9 @@ class ChatModel:
         return self.max_batch * tokens * self.decoder.bytes_per_token()
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None,
-             max_batch: int = DEFAULT_MAX_BATCH) -> ChatModel:
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> ChatModel:
         """Load tokenizer and weights from a local directory (never the network); `max_batch` replies
         decode together, more wait for a row."""
         path = Path(path)
@@ -80,16 +85,22 @@ class ChatModel:
         if not tokenizer.chat_template:
             raise ChatModelError(f"the tokenizer in {path} has no chat template (is it a chat/instruct model?)")
         if not tokenizer.is_fast:  # prompts keep message text plain using its character offsets (chat_template.py)
-            raise ChatModelError(f"the tokenizer in {path} is a slow (Python) tokenizer; chat mode needs a fast "
-                                 "one (a tokenizer.json)")
+            raise ChatModelError(
+                f"the tokenizer in {path} is a slow (Python) tokenizer; chat mode needs a fast one (a tokenizer.json)"
+            )
         try:
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **{_DTYPE_KWARG: dtype})
         except Exception as exc:
             raise ChatModelError(f"cannot load the chat model's weights from {path}: {exc}") from exc
         model.to(device).eval()  # type: ignore[arg-type]  # transformers' typed wrapper of Module.to is wrong about its argument
         try:
-            return cls(model, tokenizer, source=str(path), context_tokens=_context_tokens(model, tokenizer),
-                       max_batch=max_batch)
+            return cls(
+                model,
+                tokenizer,
+                source=str(path),
+                context_tokens=_context_tokens(model, tokenizer),
+                max_batch=max_batch,
+            )
         except UnsupportedChatModelError as exc:
             raise ChatModelError(f"cannot batch the chat model in {path}: {exc}") from exc
 
@@ -128,8 +139,14 @@ class ChatModel:
 
     def _generate_deltas(self, fitted, temperature: float, seed: int | None) -> ReplyStream:
         config = self.model.generation_config
-        tokens = self.batcher.generate(fitted.token_ids, max_new_tokens=fitted.max_new_tokens,
-                                       temperature=temperature, seed=seed, top_k=config.top_k, top_p=config.top_p)
+        tokens = self.batcher.generate(
+            fitted.token_ids,
+            max_new_tokens=fitted.max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            top_k=config.top_k,
+            top_p=config.top_p,
+        )
         return ReplyStream(tokens, IncrementalDetokenizer(self.tokenizer))
 
     def _eos_token_ids(self) -> list[int]:

@@ -43,8 +43,16 @@ ENGINE_TEXT_CHARS = 150  # most characters of an engine's own error text repeate
 
 
 class RemoteChatBackend:
-    def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None = None,
-                 connect_timeout_s: float = 10.0, read_timeout_s: float = 60.0, max_retries: int = 1):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
+        max_retries: int = 1,
+    ):
         self.base_url = base_url.rstrip("/")
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
@@ -55,7 +63,9 @@ class RemoteChatBackend:
         # Every argument given, so the client reads no OPENAI_* variable. An engine without auth ignores
         # the placeholder key (the client always sends one).
         self._client = openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=api_key or "none", max_retries=max_retries,
+            base_url=self.base_url,
+            api_key=api_key or "none",
+            max_retries=max_retries,
             timeout=openai.Timeout(read_timeout_s, connect=connect_timeout_s),
         )
         self._model_lock = asyncio.Lock()
@@ -72,9 +82,14 @@ class RemoteChatBackend:
     def from_settings(cls, settings: ChatSettings) -> RemoteChatBackend:
         if settings.base_url is None:
             raise ValueError("no FISH_CHAT_BASE_URL: the remote chat backend needs one")
-        return cls(settings.base_url, api_key=settings.api_key, model=settings.model,
-                   connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s,
-                   max_retries=settings.max_retries)
+        return cls(
+            settings.base_url,
+            api_key=settings.api_key,
+            model=settings.model,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
+            max_retries=settings.max_retries,
+        )
 
     @property
     def description(self) -> str:
@@ -138,8 +153,10 @@ class RemoteChatBackend:
                     return  # the reply is whole; what may follow (a usage chunk, [DONE]) is not needed
         finally:
             await stream.close()
-        raise ChatBackendError(f"chat backend unavailable: the stream from {self.shown_url} ended before the reply "
-                               "did (no finish_reason): the engine stopped mid-reply")
+        raise ChatBackendError(
+            f"chat backend unavailable: the stream from {self.shown_url} ended before the reply "
+            "did (no finish_reason): the engine stopped mid-reply"
+        )
 
     async def _model_name(self) -> str:
         """FISH_CHAT_MODEL, else the first model the engine lists (asked once)."""
@@ -148,8 +165,9 @@ class RemoteChatBackend:
                 page = await self._client.models.list()
                 names = [entry.id for entry in page.data]
                 if not names:
-                    raise ChatBackendError(f"chat backend unavailable: {self.shown_url}/models lists no model; "
-                                           "set FISH_CHAT_MODEL")
+                    raise ChatBackendError(
+                        f"chat backend unavailable: {self.shown_url}/models lists no model; set FISH_CHAT_MODEL"
+                    )
                 self._model = names[0]
                 log.info("chat backend: using model %r, the first one %s lists", self._model, self.shown_url)
             return self._model
@@ -161,32 +179,44 @@ class RemoteChatBackend:
         when = "mid-reply" if progress.wrote else "before the reply"
         if isinstance(exc, openai.APITimeoutError):
             if "connect" in type(exc.__cause__).__name__.lower():
-                return ChatBackendError(f"chat backend unavailable: cannot connect to {url} within "
-                                        f"{self.connect_timeout_s:g} s (FISH_CHAT_CONNECT_TIMEOUT_S)")
-            return ChatBackendError(f"chat backend unavailable: {url} sent nothing for {self.read_timeout_s:g} s "
-                                    f"{when} (FISH_CHAT_READ_TIMEOUT_S)")
+                return ChatBackendError(
+                    f"chat backend unavailable: cannot connect to {url} within "
+                    f"{self.connect_timeout_s:g} s (FISH_CHAT_CONNECT_TIMEOUT_S)"
+                )
+            return ChatBackendError(
+                f"chat backend unavailable: {url} sent nothing for {self.read_timeout_s:g} s "
+                f"{when} (FISH_CHAT_READ_TIMEOUT_S)"
+            )
         if isinstance(exc, openai.APIConnectionError):
             if progress.answered:
-                return ChatBackendError(f"chat backend unavailable: the stream from {url} broke off {when} "
-                                        f"({_cause(exc)})")
+                return ChatBackendError(
+                    f"chat backend unavailable: the stream from {url} broke off {when} ({_cause(exc)})"
+                )
             return ChatBackendError(f"chat backend unavailable: cannot reach {url} ({_cause(exc)})")
         if isinstance(exc, openai.RateLimitError):
-            return ChatBackendError(f"chat backend busy: {url} is rate limiting requests (429: {engine_says}); "
-                                    "try again later", kind=ErrorKind.BUSY)
+            return ChatBackendError(
+                f"chat backend busy: {url} is rate limiting requests (429: {engine_says}); try again later",
+                kind=ErrorKind.BUSY,
+            )
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            return ChatBackendError(f"chat backend unavailable: {url} refused the API key ({exc.status_code}: "
-                                    f"{engine_says}); check FISH_CHAT_API_KEY")
+            return ChatBackendError(
+                f"chat backend unavailable: {url} refused the API key ({exc.status_code}: "
+                f"{engine_says}); check FISH_CHAT_API_KEY"
+            )
         if isinstance(exc, openai.NotFoundError):
-            return ChatBackendError(f"chat backend unavailable: {url} answered 404 ({engine_says}); check "
-                                    "FISH_CHAT_BASE_URL (it ends in /v1) and FISH_CHAT_MODEL")
+            return ChatBackendError(
+                f"chat backend unavailable: {url} answered 404 ({engine_says}); check "
+                "FISH_CHAT_BASE_URL (it ends in /v1) and FISH_CHAT_MODEL"
+            )
         if isinstance(exc, openai.APIStatusError):
             return ChatBackendError(f"chat backend unavailable: {url} answered {exc.status_code} ({engine_says})")
         if isinstance(exc, openai.APIError):  # an error event in the stream
             return ChatBackendError(f"chat backend unavailable: {url} reported an error mid-reply ({engine_says})")
         if isinstance(exc, openai.OpenAIError):
             return ChatBackendError(f"chat backend unavailable: {url}: {engine_says}")
-        return ChatBackendError(f"chat backend unavailable: {url} sent a malformed stream chunk "
-                                f"({type(exc).__name__}: {engine_says})")
+        return ChatBackendError(
+            f"chat backend unavailable: {url} sent a malformed stream chunk ({type(exc).__name__}: {engine_says})"
+        )
 
 
 class _Delta(BaseModel):

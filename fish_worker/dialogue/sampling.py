@@ -15,7 +15,9 @@ from transformers import LogitsProcessor
 class SeededSampler(LogitsProcessor):
     """Temperature, then top-k, then top-p (nucleus), then one draw from `generator`."""
 
-    def __init__(self, generator: torch.Generator, temperature: float, top_k: int | None = None, top_p: float | None = None):
+    def __init__(
+        self, generator: torch.Generator, temperature: float, top_k: int | None = None, top_p: float | None = None
+    ):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
         self.generator = generator

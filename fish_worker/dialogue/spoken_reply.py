@@ -19,6 +19,7 @@ from fish_worker.async_bridge import Emit, merge_threads
 from fish_worker.tts.requests import SpeechChunk
 from fish_worker.text.sentence_stream import SentenceStream
 
+
 @runtime_checkable
 class Abortable(Protocol):
     """A reply stream that can be ended from any thread (dialogue/backend.py)."""
@@ -44,7 +45,11 @@ Speaker = Callable[[Iterable[str], threading.Event], Iterator[SpeechChunk]]
 
 
 def speak_while_writing(
-    deltas: Iterator[str], speak: Speaker, *, max_sentence_chars: int, stop: threading.Event,
+    deltas: Iterator[str],
+    speak: Speaker,
+    *,
+    max_sentence_chars: int,
+    stop: threading.Event,
     language: str | None = None,
 ) -> Iterator[TextDelta | SpeechChunk]:
     """Yield the reply's deltas and its sentences' audio, in the order they become ready.

@@ -54,8 +54,15 @@ def is_conversation_action(raw: Any) -> bool:
 
 
 class ConversationService:
-    def __init__(self, tts: TTSService, store: ConversationStore, *, settings: Settings,
-                 chat: ChatBackend | None = None, voices: VoiceStore | None = None):
+    def __init__(
+        self,
+        tts: TTSService,
+        store: ConversationStore,
+        *,
+        settings: Settings,
+        chat: ChatBackend | None = None,
+        voices: VoiceStore | None = None,
+    ):
         self.tts = tts
         self.store = store
         self.chat = chat
@@ -66,8 +73,13 @@ class ConversationService:
         """This service over `tenant`'s conversations and saved voices (None: the default namespace)."""
         if tenant is None:
             return self
-        return ConversationService(self.tts, self.store.for_tenant(tenant), chat=self.chat, settings=self.settings,
-                                   voices=self.tts.voices.store.for_tenant(tenant))
+        return ConversationService(
+            self.tts,
+            self.store.for_tenant(tenant),
+            chat=self.chat,
+            settings=self.settings,
+            voices=self.tts.voices.store.for_tenant(tenant),
+        )
 
     def mode(self, asked: Mode | None, system_prompt: str | None = None) -> Mode:
         """The request's mode: as `asked`, else chat when a chat backend is set."""
@@ -114,7 +126,9 @@ class ConversationService:
         elif new_voice is not None:
             self.store.set_voice(conversation_id, new_voice)
 
-    def _voice(self, request: TurnRequest, conversation: Conversation | None) -> tuple[VoicePrompt | None, ConversationVoice | None]:
+    def _voice(
+        self, request: TurnRequest, conversation: Conversation | None
+    ) -> tuple[VoicePrompt | None, ConversationVoice | None]:
         """The voice to speak in, and the voice to store with this turn (None: keep the stored one)."""
         reference = self.tts.voices.resolve(request.speech.voice, self.voices)  # a clip or a saved voice, else None
         if reference is not None:
@@ -125,8 +139,9 @@ class ConversationService:
             return VoicePrompt(text=kept.text, codes=torch.from_numpy(np.array(kept.codes)).to(torch.int)), None
         return None, None
 
-    def _chat_reply(self, request: TurnRequest, speech: SynthesisRequest, conversation: Conversation | None,
-                    stop: threading.Event) -> Iterator[TextDelta | SpeechChunk]:
+    def _chat_reply(
+        self, request: TurnRequest, speech: SynthesisRequest, conversation: Conversation | None, stop: threading.Event
+    ) -> Iterator[TextDelta | SpeechChunk]:
         history = conversation.history() if conversation is not None else []
         assert self.chat is not None, "mode() refuses chat mode without a chat backend"
         try:
@@ -143,8 +158,9 @@ class ConversationService:
         def speak(sentences, halt):
             return self.tts.synthesize(dataclasses.replace(speech, sentences=sentences), halt, voices=self.voices)
 
-        return speak_while_writing(deltas, speak, max_sentence_chars=self.settings.sentence_max_chars, stop=stop,
-                                   language=speech.language)
+        return speak_while_writing(
+            deltas, speak, max_sentence_chars=self.settings.sentence_max_chars, stop=stop, language=speech.language
+        )
 
 
 def first_reply_voice(chunk: SpeechChunk) -> ConversationVoice:

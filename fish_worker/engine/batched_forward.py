@@ -76,8 +76,9 @@ class PagedKVCache:
     Page 0 is a read-only page of zeros: the table points unused entries at it.
     """
 
-    def __init__(self, model, slots: int, pages: int, dtype: torch.dtype, device: torch.device,
-                 page_size: int = KEY_BLOCK):
+    def __init__(
+        self, model, slots: int, pages: int, dtype: torch.dtype, device: torch.device, page_size: int = KEY_BLOCK
+    ):
         cfg = model.config
         if cfg.max_seq_len % page_size:
             raise ValueError(f"max_seq_len {cfg.max_seq_len} is not a multiple of the page size {page_size}")
@@ -196,8 +197,11 @@ class BatchedStep:
             keys_v = v_pool[pages].transpose(1, 2).reshape(bsz, v_pool.shape[1], length, v_pool.shape[3])
             h = x + _attend(attention, q, keys_k, keys_v, mask, sdpa=True)
             x = h + layer.feed_forward(layer.ffn_norm(h))
-        logits = model.output(model.norm(x)) if not model.config.tie_word_embeddings else F.linear(
-            model.norm(x), model.embeddings.weight)
+        logits = (
+            model.output(model.norm(x))
+            if not model.config.tie_word_embeddings
+            else F.linear(model.norm(x), model.embeddings.weight)
+        )
         return logits[:, -1], model.fast_project_in(x)
 
     def fast_step(self, x: torch.Tensor, index: int, k_caches, v_caches) -> torch.Tensor:

@@ -90,8 +90,9 @@ class BatchScheduler:
     rebuilt, never mutated while iterated, and a sequence ends exactly once (`_end`).
     """
 
-    def __init__(self, generator: SemanticGenerator, max_batch: int, compile: bool = False,
-                 kv_tokens: int | None = None):
+    def __init__(
+        self, generator: SemanticGenerator, max_batch: int, compile: bool = False, kv_tokens: int | None = None
+    ):
         """`kv_tokens`: the page pool's capacity in tokens of context (default: a full context per row)."""
         self.single = generator  # prompt encoding and the batch-1 prefill
         self.model = generator.model
@@ -191,9 +192,13 @@ class BatchScheduler:
                 need = seq.context_tokens
                 if self.caches.pages_for(need) > self.caches.pages:  # could never fit: end it now
                     self._waiting.popleft()
-                    self._end(seq, PromptTooLongError(
-                        f"prompt ({seq.prompt.shape[1]} tokens) plus max_tokens need {need} tokens of KV "
-                        f"cache, the worker holds {self.caches.pages * self.caches.page_size} (FISH_KV_CACHE_TOKENS)"))
+                    self._end(
+                        seq,
+                        PromptTooLongError(
+                            f"prompt ({seq.prompt.shape[1]} tokens) plus max_tokens need {need} tokens of KV "
+                            f"cache, the worker holds {self.caches.pages * self.caches.page_size} (FISH_KV_CACHE_TOKENS)"
+                        ),
+                    )
                     continue
                 slot = self._free_slots[0]
                 if not self.caches.allocate(slot, need):
@@ -222,9 +227,17 @@ class BatchScheduler:
             # The prompt's own length (whole pages), not the model's whole context: see short_prefill_cache.
             length = attended_length(prompt_len - 1, self.model.config.max_seq_len)
             with self.single.lock, short_prefill_cache(self.model, length):
-                token = self.single.decode_frame(seq.prompt.view(1, rows, prompt_len), input_pos, temperature,
-                                                top_p, penalty, seq.generator, seq.audio_masks, seq.audio_parts,
-                                                window=None)
+                token = self.single.decode_frame(
+                    seq.prompt.view(1, rows, prompt_len),
+                    input_pos,
+                    temperature,
+                    top_p,
+                    penalty,
+                    seq.generator,
+                    seq.audio_masks,
+                    seq.audio_parts,
+                    window=None,
+                )
                 self.caches.load_prefill(self.model, seq.slot, prompt_len)
         except Exception as exc:
             log.exception("prefill failed for one sequence")
@@ -251,8 +264,9 @@ class BatchScheduler:
             if len(seqs) == 1 and retried:
                 log.error("decoding step failed twice for one sequence: %s: %s", type(exc).__name__, exc)
                 return self._end(seqs[0], exc)
-            log.warning("decoding step failed for %d sequence(s) (%s: %s); retrying", len(seqs),
-                        type(exc).__name__, exc)
+            log.warning(
+                "decoding step failed for %d sequence(s) (%s: %s); retrying", len(seqs), type(exc).__name__, exc
+            )
             if len(seqs) == 1:
                 return self._step_rows(seqs, retried=True)
             half = len(seqs) // 2

@@ -115,8 +115,10 @@ def read_codec_overrides(file: Path) -> dict:
     except ValidationError as exc:
         key, problem, kind = first_problem(exc, whole="the file")
         problem = "not a codec size this file may set" if kind == "extra_forbidden" else problem
-        raise CheckpointError(f"{CODEC_OVERRIDES_FILE}: {key}: {problem} ({file}; it may only set the sizes "
-                              "in fish_worker/engine/checkpoint.py CodecOverrides)") from None
+        raise CheckpointError(
+            f"{CODEC_OVERRIDES_FILE}: {key}: {problem} ({file}; it may only set the sizes "
+            "in fish_worker/engine/checkpoint.py CodecOverrides)"
+        ) from None
     return overrides.model_dump(exclude_unset=True)
 
 
@@ -152,8 +154,9 @@ def _load_state_dict(file: Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state)
 
 
-def _require_matching_weights(model: torch.nn.Module, weights: dict, file: Path, config: str = "config.json",
-                              prefix: str = "") -> None:
+def _require_matching_weights(
+    model: torch.nn.Module, weights: dict, file: Path, config: str = "config.json", prefix: str = ""
+) -> None:
     """fish-speech loads with strict=False and only warns; a worker must not serve noise."""
     for name, param in model.named_parameters():
         key = prefix + name
@@ -175,8 +178,14 @@ class _SkipInit(TorchFunctionMode):
     every value lies within its bounds, so over untouched memory it would loop forever; zeros end it at
     once, for the price of a memset."""
 
-    _INIT = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_, torch.nn.init.uniform_,
-             torch.nn.init.trunc_normal_, torch.nn.init.kaiming_uniform_}
+    _INIT = {
+        torch.Tensor.normal_,
+        torch.Tensor.uniform_,
+        torch.nn.init.normal_,
+        torch.nn.init.uniform_,
+        torch.nn.init.trunc_normal_,
+        torch.nn.init.kaiming_uniform_,
+    }
 
     def __init__(self, zero_normal: bool = False):
         super().__init__()
@@ -292,8 +301,11 @@ def compose_codec_config(path: Path):
 def codec_config_name(path: Path) -> str:
     """What describes the codec's shapes, for errors: the overrides file when there is one."""
     overrides = path / CODEC_OVERRIDES_FILE
-    return f"{CODEC_OVERRIDES_FILE} (over fish-speech's {CODEC_CONFIG_NAME})" if overrides.exists() \
+    return (
+        f"{CODEC_OVERRIDES_FILE} (over fish-speech's {CODEC_CONFIG_NAME})"
+        if overrides.exists()
         else f"fish-speech's {CODEC_CONFIG_NAME} codec config"
+    )
 
 
 def load_codec(path: Path, device: torch.device):
@@ -307,8 +319,10 @@ def load_codec(path: Path, device: torch.device):
         with _weightless(zero_normal=True):
             codec = instantiate(config)
     except Exception as exc:  # sizes that are numbers but do not make a codec (e.g. zero heads)
-        raise CheckpointError(f"{codec_config_name(path)}: the codec cannot be built with these sizes: "
-                              f"{type(exc).__name__}: {_first_line(exc)}") from None
+        raise CheckpointError(
+            f"{codec_config_name(path)}: the codec cannot be built with these sizes: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     weights = _load_state_dict(file)
     if any(k.startswith("generator.") for k in weights):  # a training checkpoint: keep the generator
         weights = {k.removeprefix("generator."): v for k, v in weights.items() if k.startswith("generator.")}
@@ -337,8 +351,9 @@ def _fp32_rotary_tables(codec: torch.nn.Module) -> None:
         table = getattr(module, "freqs_cis", None)
         if isinstance(table, torch.Tensor) and hasattr(module, "config"):
             config: Any = module.config  # the codec block's fish-speech ModelArgs
-            module.freqs_cis = precompute_freqs_cis(config.block_size, config.head_dim, config.rope_base,
-                                                    dtype=torch.float32).to(table.device)
+            module.freqs_cis = precompute_freqs_cis(
+                config.block_size, config.head_dim, config.rope_base, dtype=torch.float32
+            ).to(table.device)
 
 
 def load_models(path: Path, device: torch.device, precision: torch.dtype, max_batch_size: int = 1) -> LoadedModels:

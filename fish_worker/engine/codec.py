@@ -21,8 +21,7 @@ class Codec:
     Whole sentences (`decode`) and streamed windows (`decode_window`, engine/codec_stream.py) share
     the batches: one decode runs at a time."""
 
-    def __init__(self, model: DAC, device: torch.device, precision: torch.dtype,
-                 batch_frames: int = 0):
+    def __init__(self, model: DAC, device: torch.device, precision: torch.dtype, batch_frames: int = 0):
         self.model = model
         self.device = device
         self.precision = precision
@@ -90,8 +89,9 @@ class Codec:
     def _right_padded(self, rows: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         if len(rows) == 1:  # the common case (no batching, or a lone request): nothing to pad
             return rows[0].to(device=self.device, dtype=dtype)[None]
-        batch = torch.zeros((len(rows), rows[0].shape[0], max(r.shape[1] for r in rows)), dtype=dtype,
-                            device=self.device)
+        batch = torch.zeros(
+            (len(rows), rows[0].shape[0], max(r.shape[1] for r in rows)), dtype=dtype, device=self.device
+        )
         for row, r in enumerate(rows):
             batch[row, :, : r.shape[1]] = r.to(device=self.device, dtype=dtype)
         return batch

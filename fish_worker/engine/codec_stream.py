@@ -59,16 +59,18 @@ class CodecStream:
         with self.codec.autocast():
             latent = self._post_module(self._embeddings(codes))[0]  # [dim, frames]
         window = latent if self._latents is None else torch.cat([self._latents, latent], dim=1)
-        self._latents = window[:, max(0, window.shape[1] - self.context):] if self.context else None
+        self._latents = window[:, max(0, window.shape[1] - self.context) :] if self.context else None
         self._position += frames
-        return self.codec.decode_window(window)[-frames * self.codec.samples_per_frame:]
+        return self.codec.decode_window(window)[-frames * self.codec.samples_per_frame :]
 
     def _embeddings(self, codes: torch.Tensor) -> torch.Tensor:
         """Codebook embeddings [1, dim, frames], as `quantizer.decode` sums them (codes clamped alike)."""
         indices = codes.to(device=self.codec.device, dtype=torch.long)[None]
         semantic, residual = self._quantizer.semantic_quantizer, self._quantizer.quantizer
-        return (semantic.from_codes(indices[:, :1].clamp(max=semantic.codebook_size - 1))[0]
-                + residual.from_codes(indices[:, 1:].clamp(max=residual.codebook_size - 1))[0])
+        return (
+            semantic.from_codes(indices[:, :1].clamp(max=semantic.codebook_size - 1))[0]
+            + residual.from_codes(indices[:, 1:].clamp(max=residual.codebook_size - 1))[0]
+        )
 
     def _post_module(self, z: torch.Tensor) -> torch.Tensor:
         """fish-speech's WindowLimitedTransformer.forward for new frames, with this stream's history."""
@@ -84,7 +86,7 @@ class CodecStream:
         for i, layer in enumerate(post.layers):
             history = self._history[i]
             rows = x if history is None else torch.cat([history, x], dim=1)
-            self._history[i] = rows if self._keep is None else rows[:, max(0, rows.shape[1] - self._keep):].clone()
+            self._history[i] = rows if self._keep is None else rows[:, max(0, rows.shape[1] - self._keep) :].clone()
             x = layer(rows, positions, freqs_cis, mask)[:, -new:]
         x = post.output_proj(post.norm(x))
         return x.transpose(1, 2) if post.channels_first else x

@@ -35,11 +35,14 @@ def download(repo: str, target: Path, files: list[str] | None, timeout_s: float)
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     try:
-        path = snapshot_download(repo, local_dir=target, allow_patterns=files, token=os.environ.get("HF_TOKEN"),
-                                 etag_timeout=timeout_s)
+        path = snapshot_download(
+            repo, local_dir=target, allow_patterns=files, token=os.environ.get("HF_TOKEN"), etag_timeout=timeout_s
+        )
     except GatedRepoError:
-        raise DownloadError(f"{repo} is gated: accept its licence at https://huggingface.co/{repo} "
-                            "and set HF_TOKEN to a token of that account") from None
+        raise DownloadError(
+            f"{repo} is gated: accept its licence at https://huggingface.co/{repo} "
+            "and set HF_TOKEN to a token of that account"
+        ) from None
     except RepositoryNotFoundError:
         raise DownloadError(f"{repo} not found (or private: set HF_TOKEN)") from None
     except Exception as exc:  # no network, DNS, proxy, disk...: the same advice applies
@@ -56,11 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     parser = argparse.ArgumentParser(prog="python -m fish_worker.engine.download", description=__doc__.split("\n")[0])
     parser.add_argument("--repo", default=TTS_REPO, help=f"TTS weights repo (default {TTS_REPO})")
-    parser.add_argument("--checkpoint-dir", type=Path, default=settings.checkpoint_dir,
-                        help="where the TTS weights go (default FISH_CHECKPOINT_DIR)")
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=settings.checkpoint_dir,
+        help="where the TTS weights go (default FISH_CHECKPOINT_DIR)",
+    )
     parser.add_argument("--chat-repo", help="also download this Hugging Face chat model (for chat mode)")
-    parser.add_argument("--chat-dir", type=Path, default=settings.chat.model_dir,
-                        help="where the chat model goes (default FISH_CHAT_MODEL_DIR)")
+    parser.add_argument(
+        "--chat-dir",
+        type=Path,
+        default=settings.chat.model_dir,
+        help="where the chat model goes (default FISH_CHAT_MODEL_DIR)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(levelname)s %(message)s")

@@ -57,7 +57,9 @@ def short_prefill_cache(model: DualARTransformer, length: int) -> Iterator[None]
     try:
         for layer, cache in zip(model.layers, full):
             with torch.device(cache.k_cache.device):
-                layer.attention.kv_cache = KVCache(1, length, cfg.n_local_heads, cfg.head_dim, dtype=cache.k_cache.dtype)
+                layer.attention.kv_cache = KVCache(
+                    1, length, cfg.n_local_heads, cfg.head_dim, dtype=cache.k_cache.dtype
+                )
         model.max_seq_len = length  # forward_generate's mask spans this many keys
         yield
     finally:
@@ -135,8 +137,9 @@ class SemanticGenerator:
             self._full_context_cache()
             x = prompt.to(self.device).view(1, rows, prompt_len)
             input_pos = torch.arange(0, prompt_len, device=self.device)
-            token = self.decode_frame(x, input_pos, temperature, top_p, repetition_penalty, generator,
-                                     audio_masks, audio_parts, window=None)
+            token = self.decode_frame(
+                x, input_pos, temperature, top_p, repetition_penalty, generator, audio_masks, audio_parts, window=None
+            )
             input_pos = torch.tensor([prompt_len], device=self.device, dtype=torch.int)
             for step in range(budget):
                 if int(token[0, 0]) == self.im_end_id:
@@ -145,10 +148,23 @@ class SemanticGenerator:
                 if step == budget - 1 or (stop is not None and stop.is_set()):
                     return
                 # fish-speech's window: the first 16 slots (zeros included) until 16 tokens exist
-                window = history[:, :REPETITION_WINDOW] if step < REPETITION_WINDOW else history[:, step - REPETITION_WINDOW : step]
+                window = (
+                    history[:, :REPETITION_WINDOW]
+                    if step < REPETITION_WINDOW
+                    else history[:, step - REPETITION_WINDOW : step]
+                )
                 with sdpa_kernel(SDPBackend.MATH):
-                    token = self.decode_frame(token.view(1, rows, 1), input_pos, temperature, top_p,
-                                             repetition_penalty, generator, audio_masks, audio_parts, window)
+                    token = self.decode_frame(
+                        token.view(1, rows, 1),
+                        input_pos,
+                        temperature,
+                        top_p,
+                        repetition_penalty,
+                        generator,
+                        audio_masks,
+                        audio_parts,
+                        window,
+                    )
                 input_pos += 1
                 history[:, step : step + 1] = token
 
@@ -158,18 +174,26 @@ class SemanticGenerator:
         if self.model.max_seq_len >= self.config.max_seq_len:
             return  # already (setup_caches would also renew the fast caches, for nothing)
         with torch.device(self.device):
-            self.model.setup_caches(max_batch_size=1, max_seq_len=self.config.max_seq_len,
-                                    dtype=next(self.model.parameters()).dtype)
+            self.model.setup_caches(
+                max_batch_size=1, max_seq_len=self.config.max_seq_len, dtype=next(self.model.parameters()).dtype
+            )
 
-    def decode_frame(self, x, input_pos, temperature, top_p, repetition_penalty, generator,
-                    audio_masks, audio_parts, window) -> torch.Tensor:
+    def decode_frame(
+        self, x, input_pos, temperature, top_p, repetition_penalty, generator, audio_masks, audio_parts, window
+    ) -> torch.Tensor:
         """One frame: the slow transformer picks the semantic token, the fast one the residual codes.
         Public: the batched engine (batching.py) prefills a joining job's prompt with it."""
         model = self.model
         out = model.forward_generate(x, input_pos, audio_masks=audio_masks, audio_parts=audio_parts)
         # fish-speech penalises the window's first column (all rows) for the semantic token.
-        semantic = sample_token(out.logits[0, -1], temperature, top_p, repetition_penalty, generator,
-                                window[:, 0] if window is not None else None)
+        semantic = sample_token(
+            out.logits[0, -1],
+            temperature,
+            top_p,
+            repetition_penalty,
+            generator,
+            window[:, 0] if window is not None else None,
+        )
         codebooks = [semantic]
 
         for layer in model.fast_layers:  # the fast transformer starts afresh for every frame
@@ -183,8 +207,14 @@ class SemanticGenerator:
         codebooks.append(code)
         for idx in range(1, self.num_codebooks):
             logits = model.forward_generate_fast(hidden, torch.tensor([idx], device=hidden.device, dtype=torch.long))
-            code = sample_token(logits[0, -1, :1024], temperature, top_p, repetition_penalty, generator,
-                                window[idx + 1] if window is not None else None)
+            code = sample_token(
+                logits[0, -1, :1024],
+                temperature,
+                top_p,
+                repetition_penalty,
+                generator,
+                window[idx + 1] if window is not None else None,
+            )
             hidden = model.fast_embeddings(code)
             codebooks.append(code)
         return torch.stack(codebooks, dim=1).T  # [rows, 1]

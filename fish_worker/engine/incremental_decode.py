@@ -46,6 +46,6 @@ class IncrementalDecoder:
         return self._decode(len(self._frames)) if len(self._frames) > self._done else np.zeros(0, np.float32)
 
     def _decode(self, end: int) -> np.ndarray:
-        audio = self._stream.decode(torch.stack(self._frames[self._done:end], dim=1))
+        audio = self._stream.decode(torch.stack(self._frames[self._done : end], dim=1))
         self._done = end
         return audio

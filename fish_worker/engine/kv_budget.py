@@ -37,8 +37,14 @@ class KVBudget:
         return self.kv_tokens * self.bytes_per_token
 
 
-def plan(model, dtype: torch.dtype, device: torch.device, max_concurrency: int | None,
-         kv_tokens: int | None, reserved_bytes: int = 0) -> KVBudget:
+def plan(
+    model,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_concurrency: int | None,
+    kv_tokens: int | None,
+    reserved_bytes: int = 0,
+) -> KVBudget:
     """Fill in what the settings leave unset. On a GPU the pool takes the memory free after loading
     (less a workspace, and less `reserved_bytes` that others will take later: the chat model's KV)
     and concurrency follows from typical jobs; on the CPU: 4 typical jobs."""

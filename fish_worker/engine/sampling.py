@@ -109,5 +109,10 @@ def sample_rows(logits: torch.Tensor, sampling: RowSampling, previous_tokens: to
     logits = logits.masked_fill(to_remove, -float("inf"))
     probs = torch.softmax(logits / sampling.temperature.to(dtype), dim=-1)
     vocab = probs.shape[-1]
-    q = torch.stack([torch.empty(vocab, dtype=probs.dtype, device=probs.device).exponential_(1, generator=g) for g in sampling.generators])
+    q = torch.stack(
+        [
+            torch.empty(vocab, dtype=probs.dtype, device=probs.device).exponential_(1, generator=g)
+            for g in sampling.generators
+        ]
+    )
     return torch.argmax(probs / q, dim=-1).to(dtype=torch.int)

@@ -10,7 +10,14 @@ from pydantic_core import PydanticCustomError
 
 from fish_worker.audio.formats import AudioFormat
 from fish_worker.audio.reference import base64_audio, reference_bytes
-from fish_worker.audio.postprocess import MAX_SAMPLE_RATE, MAX_SPEED, MAX_VOLUME_DB, MIN_SAMPLE_RATE, MIN_SPEED, MIN_VOLUME_DB
+from fish_worker.audio.postprocess import (
+    MAX_SAMPLE_RATE,
+    MAX_SPEED,
+    MAX_VOLUME_DB,
+    MIN_SAMPLE_RATE,
+    MIN_SPEED,
+    MIN_VOLUME_DB,
+)
 from fish_worker.conversations.model import ConversationId
 from fish_worker.dialogue.requests import Mode, TurnRequest
 from fish_worker.engine.sampling_rules import RepetitionPenalty, Temperature, TopP
@@ -34,18 +41,25 @@ class JobInput(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     # Declared before message: the sentence count that message's check makes is the language's.
-    language: str | None = Field(None, max_length=35, pattern=LANGUAGE_PATTERN,
-                                 description="The text's language (e.g. de, ja): where its sentences end. "
-                                             "Default: English rules.")
+    language: str | None = Field(
+        None,
+        max_length=35,
+        pattern=LANGUAGE_PATTERN,
+        description="The text's language (e.g. de, ja): where its sentences end. Default: English rules.",
+    )
     # Declared before message, whose check needs to know whether it was given.
-    audio: str | None = Field(None, description="Base64 of a voice message (WAV, FLAC, MP3, Ogg/Opus, WebM, M4A), "
-                                                "instead of message: transcribed, and the transcript is the message.")
+    audio: str | None = Field(
+        None,
+        description="Base64 of a voice message (WAV, FLAC, MP3, Ogg/Opus, WebM, M4A), "
+        "instead of message: transcribed, and the transcript is the message.",
+    )
     # validate_default: its check runs when it is left out too, to require message or audio.
     message: str | None = Field(None, validate_default=True, description="Text to speak (or, in chat mode, reply to).")
     conversation_id: ConversationId | None = None
     temperature: Temperature = _DEFAULTS.temperature
     max_tokens: int = Field(
-        _DEFAULTS.frames_per_sentence, ge=1,
+        _DEFAULTS.frames_per_sentence,
+        ge=1,
         description="chat mode: most LLM tokens in the reply; tts mode: most codec frames per sentence (~21.5/s).",
     )
     # Base64 text on the wire, held as the file's bytes (decoded once, by `reference_file`).
@@ -57,12 +71,18 @@ class JobInput(BaseModel):
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     # None: chat when the worker has a chat backend (FISH_CHAT_MODEL_DIR or FISH_CHAT_BASE_URL), else tts: dialogue/turns.py.
     mode: Literal["chat", "tts"] | None = Field(None, description="chat: reply to message; tts: speak it as is.")
-    system_prompt: str | None = Field(None, min_length=1, max_length=4000, description="Chat mode: the LLM's instructions.")
+    system_prompt: str | None = Field(
+        None, min_length=1, max_length=4000, description="Chat mode: the LLM's instructions."
+    )
     audio_format: AudioFormat = Field("float", description="float (the seed's list), pcm16, wav, flac, mp3, opus, aac.")
     voice_id: str | None = Field(None, description="A saved voice (action save_voice), instead of reference_audio.")
     # Output adjustments (fish_worker/jobs/output_adjustments.py); docs/audio-options.md.
-    sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE,
-                                    description="Output rate in Hz; default the model's 44100 (opus: always 48000).")
+    sample_rate: int | None = Field(
+        None,
+        ge=MIN_SAMPLE_RATE,
+        le=MAX_SAMPLE_RATE,
+        description="Output rate in Hz; default the model's 44100 (opus: always 48000).",
+    )
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description="Speaking rate; pitch is kept.")
     volume: float = Field(0.0, ge=MIN_VOLUME_DB, le=MAX_VOLUME_DB, description="Gain in dB.")
 
@@ -144,9 +164,15 @@ class JobInput(BaseModel):
     def to_synthesis(self, **changes: Any) -> SynthesisRequest:
         """The job as the TTS service takes it (tts mode: max_tokens is frames per sentence)."""
         request = SynthesisRequest(
-            text=self.text, temperature=self.temperature, top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty, frames_per_sentence=self.max_tokens, seed=self.seed,
-            stream=self.stream, voice=self.voice, language=self.language,
+            text=self.text,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            frames_per_sentence=self.max_tokens,
+            seed=self.seed,
+            stream=self.stream,
+            voice=self.voice,
+            language=self.language,
         )
         return dataclasses.replace(request, **changes) if changes else request
 
@@ -154,9 +180,14 @@ class JobInput(BaseModel):
         """The job as a conversation turn: in chat mode max_tokens bounds the reply's LLM tokens and
         each spoken sentence gets `chat_frames_per_sentence` frames; in tts mode it is frames per sentence."""
         frames = chat_frames_per_sentence if mode == "chat" else self.max_tokens
-        return TurnRequest(message=self.text, mode=mode, speech=self.to_synthesis(text="", frames_per_sentence=frames),
-                           conversation_id=self.conversation_id, reply_tokens=self.max_tokens,
-                           system_prompt=self.system_prompt)
+        return TurnRequest(
+            message=self.text,
+            mode=mode,
+            speech=self.to_synthesis(text="", frames_per_sentence=frames),
+            conversation_id=self.conversation_id,
+            reply_tokens=self.max_tokens,
+            system_prompt=self.system_prompt,
+        )
 
 
 def _limits(info: ValidationInfo) -> Settings | None:

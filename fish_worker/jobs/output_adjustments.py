@@ -35,8 +35,9 @@ def job_adjustments(request: JobInput) -> AudioAdjustments:
     return output_adjustments(request.audio_format, request.sample_rate, request.speed, request.volume)
 
 
-def output_adjustments(audio_format: str, rate: int | None, speed: float = 1.0, volume_db: float = 0.0,
-                       *, ignore_opus_rate: bool = False) -> AudioAdjustments:
+def output_adjustments(
+    audio_format: str, rate: int | None, speed: float = 1.0, volume_db: float = 0.0, *, ignore_opus_rate: bool = False
+) -> AudioAdjustments:
     """Output adjustments checked against what `audio_format` can carry (JobInputError naming the field):
     the one rule for every door.
 
@@ -49,8 +50,10 @@ def output_adjustments(audio_format: str, rate: int | None, speed: float = 1.0, 
         raise JobInputError("sample_rate", f"{audio_format} supports {', '.join(map(str, rates))}; got {rate}")
     if audio_format == "opus":
         if rate not in (None, OPUS_SAMPLE_RATE) and not ignore_opus_rate:
-            raise JobInputError("sample_rate", f"opus is always {OPUS_SAMPLE_RATE} Hz; leave sample_rate out "
-                                               "or choose another audio_format")
+            raise JobInputError(
+                "sample_rate",
+                f"opus is always {OPUS_SAMPLE_RATE} Hz; leave sample_rate out or choose another audio_format",
+            )
         rate = None
     return AudioAdjustments(sample_rate=rate, speed=speed, volume_db=volume_db)
 

@@ -69,8 +69,9 @@ def estimated_result_bytes(text: str, frames_budget: int, fmt: str) -> int:
     return int(seconds * _LOW_BYTES_PER_SECOND[fmt])
 
 
-def result_too_large_error(text: str, frames_budget: int, fmt: str, settings: Settings,
-                           route: ResultRoute | None) -> ResultTooLargeError | None:
+def result_too_large_error(
+    text: str, frames_budget: int, fmt: str, settings: Settings, route: ResultRoute | None
+) -> ResultTooLargeError | None:
     """The error to fail with before any synthesis when the result can be seen not to fit `route`.
 
     None when it may fit, when there is no limit (route None), or when S3 takes what does not fit.
@@ -81,8 +82,9 @@ def result_too_large_error(text: str, frames_budget: int, fmt: str, settings: Se
     return ResultTooLargeError(estimate, limit, route, estimated=True) if estimate > limit else None
 
 
-def within_result_limit(output: dict[str, Any], settings: Settings,
-                        route: ResultRoute | None = "run") -> dict[str, Any]:
+def within_result_limit(
+    output: dict[str, Any], settings: Settings, route: ResultRoute | None = "run"
+) -> dict[str, Any]:
     """`output` as is when it fits `route`'s limit (None: no limit), else uploaded to S3.
 
     Raises ResultTooLargeError when it does not fit and no bucket is configured.
@@ -210,8 +212,15 @@ class StreamedOutput:
             return []
         return self._pieces(self._encoder, self._encoder.close(), self._last, "", 0.0, keep_empty=False)
 
-    def _pieces(self, encoder: StreamEncoder, payload: Payload, speech: SpeechChunk, text: str, duration_s: float,
-                keep_empty: bool = True) -> list[dict[str, Any]]:
+    def _pieces(
+        self,
+        encoder: StreamEncoder,
+        payload: Payload,
+        speech: SpeechChunk,
+        text: str,
+        duration_s: float,
+        keep_empty: bool = True,
+    ) -> list[dict[str, Any]]:
         # An empty payload (the encoder is buffering a frame) still carries the sentence's text.
         pieces = split_payload(payload) or ([payload] if keep_empty else [])
         durations = _shares(duration_s, [len(piece) for piece in pieces])

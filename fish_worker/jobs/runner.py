@@ -60,16 +60,24 @@ def needs_generation_slot(job_input: Any) -> bool:
 
 
 class JobRunner:
-    def __init__(self, service: TTSService, settings: Settings, conversations: ConversationService | None = None,
-                 transcriber: Transcriber | None = None):
+    def __init__(
+        self,
+        service: TTSService,
+        settings: Settings,
+        conversations: ConversationService | None = None,
+        transcriber: Transcriber | None = None,
+    ):
         """`settings`: the limits jobs are checked against (the ones `service` was built from)."""
         self.service = service
         self.settings = settings
         # Speech in (a job's `audio`, the transcribe action): None when no recognizer is configured.
         self.transcriber = transcriber
         # Default: no chat model, conversations kept in this process.
-        self.conversations = conversations or ConversationService(service, make_conversation_store(
-            None, settings.storage.conversation_ttl_s, settings.storage.max_conversations), settings=settings)
+        self.conversations = conversations or ConversationService(
+            service,
+            make_conversation_store(None, settings.storage.conversation_ttl_s, settings.storage.max_conversations),
+            settings=settings,
+        )
 
     async def result(self, job: Job) -> dict[str, Any]:
         """The job's one final result: the whole output, a streamed job's summary, or {"error": ...}."""
@@ -104,13 +112,17 @@ class JobRunner:
                     check_json_safe(chunk)
                 except NotJsonSafe as exc:
                     log.error("job %s: result chunk cannot be posted: %s", job_id, bounded(str(exc)))
-                    yield JobFailure(ErrorKind.INTERNAL,
-                                     bounded(f"internal error: a result chunk cannot be sent as JSON: {exc}"))
+                    yield JobFailure(
+                        ErrorKind.INTERNAL, bounded(f"internal error: a result chunk cannot be sent as JSON: {exc}")
+                    )
                     return
                 yield chunk
             log.info("job %s done in %.2f s", job_id, time.perf_counter() - started)
         except WorkerError as exc:
-            if exc.kind in (ErrorKind.INTERNAL, ErrorKind.UNAVAILABLE):  # e.g. the conversation store: fail, never forget
+            if exc.kind in (
+                ErrorKind.INTERNAL,
+                ErrorKind.UNAVAILABLE,
+            ):  # e.g. the conversation store: fail, never forget
                 log.error("job %s failed: %s", job_id, bounded(str(exc)))
             else:
                 log.info("job %s rejected: %s", job_id, bounded(str(exc)))
@@ -137,8 +149,11 @@ class JobRunner:
             yield await run_transcribe_action(job.input, self.transcriber)
             return
         if isinstance(job.input, dict) and "action" in job.input:
-            raise JobInputError("action", f"unknown action {shown(job.input['action'])}; one of: "
-                                + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS + (TRANSCRIBE_ACTION,)))
+            raise JobInputError(
+                "action",
+                f"unknown action {shown(job.input['action'])}; one of: "
+                + ", ".join(VOICE_ACTIONS + CONVERSATION_ACTIONS + (TRANSCRIBE_ACTION,)),
+            )
         request = parse_job_input(job.input, self.settings)
         mode = conversations.mode(request.mode, request.system_prompt)
         transcript: str | None = None
@@ -184,5 +199,4 @@ class JobRunner:
                 output["text"] = "".join(e.text for e in events if isinstance(e, TextDelta))
             if transcript is not None:
                 output["transcript"] = transcript
-            yield await asyncio.to_thread(
-                within_result_limit, output, self.settings, job.result_route)
+            yield await asyncio.to_thread(within_result_limit, output, self.settings, job.result_route)

@@ -55,6 +55,7 @@ class QueueJobHandler:
 
     async def __call__(self, session: Any, config: dict[str, Any], job: dict[str, Any]) -> None:
         """rp_scale's jobs_handler signature: POST to the SDK's job-stream/job-done URLs."""
+
         async def post_stream(body: dict[str, Any]) -> None:
             await stream_result(session, body, job)
 
@@ -75,7 +76,9 @@ class QueueJobHandler:
         async def whole(_: dict[str, Any]) -> dict[str, Any]:
             return await self.whole(typed)
 
-        async def chunks(_: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:  # the SDK wants a generator function
+        async def chunks(
+            _: dict[str, Any],
+        ) -> AsyncGenerator[dict[str, Any], None]:  # the SDK wants a generator function
             async with aclosing(runpod_chunks(self.stream(typed))) as shaped:
                 async for chunk in shaped:
                     yield chunk
@@ -104,16 +107,19 @@ class QueueJobHandler:
         size = body_bytes(result)
         if size <= self.result_limit_bytes:
             return result
-        return {"error": f"internal error: result is {size / 1e6:.1f} MB, over RunPod's "
-                         f"{self.result_limit_bytes / 1e6:.0f} MB limit"}
+        return {
+            "error": f"internal error: result is {size / 1e6:.1f} MB, over RunPod's "
+            f"{self.result_limit_bytes / 1e6:.0f} MB limit"
+        }
 
 
 def _output_error(output: Any) -> Any:
     return output.get("error") if isinstance(output, dict) else None
 
 
-async def runpod_chunks(events: AsyncGenerator[dict[str, Any] | JobFailure, None],
-                        ) -> AsyncGenerator[dict[str, Any], None]:
+async def runpod_chunks(
+    events: AsyncGenerator[dict[str, Any] | JobFailure, None],
+) -> AsyncGenerator[dict[str, Any], None]:
     """RunPod's shape of a job's stream: a failure becomes an {"error": message} chunk, which ends the job."""
     async with aclosing(events):
         async for event in events:
@@ -125,8 +131,9 @@ def install(handler: QueueJobHandler) -> None:
     rp_scale.handle_job = handler
 
 
-async def run_local(handler: QueueJobHandler, job: dict[str, Any],
-                    on_stream: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+async def run_local(
+    handler: QueueJobHandler, job: dict[str, Any], on_stream: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """What the platform would store for `job`: the job-done body, plus `stream` for streamed jobs.
 
     `stream` is what GET /stream/{id} hands out over the job's life: the job-stream bodies, in order.

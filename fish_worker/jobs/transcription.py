@@ -29,8 +29,9 @@ class TranscribeAction(BaseModel):
 
     action: Literal["transcribe"]
     audio: str = Field(min_length=1, description="Base64 of the voice message (WAV, FLAC, MP3, Ogg/Opus, WebM, M4A).")
-    language: str | None = Field(None, max_length=35,
-                                 description="Its language, a code (en) or a name (english); default: detected.")
+    language: str | None = Field(
+        None, max_length=35, description="Its language, a code (en) or a name (english); default: detected."
+    )
 
 
 def is_transcribe_action(raw: Any) -> bool:

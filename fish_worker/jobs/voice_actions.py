@@ -68,15 +68,21 @@ class DeleteVoice(_WithVoiceId):
 
 
 _MODELS: dict[str, type[SaveVoice | ListVoices | DeleteVoice]] = {
-    "save_voice": SaveVoice, "list_voices": ListVoices, "delete_voice": DeleteVoice}
+    "save_voice": SaveVoice,
+    "list_voices": ListVoices,
+    "delete_voice": DeleteVoice,
+}
 
 
 def is_voice_action(raw: Any) -> bool:
     return isinstance(raw, dict) and raw.get("action") in VOICE_ACTIONS
 
 
-async def run_voice_action(raw: dict[str, Any], resolver: VoiceResolver, voices: VoiceStore | None = None,
-                           ) -> dict[str, Any]:
+async def run_voice_action(
+    raw: dict[str, Any],
+    resolver: VoiceResolver,
+    voices: VoiceStore | None = None,
+) -> dict[str, Any]:
     """The action's output, on `voices` (a tenant's store; default the resolver's); raises
     JobInputError for bad input, NotFoundError for an unknown voice."""
     voices = voices or resolver.store

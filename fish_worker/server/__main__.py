@@ -30,12 +30,28 @@ class LoadBalancingServer:
         self.readiness = Readiness()
         host, port = server_settings.host, server_settings.port
         # Header/body timeouts and size limits: a slow or hostile client is dropped (protocol.py).
-        configs = [uvicorn.Config(LoadingApp(self.readiness), host=host, port=port, lifespan="off",
-                                  log_level=log_level, **uvicorn_options(server_settings))]
+        configs = [
+            uvicorn.Config(
+                LoadingApp(self.readiness),
+                host=host,
+                port=port,
+                lifespan="off",
+                log_level=log_level,
+                **uvicorn_options(server_settings),
+            )
+        ]
         health_port = server_settings.port_health
         if health_port is not None and health_port != port:
-            configs.append(uvicorn.Config(PingApp(self.readiness), host=host, port=health_port, lifespan="off",
-                                          log_level=log_level, access_log=False))
+            configs.append(
+                uvicorn.Config(
+                    PingApp(self.readiness),
+                    host=host,
+                    port=health_port,
+                    lifespan="off",
+                    log_level=log_level,
+                    access_log=False,
+                )
+            )
         self.servers = [uvicorn.Server(config) for config in configs]
 
     async def serve(self) -> None:

@@ -14,7 +14,15 @@ from fastapi import FastAPI
 
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.server.routers import (
-    fish_asr, fish_live, fish_tts, openai_speech, openai_transcriptions, playground, runpod_v2, seed)
+    fish_asr,
+    fish_live,
+    fish_tts,
+    openai_speech,
+    openai_transcriptions,
+    playground,
+    runpod_v2,
+    seed,
+)
 from fish_worker.server.auth import AuthMiddleware
 from fish_worker.server.body_admission import BodyAdmissionMiddleware, BodyBudget
 from fish_worker.server.body_limits import BodyLimitMiddleware
@@ -34,7 +42,7 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Fish Speech TTS",
         description="Self-hosted Fish Speech: the seed /run API, RunPod's /v2 API, OpenAI's /v1/audio/speech "
-                    "and /v1/audio/transcriptions, and Fish Audio's /v1/tts, /v1/tts/live, /v1/asr and /model.",
+        "and /v1/audio/transcriptions, and Fish Audio's /v1/tts, /v1/tts/live, /v1/asr and /model.",
         version="1.0",
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
@@ -46,8 +54,9 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     app.state.transcriber = runner.transcriber
     # Counted across replicas in Redis when REDIS_URL is set (server/shared_limits.py), else in this process.
     app.state.limiter = limiter = make_job_limiter(runner, settings)
-    app.state.registry = registry = JobRegistry(limiter, server.job_ttl_s, server.max_stored_jobs,
-                                     server.max_stored_result_bytes)
+    app.state.registry = registry = JobRegistry(
+        limiter, server.job_ttl_s, server.max_stored_jobs, server.max_stored_result_bytes
+    )
     # /v2's jobs: this registry, or Redis shared by every replica when REDIS_URL is set. Its background
     # work (taking queued jobs) starts on the serving loop: app.state.on_ready (server/health.py).
     app.state.v2_jobs = make_v2_jobs(settings, limiter, registry)

@@ -49,12 +49,14 @@ class AuthMiddleware:
                 tenant = self._tenant(scope)
             except ApiError as exc:
                 if scope["type"] == "websocket":  # refused on the upgrade request: no handshake
-                    await deny_websocket(scope, receive, send, exc.status, exc.message,
-                                         headers={"WWW-Authenticate": "Bearer"})
+                    await deny_websocket(
+                        scope, receive, send, exc.status, exc.message, headers={"WWW-Authenticate": "Bearer"}
+                    )
                     return
                 # "Connection: close": the unread body must not be taken for the next request.
-                response = error_response(scope["path"], 401, exc.message,
-                                          headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
+                response = error_response(
+                    scope["path"], 401, exc.message, headers={"WWW-Authenticate": "Bearer", "Connection": "close"}
+                )
                 await response(scope, receive, send)
                 return
         scope.setdefault("state", {})[_TENANT_STATE] = tenant

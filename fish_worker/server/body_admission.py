@@ -41,8 +41,7 @@ class BodyBudget:
         return min(size, self.per_tenant_bytes)
 
     def _fits(self, tenant: str | None, claim: int) -> bool:
-        return (self.in_use + claim <= self.total_bytes
-                and self._per_tenant[tenant] + claim <= self.per_tenant_bytes)
+        return self.in_use + claim <= self.total_bytes and self._per_tenant[tenant] + claim <= self.per_tenant_bytes
 
     async def acquire(self, tenant: str | None, size: int) -> int | None:
         """Claim `size` bytes (cut to the tenant's share) for `tenant`, waiting up to `wait_s`: the
@@ -80,11 +79,15 @@ class BodyBudget:
     def busy_message(self, tenant: str | None, size: int) -> str:
         claim = self.claim_of(size)
         if self._per_tenant[tenant] + claim > self.per_tenant_bytes:
-            what = (f"too many request bodies of yours in flight: {self._per_tenant[tenant]} of your "
-                    f"{self.per_tenant_bytes} bytes (FISH_BODY_BUDGET_PER_TENANT_BYTES)")
+            what = (
+                f"too many request bodies of yours in flight: {self._per_tenant[tenant]} of your "
+                f"{self.per_tenant_bytes} bytes (FISH_BODY_BUDGET_PER_TENANT_BYTES)"
+            )
         else:
-            what = (f"server busy: request bodies in flight use {self.in_use} of its "
-                    f"{self.total_bytes} bytes (FISH_BODY_BUDGET_BYTES)")
+            what = (
+                f"server busy: request bodies in flight use {self.in_use} of its "
+                f"{self.total_bytes} bytes (FISH_BODY_BUDGET_BYTES)"
+            )
         return f"{what}; this body needs {claim}; retry in {self.retry_after_s} s"
 
 
@@ -121,8 +124,12 @@ class BodyAdmissionMiddleware:
         claim = await self.budget.acquire(tenant, size)
         if claim is None:
             retry = str(self.budget.retry_after_s)
-            response = error_response(scope["path"], status_of(ErrorKind.BUSY), self.budget.busy_message(tenant, size),
-                                      headers={"Retry-After": retry, "Connection": "close"})
+            response = error_response(
+                scope["path"],
+                status_of(ErrorKind.BUSY),
+                self.budget.busy_message(tenant, size),
+                headers={"Retry-After": retry, "Connection": "close"},
+            )
             await response(scope, receive, send)
             return
         held = True

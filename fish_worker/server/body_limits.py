@@ -57,8 +57,11 @@ class BodyLimitMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
-                raise HTTPException(408, f"request body: not received within {self.body_timeout_s:g} s "
-                                         "(FISH_BODY_TIMEOUT_S)", headers=_CLOSE) from None
+                raise HTTPException(
+                    408,
+                    f"request body: not received within {self.body_timeout_s:g} s (FISH_BODY_TIMEOUT_S)",
+                    headers=_CLOSE,
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:

@@ -25,8 +25,9 @@ class ClientGone(Exception):
     """The client closed its connection before its answer was ready; its work has been stopped."""
 
 
-async def while_connected(request: Request, work: Awaitable[T],
-                          on_gone: Callable[[], Awaitable[object]] | None = None) -> T:
+async def while_connected(
+    request: Request, work: Awaitable[T], on_gone: Callable[[], Awaitable[object]] | None = None
+) -> T:
     """`work`'s result, unless the client disconnects first: then `work` is cancelled, `on_gone()` is
     awaited (e.g. an iterator's aclose, or a job's cancel) and ClientGone is raised.
 
@@ -50,8 +51,11 @@ async def while_connected(request: Request, work: Awaitable[T],
         task.exception()  # taken, so asyncio does not log it as never retrieved
     if on_gone is not None:
         await on_gone()
-    log.info("%s %s: the client left before its answer was ready; its generation was stopped",
-             request.method, request.url.path)
+    log.info(
+        "%s %s: the client left before its answer was ready; its generation was stopped",
+        request.method,
+        request.url.path,
+    )
     raise ClientGone
 
 

@@ -39,8 +39,15 @@ _MAX_ECHO = 100  # characters of a caller's input an error may repeat
 class ApiError(Exception):
     """An error answer; rendered in the shape of the door the request came through."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, *, job_id: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        *,
+        job_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -79,24 +86,40 @@ def is_fish_path(path: str) -> bool:
     return path in _FISH_PATHS or path.startswith(tuple(f"{prefix}/" for prefix in _FISH_PATHS))
 
 
-def error_body(path: str, status: int, message: str, param: str | None = None,
-               job_id: str | None = None) -> dict[str, Any]:
+def error_body(
+    path: str, status: int, message: str, param: str | None = None, job_id: str | None = None
+) -> dict[str, Any]:
     if is_fish_path(path):
         return {"status": status, "message": message}
     if path.startswith("/v1/"):
-        kind = ("authentication_error" if status == 401 else "rate_limit_error" if status == 429
-                else "invalid_request_error" if status < 500 else "server_error")
+        kind = (
+            "authentication_error"
+            if status == 401
+            else "rate_limit_error"
+            if status == 429
+            else "invalid_request_error"
+            if status < 500
+            else "server_error"
+        )
         return {"error": {"message": message, "type": kind, "param": param, "code": None}}
     return {"id": job_id, "status": "error", "error": message}
 
 
-def error_response(path: str, status: int, message: str, *, param: str | None = None, job_id: str | None = None,
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error_response(
+    path: str,
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    job_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(error_body(path, status, message, param, job_id), status_code=status, headers=headers)
 
 
-async def deny_websocket(scope: Scope, receive: Receive, send: Send, status: int, message: str,
-                         headers: Mapping[str, str] | None = None) -> None:
+async def deny_websocket(
+    scope: Scope, receive: Receive, send: Send, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> None:
     """Refuse a WebSocket before its handshake: an HTTP answer in the door's shape where the server can
     send one (uvicorn can: the websocket.http.response extension), else a close, which servers answer 403."""
     await receive()  # "websocket.connect": the ASGI server's first message, whatever the answer
@@ -117,8 +140,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(request.url.path, exc.status, exc.message, param=exc.param, job_id=exc.job_id,
-                          headers=exc.headers)
+    return error_response(
+        request.url.path, exc.status, exc.message, param=exc.param, job_id=exc.job_id, headers=exc.headers
+    )
 
 
 async def _client_gone(request: Request, exc: ClientGone) -> Response:
@@ -138,7 +162,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     elif exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         message = f"method {request.method} is not allowed on {request.url.path[:_MAX_ECHO]}" + (
-            f"; use {allowed}" if allowed else "")
+            f"; use {allowed}" if allowed else ""
+        )
     else:
         message = str(exc.detail)
     return error_response(request.url.path, exc.status_code, message, headers=exc.headers)

@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fish_worker.audio.reference import base64_audio
 from fish_worker.engine.sampling_rules import (
-    FISH_REPETITION_PENALTY, FISH_TOP_P, TEMPERATURE, RepetitionPenalty, Temperature, TopP)
+    FISH_REPETITION_PENALTY,
+    FISH_TOP_P,
+    TEMPERATURE,
+    RepetitionPenalty,
+    Temperature,
+    TopP,
+)
 from fish_worker.errors import JobInputError
 from fish_worker.jobs.output_adjustments import output_adjustments
 
@@ -35,8 +41,9 @@ FISH_FORMATS: dict[str, str] = {"wav": "wav", "pcm": "pcm16", "mp3": "mp3", "opu
 class ReferenceAudio(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    audio: bytes = Field(description="An audio file (WAV, FLAC, MP3, Ogg/Opus, WebM, M4A/AAC); base64 text "
-                                     "(or a data: URI) in JSON.")
+    audio: bytes = Field(
+        description="An audio file (WAV, FLAC, MP3, Ogg/Opus, WebM, M4A/AAC); base64 text (or a data: URI) in JSON."
+    )
     text: str = Field("", max_length=1000, description="What is said in `audio`.")
 
     @field_validator("audio", mode="before")
@@ -119,8 +126,9 @@ class FishTTSRequest(BaseModel):
         door uses (JobInputError naming the field), with its leniency for Fish's clients: a sample_rate
         with opus is ignored, not refused (jobs/output_adjustments.py says why)."""
         prosody = self.prosody or Prosody()
-        return output_adjustments(self.audio_format, self.sample_rate, prosody.speed, prosody.volume,
-                                  ignore_opus_rate=True)
+        return output_adjustments(
+            self.audio_format, self.sample_rate, prosody.speed, prosody.volume, ignore_opus_rate=True
+        )
 
 
 class FishASRRequest(BaseModel):

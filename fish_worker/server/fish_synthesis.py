@@ -26,8 +26,12 @@ from fish_worker.tts.service import TTSService
 from fish_worker.tts.voice_resolver import VoiceResolver
 from fish_worker.tts.voices import VoiceStore, validate_voice_id
 
-MEDIA_TYPE = {"wav": MEDIA_TYPES["wav"], "pcm": MEDIA_TYPES["pcm16"], "mp3": MEDIA_TYPES["mp3"],
-              "opus": MEDIA_TYPES["opus"]}
+MEDIA_TYPE = {
+    "wav": MEDIA_TYPES["wav"],
+    "pcm": MEDIA_TYPES["pcm16"],
+    "mp3": MEDIA_TYPES["mp3"],
+    "opus": MEDIA_TYPES["opus"],
+}
 
 
 @dataclass(frozen=True)
@@ -38,16 +42,16 @@ class FishSpeechPlan:
     speech: SynthesisRequest  # sampling parameters and the resolved voice; sentences come per call
     adjustments: AudioAdjustments
 
-    def synthesize(self, service: TTSService, sentences: Iterable[str],
-                   stop: threading.Event) -> Iterator[SpeechChunk]:
+    def synthesize(self, service: TTSService, sentences: Iterable[str], stop: threading.Event) -> Iterator[SpeechChunk]:
         return service.synthesize(dataclasses.replace(self.speech, sentences=sentences), stop)
 
     def encoder(self, model_rate: int) -> "FishAudioEncoder":
         return FishAudioEncoder(self.request.audio_format, self.adjustments, model_rate, self.request.bitrate_kbps)
 
 
-def plan_speech(request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceStore,
-                settings: Settings) -> FishSpeechPlan:
+def plan_speech(
+    request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceStore, settings: Settings
+) -> FishSpeechPlan:
     """Check the request against `settings`' limits and resolve its voice (blocking: encodes reference audio).
 
     `voices`: the caller's tenant's saved voices, where `reference_id` is looked up.
@@ -74,8 +78,11 @@ def plan_speech(request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceS
         try:
             voice = resolver.saved_voice(voice_id, voices)
         except NotFoundError as exc:  # e.g. a Fish cloud voice id, which a client library may default to
-            raise NotFoundError("reference_id", f"{exc.problem} on this server (Fish cloud voices are not here): "
-                                                "list its voices with GET /model, create one with POST /model") from None
+            raise NotFoundError(
+                "reference_id",
+                f"{exc.problem} on this server (Fish cloud voices are not here): "
+                "list its voices with GET /model, create one with POST /model",
+            ) from None
         except JobInputError as exc:  # saved with another model: the same kind, our field name
             raise type(exc)("reference_id", exc.problem) from None
     else:
@@ -83,15 +90,21 @@ def plan_speech(request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceS
     # The Fish ranges (checked by FishTTSRequest) are what applies here, and the sampler takes
     # temperature/top_p 0 (near-greedy) as fish-speech does.
     speech = SynthesisRequest(
-        text=request.text, temperature=request.temperature, top_p=request.top_p,
-        repetition_penalty=request.repetition_penalty, frames_per_sentence=max_tokens, seed=None, stream=True,
+        text=request.text,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        repetition_penalty=request.repetition_penalty,
+        frames_per_sentence=max_tokens,
+        seed=None,
+        stream=True,
         voice=voice,
     )
     return FishSpeechPlan(request, speech, adjustments)
 
 
-def encode_references(references: list[ReferenceAudio], resolver: VoiceResolver,
-                      field: str = "references") -> VoicePrompt | None:
+def encode_references(
+    references: list[ReferenceAudio], resolver: VoiceResolver, field: str = "references"
+) -> VoicePrompt | None:
     """One voice prompt from one or more clips (their bytes, as the request carried them): their
     codes and transcripts, in order."""
     prompts = []
@@ -102,8 +115,9 @@ def encode_references(references: list[ReferenceAudio], resolver: VoiceResolver,
             raise JobInputError(f"{field}[{i}].audio", exc.problem) from None
     if not prompts:
         return None
-    return VoicePrompt(text=" ".join(p.text for p in prompts if p.text),
-                       codes=torch.cat([p.codes for p in prompts], dim=1))
+    return VoicePrompt(
+        text=" ".join(p.text for p in prompts if p.text), codes=torch.cat([p.codes for p in prompts], dim=1)
+    )
 
 
 class FishAudioEncoder:
@@ -114,8 +128,9 @@ class FishAudioEncoder:
     Sentences are separate generations, so restarting between them leaves no audible seam.
     """
 
-    def __init__(self, audio_format: str, adjustments: AudioAdjustments, model_rate: int,
-                 bitrate_kbps: int | None = None) -> None:
+    def __init__(
+        self, audio_format: str, adjustments: AudioAdjustments, model_rate: int, bitrate_kbps: int | None = None
+    ) -> None:
         self._adjustments, self._model_rate = adjustments, model_rate
         self.post = AudioPostProcessor(adjustments, model_rate)
         self.stream = StreamEncoder(audio_format, self.post.output_rate, bitrate_kbps)

@@ -16,8 +16,12 @@ from fish_worker.server.protocol import MAX_HEADER_BYTES
 
 def header_bytes(scope: Scope) -> int:
     """About the wire size of the request line and headers ("Name: value\\r\\n" each)."""
-    line = len(scope.get("method", "GET")) + len(scope.get("raw_path") or scope["path"].encode()) \
-        + len(scope.get("query_string", b"")) + len(" ?HTTP/1.1\r\n")
+    line = (
+        len(scope.get("method", "GET"))
+        + len(scope.get("raw_path") or scope["path"].encode())
+        + len(scope.get("query_string", b""))
+        + len(" ?HTTP/1.1\r\n")
+    )
     return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
 

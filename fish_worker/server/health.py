@@ -91,6 +91,9 @@ class LoadingApp(PingApp):
         elif self.readiness.app is not None:
             await self.readiness.app(scope, receive, send)
         elif scope["type"] == "http":
-            message = ("the server is loading its models; retry shortly" if self.readiness.state == "loading"
-                       else f"the server failed to start: {self.readiness.error}")
+            message = (
+                "the server is loading its models; retry shortly"
+                if self.readiness.state == "loading"
+                else f"the server failed to start: {self.readiness.error}"
+            )
             await _send_json(send, 503, {"error": message}, [(b"retry-after", b"10")])

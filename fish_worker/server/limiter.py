@@ -52,8 +52,14 @@ class Admission:
 
 
 class JobLimiter:
-    def __init__(self, runner: JobRunner, max_concurrent_jobs: int, max_queued_jobs: int | None = None,
-                 max_queued_per_tenant: int | None = None, retry_after_s: int = 5) -> None:
+    def __init__(
+        self,
+        runner: JobRunner,
+        max_concurrent_jobs: int,
+        max_queued_jobs: int | None = None,
+        max_queued_per_tenant: int | None = None,
+        retry_after_s: int = 5,
+    ) -> None:
         self.runner = runner
         self.max_concurrent_jobs = max_concurrent_jobs
         self.max_queued_jobs = max_queued_jobs or 1_000_000
@@ -69,14 +75,17 @@ class JobLimiter:
         if self.admitted >= self.max_queued_jobs:
             raise self._busy(f"server busy: {self.admitted} jobs running or queued (FISH_MAX_QUEUED_JOBS)")
         if self._per_tenant[tenant] >= self.max_queued_per_tenant:
-            raise self._busy(f"too many jobs of yours running or queued: {self._per_tenant[tenant]} "
-                             "(FISH_MAX_QUEUED_JOBS_PER_TENANT)")
+            raise self._busy(
+                f"too many jobs of yours running or queued: {self._per_tenant[tenant]} "
+                "(FISH_MAX_QUEUED_JOBS_PER_TENANT)"
+            )
         self.admitted += 1
         self._per_tenant[tenant] += 1
         return Admission(self, tenant)
 
-    async def run(self, job: Job, admission: Place | None = None,
-                  on_start: Callable[[], None] | None = None) -> AsyncGenerator[dict[str, Any] | JobFailure, None]:
+    async def run(
+        self, job: Job, admission: Place | None = None, on_start: Callable[[], None] | None = None
+    ) -> AsyncGenerator[dict[str, Any] | JobFailure, None]:
         """The runner's events for `job` (chunks, then a JobFailure if it fails), once a slot is free
         (then `on_start()`); an action that runs no model (list_voices, delete_voice, end_conversation)
         needs no slot and starts at once. Closing this stops the job.
@@ -95,8 +104,11 @@ class JobLimiter:
         finally:
             admission.release()
 
-    async def speech(self, admission: Admission, make: Callable[[threading.Event], Iterator[T]],
-                     ) -> AsyncGenerator[T, None]:
+    async def speech(
+        self,
+        admission: Admission,
+        make: Callable[[threading.Event], Iterator[T]],
+    ) -> AsyncGenerator[T, None]:
         """`make(stop)`'s items (generated on a thread) once a generation slot is free; the admission
         is given back when it ends. Closing this stops the generation."""
         try:
@@ -123,5 +135,8 @@ class JobLimiter:
             del self._per_tenant[tenant]
 
     def _busy(self, message: str) -> ApiError:
-        return ApiError(status_of(ErrorKind.BUSY), f"{message}; retry in {self.retry_after_s} s",
-                        headers={"Retry-After": str(self.retry_after_s)})
+        return ApiError(
+            status_of(ErrorKind.BUSY),
+            f"{message}; retry in {self.retry_after_s} s",
+            headers={"Retry-After": str(self.retry_after_s)},
+        )

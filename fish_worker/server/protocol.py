@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 
 def _drop_stalled(transport: asyncio.Transport, send_timeout_s: float) -> None:
     """Abort a connection whose client has not read what is buffered for it (no flush, no wait)."""
-    log.warning("client %s read nothing for %g s: disconnected (FISH_SEND_TIMEOUT_S)",
-                _peer(transport), send_timeout_s)
+    log.warning("client %s read nothing for %g s: disconnected (FISH_SEND_TIMEOUT_S)", _peer(transport), send_timeout_s)
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):  # linger 0: a reset, not a FIN queued behind what is unread
@@ -52,8 +51,9 @@ def _peer(transport: asyncio.BaseTransport) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
 
 
-def _abort_if_still_flushing(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
-                             send_timeout_s: float) -> None:
+def _abort_if_still_flushing(
+    transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, send_timeout_s: float
+) -> None:
     """After a close, which first flushes what is buffered: an abort if it is still flushing by then."""
 
     def check() -> None:
@@ -146,8 +146,11 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         if not self._headers_too_large:
             super().send_400_response(msg)
             return
-        response = h11.Response(status_code=431, reason=b"Request Header Fields Too Large",
-                                headers=[(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")])
+        response = h11.Response(
+            status_code=431,
+            reason=b"Request Header Fields Too Large",
+            headers=[(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
+        )
         body = f"request headers: larger than {MAX_HEADER_BYTES} bytes".encode()
         for event in (response, h11.Data(data=body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
@@ -178,10 +181,14 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         _abort_if_still_flushing(self.transport, self.loop, self.send_timeout_s)
 
 
-def protocol_with_header_timeout(header_timeout_s: float,
-                                 send_timeout_s: float = 30.0) -> type[HeaderTimeoutH11Protocol]:
-    return type("HeaderTimeoutH11Protocol", (HeaderTimeoutH11Protocol,),
-                {"header_timeout_s": header_timeout_s, "send_timeout_s": send_timeout_s})
+def protocol_with_header_timeout(
+    header_timeout_s: float, send_timeout_s: float = 30.0
+) -> type[HeaderTimeoutH11Protocol]:
+    return type(
+        "HeaderTimeoutH11Protocol",
+        (HeaderTimeoutH11Protocol,),
+        {"header_timeout_s": header_timeout_s, "send_timeout_s": send_timeout_s},
+    )
 
 
 def websocket_with_send_timeout(send_timeout_s: float) -> type[DeadlineWebSocketProtocol]:

@@ -55,8 +55,10 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "fish-worker:v2:"
 GROUP = "workers"
-LOST_ERROR = ("the replica running this job stopped (no heartbeat for {lease_s:g} s, FISH_JOB_LEASE_S): "
-              "the job was lost; submit it again")
+LOST_ERROR = (
+    "the replica running this job stopped (no heartbeat for {lease_s:g} s, FISH_JOB_LEASE_S): "
+    "the job was lost; submit it again"
+)
 SHUTDOWN_ERROR = "the replica running this job shut down before it ended; submit it again"
 
 # Admit a job: drop expired places, check the service's and the tenant's counts, then record and queue it.
@@ -221,9 +223,21 @@ def _store_errors() -> Iterator[None]:
 
 
 class RedisV2Jobs:
-    def __init__(self, url: str, limiter: JobLimiter, *, ttl_s: float, max_jobs: int, max_bytes: int,
-                 max_queued: int, max_queued_per_tenant: int, lease_s: float, retry_after_s: int = 5,
-                 key_prefix: str = KEY_PREFIX, slots: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        limiter: JobLimiter,
+        *,
+        ttl_s: float,
+        max_jobs: int,
+        max_bytes: int,
+        max_queued: int,
+        max_queued_per_tenant: int,
+        lease_s: float,
+        retry_after_s: int = 5,
+        key_prefix: str = KEY_PREFIX,
+        slots: int | None = None,
+    ) -> None:
         self.limiter = limiter
         self.ttl_s = int(max(1, round(ttl_s)))
         self.max_jobs, self.max_bytes = max_jobs, max_bytes
@@ -248,9 +262,17 @@ class RedisV2Jobs:
         # Replies are bytes (decode_responses off); redis-py types them as bytes | str unions, so the
         # values this module decodes are annotated Any where they are read.
         self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=3.0, socket_timeout=10.0)
-        self._scripts = {name: self._redis.register_script(text) for name, text in (
-            ("submit", _SUBMIT), ("claim", _CLAIM), ("start", _START), ("append", _APPEND),
-            ("finish", _FINISH), ("stream", _STREAM))}
+        self._scripts = {
+            name: self._redis.register_script(text)
+            for name, text in (
+                ("submit", _SUBMIT),
+                ("claim", _CLAIM),
+                ("start", _START),
+                ("append", _APPEND),
+                ("finish", _FINISH),
+                ("stream", _STREAM),
+            )
+        }
 
     # ---- the door's side --------------------------------------------------------------------------
 
@@ -260,15 +282,32 @@ class RedisV2Jobs:
         # ensure_ascii: a lone surrogate (refused later, by the job's own checks) survives the round trip.
         text = json.dumps(job_input)
         with _store_errors():
-            refused, count = await self._scripts["submit"](args=[
-                self.prefix, job.id, _tenant_key(tenant), now, now + self.ttl_s, self.max_queued,
-                self.max_queued_per_tenant, int(job.streamed), route, text, self.ttl_s])
+            refused, count = await self._scripts["submit"](
+                args=[
+                    self.prefix,
+                    job.id,
+                    _tenant_key(tenant),
+                    now,
+                    now + self.ttl_s,
+                    self.max_queued,
+                    self.max_queued_per_tenant,
+                    int(job.streamed),
+                    route,
+                    text,
+                    self.ttl_s,
+                ]
+            )
         if refused:
-            message = (f"server busy: {count} jobs running or queued on all replicas (FISH_MAX_QUEUED_JOBS)"
-                       if refused == 1 else
-                       f"too many jobs of yours running or queued: {count} (FISH_MAX_QUEUED_JOBS_PER_TENANT)")
-            raise ApiError(status_of(ErrorKind.BUSY), f"{message}; retry in {self.retry_after_s} s",
-                           headers={"Retry-After": str(self.retry_after_s)})
+            message = (
+                f"server busy: {count} jobs running or queued on all replicas (FISH_MAX_QUEUED_JOBS)"
+                if refused == 1
+                else f"too many jobs of yours running or queued: {count} (FISH_MAX_QUEUED_JOBS_PER_TENANT)"
+            )
+            raise ApiError(
+                status_of(ErrorKind.BUSY),
+                f"{message}; retry in {self.retry_after_s} s",
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
         return {"id": job.id, "status": "IN_QUEUE"}
 
     async def status(self, job_id: str, tenant: str | None) -> dict[str, Any] | None:
@@ -340,8 +379,7 @@ class RedisV2Jobs:
     async def start(self) -> None:
         with suppress(redis.ResponseError):  # BUSYGROUP: another replica made it first
             await self._redis.xgroup_create(self.queue, GROUP, id="0", mkstream=True)
-        for name, loop in (("take", self._take_loop), ("heartbeat", self._heartbeat_loop),
-                           ("sweep", self._sweep_loop)):
+        for name, loop in (("take", self._take_loop), ("heartbeat", self._heartbeat_loop), ("sweep", self._sweep_loop)):
             self._tasks.append(asyncio.create_task(loop(), name=f"v2-{name}"))
         log.info("/v2 jobs in Redis: replica %s takes up to %d queued jobs at once", self.me, self.slots)
 
@@ -386,8 +424,11 @@ class RedisV2Jobs:
 
     async def _take(self, entry_id: bytes, job_id: str) -> None:
         try:
-            claimed = (await self._scripts["claim"](args=[
-                self.prefix, job_id, self.me, self._lease_ms(), self.ttl_s, time.time() + self.lease_s])).decode()
+            claimed = (
+                await self._scripts["claim"](
+                    args=[self.prefix, job_id, self.me, self._lease_ms(), self.ttl_s, time.time() + self.lease_s]
+                )
+            ).decode()
             if claimed != "CLAIMED":
                 if claimed not in ("LEASED", "IN_PROGRESS"):  # gone, or already ended (e.g. cancelled)
                     await self._ack(entry_id)
@@ -418,8 +459,13 @@ class RedisV2Jobs:
 
     async def _run(self, job: Job) -> None:
         started: list[asyncio.Task] = []
-        chunks = self.limiter.run(job, _Unadmitted(), on_start=lambda: started.append(asyncio.create_task(
-            self._scripts["start"](args=[self.prefix, job.id, self.me, time.time()]))))
+        chunks = self.limiter.run(
+            job,
+            _Unadmitted(),
+            on_start=lambda: started.append(
+                asyncio.create_task(self._scripts["start"](args=[self.prefix, job.id, self.me, time.time()]))
+            ),
+        )
         try:
             async for event in chunks:
                 if started:
@@ -428,8 +474,9 @@ class RedisV2Jobs:
                     await self._finish(job.id, "FAILED", event.message, event.kind)
                     return
                 text = json.dumps(event)
-                if not await self._scripts["append"](args=[self.prefix, job.id, self.me, text,
-                                                           approx_json_bytes(event), self.ttl_s]):
+                if not await self._scripts["append"](
+                    args=[self.prefix, job.id, self.me, text, approx_json_bytes(event), self.ttl_s]
+                ):
                     return  # cancelled, or declared lost, meanwhile: stop generating
             if started:
                 await started[0]
@@ -482,8 +529,9 @@ class RedisV2Jobs:
     async def _sweep(self) -> None:
         start = "0-0"
         while True:
-            start, entries, *_ = await self._redis.xautoclaim(self.queue, GROUP, self.me, self._lease_ms(),
-                                                              start_id=start, count=20)
+            start, entries, *_ = await self._redis.xautoclaim(
+                self.queue, GROUP, self.me, self._lease_ms(), start_id=start, count=20
+            )
             for entry_id, fields in entries:
                 job_id = fields[b"id"].decode()
                 stored: Any = await self._redis.hget(self.prefix + "job:" + job_id, "status")
@@ -518,17 +566,33 @@ class RedisV2Jobs:
         """Report a running job whose lease has expired FAILED; whether this call did."""
         if await self._redis.exists(self.prefix + "lease:" + job_id):
             return False
-        failed = await self._finish(job_id, "FAILED", LOST_ERROR.format(lease_s=self.lease_s),
-                                    ErrorKind.UNAVAILABLE, mode="dead")
+        failed = await self._finish(
+            job_id, "FAILED", LOST_ERROR.format(lease_s=self.lease_s), ErrorKind.UNAVAILABLE, mode="dead"
+        )
         if failed:
             log.warning("/v2 job %s: its replica stopped renewing its lease; reported FAILED", job_id)
         return failed
 
-    async def _finish(self, job_id: str, status: str, error: str = "", kind: ErrorKind | None = None,
-                      mode: str = "owner") -> bool:
-        return bool(await self._scripts["finish"](args=[
-            self.prefix, job_id, status, error, kind.value if kind else "", time.time(), self.ttl_s,
-            self.max_jobs, self.max_bytes, mode, self.me]))
+    async def _finish(
+        self, job_id: str, status: str, error: str = "", kind: ErrorKind | None = None, mode: str = "owner"
+    ) -> bool:
+        return bool(
+            await self._scripts["finish"](
+                args=[
+                    self.prefix,
+                    job_id,
+                    status,
+                    error,
+                    kind.value if kind else "",
+                    time.time(),
+                    self.ttl_s,
+                    self.max_jobs,
+                    self.max_bytes,
+                    mode,
+                    self.me,
+                ]
+            )
+        )
 
     async def _ack(self, entry_id: bytes) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -553,8 +617,9 @@ class RedisV2Jobs:
 
 def _status_json(job_id: str, fields: dict[str, str], chunks: list[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"id": job_id, "status": fields["status"]}
-    submitted, started, finished = (float(fields[k]) if fields.get(k) else None
-                                    for k in ("submitted_at", "started_at", "finished_at"))
+    submitted, started, finished = (
+        float(fields[k]) if fields.get(k) else None for k in ("submitted_at", "started_at", "finished_at")
+    )
     if started is not None and submitted is not None:
         out["delayTime"] = round((started - submitted) * 1000)
     if finished is not None and started is not None:

@@ -58,7 +58,7 @@ class JobRecord:
         return out
 
     def stream_json(self) -> dict[str, Any]:
-        new, self.streamed = self.chunks[self.streamed:], len(self.chunks)
+        new, self.streamed = self.chunks[self.streamed :], len(self.chunks)
         out = {"status": self.status, "stream": [{"output": chunk} for chunk in new]}
         if self.error is not None:
             out["error"] = self.error

@@ -53,9 +53,18 @@ class _SharedAdmission(Admission):
 
 
 class SharedJobLimiter(JobLimiter):
-    def __init__(self, runner: JobRunner, max_concurrent_jobs: int, max_queued_jobs: int | None = None,
-                 max_queued_per_tenant: int | None = None, retry_after_s: int = 5, *, redis_url: str,
-                 lease_s: float, key_prefix: str = KEY_PREFIX) -> None:
+    def __init__(
+        self,
+        runner: JobRunner,
+        max_concurrent_jobs: int,
+        max_queued_jobs: int | None = None,
+        max_queued_per_tenant: int | None = None,
+        retry_after_s: int = 5,
+        *,
+        redis_url: str,
+        lease_s: float,
+        key_prefix: str = KEY_PREFIX,
+    ) -> None:
         super().__init__(runner, max_concurrent_jobs, max_queued_jobs, max_queued_per_tenant, retry_after_s)
         self.lease_s = lease_s
         self.prefix = key_prefix
@@ -72,17 +81,29 @@ class SharedJobLimiter(JobLimiter):
         token, key = f"door-{uuid.uuid4()}", tenant or ""
         now = time.time()
         try:
-            refused, count = self._admit(args=[self.prefix, token, key, now, now + self.lease_s,
-                                               self.max_queued_jobs, self.max_queued_per_tenant])
+            refused, count = self._admit(
+                args=[
+                    self.prefix,
+                    token,
+                    key,
+                    now,
+                    now + self.lease_s,
+                    self.max_queued_jobs,
+                    self.max_queued_per_tenant,
+                ]
+            )
         except redis.RedisError as exc:
             self._release(tenant)
-            raise ApiError(status_of(ErrorKind.UNAVAILABLE),
-                           f"job store unavailable: {type(exc).__name__}: {exc}") from exc
+            raise ApiError(
+                status_of(ErrorKind.UNAVAILABLE), f"job store unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
         if refused:
             self._release(tenant)
-            raise self._busy(f"server busy: {count} jobs running or queued on all replicas (FISH_MAX_QUEUED_JOBS)"
-                             if refused == 1 else
-                             f"too many jobs of yours running or queued: {count} (FISH_MAX_QUEUED_JOBS_PER_TENANT)")
+            raise self._busy(
+                f"server busy: {count} jobs running or queued on all replicas (FISH_MAX_QUEUED_JOBS)"
+                if refused == 1
+                else f"too many jobs of yours running or queued: {count} (FISH_MAX_QUEUED_JOBS_PER_TENANT)"
+            )
         self._held[token] = key
         return _SharedAdmission(self, tenant, token)
 
@@ -127,8 +148,13 @@ class SharedJobLimiter(JobLimiter):
 def make_job_limiter(runner: JobRunner, settings: Settings) -> JobLimiter:
     """This replica's admission, counted with every replica's in Redis when REDIS_URL is set."""
     server = settings.server
-    args = (runner, server.max_concurrent_jobs or runner.service.max_concurrency, server.max_queued_jobs,
-            server.max_queued_jobs_per_tenant, server.retry_after_s)
+    args = (
+        runner,
+        server.max_concurrent_jobs or runner.service.max_concurrency,
+        server.max_queued_jobs,
+        server.max_queued_jobs_per_tenant,
+        server.retry_after_s,
+    )
     if settings.storage.redis_url:
         return SharedJobLimiter(*args, redis_url=settings.storage.redis_url, lease_s=server.job_lease_s)
     return JobLimiter(*args)

@@ -32,8 +32,10 @@ def openai_verbose_json(transcript: Transcript) -> dict[str, Any]:
         "language": language_name(transcript.language),
         "duration": transcript.duration_s,
         "text": transcript.text,
-        "segments": [{"id": i, "seek": 0, "start": s.start_s, "end": s.end_s, "text": s.text, "tokens": [],
-                      "temperature": 0.0} for i, s in enumerate(cues(transcript))],
+        "segments": [
+            {"id": i, "seek": 0, "start": s.start_s, "end": s.end_s, "text": s.text, "tokens": [], "temperature": 0.0}
+            for i, s in enumerate(cues(transcript))
+        ],
         "usage": _usage(transcript),
     }
 
@@ -41,13 +43,20 @@ def openai_verbose_json(transcript: Transcript) -> dict[str, Any]:
 def srt_text(transcript: Transcript) -> str:
     # Numbered here, not re-indexed by srt: its re-indexing drops a cue that ends where it starts, and
     # Whisper does give those (a word at a timestamp token's boundary); its text stays in the file.
-    return srt.compose([srt.Subtitle(i + 1, _delta(s.start_s), _delta(s.end_s), _one_line(s.text))
-                        for i, s in enumerate(cues(transcript))], reindex=False)
+    return srt.compose(
+        [
+            srt.Subtitle(i + 1, _delta(s.start_s), _delta(s.end_s), _one_line(s.text))
+            for i, s in enumerate(cues(transcript))
+        ],
+        reindex=False,
+    )
 
 
 def vtt_text(transcript: Transcript) -> str:
-    captions = [webvtt.Caption(start=_vtt_time(s.start_s), end=_vtt_time(s.end_s), text=_one_line(s.text))
-                for s in cues(transcript)]
+    captions = [
+        webvtt.Caption(start=_vtt_time(s.start_s), end=_vtt_time(s.end_s), text=_one_line(s.text))
+        for s in cues(transcript)
+    ]
     return webvtt.WebVTT(captions=captions).content
 
 

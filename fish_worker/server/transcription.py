@@ -26,8 +26,15 @@ from fish_worker.server.disconnect import while_connected
 from fish_worker.server.limiter import Admission, JobLimiter
 
 
-async def transcribe_request(request: Request, limiter: JobLimiter, transcriber: Transcriber | None,
-                             data: bytes | str, *, field: str, language: str | None) -> Transcript:
+async def transcribe_request(
+    request: Request,
+    limiter: JobLimiter,
+    transcriber: Transcriber | None,
+    data: bytes | str,
+    *,
+    field: str,
+    language: str | None,
+) -> Transcript:
     """`data` (an audio file's bytes, or its base64 text) transcribed for `request`'s client."""
     ready = require_transcriber(transcriber)  # 400 saying how to configure one, before any admission
     admission = limiter.admit(tenant_of(request))

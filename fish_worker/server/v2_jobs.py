@@ -79,8 +79,11 @@ class LocalV2Jobs:
         if record is None:
             return None
         deadline = asyncio.get_running_loop().time() + STREAM_HOLD_S
-        while (record.streamed == len(record.chunks) and record.status not in FINAL
-               and asyncio.get_running_loop().time() < deadline):
+        while (
+            record.streamed == len(record.chunks)
+            and record.status not in FINAL
+            and asyncio.get_running_loop().time() < deadline
+        ):
             await asyncio.sleep(0.05)
         return record.stream_json()
 
@@ -113,8 +116,15 @@ def make_v2_jobs(settings: Settings, limiter: JobLimiter, registry: JobRegistry)
         from fish_worker.server.redis_jobs import RedisV2Jobs  # redis.asyncio only when it is used
 
         server = settings.server
-        return RedisV2Jobs(settings.storage.redis_url, limiter, ttl_s=server.job_ttl_s,
-                           max_jobs=server.max_stored_jobs, max_bytes=server.max_stored_result_bytes,
-                           max_queued=server.max_queued_jobs, max_queued_per_tenant=server.max_queued_jobs_per_tenant,
-                           lease_s=server.job_lease_s, retry_after_s=server.retry_after_s)
+        return RedisV2Jobs(
+            settings.storage.redis_url,
+            limiter,
+            ttl_s=server.job_ttl_s,
+            max_jobs=server.max_stored_jobs,
+            max_bytes=server.max_stored_result_bytes,
+            max_queued=server.max_queued_jobs,
+            max_queued_per_tenant=server.max_queued_jobs_per_tenant,
+            lease_s=server.job_lease_s,
+            retry_after_s=server.retry_after_s,
+        )
     return LocalV2Jobs(registry)

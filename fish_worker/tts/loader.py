@@ -58,29 +58,52 @@ def load_speech_models(settings: Settings, reserved_bytes: int = 0) -> SpeechMod
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
     models = load_models(settings.checkpoint_dir, device, precision)
-    budget = kv_budget.plan(models.text2semantic, precision, device, settings.max_concurrency,
-                            settings.kv_cache_tokens, reserved_bytes=reserved_bytes)
-    log.info("KV cache: %d tokens (%.2f GB), up to %d concurrent jobs%s", budget.kv_tokens,
-             budget.pool_bytes / 1e9, budget.max_concurrency,
-             f"; {reserved_bytes / 1e9:.2f} GB left for the chat model's KV" if reserved_bytes else "")
+    budget = kv_budget.plan(
+        models.text2semantic,
+        precision,
+        device,
+        settings.max_concurrency,
+        settings.kv_cache_tokens,
+        reserved_bytes=reserved_bytes,
+    )
+    log.info(
+        "KV cache: %d tokens (%.2f GB), up to %d concurrent jobs%s",
+        budget.kv_tokens,
+        budget.pool_bytes / 1e9,
+        budget.max_concurrency,
+        f"; {reserved_bytes / 1e9:.2f} GB left for the chat model's KV" if reserved_bytes else "",
+    )
     # Concurrent requests share decoding steps (one engine thread) instead of queueing on a lock.
-    generator = BatchScheduler(SemanticGenerator(models.text2semantic, device), budget.max_concurrency,
-                               compile=settings.compile, kv_tokens=budget.kv_tokens)
+    generator = BatchScheduler(
+        SemanticGenerator(models.text2semantic, device),
+        budget.max_concurrency,
+        compile=settings.compile,
+        kv_tokens=budget.kv_tokens,
+    )
     batch_frames = settings.codec_batch_frames
     if batch_frames is None:
         batch_frames = GPU_CODEC_BATCH_FRAMES if device.type == "cuda" else 0
     codec = Codec(models.codec, device, precision, batch_frames)
-    log.info("models loaded from %s on %s/%s in %.1f s", settings.checkpoint_dir, device, precision,
-             time.perf_counter() - started)
+    log.info(
+        "models loaded from %s on %s/%s in %.1f s",
+        settings.checkpoint_dir,
+        device,
+        precision,
+        time.perf_counter() - started,
+    )
     return SpeechModels(generator, codec, budget)
 
 
 def build_tts(generator: BatchScheduler, codec: Codec, settings: Settings) -> TTSService:
     """The TTSService over loaded models: its voices (store, codes cache, clip limits) and limits from `settings`."""
-    voices = VoiceResolver(codec, generator.num_codebooks,
-                           VoiceStore(settings.storage.voices_dir, settings.storage.max_voices),
-                           VoiceCodesCache(settings.reference_cache_size),
-                           settings.reference_max_bytes, settings.reference_max_seconds)
+    voices = VoiceResolver(
+        codec,
+        generator.num_codebooks,
+        VoiceStore(settings.storage.voices_dir, settings.storage.max_voices),
+        VoiceCodesCache(settings.reference_cache_size),
+        settings.reference_max_bytes,
+        settings.reference_max_seconds,
+    )
     return TTSService(generator, codec, voices, SpeechLimits.of(settings))
 
 

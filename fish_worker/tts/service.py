@@ -42,8 +42,11 @@ class JobFrameLimitError(JobInputError):
     """The job's sentences together reached FISH_MAX_JOB_FRAMES before the text was spoken."""
 
     def __init__(self, limit: int, seconds: float):
-        super().__init__("message", f"the speech reached the per-job limit of {limit} codec frames "
-                                    f"(~{seconds:.0f} s, FISH_MAX_JOB_FRAMES) before its end; send shorter text")
+        super().__init__(
+            "message",
+            f"the speech reached the per-job limit of {limit} codec frames "
+            f"(~{seconds:.0f} s, FISH_MAX_JOB_FRAMES) before its end; send shorter text",
+        )
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,23 @@ class SpeechLimits:
 
     @classmethod
     def of(cls, settings: Settings) -> "SpeechLimits":
-        return cls(settings.sentence_max_chars, settings.max_job_frames, settings.stream_first_frames,
-                   settings.stream_context_frames)
+        return cls(
+            settings.sentence_max_chars,
+            settings.max_job_frames,
+            settings.stream_first_frames,
+            settings.stream_context_frames,
+        )
 
 
-__all__ = ["NO_AUDIO_ERROR", "JobFrameLimitError", "SpeechChunk", "SpeechLimits", "SynthesisRequest", "TTSService",
-           "draw_seed"]
+__all__ = [
+    "NO_AUDIO_ERROR",
+    "JobFrameLimitError",
+    "SpeechChunk",
+    "SpeechLimits",
+    "SynthesisRequest",
+    "TTSService",
+    "draw_seed",
+]
 
 
 class TTSService:
@@ -118,16 +132,24 @@ class TTSService:
             started = time.perf_counter()
             # Streamed: audio leaves in windows while the sentence is still being generated; the
             # sentence's text rides on its first chunk, continuation chunks carry "".
-            decoder = IncrementalDecoder(self.codec, self.limits.stream_first_frames,
-                                         self.limits.stream_context_frames) if request.stream else None
+            decoder = (
+                IncrementalDecoder(self.codec, self.limits.stream_first_frames, self.limits.stream_context_frames)
+                if request.stream
+                else None
+            )
             frames: list[torch.Tensor] = []
             parts = 0
             try:
                 for frame in self.generator.generate(sentence, prompts, params, rng, stop):
                     frames.append(frame)
                     if decoder is not None and (audio := decoder.push(frame)) is not None:
-                        yield SpeechChunk(index=index, text=sentence if parts == 0 else "", audio=audio,
-                                          sample_rate=self.sample_rate, seed=seed)
+                        yield SpeechChunk(
+                            index=index,
+                            text=sentence if parts == 0 else "",
+                            audio=audio,
+                            sample_rate=self.sample_rate,
+                            seed=seed,
+                        )
                         parts += 1
             except PromptTooLongError as exc:
                 raise JobInputError("reference_audio" if reference else "message", str(exc)) from None
@@ -146,13 +168,25 @@ class TTSService:
                 return
             codes = torch.stack(frames, dim=1)
             audio = decoder.flush() if decoder is not None else self.codec.decode(codes)
-            log.info("sentence %d: %d frames in %d chunk(s), %.2f s audio in %.2f s", index + 1, codes.shape[1],
-                     parts + 1, codes.shape[1] * self.codec.samples_per_frame / self.sample_rate,
-                     time.perf_counter() - started)
+            log.info(
+                "sentence %d: %d frames in %d chunk(s), %.2f s audio in %.2f s",
+                index + 1,
+                codes.shape[1],
+                parts + 1,
+                codes.shape[1] * self.codec.samples_per_frame / self.sample_rate,
+                time.perf_counter() - started,
+            )
             previous = VoicePrompt(text=sentence, codes=codes.cpu())
             # The sentence's last chunk carries its codes (and the whole sentence, for conversations).
-            yield SpeechChunk(index=index, text=sentence if parts == 0 else "", audio=audio,
-                              sample_rate=self.sample_rate, seed=seed, codes=previous.codes, sentence=sentence)
+            yield SpeechChunk(
+                index=index,
+                text=sentence if parts == 0 else "",
+                audio=audio,
+                sample_rate=self.sample_rate,
+                seed=seed,
+                codes=previous.codes,
+                sentence=sentence,
+            )
             if cut:
                 raise self._frame_limit_error()
 

@@ -26,8 +26,15 @@ class VoiceResolver:
     """`store`: the default namespace's saved voices. `max_bytes`, `max_seconds`: a clip's limits
     (FISH_REFERENCE_MAX_BYTES, FISH_REFERENCE_MAX_SECONDS)."""
 
-    def __init__(self, codec: Codec, num_codebooks: int, store: VoiceStore, cache: VoiceCodesCache,
-                 max_bytes: int, max_seconds: float) -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        num_codebooks: int,
+        store: VoiceStore,
+        cache: VoiceCodesCache,
+        max_bytes: int,
+        max_seconds: float,
+    ) -> None:
         self.codec = codec
         self.num_codebooks = num_codebooks
         self.store = store
@@ -54,8 +61,7 @@ class VoiceResolver:
             audio = decode_audio_file(raw, self.codec.sample_rate, self.max_seconds)
             codes = self.codec.encode(audio)
             self.cache.put(key, codes)
-            log.info("encoded reference voice: %.1f s → %d frames", len(audio) / self.codec.sample_rate,
-                     codes.shape[1])
+            log.info("encoded reference voice: %.1f s → %d frames", len(audio) / self.codec.sample_rate, codes.shape[1])
         return VoicePrompt(text=clip.text, codes=codes)
 
     def saved_voice(self, voice_id: str, store: VoiceStore | None = None) -> VoicePrompt:

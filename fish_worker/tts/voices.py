@@ -32,8 +32,9 @@ _TENANTS_DIR = "tenants"  # <root>/tenants/<tenant>/: not a voice id's shape, so
 
 class VoiceStoreFullError(RuntimeError):
     def __init__(self, limit: int) -> None:
-        super().__init__(f"the voice store holds its limit of {limit} voices (FISH_MAX_VOICES); "
-                         "delete one with delete_voice first")
+        super().__init__(
+            f"the voice store holds its limit of {limit} voices (FISH_MAX_VOICES); delete one with delete_voice first"
+        )
         self.limit = limit
 
 

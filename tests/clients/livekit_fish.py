@@ -39,8 +39,13 @@ async def one(make_stream) -> dict:
     try:
         return await collect(make_stream())
     except APIStatusError as exc:
-        return {"ok": False, "error": type(exc).__name__, "status": exc.status_code, "body": exc.body,
-                "message": exc.message}
+        return {
+            "ok": False,
+            "error": type(exc).__name__,
+            "status": exc.status_code,
+            "body": exc.body,
+            "message": exc.message,
+        }
     except Exception as exc:  # reported, so the test shows what the client saw
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
@@ -60,6 +65,7 @@ async def main() -> None:
         if args.mode == "http":
             requests = [await one(lambda: tts.synthesize(args.text, conn_options=NO_RETRY))]
         else:
+
             def streamed():
                 stream = tts.stream(conn_options=NO_RETRY)
                 stream.push_text(args.text)

@@ -35,8 +35,9 @@ async def asr(request: Request, limiter: Limiter, transcriber: Transcription) ->
     except ValidationError as exc:
         raise api_error(input_error(exc, brackets=True, whole="body")) from None
     try:
-        transcript = await transcribe_request(request, limiter, transcriber, asr_request.audio, field="audio",
-                                              language=asr_request.language)
+        transcript = await transcribe_request(
+            request, limiter, transcriber, asr_request.audio, field="audio", language=asr_request.language
+        )
     except WorkerError as exc:
         raise api_error(exc) from None
     return fish_asr_response(transcript, timestamps=not asr_request.ignore_timestamps)

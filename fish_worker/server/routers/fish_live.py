@@ -78,8 +78,9 @@ async def live(websocket: WebSocket, limiter: Limiter, tts: Speech, settings: Ap
         tenant = tenant_of(websocket)  # the key was checked by AuthMiddleware, before the handshake
         admission = limiter.admit(tenant)  # a session is one job for as long as it lasts
     except ApiError as exc:  # refused before the handshake, in the Fish door's shape (429 + Retry-After)
-        await deny_websocket(websocket.scope, websocket.receive, websocket.send, exc.status, exc.message,
-                             headers=exc.headers)
+        await deny_websocket(
+            websocket.scope, websocket.receive, websocket.send, exc.status, exc.message, headers=exc.headers
+        )
         return
     voices = tts.voices.store.for_tenant(tenant)
     try:
@@ -97,8 +98,14 @@ async def live(websocket: WebSocket, limiter: Limiter, tts: Speech, settings: Ap
 
 
 class LiveSession:
-    def __init__(self, websocket: WebSocket, service: TTSService, voices: VoiceStore,
-                 settings: Settings, first_message: Message | None = None) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        service: TTSService,
+        voices: VoiceStore,
+        settings: Settings,
+        first_message: Message | None = None,
+    ) -> None:
         self.websocket = websocket
         self.first_message = first_message  # already received (a later session's `start`): read first
         self.service = service
@@ -144,8 +151,9 @@ class LiveSession:
                 log.exception("live session failed")
                 await self._finish_with_error("internal error: TimeoutError")
             else:
-                await self._finish_with_error(f"session: lasted {self.settings.live_max_session_s:g} s, "
-                                              "the limit (FISH_LIVE_MAX_SESSION_S)")
+                await self._finish_with_error(
+                    f"session: lasted {self.settings.live_max_session_s:g} s, the limit (FISH_LIVE_MAX_SESSION_S)"
+                )
         except Exception as exc:  # a fault of ours: log it, tell the client briefly
             log.exception("live session failed")
             await stop_tasks()
@@ -209,8 +217,10 @@ class LiveSession:
     def _count_text(self, text: str) -> None:
         self.text_chars += len(text)
         if self.text_chars > self.settings.live_max_text_chars:
-            raise SessionError(f"text: the session's text passed {self.settings.live_max_text_chars} characters, "
-                               "the limit (FISH_LIVE_MAX_TEXT_CHARS)")
+            raise SessionError(
+                f"text: the session's text passed {self.settings.live_max_text_chars} characters, "
+                "the limit (FISH_LIVE_MAX_TEXT_CHARS)"
+            )
 
     async def _client_event(self) -> dict[str, Any]:
         """The client's next event; SessionError once nothing has gone either way for the idle timeout."""
@@ -220,8 +230,9 @@ class LiveSession:
             while True:
                 left = self.last_activity + idle_s - time.monotonic()
                 if left <= 0:
-                    raise SessionError(f"idle: nothing was sent or received for {idle_s:g} s "
-                                       "(FISH_LIVE_IDLE_TIMEOUT_S)")
+                    raise SessionError(
+                        f"idle: nothing was sent or received for {idle_s:g} s (FISH_LIVE_IDLE_TIMEOUT_S)"
+                    )
                 done, _ = await asyncio.wait({pending}, timeout=left)  # audio sent meanwhile moves the deadline
                 if done:
                     return pending.result()
@@ -251,8 +262,12 @@ class LiveSession:
         async with aclosing(synthesis) as chunks:  # closing sets the thread's stop event
             async for chunk in chunks:
                 audio = await asyncio.to_thread(encoder.feed_chunk, chunk)
-                event: dict[str, Any] = {"event": "audio", "audio": audio, "index": chunk.index,
-                                         "time": round(time.perf_counter() - self.started, 3)}
+                event: dict[str, Any] = {
+                    "event": "audio",
+                    "audio": audio,
+                    "index": chunk.index,
+                    "time": round(time.perf_counter() - self.started, 3),
+                }
                 if chunk.text:
                     event["text"] = chunk.text
                 await self._send(event)

@@ -30,8 +30,7 @@ from fish_worker.server.dependencies import AppSettings, Limiter, Speech
 from fish_worker.server.disconnect import while_connected
 from fish_worker.server.errors import ApiError, api_error, status_of
 from fish_worker.server.fish_models import FishTTSRequest, ReferenceAudio
-from fish_worker.server.fish_synthesis import (
-    MEDIA_TYPE, FishSpeechPlan, encode_references, plan_speech)
+from fish_worker.server.fish_synthesis import MEDIA_TYPE, FishSpeechPlan, encode_references, plan_speech
 from fish_worker.settings import Settings
 from fish_worker.tts.voice_resolver import VoiceResolver
 from fish_worker.text.sentences import split_sentences
@@ -42,8 +41,12 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["Fish Audio-compatible"], dependencies=[Depends(require_api_key)])
 
 
-@router.post("/v1/tts", summary="Speak `text` (Fish Audio TTSRequest, msgpack or JSON)",
-             response_class=StreamingResponse, responses={200: {"content": {"audio/mpeg": {}}}})
+@router.post(
+    "/v1/tts",
+    summary="Speak `text` (Fish Audio TTSRequest, msgpack or JSON)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"audio/mpeg": {}}}},
+)
 async def tts(request: Request, limiter: Limiter, service: Speech, settings: AppSettings):
     # The body's size and time are bounded by BodyLimitMiddleware (FISH_MAX_BODY_BYTES) as it arrives.
     fish_request = parse_tts_request(await request.body(), request.headers.get("content-type", ""))
@@ -99,8 +102,9 @@ def decode_fish_body(body: bytes, content_type: str, shape: str) -> dict[str, An
     return data
 
 
-async def _plan(fish_request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceStore,
-                settings: Settings) -> FishSpeechPlan:
+async def _plan(
+    fish_request: FishTTSRequest, resolver: VoiceResolver, voices: VoiceStore, settings: Settings
+) -> FishSpeechPlan:
     try:
         return await asyncio.to_thread(plan_speech, fish_request, resolver, voices, settings)
     except WorkerError as exc:
@@ -148,16 +152,20 @@ TenantVoices = Annotated[VoiceStore, Depends(_tenant_voices)]
 
 
 @router.get("/model", summary="List saved voices (Fish Audio voices.list)")
-async def list_voices(store: TenantVoices, page_size: int = Query(10, ge=1, le=100),
-                      page_number: int = Query(1, ge=1), title: str | None = None,
-                      sort_by: str = "task_count") -> dict[str, Any]:
+async def list_voices(
+    store: TenantVoices,
+    page_size: int = Query(10, ge=1, le=100),
+    page_number: int = Query(1, ge=1),
+    title: str | None = None,
+    sort_by: str = "task_count",
+) -> dict[str, Any]:
     voices = await asyncio.to_thread(store.list)
     if title:
         voices = [v for v in voices if title.lower() in _title(v).lower()]
     if sort_by == "created_at":
         voices.sort(key=lambda v: v.created_at, reverse=True)
     start = (page_number - 1) * page_size
-    return {"total": len(voices), "items": [fish_voice(v) for v in voices[start:start + page_size]]}
+    return {"total": len(voices), "items": [fish_voice(v) for v in voices[start : start + page_size]]}
 
 
 @router.get("/model/{voice_id}", summary="Get a saved voice (Fish Audio voices.get)")
@@ -199,12 +207,22 @@ async def create_voice(
     if len(texts) > len(voices):
         raise ApiError(400, "texts: more transcripts than voices", param="texts")
     try:  # a form's charset can make lone surrogates (FastAPI lets them through); refused as on every door
-        check_encodable({"title": title, "texts": texts, "description": description, "visibility": visibility,
-                         "train_mode": train_mode, "tags": tags}, brackets=True)
+        check_encodable(
+            {
+                "title": title,
+                "texts": texts,
+                "description": description,
+                "visibility": visibility,
+                "train_mode": train_mode,
+                "tags": tags,
+            },
+            brackets=True,
+        )
     except JobInputError as exc:
         raise api_error(exc) from None
-    clips = [ReferenceAudio(audio=await f.read(), text=texts[i] if i < len(texts) else "")
-             for i, f in enumerate(voices)]
+    clips = [
+        ReferenceAudio(audio=await f.read(), text=texts[i] if i < len(texts) else "") for i, f in enumerate(voices)
+    ]
     voice_id = uuid.uuid4().hex  # Fish's ids are 32 hex digits too
 
     def save() -> VoiceInfo:
@@ -226,12 +244,27 @@ def fish_voice(info: VoiceInfo) -> dict[str, Any]:
     """A saved voice in Fish's model shape; fields with no counterpart here get neutral values."""
     created = datetime.datetime.fromtimestamp(info.created_at, datetime.timezone.utc).isoformat()
     return {
-        "_id": info.voice_id, "type": "tts", "title": _title(info), "description": "", "cover_image": "",
-        "train_mode": "fast", "state": "trained", "tags": [],
+        "_id": info.voice_id,
+        "type": "tts",
+        "title": _title(info),
+        "description": "",
+        "cover_image": "",
+        "train_mode": "fast",
+        "state": "trained",
+        "tags": [],
         "samples": [{"title": _title(info), "text": info.text, "task_id": info.voice_id, "audio": ""}],
-        "created_at": created, "updated_at": created, "languages": [], "visibility": "private",
-        "lock_visibility": False, "like_count": 0, "mark_count": 0, "shared_count": 0, "task_count": 0,
-        "liked": False, "marked": False, "author": {"_id": "self", "nickname": "self-hosted", "avatar": ""},
+        "created_at": created,
+        "updated_at": created,
+        "languages": [],
+        "visibility": "private",
+        "lock_visibility": False,
+        "like_count": 0,
+        "mark_count": 0,
+        "shared_count": 0,
+        "task_count": 0,
+        "liked": False,
+        "marked": False,
+        "author": {"_id": "self", "nickname": "self-hosted", "avatar": ""},
     }
 
 

@@ -43,8 +43,24 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[Depends(require_api_key)])
 
-OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
-                           "shimmer", "verse", "marin", "cedar", "default"})
+OPENAI_VOICES = frozenset(
+    {
+        "alloy",
+        "ash",
+        "ballad",
+        "coral",
+        "echo",
+        "fable",
+        "nova",
+        "onyx",
+        "sage",
+        "shimmer",
+        "verse",
+        "marin",
+        "cedar",
+        "default",
+    }
+)
 # OpenAI's names → ours. pcm is headerless, so its rate is OpenAI's: 16-bit little-endian at 24 kHz.
 _FORMATS = {"mp3": "mp3", "opus": "opus", "aac": "aac", "flac": "flac", "wav": "wav", "pcm": "pcm16"}
 OPENAI_PCM_SAMPLE_RATE = 24_000
@@ -59,19 +75,25 @@ class SpeechRequest(BaseModel):
     input: str = Field(description="The text to speak.")
     voice: str = Field("default", description="A saved voice id, or an OpenAI voice name for the default voice.")
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = Field(
-        "mp3", description="pcm: 16-bit little-endian at 24 kHz, as OpenAI's; aac: AAC-LC in ADTS frames.")
-    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED,
-                         description="0.5 to 2.0 here (OpenAI allows 0.25 to 4.0); pitch is kept.")
+        "mp3", description="pcm: 16-bit little-endian at 24 kHz, as OpenAI's; aac: AAC-LC in ADTS frames."
+    )
+    speed: float = Field(
+        1.0, ge=MIN_SPEED, le=MAX_SPEED, description="0.5 to 2.0 here (OpenAI allows 0.25 to 4.0); pitch is kept."
+    )
     stream_format: Literal["audio", "sse"] = "audio"
     instructions: str | None = Field(None, description="Accepted and ignored.")
     # Fish Speech extras (the openai client sends them with extra_body=...).
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="Fish Speech: sampling seed, for repeatable audio.")
     max_tokens: int | None = Field(None, ge=1, description="Fish Speech: most codec frames per sentence.")
-    stream: bool = Field(True, description="Fish Speech: true (as OpenAI) sends audio as it is made, in a file "
-                                           "whose header says length unknown; false sends the whole file with its "
-                                           "true length and a Content-Length. stream_format 'sse' always streams.")
-    sample_rate: int | None = Field(None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE,
-                                    description="Fish Speech: output rate (pcm: 24000, else 44100).")
+    stream: bool = Field(
+        True,
+        description="Fish Speech: true (as OpenAI) sends audio as it is made, in a file "
+        "whose header says length unknown; false sends the whole file with its "
+        "true length and a Content-Length. stream_format 'sse' always streams.",
+    )
+    sample_rate: int | None = Field(
+        None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE, description="Fish Speech: output rate (pcm: 24000, else 44100)."
+    )
 
     @property
     def streamed(self) -> bool:
@@ -88,8 +110,13 @@ def synthesis_request(body: SpeechRequest, settings: Settings, voice_id: str | N
     frames = body.max_tokens if body.max_tokens is not None else SynthesisRequest.frames_per_sentence
     if frames > settings.max_tokens_limit:
         raise JobInputError("max_tokens", f"must be at most {settings.max_tokens_limit}")
-    return SynthesisRequest(text=body.input, frames_per_sentence=frames, seed=body.seed, stream=body.streamed,
-                            voice=SavedVoiceRef(voice_id) if voice_id is not None else None)
+    return SynthesisRequest(
+        text=body.input,
+        frames_per_sentence=frames,
+        seed=body.seed,
+        stream=body.streamed,
+        voice=SavedVoiceRef(voice_id) if voice_id is not None else None,
+    )
 
 
 def adjustments(body: SpeechRequest, audio_format: str) -> AudioAdjustments:
@@ -99,8 +126,12 @@ def adjustments(body: SpeechRequest, audio_format: str) -> AudioAdjustments:
     return output_adjustments(audio_format, rate, body.speed)
 
 
-@router.post("/audio/speech", summary="Speak `input` (OpenAI audio.speech)",
-             response_class=StreamingResponse, responses={200: {"content": {"audio/mpeg": {}}}})
+@router.post(
+    "/audio/speech",
+    summary="Speak `input` (OpenAI audio.speech)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"audio/mpeg": {}}}},
+)
 async def speech(body: SpeechRequest, request: Request, limiter: Limiter, tts: Speech, settings: AppSettings):
     # An unknown response_format was refused with SpeechRequest (400, param response_format).
     audio_format = _FORMATS[body.response_format]
@@ -113,8 +144,9 @@ async def speech(body: SpeechRequest, request: Request, limiter: Limiter, tts: S
         raise _api_error(exc) from None
 
     admission = limiter.admit(tenant)  # 429 when the server or this tenant has too many jobs
-    chunks = limiter.speech(admission, lambda stop: adjusted_speech(
-        tts.synthesize(synthesis, stop, voices=voices), adjusted))
+    chunks = limiter.speech(
+        admission, lambda stop: adjusted_speech(tts.synthesize(synthesis, stop, voices=voices), adjusted)
+    )
     # The first chunk is awaited before answering, so a bad voice or text is an error status, not a cut stream.
     first = await while_connected(request, _next(chunks), chunks.aclose)  # hanging up stops the generation
     if first is None:
@@ -137,8 +169,9 @@ def _saved_voice(voice: str, voices: VoiceStore) -> str | None:
         pass
     if voice.lower() in OPENAI_VOICES:
         return None
-    raise ApiError(400, f"voice: no saved voice named {shown(voice)} (save one with the save_voice action)",
-                   param="voice")
+    raise ApiError(
+        400, f"voice: no saved voice named {shown(voice)} (save one with the save_voice action)", param="voice"
+    )
 
 
 async def _next(chunks: AsyncGenerator[SpeechChunk, None]) -> SpeechChunk | None:
@@ -165,8 +198,9 @@ def _api_error(exc: WorkerError) -> ApiError:
     return api_error(exc, _FIELDS)  # in this request's words: "input", not the service's "message"
 
 
-async def _encoded(first: SpeechChunk, chunks: AsyncGenerator[SpeechChunk, None],
-                   audio_format: str) -> AsyncIterator[bytes | ApiError]:
+async def _encoded(
+    first: SpeechChunk, chunks: AsyncGenerator[SpeechChunk, None], audio_format: str
+) -> AsyncIterator[bytes | ApiError]:
     """One continuous file of the chunks' audio, in pieces as they come.
 
     A limit met mid-stream (FISH_MAX_JOB_FRAMES; a WorkerError) ends the file there, complete, and

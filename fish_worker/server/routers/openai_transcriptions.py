@@ -29,8 +29,11 @@ router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[Depen
 _FIELDS = {"audio": "file"}
 
 
-@router.post("/audio/transcriptions", summary="Transcribe `file` (OpenAI audio.transcriptions)",
-             responses={200: {"content": {"application/json": {}, "text/plain": {}}}})
+@router.post(
+    "/audio/transcriptions",
+    summary="Transcribe `file` (OpenAI audio.transcriptions)",
+    responses={200: {"content": {"application/json": {}, "text/plain": {}}}},
+)
 async def transcriptions(
     request: Request,
     limiter: Limiter,
@@ -44,8 +47,9 @@ async def transcriptions(
     stream: bool = Form(False, description="Only false: the transcript comes whole."),
 ) -> Response:
     if stream:  # OpenAI's transcript.text.delta events: a client asking for them would misread a whole answer
-        raise ApiError(400, "stream: streamed transcription is not supported here; the transcript comes whole",
-                       param="stream")
+        raise ApiError(
+            400, "stream: streamed transcription is not supported here; the transcript comes whole", param="stream"
+        )
     try:  # a form's charset can make lone surrogates (FastAPI lets them through); refused as on every door
         check_encodable({"model": model, "language": language, "prompt": prompt})
         data = await file.read()
@@ -61,4 +65,3 @@ async def transcriptions(
     if response_format == "vtt":
         return PlainTextResponse(vtt_text(transcript), media_type="text/vtt")
     return PlainTextResponse(transcript.text)
-

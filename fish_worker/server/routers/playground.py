@@ -20,8 +20,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; media-src 'self' blob:; form-action 'none'; "
-                               "base-uri 'none'; frame-ancestors 'none'",
+    "connect-src 'self'; media-src 'self' blob:; form-action 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",

@@ -28,8 +28,9 @@ class RunPodRequest(BaseModel):
 
 
 def _not_found(job_id: str) -> ApiError:
-    return ApiError(404, f"no job with id {job_id[:100]!r} (results are kept for FISH_JOB_TTL_S seconds)",
-                    job_id=job_id[:100])
+    return ApiError(
+        404, f"no job with id {job_id[:100]!r} (results are kept for FISH_JOB_TTL_S seconds)", job_id=job_id[:100]
+    )
 
 
 def _found(answer: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
@@ -45,8 +46,9 @@ async def run(endpoint_id: str, body: RunPodRequest, request: Request, jobs: V2J
 
 
 @router.post("/runsync", summary="Run a job and wait for it (IN_PROGRESS after FISH_RUNSYNC_WAIT_S)")
-async def runsync(endpoint_id: str, body: RunPodRequest, request: Request, jobs: V2JobStore,
-                  settings: AppSettings) -> Response:
+async def runsync(
+    endpoint_id: str, body: RunPodRequest, request: Request, jobs: V2JobStore, settings: AppSettings
+) -> Response:
     refuse_invalid_unicode(body.model_extra or {})
     tenant = tenant_of(request)
     submitted = await jobs.submit(body.input, route="runsync", tenant=tenant)
@@ -54,8 +56,7 @@ async def runsync(endpoint_id: str, body: RunPodRequest, request: Request, jobs:
     async def cancel() -> None:  # the client hung up before learning the job's id: nobody can fetch it
         await jobs.cancel(submitted["id"], tenant)
 
-    answer = await while_connected(
-        request, jobs.wait(submitted["id"], tenant, settings.server.runsync_wait_s), cancel)
+    answer = await while_connected(request, jobs.wait(submitted["id"], tenant, settings.server.runsync_wait_s), cancel)
     return json_response(_found(answer, submitted["id"]))
 
 
@@ -85,6 +86,12 @@ async def health(endpoint_id: str, request: Request, jobs: V2JobStore, limiter: 
     running = limiter.running
     return {
         "jobs": await jobs.counts(tenant_of(request)),
-        "workers": {"idle": max(0, limiter.max_concurrent_jobs - running), "running": running,
-                    "initializing": 0, "ready": limiter.max_concurrent_jobs, "throttled": 0, "unhealthy": 0},
+        "workers": {
+            "idle": max(0, limiter.max_concurrent_jobs - running),
+            "running": running,
+            "initializing": 0,
+            "ready": limiter.max_concurrent_jobs,
+            "throttled": 0,
+            "unhealthy": 0,
+        },
     }

@@ -60,8 +60,11 @@ async def run(body: RunRequest, request: Request, limiter: Limiter):
         return failure_response(job_id, first)
     if job.streamed:
         if wants_event_stream(request):  # the same objects as Server-Sent Events, one per `data:` line
-            return StreamingResponse(_encoded(_objects(job_id, first, chunks), _sse_event),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _encoded(_objects(job_id, first, chunks), _sse_event),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         return StreamingResponse(_encoded(_objects(job_id, first, chunks), _line), media_type="application/x-ndjson")
     # A plain job has one chunk; drain to let the runner finish.
     rest = await while_connected(request, _drained(chunks), chunks.aclose)
@@ -79,8 +82,11 @@ def wants_event_stream(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
 
 
-async def _objects(job_id: str, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any] | JobFailure],
-                   ) -> AsyncIterator[dict[str, Any]]:
+async def _objects(
+    job_id: str,
+    first: dict[str, Any],
+    chunks: AsyncIterator[dict[str, Any] | JobFailure],
+) -> AsyncIterator[dict[str, Any]]:
     yield {"id": job_id, "status": "success", "output": first}
     async for chunk in chunks:
         if isinstance(chunk, JobFailure):  # the status line has gone out already: the error is the last object
@@ -89,8 +95,10 @@ async def _objects(job_id: str, first: dict[str, Any], chunks: AsyncIterator[dic
         yield {"id": job_id, "status": "success", "output": chunk}
 
 
-async def _encoded(objects: AsyncIterator[dict[str, Any]], encode: Callable[[dict[str, Any]], bytes],
-                   ) -> AsyncIterator[bytes]:
+async def _encoded(
+    objects: AsyncIterator[dict[str, Any]],
+    encode: Callable[[dict[str, Any]], bytes],
+) -> AsyncIterator[bytes]:
     async for obj in objects:
         yield encode(obj)
 
