@@ -4,6 +4,7 @@
         ...
     async for item in iterate_in_thread(make_iterator):       # async: one blocking iterator, from asyncio
         ...
+    result = await call_in_thread(work)                       # async: one blocking call, stopped if cancelled
 
 A producer is `produce(emit, stop)`: it calls `emit(item)` for each item and should return soon after
 `stop` is set (the consumer left, failed, or the caller's stop was set). Whatever it raises is re-raised
@@ -146,3 +147,22 @@ async def iterate_in_thread(
             yield event
     finally:
         stop.set()
+
+
+async def call_in_thread(work: Callable[[threading.Event], T]) -> T:
+    """`work(stop)` run on a thread, its result returned here without blocking the loop.
+
+    If the caller is cancelled (its client hung up, its job was cancelled), `stop` is set and the thread
+    awaited before CancelledError goes on: `work` should return (or raise) soon after `stop` is set, so
+    whoever holds a slot for this work gives it back only once the work has really ended.
+    """
+    stop = threading.Event()
+    running = asyncio.ensure_future(asyncio.to_thread(work, stop))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait({running})  # quick once `work` sees `stop`
+        if not running.cancelled():
+            running.exception()  # taken, so asyncio does not log it as never retrieved
+        raise

@@ -74,8 +74,8 @@ MUTANTS = [
     Mutant(
         "transcriber-ignores-language",
         "fish_worker/asr/transcriber.py",
-        "return self.recognizer.transcribe(audio, language=self._checked_language(language))",
-        "return self.recognizer.transcribe(audio, language=None)",
+        "return self.recognizer.transcribe(audio, language=self._checked_language(language), stop=stop)",
+        "return self.recognizer.transcribe(audio, language=None, stop=stop)",
         (f"{MAPPINGS}::test_job_audio_is_transcribed_in_its_language_and_the_transcript_spoken",),
     ),
     Mutant(

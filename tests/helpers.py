@@ -211,3 +211,36 @@ def stop(process: subprocess.Popen) -> None:
 
 BUCKET = "fish-results"
 CREDENTIALS = {"access_key_id": "test-key", "secret_access_key": "test-secret"}
+
+
+class DecoderSteps:
+    """Counts a Whisper model's decoder steps (a forward hook), each made `delay_s` slower, so a test can
+    stop a transcription mid-way and count what ran after the stop (events, never timings)."""
+
+    def __init__(self, model, delay_s: float = 0.0) -> None:
+        self.count = 0
+        self.started = threading.Event()  # a decoder step has run
+        self._delay_s = delay_s
+        self._handle = model.model.decoder.register_forward_hook(self._step)
+
+    def _step(self, module, args, output) -> None:
+        self.count += 1
+        self.started.set()
+        if self._delay_s:
+            time.sleep(self._delay_s)
+
+    def wait_for(self, steps: int, timeout_s: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.count < steps and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert self.count >= steps, f"only {self.count} decoder steps ran"
+        return self.count
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> DecoderSteps:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

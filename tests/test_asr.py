@@ -17,10 +17,17 @@ import numpy as np
 import pytest
 import soundfile
 
-from fish_worker.asr.backend import ASR_SAMPLE_RATE, SpeechRecognizer, Transcript, TranscriptSegment
+from fish_worker.asr.backend import (
+    ASR_SAMPLE_RATE,
+    SpeechRecognizer,
+    Transcript,
+    TranscriptionStopped,
+    TranscriptSegment,
+)
 from fish_worker.asr.batching import Batcher, BatchInterrupted
 from fish_worker.asr.transcriber import Transcriber
 from fish_worker.errors import JobInputError
+from helpers import DecoderSteps
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -292,7 +299,7 @@ def test_batcher_stress_every_request_ends_with_its_own_result(seed):
     calls: list[list[int]] = []
     calls_lock = threading.Lock()
 
-    def run_many(items):
+    def run_many(items, stops):
         with calls_lock:
             calls.append(list(items))
         time.sleep(rng.random() * 0.003)
@@ -332,7 +339,7 @@ def test_an_interrupted_batch_fails_its_requests_instead_of_leaving_them_waiting
     started = threading.Event()
     release = threading.Event()
 
-    def run_many(items):
+    def run_many(items, stops):
         if 1 in items:
             started.set()
             release.wait(10)
@@ -415,3 +422,100 @@ def test_languages_by_code_and_name():
     assert language_code("English") == "en" and language_code(" de ") == "de" and language_code("castilian") == "es"
     assert language_code("klingon") is None
     assert language_name("en") == "english" and language_name("xx") is None
+
+
+# ---- stopping a transcription (its client left) --------------------------------------------------------
+
+
+def test_a_stopped_transcription_ends_at_its_next_decoding_step(recognizer, speech_wav):
+    """A long clip (the long-form loop over 30 s windows) stopped after a few decoder steps: the call
+    raises TranscriptionStopped at once, long before the steps the whole call takes."""
+    audio = np.concatenate([samples_of(speech_wav)] * 14)
+    with DecoderSteps(recognizer.model) as whole:
+        recognizer.transcribe(audio, language="en")
+    assert whole.count > 20
+
+    stop = threading.Event()
+    outcome: list[BaseException | Transcript] = []
+
+    def run() -> None:
+        try:
+            outcome.append(recognizer.transcribe(audio, language="en", stop=stop))
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            outcome.append(exc)
+
+    with DecoderSteps(recognizer.model, delay_s=0.02) as steps:
+        thread = threading.Thread(target=run)
+        thread.start()
+        at_stop = steps.wait_for(3)
+        stop.set()
+        thread.join(60)
+        assert not thread.is_alive()
+    assert isinstance(outcome[0], TranscriptionStopped) and outcome[0].field == "audio"
+    assert steps.count - at_stop <= 2  # the step running when it was stopped, and no other
+    assert recognizer.idle
+
+
+def test_stopping_one_row_of_a_batch_leaves_the_others_transcripts_unchanged(recognizer, speech_wav, tmp_path_factory):
+    from fish_worker.asr.whisper import _Clip
+
+    kept = samples_of(espeak("Good morning to you all.", tmp_path_factory))
+    alone = recognizer.transcribe(kept, language="en")
+    stopped, never = threading.Event(), threading.Event()
+    with DecoderSteps(recognizer.model, delay_s=0.01) as steps:
+        stopper = threading.Thread(target=lambda: (steps.wait_for(2), stopped.set()))
+        stopper.start()
+        # One batch of two rows, as the batcher would run it: the first row stopped at its second step.
+        results = recognizer._transcribe_many(
+            [_Clip(samples_of(speech_wav), "en"), _Clip(kept, "en")], [stopped, never]
+        )
+        stopper.join(10)
+    assert stopped.is_set()
+    assert results[1] == alone  # the stopping criterion changes nothing for a row that is not stopped
+    # Stopped when every row has: the whole call ends.
+    with pytest.raises(TranscriptionStopped):
+        recognizer._transcribe_many([_Clip(kept, "en")], [stopped])
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("seed", range(2))
+def test_transcriptions_stopped_at_random_moments_all_end_and_the_others_are_unchanged(
+    recognizer, speech_wav, tmp_path_factory, seed
+):
+    """Random schedules: concurrent calls (batched together, one clip over 30 s alone), some stopped at a
+    random moment (before they start, while waiting for a batch, while decoding). Every call ends; an
+    unstopped one with its solo transcript; a stopped one with its transcript or TranscriptionStopped;
+    afterwards nothing is running or waiting."""
+    base = samples_of(speech_wav)
+    other = samples_of(espeak("Good morning to you all.", tmp_path_factory))
+    clips = [(base, "en"), (other, None), (base[: base.size // 2], "de"), (np.concatenate([other] * 20), "en")]
+    expected = [recognizer.transcribe(audio, language=lang) for audio, lang in clips]
+    rng = random.Random(seed)
+    schedule = [(rng.randrange(len(clips)), rng.random() < 0.5, rng.random() * 0.6) for _ in range(12)]
+    stops = [threading.Event() for _ in schedule]
+    results: dict[int, Transcript | BaseException] = {}
+
+    def run(slot: int) -> None:
+        clip, _, _ = schedule[slot]
+        time.sleep(rng.random() * 0.3)
+        try:
+            results[slot] = recognizer.transcribe(clips[clip][0], language=clips[clip][1], stop=stops[slot])
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            results[slot] = exc
+
+    with DecoderSteps(recognizer.model, delay_s=0.003):
+        threads = [threading.Thread(target=run, args=(slot,)) for slot in range(len(schedule))]
+        for thread in threads:
+            thread.start()
+        for slot, (_, stopped, when) in sorted(enumerate(schedule), key=lambda s: s[1][2]):
+            if stopped:
+                threading.Timer(when, stops[slot].set).start()
+        for thread in threads:
+            thread.join(240)
+    assert not any(t.is_alive() for t in threads)
+    for slot, (clip, stopped, _) in enumerate(schedule):
+        if stopped and isinstance(results[slot], TranscriptionStopped):
+            continue
+        assert results[slot] == expected[clip], (slot, stopped)
+    assert any(isinstance(r, TranscriptionStopped) for r in results.values())
+    assert recognizer.idle

@@ -18,7 +18,7 @@ from fish_worker.dialogue.turns import ConversationService
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.jobs.transcription import NOT_CONFIGURED
 from fish_worker.settings import ChatSettings
-from helpers import FRAMES, expected_audio, expected_reply, run_job, wav_b64
+from helpers import FRAMES, DecoderSteps, expected_audio, expected_reply, run_job, wav_b64
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -182,3 +182,30 @@ def test_the_worker_starts_with_speech_in_and_warms_it_up(settings, tiny_whisper
     assert any("speech in: local Whisper" in r.getMessage() for r in caplog.records)
     [out] = run_job(runner, {"action": "transcribe", "audio": voice_message, "language": "en"})
     assert out["transcript"] == heard
+
+
+def test_a_job_cancelled_while_its_voice_message_is_transcribed_stops_the_recognizer(tts_runner, transcriber):
+    """Cancelling a job mid-transcription stops Whisper at its next decoding step, and the cancellation
+    returns only once the recognizer has ended (so a slot freed after it is really free)."""
+    import asyncio
+
+    from fish_worker.jobs.job import Job
+
+    recognizer = transcriber.recognizer
+    clip = wav_b64(seconds=25.0)
+    with DecoderSteps(recognizer.model) as whole:
+        transcriber.transcribe_bytes(clip, language="en")
+
+    async def cancel_mid_way(steps: DecoderSteps) -> int:
+        job = Job(id="voice-1", input={"audio": clip, "language": "en", "mode": "tts"})
+        task = asyncio.ensure_future(tts_runner.result(job))
+        await asyncio.to_thread(steps.wait_for, 3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return steps.count
+
+    with DecoderSteps(recognizer.model, delay_s=0.05) as steps:
+        after_cancel = asyncio.run(cancel_mid_way(steps))
+        assert recognizer.idle  # the recognizer had ended when the cancellation returned
+        assert steps.count == after_cancel < whole.count

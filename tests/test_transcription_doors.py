@@ -26,7 +26,7 @@ from fish_worker.asr.whisper import WhisperRecognizer
 from fish_worker.jobs.runner import JobRunner
 from fish_worker.server import create_app
 from fish_worker.server.dependencies import limiter_of
-from helpers import serve_app, wav_b64
+from helpers import DecoderSteps, serve_app, wav_b64
 
 KEY = "transcribe-key"
 pytestmark = pytest.mark.timeout(300)
@@ -193,25 +193,36 @@ def test_fish_asr_errors_are_fish_shaped_and_name_the_field(base_url, speech_wav
 # ---- admission: both doors are work like a job's ---------------------------------------------------------
 
 
-def test_an_abandoned_transcription_gives_its_slot_back(asr_app, base_url, speech_wav, heard):
+def test_an_abandoned_transcription_is_stopped_and_gives_its_slot_back(
+    asr_app, base_url, transcriber, speech_wav, heard
+):
+    """A client hangs up a few decoder steps into its transcription: the recognizer stops at its next
+    step and the slot is free, long before the steps the whole call takes."""
     limiter = limiter_of(asr_app)
+    model = transcriber.recognizer.model
     clip = base64.b64decode(wav_b64(seconds=25.0))
+    with DecoderSteps(model) as whole:
+        transcriber.transcribe_bytes(clip, language="en")
+    assert whole.count > 10
     body = ormsgpack.packb({"audio": clip, "language": "en"})
     host, port = base_url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(
-            f"POST /v1/asr HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
-            f"Content-Type: application/msgpack\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        deadline = time.monotonic() + 30
-        while limiter.running == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert limiter.running == 1  # transcribing in a generation slot, admitted like a job
-    deadline = time.monotonic() + 120  # the recognizer call ends (it cannot be interrupted), then its slot is free
-    while (limiter.running or limiter.admitted) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert (limiter.running, limiter.admitted) == (0, 0)
+    with DecoderSteps(model, delay_s=0.05) as steps:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"POST /v1/asr HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+                f"Content-Type: application/msgpack\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            steps.wait_for(3)
+            assert limiter.running == 1  # transcribing in a generation slot, admitted like a job
+        at_hang_up = steps.count
+        deadline = time.monotonic() + 60
+        while (limiter.running or limiter.admitted) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (limiter.running, limiter.admitted) == (0, 0)
+        assert steps.count - at_hang_up <= 3  # the step running, the one the disconnect raced, no more
+        assert steps.count < whole.count
+    assert transcriber.recognizer.idle
     with FishAudio(api_key=KEY, base_url=base_url) as client:
         assert client.asr.transcribe(audio=speech_wav, language="en").text == heard.text
 

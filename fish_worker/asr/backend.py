@@ -11,10 +11,15 @@ The contract every recognizer keeps, so the Transcriber and the doors never ask 
   recognizer does not know raises UnsupportedLanguageError up front.
 - The recognizer failing (unreachable server, refused request, broken model) raises
   SpeechRecognizerError: UNAVAILABLE, or BUSY when the server says it is rate limited.
+- `stop` (a threading.Event, set by the caller from another thread when its client left) ends the call
+  early with TranscriptionStopped: the local model at its next decoding step, a request still waiting
+  for its batch at once. A remote request already sent runs to its answer (httpx cannot interrupt a
+  blocking call), bounded by FISH_ASR_TIMEOUT_S.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -49,6 +54,16 @@ class SpeechRecognizerError(WorkerError, RuntimeError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class TranscriptionStopped(WorkerError):
+    """The caller's `stop` was set: the transcription ended early and there is no transcript. Whoever
+    set it has gone (a client that hung up, a cancelled job), so nobody reads this message."""
+
+    kind = ErrorKind.BAD_INPUT
+
+    def __init__(self) -> None:
+        super().__init__("audio: the transcription was stopped (its client left)", field="audio")
+
+
 class UnsupportedLanguageError(ValueError):
     """The requested language is not one the recognizer knows; the message lists what is accepted."""
 
@@ -59,5 +74,8 @@ class SpeechRecognizer(Protocol):
     def description(self) -> str:
         """What transcribes, for the start-up log: "local Whisper /models/x on cuda:0", "remote ..."."""
 
-    def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> Transcript:
-        """Transcribe mono float32 `audio` at ASR_SAMPLE_RATE; blocking; callable from any thread."""
+    def transcribe(
+        self, audio: np.ndarray, *, language: str | None = None, stop: threading.Event | None = None
+    ) -> Transcript:
+        """Transcribe mono float32 `audio` at ASR_SAMPLE_RATE; blocking; callable from any thread;
+        TranscriptionStopped soon after `stop` is set."""

@@ -14,6 +14,7 @@ SpeechRecognizerError saying which, bounded, never the server's whole page.
 from __future__ import annotations
 
 import io
+import threading
 import wave
 from typing import Any
 
@@ -24,6 +25,7 @@ from fish_worker.asr.backend import (
     ASR_SAMPLE_RATE,
     SpeechRecognizerError,
     Transcript,
+    TranscriptionStopped,
     TranscriptSegment,
     UnsupportedLanguageError,
 )
@@ -73,7 +75,13 @@ class RemoteRecognizer:
     def close(self) -> None:
         self._client.close()
 
-    def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> Transcript:
+    def transcribe(
+        self, audio: np.ndarray, *, language: str | None = None, stop: threading.Event | None = None
+    ) -> Transcript:
+        """`stop` is looked at before the request is sent and when its answer is back: a request in
+        flight cannot be interrupted (a blocking httpx call), it is bounded by the timeout."""
+        if stop is not None and stop.is_set():
+            raise TranscriptionStopped()
         samples = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
         duration_s = samples.size / ASR_SAMPLE_RATE
         wav = io.BytesIO()
@@ -96,6 +104,8 @@ class RemoteRecognizer:
             raise SpeechRecognizerError(
                 f"speech recognizer unavailable: cannot reach {url} ({type(exc).__name__}: {bounded(str(exc), 200)})"
             ) from None
+        if stop is not None and stop.is_set():
+            raise TranscriptionStopped()
         if response.status_code != 200:
             raise self._status_error(url, response, language)
         try:

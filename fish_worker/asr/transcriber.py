@@ -6,14 +6,23 @@ The audio goes through the project's one input decoder (audio/reference.py: any 
 with line breaks or a data: URI, bounded while it decodes) to mono 16 kHz, with the ASR limits
 (FISH_ASR_MAX_SECONDS, FISH_ASR_MAX_BYTES); then the recognizer transcribes it. Everything the client
 can get wrong is a JobInputError (400) naming the field: undecodable, too long or too large, empty,
-silent, an unknown language. A failing recognizer is SpeechRecognizerError (503).
+silent, an unknown language. A failing recognizer is SpeechRecognizerError (503). `stop` (set from
+another thread when the caller has gone) ends the work early with TranscriptionStopped.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-from fish_worker.asr.backend import ASR_SAMPLE_RATE, SpeechRecognizer, Transcript, UnsupportedLanguageError
+from fish_worker.asr.backend import (
+    ASR_SAMPLE_RATE,
+    SpeechRecognizer,
+    Transcript,
+    TranscriptionStopped,
+    UnsupportedLanguageError,
+)
 from fish_worker.audio.reference import decode_reference_audio
 from fish_worker.errors import JobInputError
 
@@ -33,16 +42,27 @@ class Transcriber:
     def description(self) -> str:
         return self.recognizer.description
 
-    def transcribe_bytes(self, data: bytes | str, *, field: str = "audio", language: str | None = None) -> Transcript:
+    def transcribe_bytes(
+        self,
+        data: bytes | str,
+        *,
+        field: str = "audio",
+        language: str | None = None,
+        stop: threading.Event | None = None,
+    ) -> Transcript:
         """Transcribe an audio file's bytes, or its base64 text; `field` names it in errors."""
         language = self._checked_language(language)
         audio = decode_reference_audio(data, ASR_SAMPLE_RATE, self.max_seconds, self.max_bytes, field=field)
-        return self.transcribe_samples(audio, language=language)
+        return self.transcribe_samples(audio, language=language, stop=stop)
 
-    def transcribe_samples(self, audio: np.ndarray, *, language: str | None = None) -> Transcript:
+    def transcribe_samples(
+        self, audio: np.ndarray, *, language: str | None = None, stop: threading.Event | None = None
+    ) -> Transcript:
         """Transcribe mono float32 samples at ASR_SAMPLE_RATE (already decoded and within the limits)."""
+        if stop is not None and stop.is_set():
+            raise TranscriptionStopped()
         try:
-            return self.recognizer.transcribe(audio, language=self._checked_language(language))
+            return self.recognizer.transcribe(audio, language=self._checked_language(language), stop=stop)
         except UnsupportedLanguageError as exc:
             raise JobInputError(LANGUAGE_FIELD, str(exc)) from None
 

@@ -12,6 +12,9 @@ model gives through transformers (tests/test_asr_whisper.py compares them). What
 - the language, when not given, is detected per clip first (`detect_language`, on the first 30 s),
   so each row is then decoded with its own language and the transcript says which one it was.
 - timestamps are always on: the segments and their times come from Whisper's timestamp tokens.
+- a call can be stopped (`stop`, set from another thread): a stopping criterion ends its row at the
+  next decoding step (the rest of its batch goes on, unchanged), and ends the whole `generate` when
+  every row of the batch has stopped, long-form windows included.
 bf16 on a GPU, fp32 on the CPU (as the chat model).
 """
 
@@ -30,6 +33,7 @@ from fish_worker.asr.backend import (
     ASR_SAMPLE_RATE,
     SpeechRecognizerError,
     Transcript,
+    TranscriptionStopped,
     TranscriptSegment,
     UnsupportedLanguageError,
 )
@@ -50,6 +54,24 @@ class _Clip:
     language: str | None  # a language code, or None to detect
 
 
+def _stop_rows(stops: Sequence[threading.Event]) -> Any:
+    """A transformers StoppingCriteria: a row whose request was stopped is done (generate pads it from
+    then on, as a row that reached its end, so the other rows decode exactly as they would have); when
+    every row has stopped, TranscriptionStopped ends the whole call. Unstopped, it says "not done"."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopRows(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            stopped = [stop.is_set() for stop in stops]
+            if all(stopped):
+                raise TranscriptionStopped()
+            if len(stopped) != input_ids.shape[0]:  # not this batch's rows: never stop a row blindly
+                stopped = [False] * input_ids.shape[0]
+            return torch.tensor(stopped, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopRows()])
+
+
 class WhisperRecognizer:
     """A SpeechRecognizer (backend.py) over a local Whisper model; concurrent calls batch together."""
 
@@ -66,7 +88,9 @@ class WhisperRecognizer:
             generation.eos_token_id if isinstance(generation.eos_token_id, int) else generation.eos_token_id[0]
         )
         self._window_samples = WINDOW_SECONDS * ASR_SAMPLE_RATE
-        self._batcher: Batcher[_Clip, Transcript] = Batcher(self._transcribe_many, max_batch, fits=self._fits)
+        self._batcher: Batcher[_Clip, Transcript] = Batcher(
+            self._transcribe_many, max_batch, fits=self._fits, stopped=TranscriptionStopped
+        )
         self._lock = threading.Lock()  # one model call at a time, also outside the batcher (warm-up)
 
     @classmethod
@@ -98,6 +122,11 @@ class WhisperRecognizer:
         """(batches run, requests they carried) since start: for tests and the bench."""
         return self._batcher.batches, self._batcher.requests
 
+    @property
+    def idle(self) -> bool:
+        """No transcription running or waiting."""
+        return self._batcher.idle
+
     def language_code(self, language: str | None) -> str | None:
         """ "en", "English" or "english" → "en"; None stays None; an unknown one raises UnsupportedLanguageError."""
         if language is None:
@@ -114,15 +143,19 @@ class WhisperRecognizer:
             )
         return code
 
-    def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> Transcript:
+    def transcribe(
+        self, audio: np.ndarray, *, language: str | None = None, stop: threading.Event | None = None
+    ) -> Transcript:
         code = self.language_code(language)
         samples = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
-        return self._batcher.run(_Clip(samples, code))
+        return self._batcher.run(_Clip(samples, code), stop)
 
     def _fits(self, batch: Sequence[_Clip], clip: _Clip) -> bool:
         return clip.audio.size <= self._window_samples and all(c.audio.size <= self._window_samples for c in batch)
 
-    def _transcribe_many(self, clips: Sequence[_Clip]) -> list[Transcript]:
+    def _transcribe_many(self, clips: Sequence[_Clip], stops: Sequence[threading.Event]) -> list[Transcript]:
+        if all(stop.is_set() for stop in stops):
+            raise TranscriptionStopped()
         long_form = any(c.audio.size > self._window_samples for c in clips)
         extractor = self.processor.feature_extractor
         kwargs: dict[str, Any] = (
@@ -142,6 +175,7 @@ class WhisperRecognizer:
                     task="transcribe" if self._multilingual else None,
                     return_timestamps=True,
                     return_segments=True,
+                    stopping_criteria=_stop_rows(stops),
                     **extra,
                 )
         except (RuntimeError, ValueError, IndexError) as exc:

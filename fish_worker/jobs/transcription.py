@@ -11,12 +11,12 @@ FISH_ASR_* limits); a worker without a recognizer refuses them with a 400 naming
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fish_worker.asr.backend import Transcript
+from fish_worker.async_bridge import call_in_thread
 from fish_worker.asr.transcriber import Transcriber
 from fish_worker.errors import JobInputError, input_error
 
@@ -45,9 +45,10 @@ def require_transcriber(transcriber: Transcriber | None) -> Transcriber:
 
 
 async def transcribe(transcriber: Transcriber | None, audio: str, language: str | None) -> Transcript:
-    """The voice message's transcript, off the event loop (decoding and the model block)."""
+    """The voice message's transcript, off the event loop (decoding and the model block). A job cancelled
+    meanwhile stops the recognizer (at its next decoding step) and waits for it to end."""
     ready = require_transcriber(transcriber)
-    return await asyncio.to_thread(ready.transcribe_bytes, audio, field="audio", language=language)
+    return await call_in_thread(lambda stop: ready.transcribe_bytes(audio, field="audio", language=language, stop=stop))
 
 
 async def run_transcribe_action(raw: dict[str, Any], transcriber: Transcriber | None) -> dict[str, Any]:
