@@ -60,7 +60,7 @@ MUTANTS = [
     Mutant(
         "job-drops-audio-language",
         "fish_worker/jobs/runner.py",
-        "heard = await transcribe(self.transcriber, request.audio, whisper_language(request.language))",
+        "heard = await transcribe(self.transcriber, request.audio, request.language)",
         "heard = await transcribe(self.transcriber, request.audio, None)",
         (f"{MAPPINGS}::test_job_audio_is_transcribed_in_its_language_and_the_transcript_spoken",),
     ),

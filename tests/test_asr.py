@@ -424,6 +424,40 @@ def test_languages_by_code_and_name():
     assert language_name("en") == "english" and language_name("xx") is None
 
 
+@pytest.mark.parametrize(
+    "tag, code",
+    [
+        ("de-DE", "de"),
+        ("pt_BR", "pt"),
+        ("zh-Hant-TW", "zh"),
+        ("zh-yue", "yue"),
+        ("yue-HK", "yue"),
+        ("cmn-Hans", "zh"),
+        ("nb-NO", "no"),
+        ("nn", "nn"),
+        ("no", "no"),
+        ("jv", "jw"),
+        ("jw", "jw"),
+        ("fil-PH", "tl"),
+        ("iw", "he"),
+        ("he", "he"),
+        ("in", "id"),
+        ("ji", "yi"),
+        ("mo", "ro"),
+        ("sr-Latn-RS", "sr"),
+        ("haw", "haw"),
+        ("English", "en"),
+        ("haitian creole", "ht"),
+        ("xx-YY", "xx"),
+    ],
+)
+def test_bcp47_tags_read_as_whisper_languages(tag, code):
+    from fish_worker.asr.languages import language_name, whisper_language
+
+    assert whisper_language(tag) == code
+    assert code == "xx" or language_name(code) is not None  # a code Whisper's table has
+
+
 # ---- stopping a transcription (its client left) --------------------------------------------------------
 
 

@@ -476,3 +476,40 @@ def test_a_transcript_and_its_language_are_the_same_through_every_door(asr_runne
     assert [(s["start"], s["end"], s["text"]) for s in openai["segments"]] == segments
     assert (fish["text"], fish["duration"]) == (action["transcript"], action["duration_s"] * 1000)
     assert [(s["start"], s["end"], s["text"]) for s in fish["segments"]] == segments
+
+
+@pytest.mark.parametrize(
+    "tag, whisper",
+    [("nb", "no"), ("jv", "jw"), ("zh-Hant", "zh"), ("pt-BR", "pt"), ("sr-Latn", "sr"), ("fil", "tl")],
+)
+def test_a_bcp47_language_is_the_same_whisper_language_through_every_door(asr_runner, app_settings, tag, whisper):
+    """A BCP 47 tag Whisper spells differently (or with a region or script) reaches the recognizer as the
+    same Whisper language on every door: the job's `audio`, the transcribe action, OpenAI's and Fish's."""
+    import ormsgpack
+
+    from fish_worker.asr.languages import language_name
+
+    audio = base64.b64decode(REFERENCE)
+    expected = asr_runner.transcriber.transcribe_bytes(REFERENCE, language=whisper)
+    assert expected.language == whisper
+    [job] = run_job(asr_runner, {"audio": REFERENCE, "language": tag, "mode": "tts", "max_tokens": 2})
+    [action] = run_job(asr_runner, {"action": "transcribe", "audio": REFERENCE, "language": tag})
+    app = create_app(asr_runner, app_settings(auth_disabled=True))
+    openai = call(
+        app,
+        "POST",
+        "/v1/audio/transcriptions",
+        files={"file": ("clip.wav", audio)},
+        data={"language": tag, "response_format": "verbose_json"},
+    ).json()
+    fish = call(
+        app,
+        "POST",
+        "/v1/asr",
+        content=ormsgpack.packb({"audio": audio, "language": tag}),
+        headers={"Content-Type": "application/msgpack"},
+    ).json()
+    assert job["transcript"] == expected.text, job
+    assert (action["transcript"], action["language"]) == (expected.text, whisper)
+    assert (openai["text"], openai["language"]) == (expected.text, language_name(whisper))
+    assert fish["text"] == expected.text

@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 
+from fish_worker.asr.languages import whisper_language
 from fish_worker.asr.backend import (
     ASR_SAMPLE_RATE,
     SpeechRecognizer,
@@ -77,4 +78,4 @@ class Transcriber:
             return None  # detect it
         if len(language) > MAX_LANGUAGE_CHARS:
             raise JobInputError(LANGUAGE_FIELD, f"is longer than {MAX_LANGUAGE_CHARS} characters")
-        return language
+        return whisper_language(language)  # the one reading on every door: "pt-BR" → "pt", "nb" → "no"

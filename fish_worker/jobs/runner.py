@@ -43,7 +43,6 @@ from fish_worker.jobs.transcription import (
     is_transcribe_action,
     run_transcribe_action,
     transcribe,
-    whisper_language,
 )
 from fish_worker.asr.transcriber import Transcriber
 
@@ -158,7 +157,7 @@ class JobRunner:
         mode = conversations.mode(request.mode, request.system_prompt)
         transcript: str | None = None
         if request.audio is not None:  # a voice message: its transcript is the message (and the user's turn)
-            heard = await transcribe(self.transcriber, request.audio, whisper_language(request.language))
+            heard = await transcribe(self.transcriber, request.audio, request.language)
             request = request.with_transcript(heard.text, self.settings)
             transcript = heard.text
             if job.streamed:

@@ -66,8 +66,3 @@ def transcript_output(transcript: Transcript) -> dict[str, Any]:
         "duration_s": transcript.duration_s,
         "segments": [{"start_s": s.start_s, "end_s": s.end_s, "text": s.text} for s in transcript.segments],
     }
-
-
-def whisper_language(tag: str | None) -> str | None:
-    """A job's BCP 47 `language` ("de-DE", "zh-Hant") as the recognizer takes it: its primary subtag."""
-    return None if tag is None else tag.replace("_", "-").split("-")[0].lower()
