@@ -157,7 +157,8 @@ async def call_in_thread(work: Callable[[threading.Event], T]) -> T:
     whoever holds a slot for this work gives it back only once the work has really ended.
     """
     stop = threading.Event()
-    running = asyncio.ensure_future(asyncio.to_thread(work, stop))
+    running: asyncio.Future[T] | None = asyncio.ensure_future(asyncio.to_thread(work, stop))
+    assert running is not None
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
@@ -165,4 +166,9 @@ async def call_in_thread(work: Callable[[threading.Event], T]) -> T:
         await asyncio.wait({running})  # quick once `work` sees `stop`
         if not running.cancelled():
             running.exception()  # taken, so asyncio does not log it as never retrieved
+        raise
+    except BaseException:
+        # `running` holds the error, whose traceback holds this frame: dropped, so no reference cycle keeps
+        # the error (and through its frames `work`'s input: a whole request body) alive until a GC pass.
+        running = None
         raise

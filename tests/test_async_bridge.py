@@ -196,3 +196,37 @@ def test_from_iterator_stops_between_items_once_stop_is_set():
 
     from_iterator(endless)(emit, stop)
     assert emitted == [0, 1, 2, 3, 4]
+
+
+def test_call_in_thread_s_error_leaves_no_reference_cycle_holding_the_work_s_input():
+    """A failing call's error is caught and dropped: the input its frames held (a request body) is freed
+    at once, not at the next GC pass (a cycle through the future that holds the error would keep it)."""
+    import gc
+    import weakref
+
+    from fish_worker.async_bridge import call_in_thread
+
+    class Body:
+        pass
+
+    async def main() -> weakref.ref:
+        body = Body()
+        held = weakref.ref(body)
+
+        def work(stop: threading.Event, body: Body = body) -> None:
+            raise ValueError("bad body")
+
+        del body
+        try:
+            await call_in_thread(work)
+        except ValueError:
+            pass
+        del work
+        return held
+
+    gc.disable()
+    try:
+        held = asyncio.run(main())
+        assert held() is None
+    finally:
+        gc.enable()
