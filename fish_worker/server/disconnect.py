@@ -44,7 +44,13 @@ async def while_connected(
         if not watcher.done():
             watcher.cancel()
     if task.done():
-        return task.result()
+        try:
+            return task.result()
+        except BaseException:
+            # The task holds this error, and the error's traceback this frame: with the task dropped, no
+            # reference cycle keeps the error (and through its frames the request's body) until a GC pass.
+            del task, watcher
+            raise
     task.cancel()
     await asyncio.wait({task})  # its generator has left its await: it can be closed now
     if not task.cancelled():

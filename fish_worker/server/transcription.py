@@ -21,7 +21,6 @@ from starlette.requests import Request
 from fish_worker.asr.backend import Transcript
 from fish_worker.asr.transcriber import Transcriber
 from fish_worker.async_bridge import call_in_thread
-from fish_worker.errors import WorkerError
 from fish_worker.jobs.transcription import require_transcriber
 from fish_worker.server.auth import tenant_of
 from fish_worker.server.disconnect import while_connected
@@ -43,12 +42,7 @@ async def transcribe_request(
     work = _in_slot(
         limiter, admission, lambda stop: ready.transcribe_bytes(data, field=field, language=language, stop=stop)
     )
-    try:
-        return await while_connected(request, work)
-    except WorkerError as exc:
-        # Its traceback runs through frames that hold the tasks which hold it (a reference cycle): kept,
-        # it would hold this request's audio (up to a whole body) until a GC pass. Raised without it.
-        raise exc.with_traceback(None) from None
+    return await while_connected(request, work)
 
 
 async def _in_slot(
