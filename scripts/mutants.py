@@ -79,6 +79,13 @@ MUTANTS = [
         (f"{MAPPINGS}::test_job_audio_is_transcribed_in_its_language_and_the_transcript_spoken",),
     ),
     Mutant(
+        "transcriber-skips-the-bcp47-reading",
+        "fish_worker/asr/transcriber.py",
+        'return whisper_language(language)  # the one reading on every door: "pt-BR" → "pt", "nb" → "no"',
+        "return language",
+        (f"{MAPPINGS}::test_a_bcp47_language_is_the_same_whisper_language_through_every_door",),
+    ),
+    Mutant(
         "openai-transcription-drops-language",
         "fish_worker/server/routers/openai_transcriptions.py",
         'transcript = await transcribe_request(request, limiter, transcriber, data, field="audio", language=language)',
