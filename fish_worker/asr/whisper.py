@@ -61,12 +61,17 @@ def _stop_rows(stops: Sequence[threading.Event]) -> Any:
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class StopRows(StoppingCriteria):
+        none_stopped: torch.Tensor | None = None  # made once: no host-to-device copy per step (a GPU sync)
+
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
             stopped = [stop.is_set() for stop in stops]
             if all(stopped):
                 raise TranscriptionStopped()
-            if len(stopped) != input_ids.shape[0]:  # not this batch's rows: never stop a row blindly
-                stopped = [False] * input_ids.shape[0]
+            # Not this batch's rows (never stop a row blindly), or no row stopped: the common case.
+            if len(stopped) != input_ids.shape[0] or not any(stopped):
+                if self.none_stopped is None or self.none_stopped.shape[0] != input_ids.shape[0]:
+                    self.none_stopped = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+                return self.none_stopped
             return torch.tensor(stopped, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([StopRows()])
