@@ -414,3 +414,37 @@ def test_the_queue_is_made_again_when_redis_loses_it(redis_server):
             await close([a])
 
     run(main())
+
+
+@pytest.mark.timeout(60)
+def test_a_replica_whose_lease_lapsed_never_renews_the_lease_of_the_replica_that_took_its_job_over(redis_server):
+    """A replica stalled past its lease (a busy machine) while it held a job waiting for a slot; another
+    replica claimed the job meanwhile. The first one's heartbeat must stop its own copy, not renew the
+    lease in its name: else the job's lease outlives its real runner and a lost job is never reported."""
+
+    async def main():
+        prefix = f"test-{uuid.uuid4().hex[:8]}:"
+        a = Replica(redis_server, prefix, slots=1, lease_s=1.0)
+        a.jobs.slots = 2  # takes two, runs one: the second waits for a's generation slot
+        await a.jobs.start()
+        client = redis.Redis.from_url(redis_server)
+        try:
+            running = await a.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", None)
+            while (await a.jobs.status(running["id"], None))["status"] != "IN_PROGRESS":
+                await asyncio.sleep(0.02)
+            held = await a.jobs.submit({"chunks": 1}, "run", None)
+            deadline = time.monotonic() + 10
+            while held["id"] not in a.jobs._running:
+                assert time.monotonic() < deadline, "a did not take the second job"
+                await asyncio.sleep(0.02)
+            # What another replica's claim leaves once a's lease had lapsed: the job and its lease are its.
+            client.hset(prefix + "job:" + held["id"], "owner", "other-replica")
+            client.set(prefix + "lease:" + held["id"], "other-replica", px=5000)
+            await asyncio.sleep(1.0)  # three of a's heartbeats
+            assert client.get(prefix + "lease:" + held["id"]) == b"other-replica"
+            assert held["id"] not in a.jobs._running and held["id"] not in a.runner.started
+        finally:
+            client.close()
+            await close([a])
+
+    run(main())

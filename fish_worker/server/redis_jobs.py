@@ -99,6 +99,27 @@ redis.call('ZADD', P .. 'active:t:' .. t, 'XX', ARGV[6], id)
 return 'CLAIMED'
 """
 
+# The heartbeat: renew the lease and the places of each job this replica still owns; 0 for one it must
+# stop (ended: cancelled, declared lost; or taken over by another replica after its lease lapsed, which
+# a renewal must not overwrite: that replica's lease would be in this one's name, and outlive its runner).
+_RENEW = """
+local P, me, expiry, lease_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local f = redis.call('HMGET', P .. 'job:' .. id, 'status', 'owner', 'tenant')
+  if (f[1] == 'IN_QUEUE' or f[1] == 'IN_PROGRESS') and f[2] == me then
+    redis.call('SET', P .. 'lease:' .. id, me, 'PX', lease_ms)
+    redis.call('ZADD', P .. 'active', 'XX', expiry, id)
+    redis.call('ZADD', P .. 'active:t:' .. f[3], 'XX', expiry, id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
 _START = """
 local key = ARGV[1] .. 'job:' .. ARGV[2]
 if redis.call('HGET', key, 'status') ~= 'IN_QUEUE' or redis.call('HGET', key, 'owner') ~= ARGV[3] then return 0 end
@@ -256,6 +277,7 @@ class RedisV2Jobs:
         self._taken = 0
         self._room_changed = asyncio.Condition()
         self._running: dict[str, _Running] = {}
+        self._taken_entries: dict[asyncio.Task, tuple[bytes, str]] = {}  # each taken job's task: (entry, job)
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         # BLOCK on the queue is 1 s: the socket timeout must be longer.
@@ -267,6 +289,7 @@ class RedisV2Jobs:
             for name, text in (
                 ("submit", _SUBMIT),
                 ("claim", _CLAIM),
+                ("renew", _RENEW),
                 ("start", _START),
                 ("append", _APPEND),
                 ("finish", _FINISH),
@@ -408,6 +431,10 @@ class RedisV2Jobs:
                 entry_id, fields = got[0][1][0]
                 self._spawn(entry_id, fields[b"id"].decode())
 
+    def _has_taken(self, job_id: str) -> bool:
+        """Whether a task of this replica's already holds the job (waiting for a slot, or just taken)."""
+        return any(taken == job_id for _, taken in self._taken_entries.values())
+
     def _has_room(self) -> bool:
         return self._taken < self.slots
 
@@ -415,7 +442,12 @@ class RedisV2Jobs:
         """Run the entry's job in a task of its own, which gives back its room when it ends."""
         self._taken += 1
         task = asyncio.create_task(self._take(entry_id, job_id), name=f"v2-job-{job_id}")
-        task.add_done_callback(lambda _: asyncio.ensure_future(self._give_back_room()))
+        self._taken_entries[task] = (entry_id, job_id)
+        task.add_done_callback(self._taken_ended)
+
+    def _taken_ended(self, task: asyncio.Task) -> None:
+        self._taken_entries.pop(task, None)
+        asyncio.ensure_future(self._give_back_room())
 
     async def _give_back_room(self) -> None:
         async with self._room_changed:
@@ -468,8 +500,8 @@ class RedisV2Jobs:
         )
         try:
             async for event in chunks:
-                if started:
-                    await started[0]
+                if started and not await started[0]:
+                    return  # ended, or taken over by another replica, while it waited for a slot here
                 if isinstance(event, JobFailure):
                     await self._finish(job.id, "FAILED", event.message, event.kind)
                     return
@@ -478,8 +510,8 @@ class RedisV2Jobs:
                     args=[self.prefix, job.id, self.me, text, approx_json_bytes(event), self.ttl_s]
                 ):
                     return  # cancelled, or declared lost, meanwhile: stop generating
-            if started:
-                await started[0]
+            if started and not await started[0]:
+                return
             await self._finish(job.id, "COMPLETED")
         except redis.RedisError as exc:
             log.warning("/v2 job %s: Redis failed while it ran: %s", job.id, exc)
@@ -491,28 +523,20 @@ class RedisV2Jobs:
             await chunks.aclose()
 
     async def _heartbeat_loop(self) -> None:
-        """Renew the leases of this replica's jobs; stop those ended elsewhere (cancelled, declared lost)."""
+        """Renew the leases of this replica's jobs; stop those ended elsewhere (cancelled, declared lost)
+        or taken over by another replica (this one's lease lapsed: a frozen loop, a stalled machine)."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
             jobs = list(self._running.items())
             if not jobs:
                 continue
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for job_id, _ in jobs:
-                        pipe.hget(self.prefix + "job:" + job_id, "status")
-                    statuses = await pipe.execute()
-                expiry = time.time() + self.lease_s
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for (job_id, running), status in zip(jobs, statuses):
-                        if status is None or status.decode() in FINAL:
-                            if running.task is not None:
-                                running.task.cancel()  # its generator closes: the generation stops
-                            continue
-                        pipe.set(self.prefix + "lease:" + job_id, self.me, px=self._lease_ms())
-                        pipe.zadd(self.prefix + "active", {job_id: expiry}, xx=True)
-                        pipe.zadd(self.prefix + "active:t:" + running.tenant, {job_id: expiry}, xx=True)
-                    await pipe.execute()
+                kept = await self._scripts["renew"](
+                    args=[self.prefix, self.me, time.time() + self.lease_s, self._lease_ms(), *(i for i, _ in jobs)]
+                )
+                for (_, running), mine in zip(jobs, kept):
+                    if not mine and running.task is not None:
+                        running.task.cancel()  # its generator closes: the generation stops
             except redis.RedisError as exc:
                 log.warning("/v2 heartbeat failed: %s", exc)
 
@@ -542,7 +566,7 @@ class RedisV2Jobs:
                     status = (stored or b"").decode()
                 if status is None or status in FINAL:
                     await self._ack(entry_id)
-                elif status == "IN_QUEUE" and job_id not in self._running and self._has_room():
+                elif status == "IN_QUEUE" and not self._has_taken(job_id) and self._has_room():
                     self._spawn(entry_id, job_id)
             if start in (b"0-0", "0-0"):
                 return
