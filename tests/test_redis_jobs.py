@@ -21,7 +21,7 @@ import redis
 from fish_worker.errors import ErrorKind, JobFailure
 from fish_worker.server.errors import ApiError
 from fish_worker.server.limiter import JobLimiter
-from fish_worker.server.redis_jobs import LOST_ERROR, RedisV2Jobs
+from fish_worker.server.redis_jobs import LOST_ERROR, SHUTDOWN_ERROR, RedisV2Jobs
 from fish_worker.server.registry import FINAL
 
 
@@ -446,5 +446,52 @@ def test_a_replica_whose_lease_lapsed_never_renews_the_lease_of_the_replica_that
         finally:
             client.close()
             await close([a])
+
+
+def test_a_stopped_replica_hands_back_its_taken_job_and_fails_its_running_one_at_once(redis_server):
+    """close() (the server's shutdown): the job it took but never started is back in the queue and runs
+    on another replica well within a lease; the one it ran is FAILED with the shutdown error at once;
+    its admission places are freed (the /v2 ones and every door's)."""
+    from fish_worker.server.shared_limits import SharedJobLimiter
+
+    async def main():
+        prefix = f"test-{uuid.uuid4().hex[:8]}:"
+        a = Replica(redis_server, prefix, slots=1, lease_s=5.0)
+        a.jobs.slots = 2  # takes two, runs one: the second waits for a's generation slot
+        await a.jobs.start()
+        b = None
+        doors = SharedJobLimiter(ScriptedRunner(), 2, 100, 100, redis_url=redis_server, lease_s=5.0, key_prefix=prefix)
+        await doors.start()
+        try:
+            doors.admit("alice")  # a seed/OpenAI/Fish request in flight on the stopping replica
+            running = await a.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", "alice")
+            while (await a.jobs.status(running["id"], "alice"))["status"] != "IN_PROGRESS":
+                await asyncio.sleep(0.02)
+            held = await a.jobs.submit({"chunks": 2}, "run", "alice")
+            client = redis.Redis.from_url(redis_server)
+            deadline = time.monotonic() + 10
+            while client.hget(prefix + "job:" + held["id"], "owner") != a.jobs.me.encode():
+                assert time.monotonic() < deadline, "a did not take the second job"
+                await asyncio.sleep(0.02)
+            assert (await a.jobs.status(held["id"], "alice"))["status"] == "IN_QUEUE"  # taken, not started
+            b = Replica(redis_server, prefix, slots=1, lease_s=5.0)
+            await b.jobs.start()
+            stopped_at = time.monotonic()
+            await a.jobs.close()
+            await doors.close()
+            close_s = time.monotonic() - stopped_at
+            answer = await b.jobs.status(running["id"], "alice")
+            assert answer["status"] == "FAILED" and answer["error"] == SHUTDOWN_ERROR, answer
+            assert running["id"] in a.runner.stopped  # its generation was stopped too
+            done = await until_final(b.jobs, held["id"], "alice", timeout_s=10)
+            rerun_s = time.monotonic() - stopped_at
+            assert done["status"] == "COMPLETED" and held["id"] in b.runner.started
+            assert held["id"] not in a.runner.started
+            assert close_s < 2.0 and rerun_s < 5.0, (close_s, rerun_s)  # neither waited for the 5 s lease
+            print(f"stopped replica: close {close_s:.2f} s; its taken job COMPLETED elsewhere {rerun_s:.2f} s after")
+            assert client.zrange(prefix + "active", 0, -1) == []  # every place freed
+            client.close()
+        finally:
+            await close([a] + ([b] if b else []))
 
     run(main())

@@ -59,7 +59,7 @@ LOST_ERROR = (
     "the replica running this job stopped (no heartbeat for {lease_s:g} s, FISH_JOB_LEASE_S): "
     "the job was lost; submit it again"
 )
-SHUTDOWN_ERROR = "the replica running this job shut down before it ended; submit it again"
+SHUTDOWN_ERROR = "the replica running this job stopped (it was shut down) before the job ended; submit it again"
 
 # Admit a job: drop expired places, check the service's and the tenant's counts, then record and queue it.
 _SUBMIT = """
@@ -97,6 +97,26 @@ local t = redis.call('HGET', key, 'tenant')
 redis.call('ZADD', P .. 'active', 'XX', ARGV[6], id)
 redis.call('ZADD', P .. 'active:t:' .. t, 'XX', ARGV[6], id)
 return 'CLAIMED'
+"""
+
+# Give a job this replica took but never started back to the queue (it is shutting down): a new entry
+# that any replica reads at once, instead of the old one waiting a lease to be claimed (XAUTOCLAIM).
+_REQUEUE = """
+local P, id, me, entry, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local key = P .. 'job:' .. id
+if redis.call('HGET', key, 'status') ~= 'IN_QUEUE' then return 0 end
+local lease = P .. 'lease:' .. id
+local holder = redis.call('GET', lease)
+if holder and holder ~= me then return 0 end
+redis.call('DEL', lease)
+redis.call('HDEL', key, 'owner')
+redis.call('XACK', P .. 'queue', group, entry)
+redis.call('XDEL', P .. 'queue', entry)
+redis.call('XADD', P .. 'queue', '*', 'id', id)
+local t = redis.call('HGET', key, 'tenant')
+redis.call('ZADD', P .. 'active', 'XX', ARGV[6], id)
+redis.call('ZADD', P .. 'active:t:' .. t, 'XX', ARGV[6], id)
+return 1
 """
 
 # The heartbeat: renew the lease and the places of each job this replica still owns; 0 for one it must
@@ -289,6 +309,7 @@ class RedisV2Jobs:
             for name, text in (
                 ("submit", _SUBMIT),
                 ("claim", _CLAIM),
+                ("requeue", _REQUEUE),
                 ("renew", _RENEW),
                 ("start", _START),
                 ("append", _APPEND),
@@ -406,13 +427,41 @@ class RedisV2Jobs:
             self._tasks.append(asyncio.create_task(loop(), name=f"v2-{name}"))
         log.info("/v2 jobs in Redis: replica %s takes up to %d queued jobs at once", self.me, self.slots)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Stop this replica's part (it is shutting down): take nothing more; the jobs it took but never
+        started go back to the queue at once, for another replica; those it runs end FAILED
+        (SHUTDOWN_ERROR) and free their places. Each step is bounded by `timeout_s`, whatever Redis does."""
         self._closing = True
-        running = [r.task for r in self._running.values() if r.task is not None]
-        for task in self._tasks + running:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *running, return_exceptions=True)
-        await self._redis.aclose()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        taken = dict(self._taken_entries)
+        for task in taken:
+            task.cancel()  # first, so no generation goes on writing after its job is handed back
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(self._hand_back(entry_id, job_id) for entry_id, job_id in taken.values())),
+                timeout_s,
+            )
+        except (TimeoutError, redis.RedisError) as exc:
+            log.warning("/v2 jobs: handing back this replica's jobs failed (%r); their leases will expire", exc)
+        if taken:
+            await asyncio.wait(taken, timeout=timeout_s)
+        with suppress(TimeoutError, redis.RedisError):
+            await asyncio.wait_for(self._redis.aclose(), timeout_s)
+
+    async def _hand_back(self, entry_id: bytes, job_id: str) -> None:
+        """A job taken by this replica, which stops: back to the queue if it never started, else FAILED."""
+        requeued = await self._scripts["requeue"](
+            args=[self.prefix, job_id, self.me, entry_id, GROUP, time.time() + self.ttl_s]
+        )
+        if requeued:
+            log.info("/v2 job %s: not started here; back to the queue for another replica", job_id)
+            return
+        if await self._finish(job_id, "FAILED", SHUTDOWN_ERROR, ErrorKind.UNAVAILABLE):
+            log.warning("/v2 job %s: this replica stopped while it ran; reported FAILED", job_id)
+            await self._ack(entry_id)
+        # else another replica holds the job (or it ended): the entry stays pending for the sweeps
 
     async def _take_loop(self) -> None:
         while True:
@@ -447,7 +496,8 @@ class RedisV2Jobs:
 
     def _taken_ended(self, task: asyncio.Task) -> None:
         self._taken_entries.pop(task, None)
-        asyncio.ensure_future(self._give_back_room())
+        if not self._closing:
+            asyncio.ensure_future(self._give_back_room())
 
     async def _give_back_room(self) -> None:
         async with self._room_changed:
@@ -478,16 +528,12 @@ class RedisV2Jobs:
         running = self._running[job_id] = _Running(tenant, asyncio.current_task())
         try:
             await self._run(job)
-        except asyncio.CancelledError:
-            if self._closing:
-                with suppress(redis.RedisError):
-                    await asyncio.shield(self._finish(job_id, "FAILED", SHUTDOWN_ERROR, ErrorKind.UNAVAILABLE))
-            raise
         finally:
             if self._running.get(job_id) is running:
                 del self._running[job_id]
-            with suppress(redis.RedisError):
-                await asyncio.shield(self._ack(entry_id))
+            if not self._closing:  # else close() hands the job back (requeued or FAILED) and acknowledges
+                with suppress(redis.RedisError):
+                    await asyncio.shield(self._ack(entry_id))
 
     async def _run(self, job: Job) -> None:
         started: list[asyncio.Task] = []
