@@ -88,6 +88,15 @@ async def until_final(jobs: RedisV2Jobs, job_id: str, tenant: str | None = None,
     return answer
 
 
+async def until_running(jobs: RedisV2Jobs, job_id: str, tenant: str | None, timeout_s: float = 10) -> None:
+    """Bounded: a job that ended instead (e.g. declared lost when a stalled machine let its lease lapse)
+    fails the test with what it became, rather than the test spinning until its timeout."""
+    deadline = time.monotonic() + timeout_s
+    while (answer := await jobs.status(job_id, tenant))["status"] != "IN_PROGRESS":
+        assert answer["status"] == "IN_QUEUE" and time.monotonic() < deadline, answer
+        await asyncio.sleep(0.02)
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 90))
 
@@ -99,8 +108,9 @@ def test_a_job_submitted_on_one_replica_is_polled_and_streamed_through_another(r
         try:
             job = await a.jobs.submit({"chunks": 3, "delay_s": 0.05, "stream": True, "text": "hi"}, "run", "alice")
             assert job["status"] == "IN_QUEUE"
-            streamed = []
+            streamed, deadline = [], time.monotonic() + 20
             while True:
+                assert time.monotonic() < deadline, streamed
                 page = await b.jobs.stream(job["id"], "alice")
                 streamed += [item["output"]["index"] for item in page["stream"]]
                 if page["status"] in FINAL:
@@ -128,8 +138,7 @@ def test_a_cancel_through_another_replica_stops_the_generation(redis_server):
         a, b = await replicas(redis_server, 2, slots=1)
         try:
             job = await a.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", "alice")
-            while (await b.jobs.status(job["id"], "alice"))["status"] != "IN_PROGRESS":
-                await asyncio.sleep(0.05)
+            await until_running(b.jobs, job["id"], "alice")
             runner = a.runner if job["id"] in a.runner.started else b.runner
             cancelled_at = time.monotonic()
             assert (await b.jobs.cancel(job["id"], "alice"))["status"] == "CANCELLED"
@@ -180,8 +189,7 @@ def test_a_dead_replicas_running_job_fails_with_a_clear_error_and_its_taken_job_
         try:
             b.freeze()  # only a takes jobs now
             running = await a.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", "alice")
-            while (await a.jobs.status(running["id"], "alice"))["status"] != "IN_PROGRESS":
-                await asyncio.sleep(0.02)
+            await until_running(a.jobs, running["id"], "alice")
             # A second job, taken by a from the queue after its first ends: a dies first, so it stays queued.
             queued = await a.jobs.submit({"chunks": 2}, "run", "alice")
             a.freeze()
@@ -430,8 +438,7 @@ def test_a_replica_whose_lease_lapsed_never_renews_the_lease_of_the_replica_that
         client = redis.Redis.from_url(redis_server)
         try:
             running = await a.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", None)
-            while (await a.jobs.status(running["id"], None))["status"] != "IN_PROGRESS":
-                await asyncio.sleep(0.02)
+            await until_running(a.jobs, running["id"], None)
             held = await a.jobs.submit({"chunks": 1}, "run", None)
             deadline = time.monotonic() + 10
             while held["id"] not in a.jobs._running:
@@ -465,8 +472,7 @@ def test_a_stopped_replica_hands_back_its_taken_job_and_fails_its_running_one_at
         try:
             doors.admit("alice")  # a seed/OpenAI/Fish request in flight on the stopping replica
             running = await a.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", "alice")
-            while (await a.jobs.status(running["id"], "alice"))["status"] != "IN_PROGRESS":
-                await asyncio.sleep(0.02)
+            await until_running(a.jobs, running["id"], "alice")
             held = await a.jobs.submit({"chunks": 2}, "run", "alice")
             client = redis.Redis.from_url(redis_server)
             deadline = time.monotonic() + 10
