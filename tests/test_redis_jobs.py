@@ -501,3 +501,31 @@ def test_a_stopped_replica_hands_back_its_taken_job_and_fails_its_running_one_at
             await close([a] + ([b] if b else []))
 
     run(main())
+
+
+@pytest.mark.timeout(60)
+def test_health_counts_the_slots_of_every_live_replica(redis_server):
+    """/v2/health's workers with REDIS_URL: each replica publishes its generation slots and how many run
+    at every heartbeat; the sum covers the live ones, drops one that died within a lease and one that
+    stopped at once."""
+
+    async def main():
+        a, b, c = await replicas(redis_server, 3, slots=2, lease_s=1.0)
+        try:
+            assert await a.jobs.worker_slots() == (6, 0)
+            job = await b.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", None)
+            await until_running(a.jobs, job["id"], None)
+            deadline = time.monotonic() + 5
+            while await c.jobs.worker_slots() != (6, 1):  # published at the runner's next heartbeat
+                assert time.monotonic() < deadline, await c.jobs.worker_slots()
+                await asyncio.sleep(0.05)
+            await c.jobs.cancel(job["id"], None)
+            c.freeze()  # dies: no more heartbeats
+            await a.jobs.close()  # stops: forgotten at once
+            assert (await b.jobs.worker_slots())[0] == 4
+            await asyncio.sleep(1.5)
+            assert await b.jobs.worker_slots() == (2, 0)
+        finally:
+            await close([a, b, c])
+
+    run(main())

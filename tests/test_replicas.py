@@ -215,6 +215,7 @@ def test_v2_jobs_are_polled_streamed_and_cancelled_through_any_replica(cluster, 
         client.close()
     health = [v2(r.url, "GET", "health") for r in cluster.replicas]
     assert all(h["jobs"] == health[0]["jobs"] for h in health) and health[0]["jobs"]["completed"] >= 2
+    assert all(h["workers"]["ready"] == 3 * 2 for h in health)  # every live replica's slots, on any replica
 
 
 @pytest.mark.timeout(120)
@@ -377,3 +378,4 @@ def test_a_stopped_replica_fails_its_running_job_at_once_and_its_taken_job_runs_
     finally:
         client.close()
     assert run_job(cluster.url, {"message": "Still here.", **SHORT})["status"] == "success"
+    assert v2(cluster.url, "GET", "health")["workers"]["ready"] == 2  # the stopped replica's slots are gone

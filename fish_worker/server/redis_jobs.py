@@ -21,6 +21,9 @@ Where things are (keys under `fish-worker:v2:`):
 - `finished`, `finished:t:<tenant>`, `finished_info`, `held_jobs`, `held_bytes`, `total_bytes`: the
                    finished jobs, to forget them after the TTL and past FISH_MAX_STORED_JOBS /
                    FISH_MAX_STORED_RESULT_BYTES, the heaviest tenant's oldest first (as in registry.py).
+- `replicas`, `replica_load`  the live replicas (a sorted set scored by when each stops counting as live,
+                   one lease after its last heartbeat) and each one's generation slots and how many are in use
+                   ("slots running"), for /v2/health's `workers` summed over the whole service.
 - `jobs:t:<tenant>` a sorted set of the tenant's job ids, for /health's counts and /purge-queue.
 
 Every change of a job's status is one Lua script, so a cancel, a finish and a dead-replica verdict
@@ -138,6 +141,17 @@ for i = 5, #ARGV do
   end
 end
 return out
+"""
+
+# The live replicas' generation slots and how many run (/v2/health): forget those whose heartbeat stopped.
+_WORKERS = """
+local P, now = ARGV[1], ARGV[2]
+local gone = redis.call('ZRANGEBYSCORE', P .. 'replicas', '-inf', now)
+if #gone > 0 then redis.call('HDEL', P .. 'replica_load', unpack(gone)) end
+redis.call('ZREMRANGEBYSCORE', P .. 'replicas', '-inf', now)
+local live = redis.call('ZRANGE', P .. 'replicas', 0, -1)
+if #live == 0 then return {} end
+return redis.call('HMGET', P .. 'replica_load', unpack(live))
 """
 
 _START = """
@@ -311,6 +325,7 @@ class RedisV2Jobs:
                 ("claim", _CLAIM),
                 ("requeue", _REQUEUE),
                 ("renew", _RENEW),
+                ("workers", _WORKERS),
                 ("start", _START),
                 ("append", _APPEND),
                 ("finish", _FINISH),
@@ -418,11 +433,21 @@ class RedisV2Jobs:
             "retried": 0,
         }
 
+    async def worker_slots(self) -> tuple[int, int]:
+        """(generation slots, slots in use) of every live replica together (each publishes its own at
+        every heartbeat; one whose heartbeat stopped a lease ago no longer counts)."""
+        with _store_errors():
+            loads: list[Any] = await self._scripts["workers"](args=[self.prefix, time.time()])
+        pairs = [tuple(int(n) for n in load.split()) for load in loads if load]
+        return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
     # ---- the replica's side: take queued jobs, run them, keep their leases --------------------------
 
     async def start(self) -> None:
         with suppress(redis.ResponseError):  # BUSYGROUP: another replica made it first
             await self._redis.xgroup_create(self.queue, GROUP, id="0", mkstream=True)
+        with suppress(redis.RedisError):
+            await self._publish_load()
         for name, loop in (("take", self._take_loop), ("heartbeat", self._heartbeat_loop), ("sweep", self._sweep_loop)):
             self._tasks.append(asyncio.create_task(loop(), name=f"v2-{name}"))
         log.info("/v2 jobs in Redis: replica %s takes up to %d queued jobs at once", self.me, self.slots)
@@ -440,7 +465,9 @@ class RedisV2Jobs:
             task.cancel()  # first, so no generation goes on writing after its job is handed back
         try:
             await asyncio.wait_for(
-                asyncio.gather(*(self._hand_back(entry_id, job_id) for entry_id, job_id in taken.values())),
+                asyncio.gather(
+                    self._forget_load(), *(self._hand_back(entry_id, job_id) for entry_id, job_id in taken.values())
+                ),
                 timeout_s,
             )
         except (TimeoutError, redis.RedisError) as exc:
@@ -574,9 +601,10 @@ class RedisV2Jobs:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             jobs = list(self._running.items())
-            if not jobs:
-                continue
             try:
+                await self._publish_load()
+                if not jobs:
+                    continue
                 kept = await self._scripts["renew"](
                     args=[self.prefix, self.me, time.time() + self.lease_s, self._lease_ms(), *(i for i, _ in jobs)]
                 )
@@ -585,6 +613,21 @@ class RedisV2Jobs:
                         running.task.cancel()  # its generator closes: the generation stops
             except redis.RedisError as exc:
                 log.warning("/v2 heartbeat failed: %s", exc)
+
+    async def _publish_load(self) -> None:
+        """This replica is live for one more lease, with its generation slots and how many are in use."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.prefix + "replicas", {self.me: time.time() + self.lease_s})
+            pipe.hset(
+                self.prefix + "replica_load", self.me, f"{self.limiter.max_concurrent_jobs} {self.limiter.running}"
+            )
+            await pipe.execute()
+
+    async def _forget_load(self) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.prefix + "replicas", self.me)
+            pipe.hdel(self.prefix + "replica_load", self.me)
+            await pipe.execute()
 
     async def _sweep_loop(self) -> None:
         """Entries a replica took and never acknowledged, idle for a lease: run them here if their job
