@@ -21,7 +21,7 @@ import redis
 from fish_worker.errors import ErrorKind, JobFailure
 from fish_worker.server.errors import ApiError
 from fish_worker.server.limiter import JobLimiter
-from fish_worker.server.redis_jobs import LOST_ERROR, RedisV2Jobs
+from fish_worker.server.redis_jobs import LOST_ERROR, SHUTDOWN_ERROR, RedisV2Jobs
 from fish_worker.server.registry import FINAL
 
 
@@ -88,6 +88,15 @@ async def until_final(jobs: RedisV2Jobs, job_id: str, tenant: str | None = None,
     return answer
 
 
+async def until_running(jobs: RedisV2Jobs, job_id: str, tenant: str | None, timeout_s: float = 10) -> None:
+    """Bounded: a job that ended instead (e.g. declared lost when a stalled machine let its lease lapse)
+    fails the test with what it became, rather than the test spinning until its timeout."""
+    deadline = time.monotonic() + timeout_s
+    while (answer := await jobs.status(job_id, tenant))["status"] != "IN_PROGRESS":
+        assert answer["status"] == "IN_QUEUE" and time.monotonic() < deadline, answer
+        await asyncio.sleep(0.02)
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 90))
 
@@ -99,8 +108,9 @@ def test_a_job_submitted_on_one_replica_is_polled_and_streamed_through_another(r
         try:
             job = await a.jobs.submit({"chunks": 3, "delay_s": 0.05, "stream": True, "text": "hi"}, "run", "alice")
             assert job["status"] == "IN_QUEUE"
-            streamed = []
+            streamed, deadline = [], time.monotonic() + 20
             while True:
+                assert time.monotonic() < deadline, streamed
                 page = await b.jobs.stream(job["id"], "alice")
                 streamed += [item["output"]["index"] for item in page["stream"]]
                 if page["status"] in FINAL:
@@ -128,8 +138,7 @@ def test_a_cancel_through_another_replica_stops_the_generation(redis_server):
         a, b = await replicas(redis_server, 2, slots=1)
         try:
             job = await a.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", "alice")
-            while (await b.jobs.status(job["id"], "alice"))["status"] != "IN_PROGRESS":
-                await asyncio.sleep(0.05)
+            await until_running(b.jobs, job["id"], "alice")
             runner = a.runner if job["id"] in a.runner.started else b.runner
             cancelled_at = time.monotonic()
             assert (await b.jobs.cancel(job["id"], "alice"))["status"] == "CANCELLED"
@@ -180,8 +189,7 @@ def test_a_dead_replicas_running_job_fails_with_a_clear_error_and_its_taken_job_
         try:
             b.freeze()  # only a takes jobs now
             running = await a.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", "alice")
-            while (await a.jobs.status(running["id"], "alice"))["status"] != "IN_PROGRESS":
-                await asyncio.sleep(0.02)
+            await until_running(a.jobs, running["id"], "alice")
             # A second job, taken by a from the queue after its first ends: a dies first, so it stays queued.
             queued = await a.jobs.submit({"chunks": 2}, "run", "alice")
             a.freeze()
@@ -412,5 +420,112 @@ def test_the_queue_is_made_again_when_redis_loses_it(redis_server):
             assert (await until_final(a.jobs, job["id"], timeout_s=15))["status"] == "COMPLETED"
         finally:
             await close([a])
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_a_replica_whose_lease_lapsed_never_renews_the_lease_of_the_replica_that_took_its_job_over(redis_server):
+    """A replica stalled past its lease (a busy machine) while it held a job waiting for a slot; another
+    replica claimed the job meanwhile. The first one's heartbeat must stop its own copy, not renew the
+    lease in its name: else the job's lease outlives its real runner and a lost job is never reported."""
+
+    async def main():
+        prefix = f"test-{uuid.uuid4().hex[:8]}:"
+        a = Replica(redis_server, prefix, slots=1, lease_s=1.0)
+        a.jobs.slots = 2  # takes two, runs one: the second waits for a's generation slot
+        await a.jobs.start()
+        client = redis.Redis.from_url(redis_server)
+        try:
+            running = await a.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", None)
+            await until_running(a.jobs, running["id"], None)
+            held = await a.jobs.submit({"chunks": 1}, "run", None)
+            deadline = time.monotonic() + 10
+            while held["id"] not in a.jobs._running:
+                assert time.monotonic() < deadline, "a did not take the second job"
+                await asyncio.sleep(0.02)
+            # What another replica's claim leaves once a's lease had lapsed: the job and its lease are its.
+            client.hset(prefix + "job:" + held["id"], "owner", "other-replica")
+            client.set(prefix + "lease:" + held["id"], "other-replica", px=5000)
+            await asyncio.sleep(1.0)  # three of a's heartbeats
+            assert client.get(prefix + "lease:" + held["id"]) == b"other-replica"
+            assert held["id"] not in a.jobs._running and held["id"] not in a.runner.started
+        finally:
+            client.close()
+            await close([a])
+
+
+def test_a_stopped_replica_hands_back_its_taken_job_and_fails_its_running_one_at_once(redis_server):
+    """close() (the server's shutdown): the job it took but never started is back in the queue and runs
+    on another replica well within a lease; the one it ran is FAILED with the shutdown error at once;
+    its admission places are freed (the /v2 ones and every door's)."""
+    from fish_worker.server.shared_limits import SharedJobLimiter
+
+    async def main():
+        prefix = f"test-{uuid.uuid4().hex[:8]}:"
+        a = Replica(redis_server, prefix, slots=1, lease_s=5.0)
+        a.jobs.slots = 2  # takes two, runs one: the second waits for a's generation slot
+        await a.jobs.start()
+        b = None
+        doors = SharedJobLimiter(ScriptedRunner(), 2, 100, 100, redis_url=redis_server, lease_s=5.0, key_prefix=prefix)
+        await doors.start()
+        try:
+            doors.admit("alice")  # a seed/OpenAI/Fish request in flight on the stopping replica
+            running = await a.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", "alice")
+            await until_running(a.jobs, running["id"], "alice")
+            held = await a.jobs.submit({"chunks": 2}, "run", "alice")
+            client = redis.Redis.from_url(redis_server)
+            deadline = time.monotonic() + 10
+            while client.hget(prefix + "job:" + held["id"], "owner") != a.jobs.me.encode():
+                assert time.monotonic() < deadline, "a did not take the second job"
+                await asyncio.sleep(0.02)
+            assert (await a.jobs.status(held["id"], "alice"))["status"] == "IN_QUEUE"  # taken, not started
+            b = Replica(redis_server, prefix, slots=1, lease_s=5.0)
+            await b.jobs.start()
+            stopped_at = time.monotonic()
+            await a.jobs.close()
+            await doors.close()
+            close_s = time.monotonic() - stopped_at
+            answer = await b.jobs.status(running["id"], "alice")
+            assert answer["status"] == "FAILED" and answer["error"] == SHUTDOWN_ERROR, answer
+            assert running["id"] in a.runner.stopped  # its generation was stopped too
+            done = await until_final(b.jobs, held["id"], "alice", timeout_s=10)
+            rerun_s = time.monotonic() - stopped_at
+            assert done["status"] == "COMPLETED" and held["id"] in b.runner.started
+            assert held["id"] not in a.runner.started
+            assert close_s < 2.0 and rerun_s < 5.0, (close_s, rerun_s)  # neither waited for the 5 s lease
+            print(f"stopped replica: close {close_s:.2f} s; its taken job COMPLETED elsewhere {rerun_s:.2f} s after")
+            assert client.zrange(prefix + "active", 0, -1) == []  # every place freed
+            client.close()
+        finally:
+            await close([a] + ([b] if b else []))
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_health_counts_the_slots_of_every_live_replica(redis_server):
+    """/v2/health's workers with REDIS_URL: each replica publishes its generation slots and how many run
+    at every heartbeat; the sum covers the live ones, drops one that died within a lease and one that
+    stopped at once."""
+
+    async def main():
+        a, b, c = await replicas(redis_server, 3, slots=2, lease_s=1.0)
+        try:
+            assert await a.jobs.worker_slots() == (6, 0)
+            job = await b.jobs.submit({"chunks": 1000, "delay_s": 0.02}, "run", None)
+            await until_running(a.jobs, job["id"], None)
+            deadline = time.monotonic() + 5
+            while await c.jobs.worker_slots() != (6, 1):  # published at the runner's next heartbeat
+                assert time.monotonic() < deadline, await c.jobs.worker_slots()
+                await asyncio.sleep(0.05)
+            await c.jobs.cancel(job["id"], None)
+            c.freeze()  # dies: no more heartbeats
+            await a.jobs.close()  # stops: forgotten at once
+            assert (await b.jobs.worker_slots())[0] == 4
+            await asyncio.sleep(1.5)
+            assert await b.jobs.worker_slots() == (2, 0)
+        finally:
+            await close([a, b, c])
 
     run(main())

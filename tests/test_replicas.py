@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from fishaudio import FishAudio
 from fishaudio.types import TTSConfig
 from helpers import decode_ffmpeg, free_port, stop, wav_b64
 
-from fish_worker.server.redis_jobs import KEY_PREFIX, LOST_ERROR
+from fish_worker.server.redis_jobs import KEY_PREFIX, LOST_ERROR, SHUTDOWN_ERROR
 
 pytestmark = pytest.mark.replicas
 
@@ -214,6 +215,7 @@ def test_v2_jobs_are_polled_streamed_and_cancelled_through_any_replica(cluster, 
         client.close()
     health = [v2(r.url, "GET", "health") for r in cluster.replicas]
     assert all(h["jobs"] == health[0]["jobs"] for h in health) and health[0]["jobs"]["completed"] >= 2
+    assert all(h["workers"]["ready"] == 3 * 2 for h in health)  # every live replica's slots, on any replica
 
 
 @pytest.mark.timeout(120)
@@ -315,3 +317,65 @@ def test_a_killed_replicas_jobs_fail_clearly_and_no_other_job_is_lost(cluster):
     for _ in range(6):  # the balancer's next requests succeed, whichever replica they were meant for
         assert run_job(cluster.url, {"message": "Still here.", **SHORT})["status"] == "success"
         assert v2(cluster.url, "GET", "health")["jobs"]["failed"] >= len(lost)
+
+
+@pytest.mark.timeout(240)
+def test_a_stopped_replica_fails_its_running_job_at_once_and_its_taken_job_runs_elsewhere(cluster):
+    """SIGTERM (a redeploy) to a replica running a /v2 job and holding another it took but could not
+    start (its other generation slot busy with a seed /run): the running one reads FAILED with the
+    shutdown error through the balancer within a couple of seconds, not a lease later; the held one
+    runs on the other replica; the seed request it was serving still completes (graceful shutdown)."""
+    victim, survivor = cluster.alive()[:2]
+    door_answer: list[httpx.Response] = []
+    busy = {"message": " ".join(f"Sentence number {i} is here." for i in range(12)), "max_tokens": 400, "seed": 2}
+    door = threading.Thread(
+        target=lambda: door_answer.append(
+            httpx.post(f"{victim.url}/run", json={"input": busy}, headers=AUTH, timeout=200)
+        )
+    )
+    door.start()
+    client = redis.Redis.from_url(cluster.redis_url)
+    victim_tag = f"-{victim.process.pid}-"
+    try:
+        while not any(m.startswith(b"door-") for m in client.zrange(f"{KEY_PREFIX}active", 0, -1)):
+            time.sleep(0.05)
+        ids = [v2(cluster.url, "POST", "run", json={"input": LONG_JOB})["id"] for _ in range(5)]
+        deadline = time.monotonic() + 90
+        while True:
+            jobs = {i: client.hmget(f"{KEY_PREFIX}job:{i}", "status", "owner") for i in ids}
+            mine = {i: s.decode() for i, (s, o) in jobs.items() if o and victim_tag in o.decode()}
+            running = [i for i, s in mine.items() if s == "IN_PROGRESS"]
+            held = [i for i, s in mine.items() if s == "IN_QUEUE"]
+            if running and held:
+                break
+            assert time.monotonic() < deadline and door.is_alive(), jobs
+            time.sleep(0.05)
+        victim.process.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        while (answer := v2(cluster.url, "GET", f"status/{running[0]}"))["status"] != "FAILED":
+            assert time.monotonic() - stopped_at < 5, answer
+            time.sleep(0.05)
+        failed_s = time.monotonic() - stopped_at
+        assert answer["error"] == SHUTDOWN_ERROR
+        finals = {}
+        deadline = time.monotonic() + 150
+        while len(finals) < len(ids):
+            for job_id in set(ids) - set(finals):
+                got = v2(cluster.url, "GET", f"status/{job_id}")
+                if got["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
+                    finals[job_id] = got
+            assert time.monotonic() < deadline, finals
+            time.sleep(0.2)
+        for job_id, got in finals.items():
+            if job_id not in running:
+                assert got["status"] == "COMPLETED", got  # the held job too: run by the survivor
+        owner = client.hget(f"{KEY_PREFIX}job:{held[0]}", "owner").decode()
+        assert victim_tag not in owner
+        door.join(timeout=200)
+        assert door_answer and door_answer[0].status_code == 200, door_answer
+        assert victim.process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+        print(f"stopped replica's running job read FAILED {failed_s:.2f} s after SIGTERM; its held job ran elsewhere")
+    finally:
+        client.close()
+    assert run_job(cluster.url, {"message": "Still here.", **SHORT})["status"] == "success"
+    assert v2(cluster.url, "GET", "health")["workers"]["ready"] == 2  # the stopped replica's slots are gone

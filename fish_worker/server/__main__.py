@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 
@@ -20,6 +21,19 @@ from fish_worker.server.protocol import uvicorn_options
 from fish_worker.settings import ServerSettings, Settings, configure_logging
 
 log = logging.getLogger("fish_worker.server")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that first stops the app's background work when it begins to shut down
+    (SIGTERM): before it waits for open requests, so the /v2 jobs this replica took are handed back at once."""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self.before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.before_shutdown()
+        await super().shutdown(sockets)
 
 
 class LoadBalancingServer:
@@ -52,7 +66,7 @@ class LoadBalancingServer:
                     access_log=False,
                 )
             )
-        self.servers = [uvicorn.Server(config) for config in configs]
+        self.servers = [_Server(config, self.readiness.stop) for config in configs]
 
     async def serve(self) -> None:
         """Open the port(s) now, build the app (load the models) meanwhile, serve until stopped."""

@@ -61,6 +61,7 @@ def create_app(runner: JobRunner, settings: Settings) -> FastAPI:
     # work (taking queued jobs) starts on the serving loop: app.state.on_ready (server/health.py).
     app.state.v2_jobs = make_v2_jobs(settings, limiter, registry)
     app.state.on_ready = lambda: _start_background(app)
+    app.state.on_stop = lambda: _stop_background(app)  # as the server begins to shut down (SIGTERM)
     app.include_router(seed.router)
     app.include_router(runpod_v2.router)
     app.include_router(openai_speech.router)
@@ -88,6 +89,12 @@ async def _start_background(app: FastAPI) -> None:
     await app.state.v2_jobs.start()
     if isinstance(app.state.limiter, SharedJobLimiter):
         await app.state.limiter.start()
+
+
+async def _stop_background(app: FastAPI) -> None:
+    await app.state.v2_jobs.close()
+    if isinstance(app.state.limiter, SharedJobLimiter):
+        await app.state.limiter.close()
 
 
 async def _health() -> dict[str, Any]:

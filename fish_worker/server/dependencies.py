@@ -50,6 +50,11 @@ def on_ready_of(app: object) -> Callable[[], Awaitable[None]] | None:
     return getattr(getattr(app, "state", None), "on_ready", None)
 
 
+def on_stop_of(app: object) -> Callable[[], Awaitable[None]] | None:
+    """The app's background stop (hand back taken /v2 jobs, free Redis places), run when the server stops."""
+    return getattr(getattr(app, "state", None), "on_stop", None)
+
+
 def tts_of(app: FastAPI) -> TTSService:
     """The speech service the OpenAI and Fish doors call directly (the JobRunner's own)."""
     return app.state.tts

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from starlette.types import Receive, Scope, Send
 
-from fish_worker.server.dependencies import on_ready_of
+from fish_worker.server.dependencies import on_ready_of, on_stop_of
 
 log = logging.getLogger("fish_worker.server")
 
@@ -34,6 +34,7 @@ class Readiness:
         self.state: Literal["loading", "ready", "failed"] = "loading"
         self.app: ASGIApp | None = None
         self.error: str | None = None
+        self._stopped = False
 
     async def load(self, build: Callable[[], ASGIApp]) -> None:
         """Build the app in a thread (loading models blocks), leaving the event loop free to answer."""
@@ -49,6 +50,18 @@ class Readiness:
             self.error = f"{type(exc).__name__}: {exc}"
             self.state = "failed"
             log.error("start-up failed: %s", self.error)
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the app's background work once, as the server begins to shut down: with REDIS_URL its
+        taken /v2 jobs are handed back at once (server/redis_jobs.py). Bounded: a shutdown never hangs here."""
+        on_stop = None if self._stopped else on_stop_of(self.app)
+        self._stopped = True
+        if on_stop is None:
+            return
+        try:
+            await asyncio.wait_for(on_stop(), timeout_s)
+        except Exception as exc:  # TimeoutError, Redis gone: the leases expire instead
+            log.warning("stopping the background work failed: %r", exc)
 
     def ping(self) -> tuple[int, dict[str, Any] | None]:
         if self.state == "ready":

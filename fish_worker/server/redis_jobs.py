@@ -21,6 +21,9 @@ Where things are (keys under `fish-worker:v2:`):
 - `finished`, `finished:t:<tenant>`, `finished_info`, `held_jobs`, `held_bytes`, `total_bytes`: the
                    finished jobs, to forget them after the TTL and past FISH_MAX_STORED_JOBS /
                    FISH_MAX_STORED_RESULT_BYTES, the heaviest tenant's oldest first (as in registry.py).
+- `replicas`, `replica_load`  the live replicas (a sorted set scored by when each stops counting as live,
+                   one lease after its last heartbeat) and each one's generation slots and how many are in use
+                   ("slots running"), for /v2/health's `workers` summed over the whole service.
 - `jobs:t:<tenant>` a sorted set of the tenant's job ids, for /health's counts and /purge-queue.
 
 Every change of a job's status is one Lua script, so a cancel, a finish and a dead-replica verdict
@@ -59,7 +62,7 @@ LOST_ERROR = (
     "the replica running this job stopped (no heartbeat for {lease_s:g} s, FISH_JOB_LEASE_S): "
     "the job was lost; submit it again"
 )
-SHUTDOWN_ERROR = "the replica running this job shut down before it ended; submit it again"
+SHUTDOWN_ERROR = "the replica running this job stopped (it was shut down) before the job ended; submit it again"
 
 # Admit a job: drop expired places, check the service's and the tenant's counts, then record and queue it.
 _SUBMIT = """
@@ -97,6 +100,58 @@ local t = redis.call('HGET', key, 'tenant')
 redis.call('ZADD', P .. 'active', 'XX', ARGV[6], id)
 redis.call('ZADD', P .. 'active:t:' .. t, 'XX', ARGV[6], id)
 return 'CLAIMED'
+"""
+
+# Give a job this replica took but never started back to the queue (it is shutting down): a new entry
+# that any replica reads at once, instead of the old one waiting a lease to be claimed (XAUTOCLAIM).
+_REQUEUE = """
+local P, id, me, entry, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local key = P .. 'job:' .. id
+if redis.call('HGET', key, 'status') ~= 'IN_QUEUE' then return 0 end
+local lease = P .. 'lease:' .. id
+local holder = redis.call('GET', lease)
+if holder and holder ~= me then return 0 end
+redis.call('DEL', lease)
+redis.call('HDEL', key, 'owner')
+redis.call('XACK', P .. 'queue', group, entry)
+redis.call('XDEL', P .. 'queue', entry)
+redis.call('XADD', P .. 'queue', '*', 'id', id)
+local t = redis.call('HGET', key, 'tenant')
+redis.call('ZADD', P .. 'active', 'XX', ARGV[6], id)
+redis.call('ZADD', P .. 'active:t:' .. t, 'XX', ARGV[6], id)
+return 1
+"""
+
+# The heartbeat: renew the lease and the places of each job this replica still owns; 0 for one it must
+# stop (ended: cancelled, declared lost; or taken over by another replica after its lease lapsed, which
+# a renewal must not overwrite: that replica's lease would be in this one's name, and outlive its runner).
+_RENEW = """
+local P, me, expiry, lease_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local f = redis.call('HMGET', P .. 'job:' .. id, 'status', 'owner', 'tenant')
+  if (f[1] == 'IN_QUEUE' or f[1] == 'IN_PROGRESS') and f[2] == me then
+    redis.call('SET', P .. 'lease:' .. id, me, 'PX', lease_ms)
+    redis.call('ZADD', P .. 'active', 'XX', expiry, id)
+    redis.call('ZADD', P .. 'active:t:' .. f[3], 'XX', expiry, id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+# The live replicas' generation slots and how many run (/v2/health): forget those whose heartbeat stopped.
+_WORKERS = """
+local P, now = ARGV[1], ARGV[2]
+local gone = redis.call('ZRANGEBYSCORE', P .. 'replicas', '-inf', now)
+if #gone > 0 then redis.call('HDEL', P .. 'replica_load', unpack(gone)) end
+redis.call('ZREMRANGEBYSCORE', P .. 'replicas', '-inf', now)
+local live = redis.call('ZRANGE', P .. 'replicas', 0, -1)
+if #live == 0 then return {} end
+return redis.call('HMGET', P .. 'replica_load', unpack(live))
 """
 
 _START = """
@@ -256,6 +311,7 @@ class RedisV2Jobs:
         self._taken = 0
         self._room_changed = asyncio.Condition()
         self._running: dict[str, _Running] = {}
+        self._taken_entries: dict[asyncio.Task, tuple[bytes, str]] = {}  # each taken job's task: (entry, job)
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         # BLOCK on the queue is 1 s: the socket timeout must be longer.
@@ -267,6 +323,9 @@ class RedisV2Jobs:
             for name, text in (
                 ("submit", _SUBMIT),
                 ("claim", _CLAIM),
+                ("requeue", _REQUEUE),
+                ("renew", _RENEW),
+                ("workers", _WORKERS),
                 ("start", _START),
                 ("append", _APPEND),
                 ("finish", _FINISH),
@@ -374,22 +433,62 @@ class RedisV2Jobs:
             "retried": 0,
         }
 
+    async def worker_slots(self) -> tuple[int, int]:
+        """(generation slots, slots in use) of every live replica together (each publishes its own at
+        every heartbeat; one whose heartbeat stopped a lease ago no longer counts)."""
+        with _store_errors():
+            loads: list[Any] = await self._scripts["workers"](args=[self.prefix, time.time()])
+        pairs = [tuple(int(n) for n in load.split()) for load in loads if load]
+        return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
     # ---- the replica's side: take queued jobs, run them, keep their leases --------------------------
 
     async def start(self) -> None:
         with suppress(redis.ResponseError):  # BUSYGROUP: another replica made it first
             await self._redis.xgroup_create(self.queue, GROUP, id="0", mkstream=True)
+        with suppress(redis.RedisError):
+            await self._publish_load()
         for name, loop in (("take", self._take_loop), ("heartbeat", self._heartbeat_loop), ("sweep", self._sweep_loop)):
             self._tasks.append(asyncio.create_task(loop(), name=f"v2-{name}"))
         log.info("/v2 jobs in Redis: replica %s takes up to %d queued jobs at once", self.me, self.slots)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Stop this replica's part (it is shutting down): take nothing more; the jobs it took but never
+        started go back to the queue at once, for another replica; those it runs end FAILED
+        (SHUTDOWN_ERROR) and free their places. Each step is bounded by `timeout_s`, whatever Redis does."""
         self._closing = True
-        running = [r.task for r in self._running.values() if r.task is not None]
-        for task in self._tasks + running:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *running, return_exceptions=True)
-        await self._redis.aclose()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        taken = dict(self._taken_entries)
+        for task in taken:
+            task.cancel()  # first, so no generation goes on writing after its job is handed back
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(
+                    self._forget_load(), *(self._hand_back(entry_id, job_id) for entry_id, job_id in taken.values())
+                ),
+                timeout_s,
+            )
+        except (TimeoutError, redis.RedisError) as exc:
+            log.warning("/v2 jobs: handing back this replica's jobs failed (%r); their leases will expire", exc)
+        if taken:
+            await asyncio.wait(taken, timeout=timeout_s)
+        with suppress(TimeoutError, redis.RedisError):
+            await asyncio.wait_for(self._redis.aclose(), timeout_s)
+
+    async def _hand_back(self, entry_id: bytes, job_id: str) -> None:
+        """A job taken by this replica, which stops: back to the queue if it never started, else FAILED."""
+        requeued = await self._scripts["requeue"](
+            args=[self.prefix, job_id, self.me, entry_id, GROUP, time.time() + self.ttl_s]
+        )
+        if requeued:
+            log.info("/v2 job %s: not started here; back to the queue for another replica", job_id)
+            return
+        if await self._finish(job_id, "FAILED", SHUTDOWN_ERROR, ErrorKind.UNAVAILABLE):
+            log.warning("/v2 job %s: this replica stopped while it ran; reported FAILED", job_id)
+            await self._ack(entry_id)
+        # else another replica holds the job (or it ended): the entry stays pending for the sweeps
 
     async def _take_loop(self) -> None:
         while True:
@@ -408,6 +507,10 @@ class RedisV2Jobs:
                 entry_id, fields = got[0][1][0]
                 self._spawn(entry_id, fields[b"id"].decode())
 
+    def _has_taken(self, job_id: str) -> bool:
+        """Whether a task of this replica's already holds the job (waiting for a slot, or just taken)."""
+        return any(taken == job_id for _, taken in self._taken_entries.values())
+
     def _has_room(self) -> bool:
         return self._taken < self.slots
 
@@ -415,7 +518,13 @@ class RedisV2Jobs:
         """Run the entry's job in a task of its own, which gives back its room when it ends."""
         self._taken += 1
         task = asyncio.create_task(self._take(entry_id, job_id), name=f"v2-job-{job_id}")
-        task.add_done_callback(lambda _: asyncio.ensure_future(self._give_back_room()))
+        self._taken_entries[task] = (entry_id, job_id)
+        task.add_done_callback(self._taken_ended)
+
+    def _taken_ended(self, task: asyncio.Task) -> None:
+        self._taken_entries.pop(task, None)
+        if not self._closing:
+            asyncio.ensure_future(self._give_back_room())
 
     async def _give_back_room(self) -> None:
         async with self._room_changed:
@@ -446,16 +555,12 @@ class RedisV2Jobs:
         running = self._running[job_id] = _Running(tenant, asyncio.current_task())
         try:
             await self._run(job)
-        except asyncio.CancelledError:
-            if self._closing:
-                with suppress(redis.RedisError):
-                    await asyncio.shield(self._finish(job_id, "FAILED", SHUTDOWN_ERROR, ErrorKind.UNAVAILABLE))
-            raise
         finally:
             if self._running.get(job_id) is running:
                 del self._running[job_id]
-            with suppress(redis.RedisError):
-                await asyncio.shield(self._ack(entry_id))
+            if not self._closing:  # else close() hands the job back (requeued or FAILED) and acknowledges
+                with suppress(redis.RedisError):
+                    await asyncio.shield(self._ack(entry_id))
 
     async def _run(self, job: Job) -> None:
         started: list[asyncio.Task] = []
@@ -468,8 +573,8 @@ class RedisV2Jobs:
         )
         try:
             async for event in chunks:
-                if started:
-                    await started[0]
+                if started and not await started[0]:
+                    return  # ended, or taken over by another replica, while it waited for a slot here
                 if isinstance(event, JobFailure):
                     await self._finish(job.id, "FAILED", event.message, event.kind)
                     return
@@ -478,8 +583,8 @@ class RedisV2Jobs:
                     args=[self.prefix, job.id, self.me, text, approx_json_bytes(event), self.ttl_s]
                 ):
                     return  # cancelled, or declared lost, meanwhile: stop generating
-            if started:
-                await started[0]
+            if started and not await started[0]:
+                return
             await self._finish(job.id, "COMPLETED")
         except redis.RedisError as exc:
             log.warning("/v2 job %s: Redis failed while it ran: %s", job.id, exc)
@@ -491,30 +596,38 @@ class RedisV2Jobs:
             await chunks.aclose()
 
     async def _heartbeat_loop(self) -> None:
-        """Renew the leases of this replica's jobs; stop those ended elsewhere (cancelled, declared lost)."""
+        """Renew the leases of this replica's jobs; stop those ended elsewhere (cancelled, declared lost)
+        or taken over by another replica (this one's lease lapsed: a frozen loop, a stalled machine)."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
             jobs = list(self._running.items())
-            if not jobs:
-                continue
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for job_id, _ in jobs:
-                        pipe.hget(self.prefix + "job:" + job_id, "status")
-                    statuses = await pipe.execute()
-                expiry = time.time() + self.lease_s
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for (job_id, running), status in zip(jobs, statuses):
-                        if status is None or status.decode() in FINAL:
-                            if running.task is not None:
-                                running.task.cancel()  # its generator closes: the generation stops
-                            continue
-                        pipe.set(self.prefix + "lease:" + job_id, self.me, px=self._lease_ms())
-                        pipe.zadd(self.prefix + "active", {job_id: expiry}, xx=True)
-                        pipe.zadd(self.prefix + "active:t:" + running.tenant, {job_id: expiry}, xx=True)
-                    await pipe.execute()
+                await self._publish_load()
+                if not jobs:
+                    continue
+                kept = await self._scripts["renew"](
+                    args=[self.prefix, self.me, time.time() + self.lease_s, self._lease_ms(), *(i for i, _ in jobs)]
+                )
+                for (_, running), mine in zip(jobs, kept):
+                    if not mine and running.task is not None:
+                        running.task.cancel()  # its generator closes: the generation stops
             except redis.RedisError as exc:
                 log.warning("/v2 heartbeat failed: %s", exc)
+
+    async def _publish_load(self) -> None:
+        """This replica is live for one more lease, with its generation slots and how many are in use."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.prefix + "replicas", {self.me: time.time() + self.lease_s})
+            pipe.hset(
+                self.prefix + "replica_load", self.me, f"{self.limiter.max_concurrent_jobs} {self.limiter.running}"
+            )
+            await pipe.execute()
+
+    async def _forget_load(self) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.prefix + "replicas", self.me)
+            pipe.hdel(self.prefix + "replica_load", self.me)
+            await pipe.execute()
 
     async def _sweep_loop(self) -> None:
         """Entries a replica took and never acknowledged, idle for a lease: run them here if their job
@@ -542,7 +655,7 @@ class RedisV2Jobs:
                     status = (stored or b"").decode()
                 if status is None or status in FINAL:
                     await self._ack(entry_id)
-                elif status == "IN_QUEUE" and job_id not in self._running and self._has_room():
+                elif status == "IN_QUEUE" and not self._has_taken(job_id) and self._has_room():
                     self._spawn(entry_id, job_id)
             if start in (b"0-0", "0-0"):
                 return

@@ -43,6 +43,9 @@ class V2Jobs(Protocol):
     async def counts(self, tenant: str | None) -> dict[str, int]:
         """RunPod's health `jobs` object for `tenant`."""
 
+    async def worker_slots(self) -> tuple[int, int] | None:
+        """(generation slots, slots in use) of every replica together; None: this process is the service."""
+
     async def start(self) -> None:
         """Begin the background work (taking queued jobs, heartbeats), on the serving event loop."""
 
@@ -102,6 +105,9 @@ class LocalV2Jobs:
 
     async def counts(self, tenant: str | None) -> dict[str, int]:
         return self.registry.counts(tenant)
+
+    async def worker_slots(self) -> tuple[int, int] | None:
+        return None
 
     async def start(self) -> None:
         pass

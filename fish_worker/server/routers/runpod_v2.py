@@ -83,14 +83,15 @@ async def purge_queue(endpoint_id: str, request: Request, jobs: V2JobStore) -> d
 
 @router.get("/health", summary="Your jobs' counts, and the server's workers")
 async def health(endpoint_id: str, request: Request, jobs: V2JobStore, limiter: Limiter) -> dict[str, Any]:
-    running = limiter.running
+    # With REDIS_URL, every live replica's slots (each publishes its own); else this process's.
+    ready, running = await jobs.worker_slots() or (limiter.max_concurrent_jobs, limiter.running)
     return {
         "jobs": await jobs.counts(tenant_of(request)),
         "workers": {
-            "idle": max(0, limiter.max_concurrent_jobs - running),
+            "idle": max(0, ready - running),
             "running": running,
             "initializing": 0,
-            "ready": limiter.max_concurrent_jobs,
+            "ready": ready,
             "throttled": 0,
             "unhealthy": 0,
         },
