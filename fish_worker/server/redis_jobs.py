@@ -154,6 +154,18 @@ if #live == 0 then return {} end
 return redis.call('HMGET', P .. 'replica_load', unpack(live))
 """
 
+# Acknowledge a job's entry once the job has ended, else leave it pending: a replica whose copy stopped
+# because another took the job over (after its lease lapsed) shares that entry with the new owner, and
+# must not delete it, or a job the new owner then loses would have no entry left for a sweep to find.
+_ACK_ENDED = """
+local P, id, entry, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local status = redis.call('HGET', P .. 'job:' .. id, 'status')
+if status == 'IN_QUEUE' or status == 'IN_PROGRESS' then return 0 end
+redis.call('XACK', P .. 'queue', group, entry)
+redis.call('XDEL', P .. 'queue', entry)
+return 1
+"""
+
 _START = """
 local key = ARGV[1] .. 'job:' .. ARGV[2]
 if redis.call('HGET', key, 'status') ~= 'IN_QUEUE' or redis.call('HGET', key, 'owner') ~= ARGV[3] then return 0 end
@@ -325,6 +337,7 @@ class RedisV2Jobs:
                 ("claim", _CLAIM),
                 ("requeue", _REQUEUE),
                 ("renew", _RENEW),
+                ("ack_ended", _ACK_ENDED),
                 ("workers", _WORKERS),
                 ("start", _START),
                 ("append", _APPEND),
@@ -560,7 +573,7 @@ class RedisV2Jobs:
                 del self._running[job_id]
             if not self._closing:  # else close() hands the job back (requeued or FAILED) and acknowledges
                 with suppress(redis.RedisError):
-                    await asyncio.shield(self._ack(entry_id))
+                    await asyncio.shield(self._scripts["ack_ended"](args=[self.prefix, job_id, entry_id, GROUP]))
 
     async def _run(self, job: Job) -> None:
         started: list[asyncio.Task] = []
