@@ -209,6 +209,40 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+# transformers serve's start on 2 busy cores took up to ~2 minutes.
+TRANSFORMERS_SERVE_START_S = 360
+
+
+@contextlib.contextmanager
+def transformers_serve(model_dir: Path, log_dir: Path, *extra_args: str) -> Iterator[str]:
+    """`transformers serve` (the installed transformers' OpenAI-compatible server) on `model_dir` at a
+    free port on the CPU; yields its /v1 URL once /health answers, and stops it afterwards."""
+    import sys
+    import urllib.request
+
+    port = free_port()
+    log_path = log_dir / "serve.log"
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(model_dir)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *extra_args]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TRANSFORMERS_SERVE_START_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"transformers serve did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop(process)
+
+
 BUCKET = "fish-results"
 CREDENTIALS = {"access_key_id": "test-key", "secret_access_key": "test-secret"}
 

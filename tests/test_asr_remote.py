@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import wave
 from pathlib import Path
 
@@ -30,10 +29,10 @@ from fish_worker.asr.remote import RemoteRecognizer
 from fish_worker.asr.transcriber import Transcriber
 from fish_worker.errors import ErrorKind, JobInputError
 from fish_worker.settings import AsrSettings
-from helpers import free_port, stop
+from helpers import TRANSFORMERS_SERVE_START_S, free_port, transformers_serve
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER_START_S = 360  # transformers serve's start on 2 busy cores took up to ~2 minutes (test_chat_backend.py)
+SERVER_START_S = TRANSFORMERS_SERVE_START_S
 TONE = (0.3 * np.sin(2 * np.pi * 220 * np.arange(ASR_SAMPLE_RATE) / ASR_SAMPLE_RATE)).astype(np.float32)
 
 
@@ -43,35 +42,8 @@ TONE = (0.3 * np.sin(2 * np.pi * 220 * np.arange(ASR_SAMPLE_RATE) / ASR_SAMPLE_R
 @pytest.fixture(scope="module")
 def asr_server(tiny_whisper_dir, tmp_path_factory):
     """`transformers serve` on the tiny Whisper: its /v1 URL."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("asr-server") / "serve.log"
-    command = [
-        str(Path(sys.executable).parent / "transformers"),
-        "serve",
-        str(tiny_whisper_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-    ]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            pytest.fail(f"transformers serve did not start: {log_path.read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/v1"
-    stop(process)
+    with transformers_serve(tiny_whisper_dir, tmp_path_factory.mktemp("asr-server")) as url:
+        yield url
 
 
 @pytest.mark.timeout(SERVER_START_S + 120)

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import openai
@@ -41,10 +40,10 @@ from fish_worker.jobs.runner import JobRunner
 from fish_worker.settings import ChatSettings
 from fish_worker.text.sentences import split_sentences
 from fish_worker.worker import build_conversations
-from helpers import FRAMES, free_port, run_job, stop
+from helpers import FRAMES, TRANSFORMERS_SERVE_START_S, free_port, run_job, transformers_serve
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINE_START_S = 360  # transformers serve's start on 2 busy cores took up to ~2 minutes
+ENGINE_START_S = TRANSFORMERS_SERVE_START_S
 HELLO = "Hello, how are you?"
 SYSTEM = "Be brief."
 
@@ -55,36 +54,8 @@ SYSTEM = "Be brief."
 @pytest.fixture(scope="module")
 def engine(tiny_chat_model_dir, tmp_path_factory):
     """`transformers serve` on the tiny chat model: its /v1 URL."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("engine") / "serve.log"
-    command = [
-        str(Path(sys.executable).parent / "transformers"),
-        "serve",
-        str(tiny_chat_model_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--continuous-batching",
-    ]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + ENGINE_START_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            pytest.fail(f"transformers serve did not start: {log_path.read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/v1"
-    stop(process)
+    with transformers_serve(tiny_chat_model_dir, tmp_path_factory.mktemp("engine"), "--continuous-batching") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
